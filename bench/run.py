@@ -1,0 +1,45 @@
+"""`make bench`: run every benchmark in one process and write BENCH.md.
+
+Each bench module exposes `run() -> str` returning a Markdown section with its own numbers;
+ratios are measured within one run, never against numbers from another day.
+"""
+import datetime
+import importlib
+import os
+import platform
+import sys
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+SECTIONS = ["bench.loader", "bench.train_step", "bench.sampler"]
+
+
+def main() -> None:
+    only = sys.argv[1:] or SECTIONS
+    parts = [
+        "# BENCH",
+        "",
+        f"Produced by `make bench` (`python -m bench.run {' '.join(sys.argv[1:])}`) on "
+        f"{datetime.date.today()}, {platform.machine()}, {os.cpu_count()} CPU cores, "
+        f"python {platform.python_version()}.",
+        "",
+    ]
+    for name in only:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name != name:
+                raise
+            print(f"[bench] {name}: not present, skipped", flush=True)
+            continue
+        print(f"[bench] {name} ...", flush=True)
+        section = module.run()
+        print(section, flush=True)
+        parts += [section, ""]
+    with open("BENCH.md", "w") as f:
+        f.write("\n".join(parts))
+    print("[bench] wrote BENCH.md")
+
+
+if __name__ == "__main__":
+    main()

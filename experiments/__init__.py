@@ -1,0 +1,1 @@
+"""Runnable jobs: one small module per pipeline stage or paper experiment."""

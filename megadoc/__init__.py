@@ -1,0 +1,1 @@
+"""megadoc: data-efficient pre-training by scaling synthetic megadocs."""

@@ -1,0 +1,37 @@
+"""megadoc: data-efficient LLM pre-training with synthetic megadocs, in JAX."""
+from setuptools import find_packages, setup
+
+setup(
+    name="megadoc",
+    version="0.1.0",
+    description="Data-efficient pre-training by scaling synthetic megadocs (JAX/Flax).",
+    packages=find_packages(include=["megadoc", "megadoc.*", "experiments", "experiments.*"]),
+    package_data={"megadoc": ["synth/templates/*.txt"]},
+    python_requires=">=3.10",
+    install_requires=[
+        "jax>=0.10",
+        "flax>=0.12",
+        "optax>=0.2.8",
+        "orbax-checkpoint>=0.12",
+        "tensorstore>=0.1.80",
+        "grain>=0.2.18",
+        "sentencepiece>=0.2",
+        "google-cloud-storage>=3.0",
+        "absl-py>=2.0",
+        "tokenizers>=0.21",
+        "safetensors>=0.5",
+        "pyarrow>=18",
+        "scipy>=1.13",
+        "matplotlib>=3.9",
+        "numpy>=2.0",
+    ],
+    extras_require={
+        # Test-only peers: the reference implementations megadoc is checked against.
+        "test": [
+            "pytest>=8",
+            "torch==2.13.0",
+            "transformers>=5.0",
+            "gcp-storage-emulator>=2024.8",
+        ],
+    },
+)
