@@ -1,0 +1,271 @@
+"""Llama: RMSNorm, RoPE (plain or llama3-scaled), grouped-query attention, SwiGLU, no biases.
+
+Params are a plain dict of fp32 arrays; the layer params are stacked on a leading layer axis and
+the trunk runs them under `jax.lax.scan`, so a model compiles one layer whatever its depth.
+Compute runs in `config.dtype` with fp32 accumulation; logits are fp32.
+
+Param tree (shapes; L layers, H hidden, N heads, K kv heads, Dh head dim, F ffn, V vocab):
+  embed [V, H]; final_norm [H]; lm_head [H, V]
+  layers/{attn_norm [L, H], q [L, H, N, Dh], k [L, H, K, Dh], v [L, H, K, Dh], o [L, N, Dh, H],
+          mlp_norm [L, H], gate [L, H, F], up [L, H, F], down [L, F, H]}
+q/k use the rotate-half RoPE layout of Hugging Face checkpoints, so HF weights copy unpermuted.
+"""
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+
+from megadoc.models import attention
+from megadoc.models import sharding
+
+REMAT_POLICIES = ("none", "full", "dots")
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeScaling:
+    """Llama 3.1 ("llama3") RoPE frequency scaling."""
+
+    factor: float = 8.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position: int = 8192
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaConfig:
+    """Model shape and numerics. `head_dim` defaults to hidden // heads (fixed at construction:
+    when replacing `hidden` or `heads` of a derived config, pass head_dim=None too)."""
+
+    vocab_size: int
+    hidden: int
+    ffn: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int | None = None
+    max_seq_len: int = 4096
+    rope_theta: float = 10000.0
+    rope_scaling: RopeScaling | None = None
+    norm_eps: float = 1e-5
+    dtype: str = "bfloat16"
+    cross_document_attention: bool = True
+    remat: str = "none"
+    attention: str = "auto"
+
+    def __post_init__(self):
+        if self.head_dim is None:
+            object.__setattr__(self, "head_dim", self.hidden // self.heads)
+        if self.heads % self.kv_heads:
+            raise ValueError(f"heads ({self.heads}) must be a multiple of kv_heads ({self.kv_heads})")
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f"remat must be one of {REMAT_POLICIES}, got {self.remat!r}")
+        if self.attention not in attention.IMPLEMENTATIONS:
+            raise ValueError(
+                f"attention must be one of {attention.IMPLEMENTATIONS}, got {self.attention!r}")
+        jnp.dtype(self.dtype)  # fails early on an unknown dtype name
+
+    @property
+    def compute_dtype(self):
+        return jnp.dtype(self.dtype)
+
+
+def _student(hidden, ffn, layers, heads, kv_heads):
+    return LlamaConfig(vocab_size=128256, hidden=hidden, ffn=ffn, layers=layers, heads=heads,
+                       kv_heads=kv_heads, max_seq_len=4096)
+
+
+# The papers' students (hidden/ffn/layers/heads/kv heads, Llama 3 vocab, context 4096) and the
+# generator. llama3-8b's max_seq_len is 8192 rather than the released 131072: the RoPE scaling
+# keeps long-context behaviour, and 8192 is what the synthesis jobs (≤ 1024 new tokens after a
+# document) ever need; raise it with dataclasses.replace for longer prompts.
+PRESETS = {
+    "tiny": LlamaConfig(vocab_size=256, hidden=64, ffn=192, layers=2, heads=4, kv_heads=2,
+                        max_seq_len=256),
+    "150m": _student(512, 1792, 6, 8, 8),
+    "300m": _student(768, 2688, 12, 12, 12),
+    "600m": _student(1024, 3584, 24, 16, 8),
+    "1.4b": _student(2048, 7168, 16, 16, 8),
+    "1.5b": _student(1536, 5376, 36, 16, 8),
+    "llama3-8b": LlamaConfig(vocab_size=128256, hidden=4096, ffn=14336, layers=32, heads=32,
+                             kv_heads=8, max_seq_len=8192, rope_theta=500000.0,
+                             rope_scaling=RopeScaling()),
+}
+
+
+def preset(name: str) -> LlamaConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown model preset {name!r}; expected one of {sorted(PRESETS)}")
+    return PRESETS[name]
+
+
+def param_shapes(config: LlamaConfig) -> dict:
+    c = config
+    L, H, N, K, Dh, F, V = c.layers, c.hidden, c.heads, c.kv_heads, c.head_dim, c.ffn, c.vocab_size
+    return {
+        "embed": (V, H),
+        "layers": {
+            "attn_norm": (L, H), "q": (L, H, N, Dh), "k": (L, H, K, Dh), "v": (L, H, K, Dh),
+            "o": (L, N, Dh, H), "mlp_norm": (L, H), "gate": (L, H, F), "up": (L, H, F),
+            "down": (L, F, H),
+        },
+        "final_norm": (H,),
+        "lm_head": (H, V),
+    }
+
+
+def num_params(config: LlamaConfig) -> int:
+    return sum(math.prod(s) for s in jax.tree.leaves(param_shapes(config),
+                                                     is_leaf=lambda x: isinstance(x, tuple)))
+
+
+# Fan-in of each weight: init std is 1/sqrt(fan_in), i.e. variance ∝ 1/hidden for every matrix.
+def _fan_in(name, config):
+    return {"o": config.heads * config.head_dim, "down": config.ffn}.get(name, config.hidden)
+
+
+def init(config: LlamaConfig, key: jax.Array) -> dict:
+    shapes = param_shapes(config)
+    flat, treedef = jax.tree.flatten_with_path(shapes, is_leaf=lambda x: isinstance(x, tuple))
+    keys = jax.random.split(key, len(flat))
+    leaves = []
+    for (path, shape), k in zip(flat, keys):
+        name = path[-1].key
+        if name.endswith("norm"):
+            leaves.append(jnp.ones(shape, jnp.float32))
+        else:
+            std = 1.0 / math.sqrt(_fan_in(name, config))
+            leaves.append(std * jax.random.normal(k, shape, jnp.float32))
+    return jax.tree.unflatten(treedef, leaves)
+
+
+def init_cache(config: LlamaConfig, batch_size: int, max_len: int) -> dict:
+    shape = (config.layers, batch_size, max_len, config.kv_heads, config.head_dim)
+    return {"k": jnp.zeros(shape, config.compute_dtype), "v": jnp.zeros(shape, config.compute_dtype)}
+
+
+def rope_frequencies(config: LlamaConfig) -> jax.Array:
+    """Inverse frequencies [Dh/2], with llama3 scaling when configured."""
+    dh = config.head_dim
+    inv_freq = 1.0 / (config.rope_theta ** (jnp.arange(0, dh, 2, dtype=jnp.float32) / dh))
+    s = config.rope_scaling
+    if s is None:
+        return inv_freq
+    wavelen = 2 * math.pi / inv_freq
+    # Long wavelengths (> original/low) are slowed by `factor`, short ones (< original/high) kept,
+    # and the band between interpolates smoothly.
+    smooth = (s.original_max_position / wavelen - s.low_freq_factor) / (
+        s.high_freq_factor - s.low_freq_factor)
+    smooth = jnp.clip(smooth, 0.0, 1.0)
+    return (1 - smooth) * inv_freq / s.factor + smooth * inv_freq
+
+
+def apply_rope(x_BxTxNxDh, positions_BxT, inv_freq):
+    angles_BxTxF = positions_BxT[..., None].astype(jnp.float32) * inv_freq
+    cos = jnp.cos(angles_BxTxF)[:, :, None, :]
+    sin = jnp.sin(angles_BxTxF)[:, :, None, :]
+    x = x_BxTxNxDh.astype(jnp.float32)
+    x1, x2 = jnp.split(x, 2, axis=-1)
+    rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return rotated.astype(x_BxTxNxDh.dtype)
+
+
+def rms_norm(x, scale, eps):
+    x32 = x.astype(jnp.float32)
+    normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return (normed * scale).astype(x.dtype)
+
+
+def _mm(spec, x, w, dtype):
+    """einsum in the compute dtype, accumulated in fp32, result back in the compute dtype."""
+    return jnp.einsum(spec, x, w.astype(dtype), preferred_element_type=jnp.float32).astype(dtype)
+
+
+def _layer(config, inv_freq, x_BxTxH, p, positions_BxT, segment_ids_BxT, cache_kv, mask_BxTxS):
+    dt = config.compute_dtype
+    h = rms_norm(x_BxTxH, p["attn_norm"], config.norm_eps)
+    q_BxTxNxDh = sharding.constrain(_mm("bth,hnd->btnd", h, p["q"], dt), sharding.ACT_HEADS)
+    k_BxTxKxDh = sharding.constrain(_mm("bth,hkd->btkd", h, p["k"], dt), sharding.ACT_KV_HEADS)
+    v_BxTxKxDh = sharding.constrain(_mm("bth,hkd->btkd", h, p["v"], dt), sharding.ACT_KV_HEADS)
+    q_BxTxNxDh = apply_rope(q_BxTxNxDh, positions_BxT, inv_freq)
+    k_BxTxKxDh = apply_rope(k_BxTxKxDh, positions_BxT, inv_freq)
+    if cache_kv is None:
+        segs = None if config.cross_document_attention else segment_ids_BxT
+        att_BxTxNxDh = attention.causal_attention(q_BxTxNxDh, k_BxTxKxDh, v_BxTxKxDh, segs,
+                                                  implementation=config.attention)
+        new_kv = None
+    else:
+        rows_Bx1 = jnp.arange(x_BxTxH.shape[0])[:, None]
+        ck_BxSxKxDh = cache_kv[0].at[rows_Bx1, positions_BxT].set(k_BxTxKxDh)
+        cv_BxSxKxDh = cache_kv[1].at[rows_Bx1, positions_BxT].set(v_BxTxKxDh)
+        att_BxTxNxDh = attention.masked_attention(q_BxTxNxDh, ck_BxSxKxDh, cv_BxSxKxDh, mask_BxTxS)
+        new_kv = (ck_BxSxKxDh, cv_BxSxKxDh)
+    x_BxTxH = x_BxTxH + _mm("btnd,ndh->bth", att_BxTxNxDh, p["o"], dt)
+    x_BxTxH = sharding.constrain(x_BxTxH, sharding.ACT_EMBED)
+
+    h = rms_norm(x_BxTxH, p["mlp_norm"], config.norm_eps)
+    gate_BxTxF = sharding.constrain(_mm("bth,hf->btf", h, p["gate"], dt), sharding.ACT_FFN)
+    up_BxTxF = sharding.constrain(_mm("bth,hf->btf", h, p["up"], dt), sharding.ACT_FFN)
+    x_BxTxH = x_BxTxH + _mm("btf,fh->bth", jax.nn.silu(gate_BxTxF) * up_BxTxF, p["down"], dt)
+    return sharding.constrain(x_BxTxH, sharding.ACT_EMBED), new_kv
+
+
+def _remat(fn, policy):
+    if policy == "none":
+        return fn
+    if policy == "full":
+        return jax.checkpoint(fn)
+    return jax.checkpoint(fn, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
+
+
+def hidden_states(config: LlamaConfig, params: dict, tokens: jax.Array, segment_ids=None, *,
+                  positions=None, cache=None):
+    """Trunk output after the final norm, [B, T, H] in the compute dtype (and the updated cache
+    when `cache` is given). With a cache, `positions` [B, T] says where each token sits in its
+    row: its keys/values are written there and it attends to cache slots 0..position."""
+    B, T = tokens.shape
+    dt = config.compute_dtype
+    if cache is not None and positions is None:
+        raise ValueError("hidden_states with a cache needs positions [batch, seq]")
+    if cache is not None and segment_ids is not None and not config.cross_document_attention:
+        raise ValueError("segment-id masking is not supported with a KV cache")
+    if positions is None:
+        positions = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
+    inv_freq = rope_frequencies(config)
+    x_BxTxH = sharding.constrain(params["embed"].astype(dt)[tokens], sharding.ACT_EMBED)
+
+    if cache is None:
+        def step(x, p):
+            return _layer(config, inv_freq, x, p, positions, segment_ids, None, None)[0], None
+
+        x_BxTxH, _ = jax.lax.scan(_remat(step, config.remat), x_BxTxH, params["layers"])
+    else:
+        slots_S = jnp.arange(cache["k"].shape[2])
+        mask_BxTxS = slots_S[None, None, :] <= positions[:, :, None]
+
+        def step(x, layer_in):
+            p, k, v = layer_in
+            x, (k, v) = _layer(config, inv_freq, x, p, positions, None, (k, v), mask_BxTxS)
+            return x, (k, v)
+
+        x_BxTxH, (ks, vs) = jax.lax.scan(step, x_BxTxH, (params["layers"], cache["k"], cache["v"]))
+        cache = {"k": ks, "v": vs}
+    x_BxTxH = rms_norm(x_BxTxH, params["final_norm"], config.norm_eps)
+    return x_BxTxH if cache is None else (x_BxTxH, cache)
+
+
+def output_logits(config: LlamaConfig, params: dict, hidden_BxTxH: jax.Array) -> jax.Array:
+    dt = config.compute_dtype
+    logits = jnp.einsum("bth,hv->btv", hidden_BxTxH.astype(dt), params["lm_head"].astype(dt),
+                        preferred_element_type=jnp.float32)
+    return sharding.constrain(logits, sharding.ACT_VOCAB)
+
+
+def forward(config: LlamaConfig, params: dict, tokens: jax.Array, segment_ids=None, *,
+            positions=None, cache=None):
+    """Logits float32 [B, T, V]; `(logits, cache)` when a cache is given."""
+    out = hidden_states(config, params, tokens, segment_ids, positions=positions, cache=cache)
+    if cache is None:
+        return output_logits(config, params, out)
+    hidden, cache = out
+    return output_logits(config, params, hidden), cache
