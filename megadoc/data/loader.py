@@ -1,0 +1,95 @@
+"""Global batches on the mesh: each process reads only the rows its devices hold.
+
+A grain pipeline over step numbers reads the process's rows of each step's batch (from the
+schedule, in background threads with prefetch); the main thread turns them into global
+`jax.Array`s laid out with `sharding.batch_sharding(mesh)`. The rows a process reads depend on
+the sharding alone, so the global batch at a step is the same on any number of hosts or devices,
+and resuming at step s needs only s.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import grain
+import jax
+import numpy as np
+
+from megadoc.data import store as store_lib
+from megadoc.data.schedule import REAL, SYNTHETIC, MixSchedule
+from megadoc.models import sharding as sharding_lib
+
+
+class BatchLoader:
+    def __init__(self, schedule: MixSchedule, real_store: store_lib.WindowStore,
+                 synthetic_store: store_lib.WindowStore | None, mesh: jax.sharding.Mesh,
+                 start_step: int = 0, prefetch: int = 4, num_threads: int = 2):
+        _check_stores(schedule, real_store, synthetic_store)
+        self.schedule = schedule
+        self.stores = {REAL: real_store, SYNTHETIC: synthetic_store}
+        self.sharding = sharding_lib.batch_sharding(mesh)
+        self.shape = (schedule.global_batch, real_store.seq_len + 1)
+        self.prefetch = prefetch
+        self.num_threads = num_threads
+        index_map = self.sharding.addressable_devices_indices_map(self.shape)
+        rows = sorted({r for idx in index_map.values() for r in range(*idx[0].indices(self.shape[0]))})
+        self.local_rows = np.asarray(rows, np.int64)  # the global batch rows this process reads
+        self._position = np.full(self.shape[0], -1, np.int64)
+        self._position[self.local_rows] = np.arange(len(rows))
+        self.set_state({"next_step": start_step})
+
+    def read_local(self, step: int) -> dict[str, np.ndarray]:
+        """This process's rows of the batch at `step`, in global row order."""
+        streams, windows = self.schedule.batch_indices(step)
+        streams, windows = streams[self.local_rows], windows[self.local_rows]
+        out = {k: np.empty((len(self.local_rows), self.shape[1]), np.int32) for k in store_lib.ARRAYS}
+        for stream in (REAL, SYNTHETIC):
+            mask = streams == stream
+            if mask.any():
+                block = self.stores[stream].read(windows[mask])
+                for k in out:
+                    out[k][mask] = block[k]
+        return out
+
+    def _global(self, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        def array(rows_WxL):
+            return jax.make_array_from_callback(
+                self.shape, self.sharding, lambda idx: rows_WxL[self._position[idx[0]]])
+        return {k: array(v) for k, v in local.items()}
+
+    def __iter__(self) -> Iterator[tuple[int, dict[str, jax.Array]]]:
+        return self
+
+    def __next__(self) -> tuple[int, dict[str, jax.Array]]:
+        step, local = next(self._iterator)
+        self._next_step = step + 1
+        return step, self._global(local)
+
+    def get_state(self) -> dict:
+        return {"next_step": self._next_step}
+
+    def set_state(self, state: dict) -> None:
+        step = int(state["next_step"])
+        if not 0 <= step <= self.schedule.num_steps:
+            raise ValueError(f"loader state step {step} outside [0, {self.schedule.num_steps}]")
+        self._next_step = step
+        dataset = grain.MapDataset.range(step, self.schedule.num_steps).map(
+            lambda s: (s, self.read_local(s)))
+        options = grain.ReadOptions(num_threads=self.num_threads, prefetch_buffer_size=self.prefetch)
+        self._iterator = iter(dataset.to_iter_dataset(options))
+
+
+def _check_stores(schedule, real, synthetic) -> None:
+    if len(real) != schedule.num_real:
+        raise ValueError(f"{real.path}: {len(real)} windows, schedule expects {schedule.num_real}")
+    if schedule.synthetic_per_batch == 0:
+        return
+    if synthetic is None or len(synthetic) != schedule.num_synthetic:
+        raise ValueError(f"synthetic store {getattr(synthetic, 'path', None)}: expected "
+                         f"{schedule.num_synthetic} windows for mix={schedule.mix}")
+    if synthetic.seq_len != real.seq_len:
+        raise ValueError(f"{synthetic.path}: seq_len {synthetic.seq_len} differs from "
+                         f"{real.path}: {real.seq_len}")
+    fp_real = real.metadata.get("tokenizer_fingerprint")
+    fp_syn = synthetic.metadata.get("tokenizer_fingerprint")
+    if fp_real != fp_syn:
+        raise ValueError(f"{synthetic.path}: tokenizer {fp_syn} differs from {real.path}: {fp_real}")

@@ -1,0 +1,192 @@
+"""Window stores: random-access int32 windows of seq_len+1 tokens, local or gs://.
+
+Layout of a store directory:
+    tokens/        zarr3 array int32 [num_windows, seq_len+1]
+    segment_ids/   zarr3 array int32 [num_windows, seq_len+1]; 1, 2, ... per document in a window
+    metadata.json  written last: a store without it is incomplete and refused
+
+Each array is cut into shards of `shard_windows` rows (one object each) holding one compressed
+chunk per window, so reading a random window touches one small chunk. Unwritten rows read back as
+-1 tokens and 0 segment ids, which no complete store contains: reads check for them, so a lost or
+truncated shard is an error, never a batch of zeros.
+"""
+from __future__ import annotations
+
+import json
+from typing import Sequence
+
+import numpy as np
+import tensorstore as ts
+
+from megadoc import fs
+
+FORMAT = "megadoc.windows/1"
+METADATA = "metadata.json"
+ARRAYS = ("tokens", "segment_ids")
+_FILL = {"tokens": -1, "segment_ids": 0}
+_SHARD_BYTES = 8 << 20
+
+
+def default_shard_windows(seq_len: int) -> int:
+    return int(np.clip(_SHARD_BYTES // (4 * (seq_len + 1)), 16, 1 << 16))
+
+
+def _kvstore(path: str) -> dict:
+    if fs.is_gcs(path):
+        bucket, _, key = path[len(fs.GCS_PREFIX):].partition("/")
+        return {"driver": "gcs", "bucket": bucket, "path": key.rstrip("/") + "/"}
+    return {"driver": "file", "path": path}
+
+
+def _context() -> ts.Context:
+    return ts.Context({"cache_pool": {"total_bytes_limit": 32 << 20}})
+
+
+class StoreWriter:
+    """Appends windows in whole shards; `finish(metadata)` writes metadata.json last."""
+
+    def __init__(self, path: str, seq_len: int, shard_windows: int | None = None):
+        self.path = path
+        self.seq_len = seq_len
+        self.shard_windows = shard_windows or default_shard_windows(seq_len)
+        self.num_windows = 0
+        self._pending: list[dict[str, np.ndarray]] = []
+        self._pending_rows = 0
+        if fs.exists(path):
+            fs.rmtree(path)
+        fs.makedirs(path)
+        self._arrays = {name: self._create(name) for name in ARRAYS}
+
+    def _create(self, name: str) -> ts.TensorStore:
+        width = self.seq_len + 1
+        inner = [{"name": "bytes", "configuration": {"endian": "little"}},
+                 {"name": "zstd", "configuration": {"level": 1}}]
+        index = [{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "crc32c"}]
+        sharding = {"name": "sharding_indexed", "configuration": {
+            "chunk_shape": [1, width], "codecs": inner, "index_codecs": index}}
+        spec = {
+            "driver": "zarr3",
+            "kvstore": _kvstore(fs.join(self.path, name)),
+            "metadata": {
+                "shape": [0, width], "data_type": "int32", "fill_value": _FILL[name],
+                "chunk_grid": {"name": "regular",
+                               "configuration": {"chunk_shape": [self.shard_windows, width]}},
+                "codecs": [sharding],
+            },
+            "create": True,
+            "delete_existing": True,
+        }
+        return ts.open(spec, context=_context()).result()
+
+    def append(self, tokens_NxW: np.ndarray, segment_ids_NxW: np.ndarray) -> None:
+        width = self.seq_len + 1
+        if tokens_NxW.shape != segment_ids_NxW.shape or tokens_NxW.shape[1:] != (width,):
+            raise ValueError(f"{self.path}: windows must be [n, {width}], got "
+                             f"{tokens_NxW.shape} and {segment_ids_NxW.shape}")
+        self._pending.append({"tokens": tokens_NxW.astype(np.int32),
+                              "segment_ids": segment_ids_NxW.astype(np.int32)})
+        self._pending_rows += len(tokens_NxW)
+        while self._pending_rows >= self.shard_windows:
+            self._write(self.shard_windows)
+
+    def _write(self, rows: int) -> None:
+        block = {k: np.concatenate([p[k] for p in self._pending]) for k in ARRAYS}
+        rest = {k: v[rows:] for k, v in block.items()}
+        self._pending = [rest] if len(rest["tokens"]) else []
+        self._pending_rows = len(rest["tokens"])
+        start, stop = self.num_windows, self.num_windows + rows
+        for name in ARRAYS:
+            arr = self._arrays[name].resize(exclusive_max=[stop, None], expand_only=True).result()
+            self._arrays[name] = arr
+            arr[start:stop].write(block[name][:rows]).result()
+        self.num_windows = stop
+
+    def finish(self, metadata: dict) -> dict:
+        if self._pending_rows:
+            self._write(self._pending_rows)
+        metadata = dict(metadata, format=FORMAT, seq_len=self.seq_len,
+                        num_windows=self.num_windows, shard_windows=self.shard_windows)
+        fs.write_text(fs.join(self.path, METADATA), json.dumps(metadata, indent=1, sort_keys=True))
+        return metadata
+
+
+class WindowStore:
+    def __init__(self, path: str, metadata: dict, arrays: dict[str, ts.TensorStore]):
+        self.path = path
+        self.metadata = metadata
+        self.seq_len = int(metadata["seq_len"])
+        self._arrays = arrays
+
+    def __len__(self) -> int:
+        return int(self.metadata["num_windows"])
+
+    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"{self.path}: window {i} out of range [0, {len(self)})")
+        return {k: v[0] for k, v in self.read([i % len(self)]).items()}
+
+    def read(self, indices: Sequence[int] | np.ndarray) -> dict[str, np.ndarray]:
+        """Windows at `indices` (any order, repeats allowed) as int32 [n, seq_len+1] arrays."""
+        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if len(indices) == 0:
+            return {k: np.zeros((0, self.seq_len + 1), np.int32) for k in ARRAYS}
+        if indices.min() < 0 or indices.max() >= len(self):
+            raise IndexError(f"{self.path}: window indices must lie in [0, {len(self)})")
+        unique, inverse = np.unique(indices, return_inverse=True)
+        try:
+            futures = {k: self._arrays[k].oindex[unique].read() for k in ARRAYS}
+            out = {k: f.result()[inverse] for k, f in futures.items()}
+        except ValueError as e:
+            raise ValueError(f"{self.path}: store is corrupt; reading windows "
+                             f"{unique[:8].tolist()}... failed: {e}") from e
+        bad = (out["segment_ids"] <= 0).any(axis=1) | (out["tokens"] < 0).any(axis=1)
+        if bad.any():
+            raise ValueError(
+                f"{self.path}: windows {sorted(set(indices[bad].tolist()))[:8]} hold no data: "
+                f"a shard is missing or truncated; the store is corrupt, prepare it again")
+        return out
+
+
+def is_complete(path: str) -> bool:
+    return fs.exists(fs.join(path, METADATA))
+
+
+def open(path: str) -> WindowStore:  # noqa: A001 - the contract's name
+    path = str(path).rstrip("/")
+    meta_path = fs.join(path, METADATA)
+    if not fs.exists(meta_path):
+        if fs.exists(path):
+            raise ValueError(f"{path}: incomplete window store (no {METADATA}: the prepare job "
+                             f"did not finish); run experiments.prepare again")
+        raise FileNotFoundError(f"{path}: no window store here")
+    try:
+        metadata = json.loads(fs.read_text(meta_path))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{meta_path}: corrupt metadata: {e}") from e
+    if metadata.get("format") != FORMAT:
+        raise ValueError(f"{meta_path}: format {metadata.get('format')!r}, expected {FORMAT!r}")
+    expected = [int(metadata["num_windows"]), int(metadata["seq_len"]) + 1]
+    arrays = {}
+    for name in ARRAYS:
+        try:
+            arr = ts.open({"driver": "zarr3", "kvstore": _kvstore(fs.join(path, name)),
+                           "open": True, "recheck_cached_data": "open",
+                           "recheck_cached_metadata": "open"}, context=_context()).result()
+        except ValueError as e:
+            raise ValueError(f"{fs.join(path, name)}: cannot open window array: {e}") from e
+        if list(arr.shape) != expected or arr.dtype != ts.int32:
+            raise ValueError(f"{fs.join(path, name)}: array {arr.dtype} {list(arr.shape)} does not "
+                             f"match {METADATA} (int32 {expected}); the store is corrupt")
+        arrays[name] = arr
+    return WindowStore(path, metadata, arrays)
+
+
+def check_tokenizer(store: WindowStore, tokenizer) -> None:
+    """Refuse a store tokenized by a different tokenizer than the one the model uses."""
+    want = store.metadata.get("tokenizer_fingerprint")
+    if want != tokenizer.fingerprint:
+        raise ValueError(
+            f"{store.path}: prepared with tokenizer {want} "
+            f"({store.metadata.get('tokenizer_path')}), but the tokenizer given has fingerprint "
+            f"{tokenizer.fingerprint} ({getattr(tokenizer, 'path', '?')}); prepare the data again "
+            f"with this tokenizer")

@@ -1,0 +1,150 @@
+"""Tokenizers behind one small interface: sentencepiece `.model` and Hugging Face `tokenizer.json`.
+
+`encode` never adds BOS/EOS; the prepare job joins documents with `eos_id` itself. `fingerprint`
+hashes the model itself, so a window store can refuse a model trained with another vocabulary.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from typing import Iterable, Protocol
+
+from megadoc import fs
+
+# Tried in order when the tokenizer directory carries no tokenizer_config.json naming them.
+_EOS_NAMES = ("<|end_of_text|>", "</s>", "<|endoftext|>", "<eos>")
+_BOS_NAMES = ("<|begin_of_text|>", "<s>", "<bos>")
+
+
+class Tokenizer(Protocol):
+    eos_id: int
+    bos_id: int | None
+    vocab_size: int
+    fingerprint: str
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, ids: Iterable[int]) -> str: ...
+
+    def special_token_id(self, name: str) -> int | None: ...
+
+
+class SentencePieceTokenizer:
+    def __init__(self, model_bytes: bytes, path: str = "<bytes>"):
+        import sentencepiece as spm
+
+        self.path = path
+        self._sp = spm.SentencePieceProcessor(model_proto=model_bytes)
+        self.fingerprint = "spm:" + hashlib.sha256(model_bytes).hexdigest()[:16]
+        self.vocab_size = self._sp.vocab_size()
+        if self._sp.eos_id() < 0:
+            raise ValueError(f"{path}: sentencepiece model has no EOS piece (eos_id=-1)")
+        self.eos_id = self._sp.eos_id()
+        self.bos_id = self._sp.bos_id() if self._sp.bos_id() >= 0 else None
+
+    def encode(self, text: str) -> list[int]:
+        return self._sp.encode(text)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self._sp.decode([int(i) for i in ids])
+
+    def special_token_id(self, name: str) -> int | None:
+        i = self._sp.piece_to_id(name)
+        if i == self._sp.unk_id() and name != self._sp.id_to_piece(i):
+            return None
+        return i
+
+
+class HFTokenizer:
+    def __init__(self, tokenizer_json: str, path: str = "<str>", config: dict | None = None):
+        import tokenizers
+
+        self.path = path
+        self._tok = tokenizers.Tokenizer.from_str(tokenizer_json)
+        spec = json.loads(tokenizer_json)
+        canonical = json.dumps([spec["model"], spec.get("added_tokens")], sort_keys=True)
+        self.fingerprint = "hf:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+        self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
+        config = config or {}
+        self.eos_id = self._named_id(config.get("eos_token"), _EOS_NAMES)
+        if self.eos_id is None:
+            raise ValueError(f"{path}: no EOS token found (looked for {_EOS_NAMES})")
+        self.bos_id = self._named_id(config.get("bos_token"), _BOS_NAMES)
+
+    def _named_id(self, configured, defaults) -> int | None:
+        if isinstance(configured, dict):  # {"content": "<s>", ...} in older configs
+            configured = configured.get("content")
+        for name in ([configured] if configured else []) + list(defaults):
+            i = self._tok.token_to_id(name)
+            if i is not None:
+                return i
+        return None
+
+    def encode(self, text: str) -> list[int]:
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
+
+    def special_token_id(self, name: str) -> int | None:
+        return self._tok.token_to_id(name)
+
+
+def load(path: str) -> Tokenizer:
+    """A sentencepiece `.model`, a `tokenizer.json`, or a directory holding one of them."""
+    path = str(path).rstrip("/")
+    if path.endswith(".json"):
+        return _load_hf(path, config_path=None)
+    if path.endswith(".model"):
+        return SentencePieceTokenizer(fs.read_bytes(path), path)
+    names = fs.listdir(path)
+    if "tokenizer.json" in names:
+        config = fs.join(path, "tokenizer_config.json") if "tokenizer_config.json" in names else None
+        return _load_hf(fs.join(path, "tokenizer.json"), config)
+    models = [n for n in names if n.endswith(".model")]
+    if len(models) == 1:
+        return SentencePieceTokenizer(fs.read_bytes(fs.join(path, models[0])), fs.join(path, models[0]))
+    raise ValueError(
+        f"{path}: expected a sentencepiece .model, a tokenizer.json, or a directory holding exactly "
+        f"one of them; found {names[:20]}"
+    )
+
+
+def _load_hf(path: str, config_path: str | None) -> HFTokenizer:
+    config = json.loads(fs.read_text(config_path)) if config_path else None
+    return HFTokenizer(fs.read_text(path), path, config)
+
+
+def train_sentencepiece(texts: Iterable[str], vocab_size: int, output_path: str) -> str:
+    """Train a BPE model whose encode/decode round-trips any text exactly; writes `output_path`."""
+    import sentencepiece as spm
+
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=_lines(texts),
+        model_writer=model,
+        vocab_size=vocab_size,
+        model_type="bpe",
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        add_dummy_prefix=False,
+        allow_whitespace_only_pieces=True,
+        split_digits=True,
+        byte_fallback=True,
+        user_defined_symbols=["\n", "\t"],
+        character_coverage=1.0,
+        hard_vocab_limit=False,
+        max_sentence_length=1 << 16,
+        input_sentence_size=2_000_000,
+        shuffle_input_sentence=True,
+        minloglevel=2,
+    )
+    fs.write_bytes(output_path, model.getvalue())
+    return output_path
+
+
+def _lines(texts: Iterable[str]):
+    """Lines keep their newline; "\n" is a user symbol, so no piece spans lines anyway."""
+    for text in texts:
+        yield from text.splitlines(keepends=True)
