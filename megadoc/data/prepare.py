@@ -1,0 +1,246 @@
+"""The prepare job: documents (+ generations) → one tokenized, permuted window store.
+
+Memory stays bounded by one bucket, not the corpus: pass 1 streams the inputs into `buckets`
+local spill files by a seeded hash of the document id, so a document and its generations land in
+the same bucket; pass 2 takes the buckets in order, sorts each by that hash (together: a seeded
+permutation of the documents that does not depend on input order or file layout), builds the
+recipe's documents, tokenizes them in a process pool, joins them with EOS and writes windows as
+they fill. Skipped records are counted by reason, logged with file and line, and recorded in the
+store's metadata.
+
+Restart: a complete store with the same settings is kept as is; a partial one is rewritten.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+import tempfile
+import time
+
+from megadoc.data import docs as docs_lib
+from megadoc.data import megadocs
+from megadoc.data import store as store_lib
+from megadoc.data import tokenizer as tokenizer_lib
+from megadoc.data.windows import Windower
+
+SYNTHETIC_RECIPES = ("simple", "stitched", "latent")
+
+
+@dataclasses.dataclass(frozen=True)
+class PrepareConfig:
+    docs: str
+    recipe: str
+    tokenizer: str
+    seq_len: int
+    seed: int
+    output: str
+    generations: str | None = None
+    real_position: str = "last"
+    include_real: bool = True
+    workers: int = 1
+    buckets: int = 64
+
+    def check(self) -> None:
+        if self.recipe not in megadocs.RECIPES:
+            raise ValueError(f"--recipe={self.recipe}: expected one of {megadocs.RECIPES}")
+        if self.recipe in SYNTHETIC_RECIPES and not self.generations:
+            raise ValueError(f"--recipe={self.recipe} needs --generations")
+        if self.recipe == "real" and self.generations:
+            raise ValueError("--recipe=real does not use --generations; drop it")
+        if self.recipe != "stitched" and self.real_position != "last":
+            raise ValueError("--real_position applies to --recipe=stitched only")
+        if self.seq_len < 1 or self.workers < 1 or self.buckets < 1:
+            raise ValueError("--seq_len, --workers and --buckets must be >= 1")
+
+    def settings(self) -> dict:
+        """What determines the store's contents (workers and buckets do not)."""
+        out = dataclasses.asdict(self)
+        del out["workers"], out["buckets"]
+        return out
+
+
+def doc_key(seed: int, doc_id: str) -> int:
+    return int.from_bytes(hashlib.blake2b(f"{seed}\0{doc_id}".encode(), digest_size=8).digest(), "big")
+
+
+def prepare(config: PrepareConfig) -> dict:
+    config.check()
+    if store_lib.is_complete(config.output):
+        existing = store_lib.open(config.output).metadata
+        if existing.get("settings") != config.settings():
+            raise ValueError(f"{config.output}: holds a complete store prepared with other settings "
+                             f"{existing.get('settings')}; remove it or choose another --output")
+        print(f"[prepare] {config.output} is already complete; nothing to do", flush=True)
+        return existing
+    tokenizer = tokenizer_lib.load(config.tokenizer)
+    bad = docs_lib.BadRecords()
+    spill = tempfile.mkdtemp(prefix="megadoc-prepare-")
+    try:
+        counts, doc_buckets, gen_buckets = _spill(config, spill, bad)
+        return _write(config, tokenizer, doc_buckets, gen_buckets, bad, counts)
+    finally:
+        shutil.rmtree(spill, ignore_errors=True)
+
+
+class _Buckets:
+    def __init__(self, directory: str, kind: str, num: int):
+        self.paths = [os.path.join(directory, f"{kind}-{b:05d}.jsonl") for b in range(num)]
+        self._files: dict[int, object] = {}
+        self._num = num
+
+    def write(self, key: int, record: dict) -> None:
+        b = key * self._num >> 64
+        if b not in self._files:
+            self._files[b] = open(self.paths[b], "w", encoding="utf-8")
+        self._files[b].write(json.dumps(record, ensure_ascii=False) + "\n")
+
+    def close(self) -> None:
+        for f in self._files.values():
+            f.close()
+
+    def read(self, b: int) -> list[dict]:
+        if not os.path.exists(self.paths[b]):
+            return []
+        with open(self.paths[b], encoding="utf-8") as f:
+            return [json.loads(line) for line in f]
+
+
+def _spill(config: PrepareConfig, spill: str, bad: docs_lib.BadRecords):
+    counts = collections.Counter()
+    docs = _Buckets(spill, "docs", config.buckets)
+    for order, doc in enumerate(docs_lib.read_docs(config.docs, bad)):
+        counts["docs_read"] += 1
+        if not doc["text"].strip():
+            bad.add("empty_doc", doc["where"], f"id {doc['id']!r}")
+            continue
+        docs.write(doc_key(config.seed, doc["id"]), dict(doc, order=order))
+    docs.close()
+    gens = _Buckets(spill, "generations", config.buckets)
+    if config.generations:
+        for order, g in enumerate(docs_lib.read_generations(config.generations, bad)):
+            counts["generations_read"] += 1
+            if megadocs.THINK_OPEN in g["text"] or megadocs.THINK_CLOSE in g["text"]:
+                bad.add("think_tag_in_generation", g["where"], f"doc {g['doc_id']!r}")
+                continue
+            gens.write(doc_key(config.seed, g["doc_id"]), dict(g, order=order))
+    gens.close()
+    return counts, docs, gens
+
+
+def _bucket_documents(config, docs: list[dict], gens: list[dict], bad, counts) -> list[str]:
+    """This bucket's stream documents, in permutation order."""
+    by_id: dict[str, dict] = {}
+    for d in sorted(docs, key=lambda d: d["order"]):
+        if d["id"] in by_id:
+            bad.add("duplicate_id", d["where"], f"id {d['id']!r} first seen at {by_id[d['id']]['where']}")
+        else:
+            by_id[d["id"]] = d
+    grouped = collections.defaultdict(list)
+    seen = set()
+    for g in sorted(gens, key=lambda g: g["order"]):
+        doc = by_id.get(g["doc_id"])
+        identity = (g["doc_id"], g["method"], g["sample"], g.get("offset"))
+        if doc is None:
+            bad.add("unknown_doc_id", g["where"], f"doc_id {g['doc_id']!r}")
+        elif identity in seen:
+            bad.add("duplicate_generation", g["where"], f"{identity}")
+        elif g["method"] == "latent_thought" and not 0 <= g["offset"] <= len(doc["text"]):
+            bad.add("offset_out_of_range", g["where"], f"offset {g['offset']} in a text of "
+                                                        f"{len(doc['text'])} characters")
+        else:
+            seen.add(identity)
+            grouped[g["doc_id"]].append(g)
+    out = []
+    for doc in sorted(by_id.values(), key=lambda d: (doc_key(config.seed, d["id"]), d["id"])):
+        generations = grouped.get(doc["id"], [])
+        counts["docs_used"] += 1
+        counts["generations_used"] += len(generations)
+        for g in generations:
+            counts[f"finish_reason/{g.get('finish_reason')}"] += 1
+        if config.recipe in SYNTHETIC_RECIPES and not generations:
+            counts["docs_without_generations"] += 1
+        texts = megadocs.build_documents(config.recipe, doc, generations,
+                                         real_position=config.real_position,
+                                         include_real=config.include_real)
+        counts["empty_built_documents"] += sum(1 for t in texts if not t)
+        out += [t for t in texts if t]
+    return out
+
+
+_worker_tokenizer = None
+
+
+def _init_worker(path: str) -> None:
+    global _worker_tokenizer
+    _worker_tokenizer = tokenizer_lib.load(path)
+
+
+def _encode(text: str) -> list[int]:
+    return _worker_tokenizer.encode(text)
+
+
+def _write(config, tokenizer, doc_buckets, gen_buckets, bad, counts) -> dict:
+    writer = store_lib.StoreWriter(config.output, config.seq_len)
+    windower = Windower(config.seq_len)
+    pool = None
+    if config.workers > 1:
+        pool = multiprocessing.get_context("spawn").Pool(
+            config.workers, initializer=_init_worker, initargs=(config.tokenizer,))
+    encode = (lambda texts: pool.imap(_encode, texts, chunksize=16)) if pool else (
+        lambda texts: map(tokenizer.encode, texts))
+    start = last_print = time.time()
+    num_windows = 0
+    try:
+        for b in range(config.buckets):
+            texts = _bucket_documents(config, doc_buckets.read(b), gen_buckets.read(b), bad, counts)
+            for ids in encode(texts):
+                ids.append(tokenizer.eos_id)
+                counts["documents"] += 1
+                for block in windower.add(ids):
+                    writer.append(*block)
+                    num_windows += len(block[0])
+            if time.time() - last_print > 5 or b == config.buckets - 1:
+                last_print = time.time()
+                _progress(b + 1, config.buckets, counts, windower, num_windows, last_print - start)
+    finally:
+        if pool:
+            pool.close()
+            pool.join()
+    for block in windower.flush():
+        writer.append(*block)
+        num_windows += len(block[0])
+    if num_windows == 0:
+        raise ValueError(f"{config.docs}: {windower.num_tokens} tokens in all, fewer than "
+                         f"seq_len+1={config.seq_len + 1}: no window can be made")
+    elapsed = time.time() - start
+    metadata = {
+        "settings": config.settings(),
+        "recipe": config.recipe,
+        "seed": config.seed,
+        "tokenizer_path": config.tokenizer,
+        "tokenizer_fingerprint": tokenizer.fingerprint,
+        "vocab_size": tokenizer.vocab_size,
+        "eos_id": tokenizer.eos_id,
+        "num_tokens": windower.num_tokens,
+        "dropped_tail_tokens": windower.leftover_tokens,
+        "counts": dict(sorted(counts.items())),
+        "skipped": bad.as_dict(),
+        "elapsed_s": round(elapsed, 3),
+    }
+    metadata = writer.finish(metadata)
+    print(f"[prepare] wrote {config.output}: {metadata['num_windows']} windows of "
+          f"{config.seq_len}+1 tokens; skipped {dict(bad.counts) or 'nothing'}", flush=True)
+    return metadata
+
+
+def _progress(done, total, counts, windower, num_windows, elapsed) -> None:
+    docs, tokens = counts["docs_used"], windower.num_tokens
+    eta = elapsed / done * (total - done)
+    print(f"[prepare] bucket {done}/{total}  docs {docs} ({docs / max(elapsed, 1e-9):.0f}/s)  "
+          f"tokens {tokens} ({tokens / max(elapsed, 1e-9):.0f}/s)  windows {num_windows}  "
+          f"ETA {eta:.0f}s", flush=True)
