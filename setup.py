@@ -17,6 +17,7 @@ setup(
         "grain>=0.2.18",
         "sentencepiece>=0.2",
         "google-cloud-storage>=3.0",
+        "gcsfs>=2024.2",  # orbax/etils reach gs:// through fsspec when tensorflow is absent
         "absl-py>=2.0",
         "tokenizers>=0.21",
         "safetensors>=0.5",

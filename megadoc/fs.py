@@ -1,20 +1,30 @@
-"""Paths are URLs: one small file layer for local paths and gs://bucket/key.
+"""Paths are URLs: one small file layer for local paths and gs://bucket/key, same behaviour on both.
 
-Every small-file read or write in megadoc goes through here (arrays go through tensorstore,
-checkpoints through orbax). Writes are atomic: a reader sees the whole file or nothing.
-Locally that is write-to-temp then rename; on GCS a single-object upload is atomic by itself.
+Every small-file read or write in megadoc goes through here (arrays go through tensorstore with
+`tensorstore_kvstore(path)`, checkpoints through orbax). Writes are atomic: a reader sees the whole
+file or nothing (locally write-to-temp then rename; on GCS one object upload is atomic by itself).
+A directory of several files is published with `commit(dir)` last; readers check `is_committed`.
+
+On gs:// (see megadoc.gcs): transient failures are retried with backoff; a missing object raises
+FileNotFoundError like a missing local file; a missing bucket or a refused request raises
+StorageError naming the path.
 """
 from __future__ import annotations
 
 import contextlib
 import fnmatch
 import io
+import json
 import os
 import shutil
 import tempfile
 from typing import Iterator
 
-GCS_PREFIX = "gs://"
+from megadoc import gcs
+from megadoc.gcs import StorageError  # noqa: F401  (re-exported: callers catch fs.StorageError)
+
+GCS_PREFIX = gcs.PREFIX
+COMMIT_MARKER = "_COMMITTED"
 
 
 def is_gcs(path: str) -> bool:
@@ -30,32 +40,10 @@ def join(base: str, *parts: str) -> str:
     return os.path.join(base, *parts)
 
 
-def _split_gcs(path: str) -> tuple[str, str]:
-    rest = path[len(GCS_PREFIX):]
-    bucket, _, key = rest.partition("/")
-    return bucket, key
-
-
-def _client():
-    from google.cloud import storage  # imported lazily: local runs never need it
-
-    if os.environ.get("STORAGE_EMULATOR_HOST"):
-        from google.auth.credentials import AnonymousCredentials
-
-        return storage.Client(project="megadoc", credentials=AnonymousCredentials())
-    return storage.Client()
-
-
-def _blob(path: str):
-    bucket, key = _split_gcs(path)
-    return _client().bucket(bucket).blob(key)
-
-
 def exists(path: str) -> bool:
+    """A file, or a directory (on GCS: any object under path/)."""
     if is_gcs(path):
-        if _blob(path).exists():
-            return True
-        return bool(listdir(path))
+        return gcs.is_object(path) or gcs.is_prefix(path)
     return os.path.exists(path)
 
 
@@ -68,26 +56,23 @@ def makedirs(path: str) -> None:
 def listdir(path: str) -> list[str]:
     """Names (not paths) directly under `path`, sorted; [] when it does not exist."""
     if is_gcs(path):
-        bucket, key = _split_gcs(path)
-        prefix = key.rstrip("/") + "/" if key else ""
-        it = _client().list_blobs(bucket, prefix=prefix, delimiter="/")
-        names = [b.name[len(prefix):] for b in it]
-        names += [p[len(prefix):].rstrip("/") for p in it.prefixes]
-        return sorted(n for n in set(names) if n)
+        return gcs.list_children(path)
     if not os.path.isdir(path):
         return []
     return sorted(os.listdir(path))
 
 
 def glob(pattern: str) -> list[str]:
-    """Files matching a pattern whose wildcards are in the last path component only."""
-    base, _, name_pat = pattern.rpartition("/")
+    """Paths matching a pattern whose wildcards are in the last path component only, sorted."""
+    base, _, name_pat = str(pattern).rpartition("/")
+    if any(c in base for c in "*?["):
+        raise ValueError(f"{pattern}: wildcards are supported in the last component only")
     return [join(base, n) for n in listdir(base) if fnmatch.fnmatch(n, name_pat)]
 
 
 def read_bytes(path: str) -> bytes:
     if is_gcs(path):
-        return _blob(path).download_as_bytes()
+        return gcs.read_bytes(path)
     with open(path, "rb") as f:
         return f.read()
 
@@ -99,7 +84,7 @@ def read_text(path: str) -> str:
 def write_bytes(path: str, data: bytes) -> None:
     """Atomic write: the file at `path` is either the old one or exactly `data`."""
     if is_gcs(path):
-        _blob(path).upload_from_string(data)
+        gcs.write_bytes(path, data)
         return
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
@@ -122,20 +107,21 @@ def write_text(path: str, text: str) -> None:
 
 @contextlib.contextmanager
 def open_read(path: str) -> Iterator[io.BufferedIOBase]:
-    """A binary file object for streaming reads (large files are not loaded whole)."""
-    if is_gcs(path):
-        with _blob(path).open("rb") as f:
-            yield f
-    else:
-        with open(path, "rb") as f:
-            yield f
+    """A seekable binary file object for streaming reads (large files are not loaded whole)."""
+    f = gcs.open_read(path) if is_gcs(path) else open(path, "rb")
+    with f:
+        yield f
 
 
 def append_text(path: str, text: str) -> None:
-    """Append to a log-like file (metrics.jsonl). GCS objects are immutable: rewrite whole."""
+    """Append to a log-like file (metrics.jsonl). GCS objects are immutable: rewrite whole,
+    which keeps the append atomic (and cheap for the small files this is meant for)."""
     if is_gcs(path):
-        old = read_bytes(path) if _blob(path).exists() else b""
-        write_bytes(path, old + text.encode("utf-8"))
+        try:
+            old = gcs.read_bytes(path)
+        except FileNotFoundError:
+            old = b""
+        gcs.write_bytes(path, old + text.encode("utf-8"))
         return
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "a", encoding="utf-8") as f:
@@ -143,17 +129,35 @@ def append_text(path: str, text: str) -> None:
 
 
 def remove(path: str) -> None:
+    """Deletes one file; FileNotFoundError when there is none."""
     if is_gcs(path):
-        _blob(path).delete()
+        gcs.remove(path)
     else:
         os.remove(path)
 
 
 def rmtree(path: str) -> None:
+    """Deletes a directory and everything under it; nothing to do when it does not exist."""
     if is_gcs(path):
-        bucket, key = _split_gcs(path)
-        prefix = key.rstrip("/") + "/"
-        for b in _client().list_blobs(bucket, prefix=prefix):
-            b.delete()
+        gcs.remove_tree(path)
     elif os.path.isdir(path):
         shutil.rmtree(path)
+
+
+def tensorstore_kvstore(path: str) -> dict:
+    """The tensorstore kvstore spec of a directory, local or gs://:
+    `ts.open({"driver": "zarr3", "kvstore": fs.tensorstore_kvstore(path), ...})`."""
+    if is_gcs(path):
+        bucket, key = gcs.split(str(path))
+        return {"driver": "gcs", "bucket": bucket, "path": key.rstrip("/") + "/" if key else ""}
+    return {"driver": "file", "path": os.path.abspath(path) + "/"}
+
+
+def commit(directory: str, info: dict | None = None) -> None:
+    """Publishes a directory whose files are all written: the marker is the last object, so a
+    reader that requires it never sees a partial directory (GCS has no directory rename)."""
+    write_text(join(directory, COMMIT_MARKER), json.dumps(info or {}, sort_keys=True) + "\n")
+
+
+def is_committed(directory: str) -> bool:
+    return exists(join(directory, COMMIT_MARKER))

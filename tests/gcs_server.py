@@ -1,0 +1,325 @@
+"""A real GCS-compatible server on loopback for tests: the `gcp-storage-emulator` PyPI package.
+
+    with GcsServer(buckets=["megadoc-test"]) as server:   # sets the env, stops the server
+        fs.write_text("gs://megadoc-test/x.txt", "hi")
+
+Or, in a test module, the session fixture (one server per pytest process, started on first use):
+
+    from tests.gcs_server import gcs  # noqa: F401  (pytest finds the fixture by name)
+
+    def test_x(gcs):
+        path = gcs.fresh_path()          # gs://megadoc-test/<unique>/, empty
+
+The server runs as a subprocess bound to 127.0.0.1 on a free port. Every wait is bounded, and
+the process is stopped at exit even when a test fails. `STORAGE_EMULATOR_HOST` points the
+google-cloud-storage client (and gcsfs, hence orbax/etils) at it, `TENSORSTORE_GCS_HTTP_URL`
+points tensorstore, and `GOOGLE_AUTH_TOKEN_FOR_TESTING` spares tensorstore the credential
+lookup (no metadata server, no gcloud). The previous environment is restored on stop.
+"""
+from __future__ import annotations
+
+import atexit
+import contextlib
+import itertools
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+BUCKET = "megadoc-test"
+START_TIMEOUT_S = 30.0
+
+ENV_KEYS = ("STORAGE_EMULATOR_HOST", "TENSORSTORE_GCS_HTTP_URL", "GOOGLE_AUTH_TOKEN_FOR_TESTING",
+            "GOOGLE_CLOUD_PROJECT")
+
+# Two fidelity fixes to the emulator, applied in its own process before it builds its routes:
+# - real GCS answers a media download with `x-goog-generation`; tensorstore reads the object's
+#   generation from it (OCDBT, hence orbax, fails with "Malformed StorageGeneration" without it);
+# - its HTTPServer serves one request at a time with a listen backlog of 5, so a burst of
+#   parallel connections (tensorstore, orbax) has SYNs dropped and waits out TCP's 1 s
+#   retransmit; a deeper backlog keeps the burst queued instead.
+_SERVE = """
+import http.server, sys
+from gcp_storage_emulator.handlers import objects
+
+_download = objects.download
+
+def download(request, response, storage, *args, **kwargs):
+    _download(request, response, storage, *args, **kwargs)
+    if response.status.value in (200, 206):
+        obj = storage.get_file_obj(request.params["bucket_name"], request.params["object_id"])
+        response["x-goog-generation"] = obj["generation"]
+        response["x-goog-metageneration"] = obj["metageneration"]
+
+objects.download = download
+http.server.HTTPServer.request_queue_size = 256
+from gcp_storage_emulator.__main__ import main
+main(sys.argv[1:])
+"""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class GcsServer:
+    """One emulator process. `data_dir=None` keeps objects in memory (fast); with a directory
+    they survive `stop()` + `start()`, which tests use to take the server down mid-job."""
+
+    def __init__(self, buckets=(BUCKET,), *, port: int | None = None, data_dir: str | None = None):
+        self.buckets = tuple(buckets)
+        self.port = port or free_port()
+        self.data_dir = data_dir
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._proc: subprocess.Popen | None = None
+        self._log = tempfile.NamedTemporaryFile(prefix="gcs-emulator-", suffix=".log", delete=False)
+        self._saved_env: dict[str, str | None] | None = None
+        self._names = itertools.count()
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self) -> "GcsServer":
+        if self._proc is not None:
+            return self
+        cmd = [sys.executable, "-c", _SERVE]
+        if self.data_dir:
+            cmd += ["--data-dir", os.path.abspath(self.data_dir)]
+        cmd += ["start", "--host", "127.0.0.1", "--port", str(self.port), "--quiet"]
+        if not self.data_dir:
+            cmd.append("--in-memory")
+        self._proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
+                                      stdin=subprocess.DEVNULL, start_new_session=True)
+        atexit.register(self.stop)
+        try:
+            self._wait_until_up()
+            for bucket in self.buckets:
+                self.create_bucket(bucket)
+        except BaseException:
+            self.stop()
+            raise
+        self._set_env()
+        return self
+
+    def stop(self) -> None:
+        """Stops the process (terminate, then kill after 5 s); the env stays set until close()."""
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+    def close(self) -> None:
+        self.stop()
+        self._restore_env()
+        with contextlib.suppress(OSError):
+            os.remove(self._log.name)
+
+    def __enter__(self) -> "GcsServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _wait_until_up(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"gcs emulator exited with {self._proc.returncode}: {self.log()}")
+            try:
+                with urllib.request.urlopen(self.url + "/", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"gcs emulator on {self.url} not up after {START_TIMEOUT_S}s: "
+                                   f"{self.log()}")
+            time.sleep(0.05)
+
+    def log(self) -> str:
+        with open(self._log.name, encoding="utf-8", errors="replace") as f:
+            return f.read()[-2000:]
+
+    # -- environment -----------------------------------------------------------------------
+    def env(self) -> dict[str, str]:
+        """What a subprocess needs to talk to this server (merge into os.environ)."""
+        return {
+            "STORAGE_EMULATOR_HOST": self.url,
+            "TENSORSTORE_GCS_HTTP_URL": self.url,
+            "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator",
+            "GOOGLE_CLOUD_PROJECT": "megadoc",
+        }
+
+    def _set_env(self) -> None:
+        if self._saved_env is None:
+            self._saved_env = {k: os.environ.get(k) for k in ENV_KEYS}
+        os.environ.update(self.env())
+
+    def _restore_env(self) -> None:
+        if self._saved_env is None:
+            return
+        for k, v in self._saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        self._saved_env = None
+
+    # -- admin -----------------------------------------------------------------------------
+    def create_bucket(self, name: str) -> None:
+        req = urllib.request.Request(
+            self.url + "/storage/v1/b?project=megadoc", data=json.dumps({"name": name}).encode(),
+            headers={"Content-Type": "application/json"}, method="POST")
+        try:
+            urllib.request.urlopen(req, timeout=10).close()
+        except urllib.error.HTTPError as e:
+            if e.code != 409:  # already exists (a restarted disk-backed server)
+                raise
+
+    def fresh_path(self, bucket: str = BUCKET) -> str:
+        """A gs:// prefix no other test has used in this server's life."""
+        return f"gs://{bucket}/t{os.getpid()}-{next(self._names)}"
+
+
+@pytest.fixture(scope="session")
+def gcs_server():
+    """The session's in-memory emulator with bucket `megadoc-test`; env set while it lives."""
+    with GcsServer() as server:
+        yield server
+
+
+@pytest.fixture
+def gcs(gcs_server):
+    """The session server, for one test; `gcs.fresh_path()` gives an unused gs:// prefix."""
+    return gcs_server
+
+
+class FaultProxy:
+    """A loopback HTTP proxy in front of a GcsServer that injects the failures GCS really
+    produces, then forwards everything else untouched:
+
+        with FaultProxy(server) as proxy:      # STORAGE_EMULATOR_HOST now points at the proxy
+            proxy.inject(503, 503, "reset")    # the next three requests fail, in this order
+            fs.write_text(...)                 # ... and megadoc retries through them
+
+    A fault is an HTTP status (answered with GCS's JSON error body) or "reset" (the connection
+    is closed with a TCP RST before any answer). `read_only = True` answers every write with
+    403, as GCS does for a principal without storage.objects.create/delete: the emulator has no
+    IAM, so this is how tests see a read-only bucket.
+    """
+
+    _WRITES = ("POST", "PUT", "PATCH", "DELETE")
+
+    def __init__(self, server: GcsServer):
+        import http.server
+        import threading
+
+        self.server = server
+        self.read_only = False
+        self.requests: list[str] = []  # "METHOD path" of every request seen, faulted or not
+        self._faults: list = []
+        self._lock = threading.Lock()
+        self._saved: str | None = None
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_any(self):
+                body = self._body()
+                with proxy._lock:
+                    proxy.requests.append(f"{self.command} {self.path}")
+                    fault = proxy._faults.pop(0) if proxy._faults else None
+                if fault is None and proxy.read_only and self.command in proxy._WRITES:
+                    fault = 403
+                if fault == "reset":
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                               b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                    self.close_connection = True
+                    return
+                if fault is not None:
+                    return self._error(int(fault))
+                self._forward(body)
+
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_any
+
+            def _body(self) -> bytes:
+                n = int(self.headers.get("Content-Length") or 0)
+                return self.rfile.read(n) if n else b""
+
+            def _error(self, code: int) -> None:
+                reason = {403: "forbidden", 429: "rateLimitExceeded"}.get(code, "backendError")
+                message = ("Caller does not have storage.objects.create access (read-only "
+                           "bucket)." if code == 403 else "Injected failure.")
+                payload = json.dumps({"error": {"code": code, "message": message, "errors": [
+                    {"message": message, "domain": "global", "reason": reason}]}}).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json; charset=UTF-8")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def _forward(self, body: bytes) -> None:
+                import http.client
+
+                conn = http.client.HTTPConnection("127.0.0.1", proxy.server.port, timeout=30)
+                headers = {k: v for k, v in self.headers.items()
+                           if k.lower() not in ("connection", "keep-alive", "transfer-encoding")}
+                try:
+                    conn.request(self.command, self.path, body=body or None, headers=headers)
+                    resp = conn.getresponse()
+                    data = resp.read()
+                except OSError:  # the server itself is down: the client sees a reset
+                    self.close_connection = True
+                    return
+                finally:
+                    conn.close()
+                self.send_response(resp.status, resp.reason)
+                for k, v in resp.getheaders():
+                    if k.lower() not in ("connection", "keep-alive", "transfer-encoding",
+                                         "content-length"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+
+    def inject(self, *faults) -> None:
+        with self._lock:
+            self._faults.extend(faults)
+
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._faults)
+
+    def __enter__(self) -> "FaultProxy":
+        self._thread.start()
+        self._saved = os.environ.get("STORAGE_EMULATOR_HOST")
+        os.environ["STORAGE_EMULATOR_HOST"] = self.url
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._saved is None:
+            os.environ.pop("STORAGE_EMULATOR_HOST", None)
+        else:
+            os.environ["STORAGE_EMULATOR_HOST"] = self._saved
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=5)
