@@ -14,7 +14,7 @@ The server runs as a subprocess bound to 127.0.0.1 on a free port. Every wait is
 the process is stopped at exit even when a test fails. `STORAGE_EMULATOR_HOST` points the
 google-cloud-storage client (and gcsfs, hence orbax/etils) at it, `TENSORSTORE_GCS_HTTP_URL`
 points tensorstore, and `GOOGLE_AUTH_TOKEN_FOR_TESTING` spares tensorstore the credential
-lookup (no metadata server, no gcloud). The previous environment is restored on stop.
+lookup (no metadata server, no gcloud). The previous environment is restored by close().
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ BUCKET = "megadoc-test"
 START_TIMEOUT_S = 30.0
 
 ENV_KEYS = ("STORAGE_EMULATOR_HOST", "TENSORSTORE_GCS_HTTP_URL", "GOOGLE_AUTH_TOKEN_FOR_TESTING",
-            "GOOGLE_CLOUD_PROJECT")
+            "GOOGLE_CLOUD_PROJECT", "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT")
 
 # Two fidelity fixes to the emulator, applied in its own process before it builds its routes:
 # - real GCS answers a media download with `x-goog-generation`; tensorstore reads the object's
@@ -160,6 +160,9 @@ class GcsServer:
             "TENSORSTORE_GCS_HTTP_URL": self.url,
             "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator",
             "GOOGLE_CLOUD_PROJECT": "megadoc",
+            # gcsfs (orbax's route to gs://) would ask the Storage Control API for each bucket's
+            # layout, which the emulator lacks; it falls back anyway, with a warning per call.
+            "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
         }
 
     def _set_env(self) -> None:
@@ -214,8 +217,9 @@ class FaultProxy:
             proxy.inject(503, 503, "reset")    # the next three requests fail, in this order
             fs.write_text(...)                 # ... and megadoc retries through them
 
-    A fault is an HTTP status (answered with GCS's JSON error body) or "reset" (the connection
-    is closed with a TCP RST before any answer). `read_only = True` answers every write with
+    A fault is an HTTP status (answered with GCS's JSON error body), "reset" (the connection is
+    closed with a TCP RST before the request reaches the server) or "lost" (the server handles
+    the request, then the connection is reset before its answer reaches the client). `read_only = True` answers every write with
     403, as GCS does for a principal without storage.objects.create/delete: the emulator has no
     IAM, so this is how tests see a read-only bucket.
     """
@@ -242,7 +246,9 @@ class FaultProxy:
                     fault = proxy._faults.pop(0) if proxy._faults else None
                 if fault is None and proxy.read_only and self.command in proxy._WRITES:
                     fault = 403
-                if fault == "reset":
+                if fault == "lost":  # the server does the work, the answer never arrives
+                    self._forward(body, reply=False)
+                if fault in ("reset", "lost"):
                     self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
                                                b"\x01\x00\x00\x00\x00\x00\x00\x00")
                     self.close_connection = True
@@ -269,7 +275,7 @@ class FaultProxy:
                 self.end_headers()
                 self.wfile.write(payload)
 
-            def _forward(self, body: bytes) -> None:
+            def _forward(self, body: bytes, reply: bool = True) -> None:
                 import http.client
 
                 conn = http.client.HTTPConnection("127.0.0.1", proxy.server.port, timeout=30)
@@ -284,6 +290,8 @@ class FaultProxy:
                     return
                 finally:
                     conn.close()
+                if not reply:
+                    return
                 self.send_response(resp.status, resp.reason)
                 for k, v in resp.getheaders():
                     if k.lower() not in ("connection", "keep-alive", "transfer-encoding",
@@ -308,6 +316,10 @@ class FaultProxy:
     def pending(self) -> int:
         with self._lock:
             return len(self._faults)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._faults.clear()
 
     def __enter__(self) -> "FaultProxy":
         self._thread.start()

@@ -1,0 +1,95 @@
+"""gs:// failure modes on loopback: transient errors are retried, permanent ones name the path.
+
+Faults are real: a proxy in front of the emulator answers 503/429/500 or resets the TCP
+connection, and the emulator process itself is stopped and restarted on the same port.
+"""
+import threading
+
+import pytest
+
+from gcs_server import FaultProxy, GcsServer, gcs_server  # noqa: F401  (session fixture)
+from megadoc import fs, gcs
+
+
+@pytest.fixture
+def fast_retries(monkeypatch):
+    monkeypatch.setattr(gcs, "RETRY", gcs.RetryPolicy(initial_delay_s=0.01, max_delay_s=0.05,
+                                                      deadline_s=10.0))
+
+
+@pytest.fixture
+def proxy(gcs_server, fast_retries):
+    with FaultProxy(gcs_server) as p:
+        yield p
+
+
+def test_transient_failures_are_retried_through(proxy, gcs_server):
+    root = gcs_server.fresh_path()
+    path = fs.join(root, "a.txt")
+    proxy.inject(503, 429, "reset", 500)
+    fs.write_text(path, "payload")
+    assert proxy.pending() == 0
+
+    proxy.inject("reset", 503)
+    assert fs.read_text(path) == "payload"
+    proxy.inject(502, "reset")
+    assert fs.listdir(root) == ["a.txt"]
+    proxy.inject(504)
+    assert fs.exists(path)
+    proxy.inject(None, "lost")  # the read passes; the upload's answer is lost, it is redone
+    fs.append_text(path, "+more")
+    with fs.open_read(path) as f:
+        proxy.inject("reset", 503)  # between opening and the ranged GET
+        assert f.read() == b"payload+more"
+    proxy.inject(503, "reset")
+    fs.rmtree(root)
+    assert proxy.pending() == 0
+    assert fs.listdir(root) == []
+
+
+def test_remove_whose_answer_was_lost_still_succeeds(proxy, gcs_server):
+    path = fs.join(gcs_server.fresh_path(), "x")
+    fs.write_text(path, "x")
+    proxy.inject("lost")  # deleted, but the client sees a reset and retries the DELETE: 404
+    fs.remove(path)
+    assert [r.split()[0] for r in proxy.requests[-2:]] == ["DELETE", "DELETE"]
+    assert not fs.exists(path)
+
+
+def test_persistent_failure_gives_up_at_the_deadline(proxy, gcs_server, monkeypatch):
+    monkeypatch.setattr(gcs, "RETRY", gcs.RetryPolicy(initial_delay_s=0.01, max_delay_s=0.02,
+                                                      deadline_s=0.3))
+    path = fs.join(gcs_server.fresh_path(), "x")
+    proxy.inject(*[503] * 10_000)
+    with pytest.raises(fs.StorageError, match=r"^gs://.*/x: gave up after \d+ attempts .*HTTP 503"):
+        fs.write_text(path, "x")
+    assert 1 < 10_000 - proxy.pending() < 10_000
+    proxy.clear()
+
+
+def test_read_only_bucket_is_a_clear_error(proxy, gcs_server):
+    path = fs.join(gcs_server.fresh_path(), "published.txt")
+    fs.write_text(path, "v1")
+    proxy.read_only = True
+    before = len(proxy.requests)
+    with pytest.raises(fs.StorageError, match=r"^gs://.*/published.txt: permission denied"):
+        fs.write_text(path, "v2")
+    assert len(proxy.requests) == before + 1  # permanent: not retried
+    with pytest.raises(fs.StorageError, match="permission denied"):
+        fs.remove(path)
+    assert fs.read_text(path) == "v1"  # reading is still allowed
+
+
+def test_server_down_then_back_on_the_same_port(tmp_path, fast_retries):
+    with GcsServer(data_dir=str(tmp_path / "disk")) as server:
+        path = fs.join(server.fresh_path(), "ckpt", "state.bin")
+        fs.write_bytes(path, b"before")
+        server.stop()
+        restart = threading.Timer(0.5, server.start)
+        restart.start()
+        try:
+            fs.write_bytes(path + ".new", b"after")  # connection refused until the restart
+        finally:
+            restart.join()
+        assert fs.read_bytes(path) == b"before"  # the disk-backed server kept its objects
+        assert fs.read_bytes(path + ".new") == b"after"
