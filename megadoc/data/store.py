@@ -31,13 +31,6 @@ def default_shard_windows(seq_len: int) -> int:
     return int(np.clip(_SHARD_BYTES // (4 * (seq_len + 1)), 16, 1 << 16))
 
 
-def _kvstore(path: str) -> dict:
-    if fs.is_gcs(path):
-        bucket, _, key = path[len(fs.GCS_PREFIX):].partition("/")
-        return {"driver": "gcs", "bucket": bucket, "path": key.rstrip("/") + "/"}
-    return {"driver": "file", "path": path}
-
-
 def _context() -> ts.Context:
     return ts.Context({"cache_pool": {"total_bytes_limit": 32 << 20}})
 
@@ -63,10 +56,11 @@ class StoreWriter:
                  {"name": "zstd", "configuration": {"level": 1}}]
         index = [{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "crc32c"}]
         sharding = {"name": "sharding_indexed", "configuration": {
-            "chunk_shape": [1, width], "codecs": inner, "index_codecs": index}}
+            "chunk_shape": [1, width], "codecs": inner, "index_codecs": index,
+            "index_location": "start"}}  # a plain byte range: no suffix reads needed
         spec = {
             "driver": "zarr3",
-            "kvstore": _kvstore(fs.join(self.path, name)),
+            "kvstore": fs.tensorstore_kvstore(fs.join(self.path, name)),
             "metadata": {
                 "shape": [0, width], "data_type": "int32", "fill_value": _FILL[name],
                 "chunk_grid": {"name": "regular",
@@ -169,7 +163,7 @@ def open(path: str) -> WindowStore:  # noqa: A001 - the contract's name
     arrays = {}
     for name in ARRAYS:
         try:
-            arr = ts.open({"driver": "zarr3", "kvstore": _kvstore(fs.join(path, name)),
+            arr = ts.open({"driver": "zarr3", "kvstore": fs.tensorstore_kvstore(fs.join(path, name)),
                            "open": True, "recheck_cached_data": "open",
                            "recheck_cached_metadata": "open"}, context=_context()).result()
         except ValueError as e:
