@@ -232,7 +232,9 @@ def hidden_states(config: LlamaConfig, params: dict, tokens: jax.Array, segment_
     if positions is None:
         positions = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
     inv_freq = rope_frequencies(config)
-    x_BxTxH = sharding.constrain(params["embed"].astype(dt)[tokens], sharding.ACT_EMBED)
+    # Gather the (FSDP-sharded) table whole first, so the lookup is local to each batch shard.
+    embed_VxH = sharding.constrain(params["embed"].astype(dt), sharding.GATHERED_EMBED)
+    x_BxTxH = sharding.constrain(embed_VxH[tokens], sharding.ACT_EMBED)
 
     if cache is None:
         def step(x, p):

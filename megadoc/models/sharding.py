@@ -28,7 +28,7 @@ RULES = (
 
 # Logical axes of each param, by leaf name (see the tree in llama.py).
 PARAM_AXES = {
-    "embed": ("vocab", "embed"),
+    "embed": ("embed_vocab", "embed"),
     "lm_head": ("embed", "vocab"),
     "final_norm": ("norm",),
     "attn_norm": ("layers", "norm"),
@@ -48,6 +48,7 @@ ACT_HEADS = ("batch", "seq", "heads", "head_dim")
 ACT_KV_HEADS = ("batch", "seq", "kv_heads", "head_dim")
 ACT_FFN = ("batch", "seq", "ffn")
 ACT_VOCAB = ("batch", "seq", "vocab")
+GATHERED_EMBED = ("embed_vocab", "act_embed")
 
 
 def make_mesh(data=-1, fsdp=1, tensor=1, devices=None) -> jax.sharding.Mesh:
