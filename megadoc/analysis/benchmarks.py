@@ -1,0 +1,219 @@
+"""Multiple-choice benchmarks scored the lm-eval-harness way: PIQA, SciQ, ARC-Easy.
+
+Each choice is scored by the summed log-probability of its continuation (" " + choice) given the
+question's prompt; `acc` takes the best-scoring choice, `acc_norm` the best score divided by the
+choice's length in characters. Questions come from local JSONL in each dataset's own layout.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+from typing import Callable, Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from megadoc import fs
+from megadoc.models import llama, sharding
+
+TARGET_DELIMITER = " "
+
+
+@dataclasses.dataclass(frozen=True)
+class Question:
+    context: str  # the prompt, e.g. "Question: ...\nAnswer:"
+    choices: tuple[str, ...]  # raw answer texts; the scored continuation is " " + choice
+    label: int  # index of the correct choice
+
+
+def _rows(path: str) -> Iterator[tuple[int, dict]]:
+    for lineno, line in enumerate(fs.read_text(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{lineno}: not valid JSON ({e})") from e
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+        yield lineno, row
+
+
+def _need(path, lineno, row, fields, layout):
+    for name, kind in fields.items():
+        if not isinstance(row.get(name), kind) or isinstance(row.get(name), bool):
+            raise ValueError(
+                f"{path}:{lineno}: expected {layout}; field {name!r} is "
+                f"{'missing' if name not in row else repr(row[name])[:80]}"
+            )
+
+
+def read_piqa(path: str) -> list[Question]:
+    layout = 'PIQA {"goal": str, "sol1": str, "sol2": str, "label": 0|1}'
+    out = []
+    for lineno, row in _rows(path):
+        _need(path, lineno, row, {"goal": str, "sol1": str, "sol2": str, "label": int}, layout)
+        if row["label"] not in (0, 1):
+            raise ValueError(f"{path}:{lineno}: expected {layout}; label is {row['label']}")
+        out.append(Question(f"Question: {row['goal']}\nAnswer:", (row["sol1"], row["sol2"]), row["label"]))
+    return out
+
+
+def read_sciq(path: str) -> list[Question]:
+    fields = {"question": str, "distractor1": str, "distractor2": str, "distractor3": str,
+              "correct_answer": str, "support": str}
+    layout = "SciQ {" + ", ".join(f'"{f}": str' for f in fields) + "}"
+    out = []
+    for lineno, row in _rows(path):
+        _need(path, lineno, row, fields, layout)
+        choices = (row["distractor1"], row["distractor2"], row["distractor3"], row["correct_answer"])
+        context = f"{row['support'].lstrip()}\nQuestion: {row['question']}\nAnswer:"
+        out.append(Question(context, choices, 3))
+    return out
+
+
+def read_arc(path: str) -> list[Question]:
+    """ARC (Easy or Challenge), in the original nested layout or the flat Hugging Face one."""
+    layout = ('ARC {"question": {"stem": str, "choices": [{"text", "label"}]}, "answerKey": str} '
+              'or {"question": str, "choices": {"text": [...], "label": [...]}, "answerKey": str}')
+    out = []
+    for lineno, row in _rows(path):
+        _need(path, lineno, row, {"answerKey": str}, layout)
+        q = row.get("question")
+        try:
+            if isinstance(q, dict):
+                stem = q["stem"]
+                texts = [c["text"] for c in q["choices"]]
+                labels = [c["label"] for c in q["choices"]]
+            else:
+                stem, texts, labels = q, row["choices"]["text"], row["choices"]["label"]
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"{path}:{lineno}: expected {layout}; missing {e}") from e
+        if not (isinstance(stem, str) and texts and len(texts) == len(labels)
+                and all(isinstance(t, str) for t in texts)):
+            raise ValueError(f"{path}:{lineno}: expected {layout}; got {json.dumps(row)[:200]}")
+        if row["answerKey"] not in labels:
+            raise ValueError(f"{path}:{lineno}: answerKey {row['answerKey']!r} is not one of the labels {labels}")
+        out.append(Question(f"Question: {stem}\nAnswer:", tuple(texts), labels.index(row["answerKey"])))
+    return out
+
+
+READERS = {"piqa": read_piqa, "sciq": read_sciq, "arc_easy": read_arc}
+
+# A loglikelihood function scores (context, continuation) string pairs: the summed log-prob of
+# the continuation's tokens given the context.
+LogLikelihood = Callable[[Sequence[tuple[str, str]]], Sequence[float]]
+
+
+def score(questions: Sequence[Question], loglikelihood: LogLikelihood) -> dict:
+    """{"acc", "acc_norm", "n"} over `questions`, all choices scored in one call."""
+    if not questions:
+        raise ValueError("no questions to score")
+    requests = [(q.context, TARGET_DELIMITER + c) for q in questions for c in q.choices]
+    lls = np.asarray(loglikelihood(requests), dtype=np.float64)
+    if lls.shape != (len(requests),):
+        raise ValueError(f"loglikelihood returned shape {lls.shape} for {len(requests)} requests")
+    acc = acc_norm = 0
+    start = 0
+    for q in questions:
+        ll = lls[start:start + len(q.choices)]
+        start += len(q.choices)
+        acc += int(np.argmax(ll)) == q.label
+        acc_norm += int(np.argmax(ll / np.array([len(c) for c in q.choices]))) == q.label
+    n = len(questions)
+    return {"acc": acc / n, "acc_norm": acc_norm / n, "n": n}
+
+
+def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """Tokens of context and continuation, split as lm-eval does: trailing spaces of the context
+    move to the continuation, and the continuation is what encoding the whole adds after the
+    context, so a token spanning the boundary is not double counted."""
+    stripped = context.rstrip(" ")
+    continuation = context[len(stripped):] + continuation
+    context_ids = tokenizer.encode(stripped)
+    whole = tokenizer.encode(stripped + continuation)
+    return context_ids, whole[len(context_ids):]
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _continuation_logprob(config, params, tokens_BxT, targets_BxT, mask_BxT):
+    logits_BxTxV = llama.forward(config, params, tokens_BxT)
+    target_logit_BxT = jnp.take_along_axis(logits_BxTxV, targets_BxT[..., None], axis=-1)[..., 0]
+    logprob_BxT = target_logit_BxT - jax.nn.logsumexp(logits_BxTxV, axis=-1)
+    return jnp.sum(jnp.where(mask_BxT, logprob_BxT, 0.0), axis=-1)
+
+
+def _bucket(length: int, max_len: int) -> int:
+    return min(max(32, 1 << (length - 1).bit_length()), max_len)
+
+
+def token_loglikelihoods(config: llama.LlamaConfig, params, pairs: Sequence[tuple[list[int], list[int]]],
+                         *, prefix_token: int, batch_size: int, mesh=None) -> np.ndarray:
+    """Summed log-prob of each continuation's tokens after `prefix_token` + its context tokens.
+
+    Requests run longest first in batches of `batch_size`, right-padded to a power-of-two length
+    (one compile per length bucket); sequences longer than the model's context keep their end.
+    `prefix_token` is the document separator the model was trained with (EOS for megadoc stores).
+    """
+    max_len = config.max_seq_len
+    seqs = []
+    for i, (ctx, cont) in enumerate(pairs):
+        if not cont:
+            raise ValueError(f"request {i}: the continuation encodes to no tokens")
+        seqs.append(([prefix_token] + list(ctx) + list(cont))[-(max_len + 1):])
+    order = sorted(range(len(pairs)), key=lambda i: -len(seqs[i]))
+    out = np.zeros(len(pairs), np.float64)
+    if mesh is not None:
+        params = jax.device_put(params, sharding.param_shardings(config, mesh))
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        T = _bucket(len(seqs[idx[0]]) - 1, max_len)
+        tokens = np.zeros((batch_size, T), np.int32)
+        targets = np.zeros((batch_size, T), np.int32)
+        mask = np.zeros((batch_size, T), bool)
+        for row, i in enumerate(idx):
+            seq = seqs[i]
+            n = len(seq) - 1
+            tokens[row, :n], targets[row, :n] = seq[:-1], seq[1:]
+            mask[row, n - min(len(pairs[i][1]), n):n] = True
+        batch = (tokens, targets, mask)
+        if mesh is not None:
+            batch = jax.device_put(batch, sharding.batch_sharding(mesh))
+            with jax.set_mesh(mesh):
+                lls = _continuation_logprob(config, params, *batch)
+        else:
+            lls = _continuation_logprob(config, params, *batch)
+        out[idx] = np.asarray(lls)[:len(idx)]
+    return out
+
+
+def model_loglikelihood(config: llama.LlamaConfig, params, tokenizer, *, batch_size: int,
+                        prefix_token: int | None = None, mesh=None) -> LogLikelihood:
+    """A `LogLikelihood` backed by a model; the prefix defaults to the tokenizer's EOS."""
+    prefix = tokenizer.eos_id if prefix_token is None else prefix_token
+
+    def loglikelihood(requests):
+        pairs = [encode_pair(tokenizer, ctx, cont) for ctx, cont in requests]
+        return token_loglikelihoods(config, params, pairs, prefix_token=prefix,
+                                    batch_size=batch_size, mesh=mesh)
+
+    return loglikelihood
+
+
+def evaluate(paths: dict[str, str], loglikelihood: LogLikelihood) -> dict:
+    """Scores each task in {task name: JSONL path} and the average over tasks."""
+    results = {}
+    for task, path in paths.items():
+        if task not in READERS:
+            raise ValueError(f"unknown benchmark {task!r}; known: {sorted(READERS)}")
+        questions = READERS[task](path)
+        if not questions:
+            raise ValueError(f"{path}: no {task} questions in the file")
+        results[task] = score(questions, loglikelihood)
+        print(f"[benchmarks] {task}: acc {results[task]['acc']:.4f} "
+              f"acc_norm {results[task]['acc_norm']:.4f} (n={results[task]['n']})", flush=True)
+    if results:
+        results["average"] = {k: float(np.mean([r[k] for r in results.values()])) for k in ("acc", "acc_norm")}
+    return results
