@@ -241,6 +241,6 @@ def _write(config, tokenizer, doc_buckets, gen_buckets, bad, counts) -> dict:
 def _progress(done, total, counts, windower, num_windows, elapsed) -> None:
     docs, tokens = counts["docs_used"], windower.num_tokens
     eta = elapsed / done * (total - done)
-    print(f"[prepare] bucket {done}/{total}  docs {docs} ({docs / max(elapsed, 1e-9):.0f}/s)  "
-          f"tokens {tokens} ({tokens / max(elapsed, 1e-9):.0f}/s)  windows {num_windows}  "
+    print(f"[prepare] bucket {done}/{total}  docs {docs} ({docs / max(elapsed, 1e-9):.0f} docs/s)  "
+          f"tokens {tokens} ({tokens / max(elapsed, 1e-9):.0f} tokens/s)  windows {num_windows}  "
           f"ETA {eta:.0f}s", flush=True)

@@ -1,0 +1,148 @@
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from data_fixtures import corpus, train_tokenizer
+from megadoc.data import docs, megadocs, store
+from megadoc.data.prepare import PrepareConfig, doc_key, prepare
+
+SEQ = 16
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("inputs")
+    source = corpus(60)
+    docs.write_jsonl(str(d / "docs.jsonl"), source)
+    gens = [{"doc_id": x["id"], "method": "rephrase", "sample": s, "offset": None,
+             "text": f"Rephrase {s} of {x['id']}.", "finish_reason": "eos", "seed": s,
+             "generator": "g", "template": "t"} for x in source for s in (1, 0)]
+    gens += [{"doc_id": x["id"], "method": "latent_thought", "sample": 0, "offset": len(x["text"]) // 2,
+              "text": f"thought on {x['id']}", "finish_reason": "length"} for x in source]
+    docs.write_jsonl(str(d / "gens.jsonl.gz"), gens)
+    tok = train_tokenizer(str(d / "tok.model"), [x["text"] for x in source] + [g["text"] for g in gens])
+    return {"dir": d, "docs": source, "gens": gens, "tok": tok}
+
+
+def config(inputs, out, **kw):
+    base = dict(docs=str(inputs["dir"] / "docs.jsonl"), recipe="real", tokenizer=inputs["tok"].path,
+                seq_len=SEQ, seed=3, output=str(out), buckets=4)
+    return PrepareConfig(**dict(base, **kw))
+
+
+def stream(s):
+    """The token stream the windows were cut from (windows overlap by one token)."""
+    rows = s.read(np.arange(len(s)))
+    return np.concatenate([rows["tokens"][0], rows["tokens"][1:, 1:].reshape(-1)]), rows
+
+
+def documents(s, tok):
+    tokens, _ = stream(s)
+    cuts = np.flatnonzero(tokens == tok.eos_id)
+    return [tok.decode(p) for p in np.split(tokens, cuts + 1)[:-1]], tokens[cuts[-1] + 1:]
+
+
+def test_real_stream_is_the_seeded_permutation_joined_with_eos(inputs, tmp_path):
+    tok = inputs["tok"]
+    meta = prepare(config(inputs, tmp_path / "real"))
+    s = store.open(str(tmp_path / "real"))
+    store.check_tokenizer(s, tok)
+    order = sorted(inputs["docs"], key=lambda x: doc_key(3, x["id"]))
+    texts, tail = documents(s, tok)
+    assert texts == [x["text"] for x in order][:len(texts)]
+    assert len(texts) >= len(order) - 2  # only the unfinished tail is missing ...
+    assert meta["dropped_tail_tokens"] == len(tail) + 0 <= SEQ  # ... and it is counted
+    assert meta["num_tokens"] == sum(len(tok.encode(x["text"])) + 1 for x in order)
+    assert meta["counts"]["docs_used"] == 60 and meta["tokenizer_fingerprint"] == tok.fingerprint
+    tokens, rows = stream(s)
+    seg = rows["segment_ids"]
+    assert (seg[:, 0] == 1).all()  # numbering restarts in every window ...
+    assert (np.diff(seg, axis=1) == (rows["tokens"][:, :-1] == tok.eos_id)).all()  # ... +1 after EOS
+    assert len(tokens) == len(s) * SEQ + 1
+
+
+def test_order_depends_on_seed_not_on_input_layout_or_workers(inputs, tmp_path):
+    shuffled = list(reversed(inputs["docs"]))
+    docs.write_jsonl(str(tmp_path / "a.jsonl"), shuffled[:30])
+    docs.write_jsonl(str(tmp_path / "b.jsonl.gz"), shuffled[30:])
+    a = prepare(config(inputs, tmp_path / "a"))
+    b = prepare(config(inputs, tmp_path / "b", docs=str(tmp_path / "*.jsonl*"), buckets=1))
+    c = prepare(config(inputs, tmp_path / "c", seed=4))
+    read = lambda p: stream(store.open(str(tmp_path / p)))[0]  # noqa: E731
+    assert a["num_windows"] == b["num_windows"]
+    np.testing.assert_array_equal(read("a"), read("b"))
+    assert not np.array_equal(read("a")[:200], read("c")[:200])
+
+
+def test_bad_input_is_counted_and_recorded(inputs, tmp_path):
+    path = str(tmp_path / "docs.jsonl")
+    records = inputs["docs"][:20] + [{"id": "doc3", "text": "duplicate"}, {"id": "e1", "text": ""},
+                                     {"id": "e2", "text": " \n\t "}]
+    docs.write_jsonl(path, records)
+    with open(path, "ab") as f:
+        f.write(b'{"id": "x", "text": "\xff\xfe"}\n{"id": \n')
+    gens = str(tmp_path / "g.jsonl")
+    docs.write_jsonl(gens, inputs["gens"][:10] + [
+        dict(inputs["gens"][0], doc_id="nobody"), inputs["gens"][0],
+        dict(inputs["gens"][0], sample=9, text="has </think> inside")])
+    meta = prepare(config(inputs, tmp_path / "s", docs=path, generations=gens, recipe="simple"))
+    skipped = meta["skipped"]["counts"]
+    assert skipped == {"duplicate_id": 1, "empty_doc": 2, "invalid_utf8": 1, "malformed_json": 1,
+                       "unknown_doc_id": 1, "duplicate_generation": 1, "think_tag_in_generation": 1}
+    assert meta["counts"]["docs_used"] == 20 and meta["counts"]["generations_used"] == 10
+    assert meta["counts"]["docs_without_generations"] == 15
+    assert any(f"{path}:21" in e for e in meta["skipped"]["examples"]["duplicate_id"])
+    assert any(f"{gens}:11" in e for e in meta["skipped"]["examples"]["unknown_doc_id"])
+
+
+def test_latent_store_gives_back_the_real_documents(inputs, tmp_path):
+    tok = inputs["tok"]
+    prepare(config(inputs, tmp_path / "l", recipe="latent", generations=str(inputs["dir"] / "gens.jsonl.gz")))
+    texts, _ = documents(store.open(str(tmp_path / "l")), tok)
+    by_text = {x["text"] for x in inputs["docs"]}
+    assert len(texts) > 50 and all("<think>thought on doc" in t for t in texts)
+    assert all(megadocs.remove_thoughts(t) in by_text for t in texts)
+
+
+def test_restart_keeps_a_complete_store_and_rewrites_a_partial_one(inputs, tmp_path, capsys):
+    out = tmp_path / "r"
+    first = prepare(config(inputs, out))
+    tokens_file = out / "tokens" / "zarr.json"
+    stamp = os.stat(tokens_file).st_mtime_ns
+    assert prepare(config(inputs, out, buckets=2)) == first  # buckets do not change the contents
+    assert os.stat(tokens_file).st_mtime_ns == stamp and "already complete" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="other settings"):
+        prepare(config(inputs, out, seed=99))
+    os.remove(out / store.METADATA)  # a job killed before its commit marker
+    (out / "tokens" / "c" / "junk").write_bytes(b"x")
+    again = prepare(config(inputs, out))
+    assert again["num_windows"] == first["num_windows"] and not (out / "tokens" / "c" / "junk").exists()
+
+
+def test_command_line_reads_every_flag(inputs, tmp_path):
+    out = tmp_path / "cli"
+    args = [f"--docs={inputs['dir'] / 'docs.jsonl'}", f"--generations={inputs['dir'] / 'gens.jsonl.gz'}",
+            "--recipe=stitched", "--real_position=first", "--include_real=true",
+            f"--tokenizer={inputs['tok'].path}", "--seq_len=12", "--seed=5", f"--output={out}",
+            "--workers=2", "--buckets=3"]
+    run = subprocess.run([sys.executable, "-m", "experiments.prepare", *args], capture_output=True,
+                         text=True, cwd=os.path.dirname(os.path.dirname(__file__)), timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "tokens/s" in run.stdout and "docs" in run.stdout
+    meta = json.loads((out / store.METADATA).read_text())
+    assert meta["settings"] == dict(docs=args[0][7:], generations=args[1][14:], recipe="stitched",
+                                    real_position="first", include_real=True, tokenizer=inputs["tok"].path,
+                                    seq_len=12, seed=5, output=str(out))
+    inproc = prepare(config(inputs, tmp_path / "inproc", generations=str(inputs["dir"] / "gens.jsonl.gz"),
+                            recipe="stitched", real_position="first", seq_len=12, seed=5, buckets=3))
+    np.testing.assert_array_equal(stream(store.open(str(out)))[0],  # 2 tokenizer processes = 1
+                                  stream(store.open(str(tmp_path / "inproc")))[0])
+    texts, _ = documents(store.open(str(out)), inputs["tok"])
+    doc = next(x for x in inputs["docs"] if texts[1].startswith(x["text"]))
+    sep = megadocs.SEPARATOR
+    assert texts[1] == sep.join([doc["text"], f"Rephrase 0 of {doc['id']}.", f"Rephrase 1 of {doc['id']}."])
+    assert inproc["num_windows"] == meta["num_windows"]
