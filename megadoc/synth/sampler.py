@@ -1,0 +1,384 @@
+"""KV-cache sampler: bucketed prefill, many decode steps per host sync, continuous batching.
+
+The decode state lives on device: a KV cache of `batch_size` slots plus per-slot counters. The
+host only admits work into free slots (one prefill per prompt, its cache rows copied to every
+sample of that prompt) and collects finished slots; between those syncs a `lax.while_loop` runs up
+to `steps_per_sync` decode steps, leaving early once enough slots are free to be worth refilling.
+
+Randomness: sample `s` of a request with key `r` draws token `t` with
+`fold_in(fold_in(fold_in(PRNGKey(seed), r), s), t)`, so its text depends on nothing else (not the
+batch size, the slot, the other requests or the host). A request whose prompt and samples do not
+fit in one admission is prefilled again for its remaining samples.
+
+Generated token lists never contain the prompt nor the stop token that ended them.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+from typing import Any, Iterable, Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from megadoc.models import llama
+from megadoc.models import sharding
+
+MIN_PREFILL_LEN = 16
+MIN_CACHE_LEN = 64
+
+FINISH_STOP = "eos"              # ended on one of the stop tokens
+FINISH_LENGTH = "length"         # max_new_tokens reached (or the end of the model's context)
+FINISH_TOO_LONG = "prompt_too_long"  # the prompt leaves no room in the model's context
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """How tokens are drawn. temperature 0 is greedy; top_k 0 and top_p 1 disable those filters."""
+
+    max_new_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    stop_tokens: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        object.__setattr__(self, "stop_tokens", tuple(sorted({int(t) for t in self.stop_tokens})))
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    """One prompt to sample `num_samples` times. `key` (any int, reduced to 32 bits) names its
+    random stream, e.g. a hash of the document id; `tag` is returned untouched."""
+
+    prompt: Sequence[int]
+    key: int
+    num_samples: int = 1
+    tag: Any = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Completion:
+    request: Request
+    sample: int
+    tokens: list[int]
+    finish_reason: str  # FINISH_STOP | FINISH_LENGTH | FINISH_TOO_LONG
+
+
+def _pow2_at_least(n: int, floor: int) -> int:
+    return max(floor, 1 << max(0, int(n) - 1).bit_length())
+
+
+# ----------------------------------------------------------------------------- device functions
+
+def _filter_logits(settings: Settings, logits_BxV):
+    logits_BxV = logits_BxV / settings.temperature
+    if settings.top_k:
+        kth_Bx1 = jax.lax.top_k(logits_BxV, settings.top_k)[0][:, -1:]
+        logits_BxV = jnp.where(logits_BxV < kth_Bx1, -jnp.inf, logits_BxV)
+    if settings.top_p < 1.0:
+        sorted_BxV = jnp.sort(logits_BxV, axis=-1)[:, ::-1]
+        probs_BxV = jax.nn.softmax(sorted_BxV, axis=-1)
+        # Keep the smallest prefix of the sorted vocabulary whose mass reaches top_p.
+        mass_before_BxV = jnp.cumsum(probs_BxV, axis=-1) - probs_BxV
+        kept_BxV = jnp.where(mass_before_BxV < settings.top_p, sorted_BxV, jnp.inf)
+        cutoff_Bx1 = jnp.min(kept_BxV, axis=-1, keepdims=True)
+        logits_BxV = jnp.where(logits_BxV < cutoff_Bx1, -jnp.inf, logits_BxV)
+    return logits_BxV
+
+
+def _sample(settings: Settings, logits_BxV, keys_Bx2, step_B):
+    """One token per row; row b uses only its own key folded with its own step."""
+    if settings.temperature == 0:
+        return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
+    logits_BxV = _filter_logits(settings, logits_BxV)
+    keys = jax.random.wrap_key_data(keys_Bx2, impl="threefry2x32")
+    keys = jax.vmap(jax.random.fold_in)(keys, step_B)
+    return jax.vmap(jax.random.categorical)(keys, logits_BxV).astype(jnp.int32)
+
+
+def _is_stop(settings: Settings, tokens_B):
+    if not settings.stop_tokens:
+        return jnp.zeros(tokens_B.shape, bool)
+    return jnp.isin(tokens_B, jnp.asarray(settings.stop_tokens, jnp.int32))
+
+
+def _state_specs(config, mesh, batch_size, cache_len, max_new):
+    """PartitionSpecs of the decode state: slots on the data axes, kv heads on tensor."""
+    cache_shape = (config.layers, batch_size, cache_len, config.kv_heads, config.head_dim)
+    cache = sharding.spec(("layers", "batch", "seq", "kv_heads", "head_dim"), cache_shape, mesh)
+    row = sharding.spec(("batch",), (batch_size,), mesh)
+    row2 = sharding.spec(("batch", None), (batch_size, max_new), mesh)
+    return {"cache": {"k": cache, "v": cache}, "last": row, "pos": row, "count": row,
+            "budget": row, "active": row, "stopped": row, "key": row2, "out": row2}
+
+
+def _constrain_state(config, mesh, state):
+    if mesh is None:
+        return state
+    b, s = state["cache"]["k"].shape[1:3]
+    specs = _state_specs(config, mesh, b, s, state["out"].shape[1])
+    return jax.tree.map(jax.lax.with_sharding_constraint, state, specs)
+
+
+def _empty_state(config, batch_size, cache_len, max_new):
+    def zeros():  # distinct buffers: the state is donated leaf by leaf
+        return jnp.zeros((batch_size,), jnp.int32)
+
+    return {
+        "cache": llama.init_cache(config, batch_size, cache_len),
+        "last": zeros(), "pos": zeros(), "count": zeros(), "budget": zeros(),
+        "active": jnp.zeros((batch_size,), bool), "stopped": jnp.zeros((batch_size,), bool),
+        "key": jnp.zeros((batch_size, 2), jnp.uint32),
+        "out": jnp.zeros((batch_size, max_new), jnp.int32),
+    }
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2), donate_argnums=(3,))
+def _grow(config, mesh, cache_len, state):
+    """The same state with a longer cache (new slots are zeros, masked until written)."""
+    pad = [(0, 0), (0, 0), (0, cache_len - state["cache"]["k"].shape[2]), (0, 0), (0, 0)]
+    state = dict(state, cache={k: jnp.pad(v, pad) for k, v in state["cache"].items()})
+    return _constrain_state(config, mesh, state)
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _prefill(config, params, tokens_PxL, lens_P):
+    """KV cache [.., P, L, ..] of P right-padded prompts and the logits after each last token."""
+    num_prompts, prefill_len = tokens_PxL.shape
+    positions_PxL = jnp.broadcast_to(jnp.arange(prefill_len, dtype=jnp.int32), tokens_PxL.shape)
+    cache = llama.init_cache(config, num_prompts, prefill_len)
+    hidden_PxLxH, cache = llama.hidden_states(config, params, tokens_PxL, positions=positions_PxL,
+                                              cache=cache)
+    last_PxH = hidden_PxLxH[jnp.arange(num_prompts), lens_P - 1]
+    return cache, llama.output_logits(config, params, last_PxH[:, None])[:, 0]
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2), donate_argnums=(3,))
+def _insert(config, settings, mesh, state, prefill_cache, logits_PxV, lens_P, rows_B, slots_B,
+            budget_B, seed, request_key_B, sample_B):
+    """Start sample b of prefilled prompt rows_B[b] in slot slots_B[b] (its cache rows copied,
+    its first token drawn); entries with slot == batch_size are padding and change nothing."""
+    prefill_len = prefill_cache["k"].shape[2]
+    root = jax.random.wrap_key_data(jax.random.key_data(jax.random.PRNGKey(seed)))
+    keys_Bx2 = jax.vmap(lambda r, s: jax.random.key_data(
+        jax.random.fold_in(jax.random.fold_in(root, r), s)))(request_key_B, sample_B)
+    first_B = _sample(settings, logits_PxV[rows_B], keys_Bx2, jnp.zeros_like(sample_B))
+    stopped_B = _is_stop(settings, first_B)
+
+    def put(dst, src):
+        return dst.at[slots_B].set(src, mode="drop")
+
+    state = dict(
+        cache={n: state["cache"][n].at[:, slots_B, :prefill_len].set(
+            prefill_cache[n][:, rows_B], mode="drop") for n in ("k", "v")},
+        last=put(state["last"], first_B),
+        pos=put(state["pos"], lens_P[rows_B]),
+        count=put(state["count"], jnp.ones_like(first_B)),
+        budget=put(state["budget"], budget_B),
+        active=put(state["active"], ~stopped_B & (budget_B > 1)),
+        stopped=put(state["stopped"], stopped_B),
+        key=put(state["key"], keys_Bx2),
+        out=state["out"].at[slots_B, 0].set(first_B, mode="drop"),
+    )
+    return _constrain_state(config, mesh, state)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2), donate_argnums=(4,))
+def _decode(config, settings, mesh, params, state, max_steps, refill_at):
+    """Up to `max_steps` decode steps; stops early when no slot is active or when at least
+    `refill_at` slots are free."""
+    batch_size, max_new = state["out"].shape
+    rows_B = jnp.arange(batch_size)
+
+    def cond(carry):
+        step, st = carry
+        free = jnp.sum(~st["active"])
+        return (step < max_steps) & jnp.any(st["active"]) & (free < refill_at)
+
+    def body(carry):
+        step, st = carry
+        logits_Bx1xV, cache = llama.forward(config, params, st["last"][:, None],
+                                            positions=st["pos"][:, None], cache=st["cache"])
+        active_B = st["active"]
+        token_B = _sample(settings, logits_Bx1xV[:, 0], st["key"], st["count"])
+        stopped_B = _is_stop(settings, token_B) & active_B
+        write_at_B = jnp.where(active_B, st["count"], max_new)  # out of range: dropped
+        count_B = st["count"] + active_B
+        st = dict(
+            cache=cache,
+            last=jnp.where(active_B, token_B, st["last"]),
+            pos=st["pos"] + active_B,
+            count=count_B,
+            budget=st["budget"],
+            active=active_B & ~stopped_B & (count_B < st["budget"]),
+            stopped=st["stopped"] | stopped_B,
+            key=st["key"],
+            out=st["out"].at[rows_B, write_at_B].set(token_B, mode="drop"),
+        )
+        return step + 1, _constrain_state(config, mesh, st)
+
+    return jax.lax.while_loop(cond, body, (jnp.int32(0), state))[1]
+
+
+# ----------------------------------------------------------------------------- host loop
+
+class Sampler:
+    """Continuous-batching sampler over `batch_size` slots; see the module docstring.
+
+    With a mesh, params must already be laid out by `sharding.param_shardings`, and batch_size
+    should be a multiple of the data x fsdp size.
+    """
+
+    def __init__(self, config: llama.LlamaConfig, params, settings: Settings, *, batch_size: int,
+                 seed: int = 0, mesh: jax.sharding.Mesh | None = None, steps_per_sync: int = 32):
+        self.config, self.params, self.settings = config, params, settings
+        self.batch_size, self.seed, self.mesh = batch_size, seed, mesh
+        self.steps_per_sync = steps_per_sync
+        self.refill_at = max(1, batch_size // 8)
+        self._state = None
+        self.generated_tokens = 0  # running total, for progress reports
+
+    def _call(self, fn, *args):
+        if self.mesh is None:
+            return fn(*args)
+        with jax.set_mesh(self.mesh):
+            return fn(*args)
+
+    def _ensure_cache(self, needed_len: int):
+        cache_len = min(self.config.max_seq_len, _pow2_at_least(needed_len, MIN_CACHE_LEN))
+        max_new = self.settings.max_new_tokens
+        if self._state is None:
+            state = _empty_state(self.config, self.batch_size, cache_len, max_new)
+            if self.mesh is not None:
+                specs = _state_specs(self.config, self.mesh, self.batch_size, cache_len, max_new)
+                state = jax.device_put(state, jax.tree.map(
+                    lambda s: NamedSharding(self.mesh, s), specs, is_leaf=lambda x: isinstance(x, P)))
+            self._state = state
+        elif self._state["cache"]["k"].shape[2] < cache_len:
+            self._state = self._call(_grow, self.config, self.mesh, cache_len, self._state)
+
+    def run(self, requests: Iterable[Request]) -> Iterator[Completion]:
+        """Completions in the order they finish (not the request order)."""
+        requests = iter(requests)
+        pending: collections.deque = collections.deque()  # [request, next sample, samples left]
+        pending_samples = 0
+        occupant: list = [None] * self.batch_size  # slot -> (request, sample)
+        exhausted = False
+        max_ctx = self.config.max_seq_len
+        while True:
+            free = [i for i, o in enumerate(occupant) if o is None]
+            while not exhausted and pending_samples < len(free):
+                req = next(requests, None)
+                if req is None:
+                    exhausted = True
+                elif len(req.prompt) == 0:
+                    raise ValueError(f"request {req.tag!r}: empty prompt")
+                elif len(req.prompt) >= max_ctx:
+                    for s in range(req.num_samples):
+                        yield Completion(req, s, [], FINISH_TOO_LONG)
+                elif req.num_samples > 0:
+                    pending.append([req, 0, req.num_samples])
+                    pending_samples += req.num_samples
+            if free and pending:
+                pending_samples -= self._admit(free, pending, occupant)
+            if all(o is None for o in occupant):
+                if exhausted and not pending:
+                    return
+                continue
+            refill_at = self.refill_at if (pending or not exhausted) else self.batch_size + 1
+            self._state = self._call(_decode, self.config, self.settings, self.mesh, self.params,
+                                     self._state, self.steps_per_sync, refill_at)
+            yield from self._harvest(occupant)
+
+    def _admit(self, free: list[int], pending: collections.deque, occupant: list) -> int:
+        """Fill free slots from the pending queue, one prefill per prompt-length bucket."""
+        groups: dict[int, list] = collections.defaultdict(list)  # bucket -> [(req, [(slot, s)])]
+        needed_len = 0
+        taken = 0
+        free = list(free)
+        while free and pending:
+            entry = pending[0]
+            req, first, left = entry
+            n = min(left, len(free))
+            budget = min(self.settings.max_new_tokens, self.config.max_seq_len - len(req.prompt))
+            needed_len = max(needed_len, len(req.prompt) + budget)
+            assigned = [(free.pop(0), first + i) for i in range(n)]
+            bucket = _pow2_at_least(len(req.prompt), MIN_PREFILL_LEN)
+            groups[bucket].append((req, assigned, budget))
+            entry[1], entry[2] = first + n, left - n
+            taken += n
+            if entry[2] == 0:
+                pending.popleft()
+        self._ensure_cache(needed_len)
+        cache_len = self._state["cache"]["k"].shape[2]
+        for bucket, items in sorted(groups.items()):
+            self._prefill_group(min(bucket, cache_len), items, occupant)
+        return taken
+
+    def _prefill_group(self, prefill_len: int, items: list, occupant: list):
+        num_prompts = _pow2_at_least(len(items), 1)
+        tokens = np.zeros((num_prompts, prefill_len), np.int32)
+        lens = np.ones((num_prompts,), np.int32)
+        B = self.batch_size
+        rows, slots, budgets = np.zeros(B, np.int32), np.full(B, B, np.int32), np.ones(B, np.int32)
+        request_keys, samples = np.zeros(B, np.uint32), np.zeros(B, np.int32)
+        j = 0
+        for row, (req, assigned, budget) in enumerate(items):
+            tokens[row, :len(req.prompt)] = req.prompt
+            lens[row] = len(req.prompt)
+            for slot, sample in assigned:
+                rows[j], slots[j], budgets[j], samples[j] = row, slot, budget, sample
+                request_keys[j] = int(req.key) & 0xFFFFFFFF
+                occupant[slot] = (req, sample)
+                j += 1
+        prefill_cache, logits = self._call(_prefill, self.config, self.params, tokens, lens)
+        self._state = self._call(_insert, self.config, self.settings, self.mesh, self._state,
+                                 prefill_cache, logits, lens, rows, slots, budgets,
+                                 np.uint32(self.seed & 0xFFFFFFFF), request_keys, samples)
+
+    def _harvest(self, occupant: list) -> Iterator[Completion]:
+        active = np.asarray(self._state["active"])
+        done = [i for i, o in enumerate(occupant) if o is not None and not active[i]]
+        if not done:
+            return
+        out, count, stopped = jax.device_get(
+            (self._state["out"], self._state["count"], self._state["stopped"]))
+        for slot in done:
+            req, sample = occupant[slot]
+            occupant[slot] = None
+            n = int(count[slot])
+            self.generated_tokens += n
+            tokens = out[slot, : n - 1 if stopped[slot] else n].tolist()
+            yield Completion(req, sample, tokens, FINISH_STOP if stopped[slot] else FINISH_LENGTH)
+
+
+def generate(config: llama.LlamaConfig, params, prompts: Sequence[Sequence[int]], *,
+             max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
+             seed: int = 0, stop_tokens: Iterable[int] = (), batch_size: int | None = None,
+             mesh: jax.sharding.Mesh | None = None) -> list[list[int]]:
+    """Generated ids for each prompt (without the prompt and without the stop token that ended
+    it); greedy when temperature == 0. Prompt i draws from the stream of request key i. A prompt
+    that fills the model's context raises ValueError (never truncated)."""
+    settings = Settings(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                        top_k=top_k, stop_tokens=tuple(stop_tokens))
+    sampler = Sampler(config, params, settings, batch_size=batch_size or min(len(prompts), 64),
+                      seed=seed, mesh=mesh)
+    results: list = [None] * len(prompts)
+    for c in sampler.run(Request(list(p), key=i, tag=i) for i, p in enumerate(prompts)):
+        if c.finish_reason == FINISH_TOO_LONG:
+            raise ValueError(f"prompt {c.request.tag} has {len(c.request.prompt)} tokens; the "
+                             f"model's context is {config.max_seq_len}")
+        results[c.request.tag] = c.tokens
+    return results
