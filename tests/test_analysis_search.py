@@ -112,10 +112,10 @@ def test_train_launcher_runs_experiments_train_and_reads_the_summary(tmp_path, m
     def fake_run(cmd, check, env):
         seen.append(cmd)
         workdir = next(a for a in cmd if a.startswith("--workdir=")).split("=", 1)[1]
-        os.makedirs(workdir)
+        os.makedirs(workdir, exist_ok=True)
         lr = float(next(a for a in cmd if a.startswith("--lr=")).split("=", 1)[1])
         with open(os.path.join(workdir, "summary.json"), "w") as f:
-            json.dump({"final_eval": {"eval/val/loss": 4.0 + lr}}, f)
+            json.dump({"status": "finished", "eval": {"val": 4.0 + lr}}, f)
 
     monkeypatch.setattr(search.subprocess, "run", fake_run)
     launcher = search.TrainLauncher(str(tmp_path), ("--preset=tiny", "--real=R"))
@@ -124,3 +124,5 @@ def test_train_launcher_runs_experiments_train_and_reads_the_summary(tmp_path, m
     assert cmd[1:3] == ["-m", "experiments.train"]
     assert {"--preset=tiny", "--real=R", "--lr=0.001", "--weight_decay=0.1", "--epochs=1", "--mix=0.5"} <= set(cmd)
     assert launcher.workdir(START).startswith(str(tmp_path))
+    with pytest.raises(KeyError, match="no final eval loss for 'iid'"):
+        search.TrainLauncher(str(tmp_path), (), val_set="iid")(START)

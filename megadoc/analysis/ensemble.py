@@ -86,12 +86,12 @@ def _global_batch(x: np.ndarray, sh: NamedSharding) -> jax.Array:
 def ensemble_loss(config: llama.LlamaConfig, stacked: dict, store, batch_size: int, mesh=None,
                   *, average: str = "logits") -> float:
     """Mean next-token loss of the ensemble over every window of a store (as
-    `megadoc.train.evaluate.eval_loss` is for one model); members and batch sharded over `mesh`."""
+    `megadoc.train.evaluate.eval_loss` is for one model); members and batch sharded over `mesh`,
+    `batch_size` rounded up to a multiple of the mesh's batch shards."""
     mesh = sharding.make_mesh() if mesh is None else mesh
     batch_sh = sharding.batch_sharding(mesh)
-    data_ways = mesh.shape["data"] * mesh.shape["fsdp"]
-    if batch_size % data_ways:
-        raise ValueError(f"batch_size {batch_size} must be a multiple of the mesh's data x fsdp = {data_ways}")
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    batch_size = -(-batch_size // shards) * shards  # rounded up to fill every batch shard
     if len(store) == 0:
         raise ValueError("ensemble_loss: the store has no windows")
     stacked = jax.device_put(stacked, stacked_shardings(config, mesh))

@@ -162,7 +162,7 @@ def search(
 @dataclasses.dataclass(frozen=True)
 class TrainLauncher:
     """Runs `python -m experiments.train` once per point, one after another, and returns the
-    final loss on validation set `val_set` from the run's summary.json.
+    final loss on validation set `val_set` (one of the runs' --val names) from summary.json.
 
     Each point gets its own workdir under `root`, so an interrupted run resumes from its own
     checkpoint when the search is restarted.
@@ -186,8 +186,9 @@ class TrainLauncher:
 
 
 def final_eval_loss(summary: Mapping, val_set: str) -> float:
-    key = f"eval/{val_set}/loss"
-    final = summary.get("final_eval", summary)
-    if key not in final:
-        raise KeyError(f"summary.json has no {key!r}; it has {sorted(final)}")
-    return float(final[key])
+    """The final loss on `val_set` from a training summary.json ({"eval": {name: loss}})."""
+    evals = summary.get("eval") or {}
+    if val_set not in evals:
+        raise KeyError(f"summary.json has no final eval loss for {val_set!r}; it has {sorted(evals)} "
+                       f"(pass --val={val_set}=STORE to the training runs)")
+    return float(evals[val_set])
