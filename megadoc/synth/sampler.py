@@ -59,12 +59,14 @@ class Settings:
 
 @dataclasses.dataclass(frozen=True)
 class Request:
-    """One prompt to sample `num_samples` times. `key` (any int, reduced to 32 bits) names its
-    random stream, e.g. a hash of the document id; `tag` is returned untouched."""
+    """One prompt to sample as samples first_sample .. first_sample + num_samples - 1. `key` (any
+    int, reduced to 32 bits) names its random stream, e.g. a hash of the document id; `tag` is
+    returned untouched."""
 
     prompt: Sequence[int]
     key: int
     num_samples: int = 1
+    first_sample: int = 0
     tag: Any = None
 
 
@@ -287,9 +289,9 @@ class Sampler:
                     raise ValueError(f"request {req.tag!r}: empty prompt")
                 elif len(req.prompt) >= max_ctx:
                     for s in range(req.num_samples):
-                        yield Completion(req, s, [], FINISH_TOO_LONG)
+                        yield Completion(req, req.first_sample + s, [], FINISH_TOO_LONG)
                 elif req.num_samples > 0:
-                    pending.append([req, 0, req.num_samples])
+                    pending.append([req, req.first_sample, req.num_samples])
                     pending_samples += req.num_samples
             if free and pending:
                 pending_samples -= self._admit(free, pending, occupant)

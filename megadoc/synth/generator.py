@@ -1,0 +1,51 @@
+"""A generator model loaded from a Hugging Face Llama directory: weights, tokenizer, stop tokens."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from megadoc import fs
+from megadoc.data import tokenizer as tokenizer_lib
+from megadoc.models import hf
+from megadoc.models import llama
+from megadoc.synth import prompts
+
+
+@dataclasses.dataclass(frozen=True)
+class Generator:
+    name: str  # the directory's base name, recorded with each generation
+    config: llama.LlamaConfig
+    params: dict
+    tokenizer: tokenizer_lib.Tokenizer
+    stop_tokens: tuple[int, ...]
+
+    def encode_prompt(self, system: str | None, user: str) -> list[int]:
+        return prompts.encode(self.tokenizer, system, user)
+
+
+def _has_tokenizer(names: list[str]) -> bool:
+    return "tokenizer.json" in names or any(n.endswith(".model") for n in names)
+
+
+def load(path: str, mesh=None) -> Generator:
+    """Tokenizer from tokenizer.json or a sentencepiece .model, weights via `hf.load` (in their
+    sharding on `mesh` when given). Stop tokens: the tokenizer's EOS and Llama 3 end-of-turn
+    tokens, plus the eos ids of generation_config.json when present."""
+    path = str(path).rstrip("/")
+    names = fs.listdir(path)
+    if not names:
+        raise FileNotFoundError(f"{path}: generator directory not found or empty")
+    if not _has_tokenizer(names):
+        raise ValueError(f"{path}: generator directory has no tokenizer (expected tokenizer.json "
+                         f"or a sentencepiece .model next to config.json); found {names[:20]}")
+    tokenizer = tokenizer_lib.load(path)
+    config, params = hf.load(path, mesh)
+    if tokenizer.vocab_size > config.vocab_size:
+        raise ValueError(f"{path}: tokenizer has {tokenizer.vocab_size} ids but the model's "
+                         f"vocab_size is {config.vocab_size}")
+    stop = set(prompts.stop_tokens(tokenizer))
+    if "generation_config.json" in names:
+        eos = json.loads(fs.read_text(fs.join(path, "generation_config.json"))).get("eos_token_id")
+        stop.update([eos] if isinstance(eos, int) else eos or [])
+    return Generator(name=path.rsplit("/", 1)[-1], config=config, params=params,
+                     tokenizer=tokenizer, stop_tokens=tuple(sorted(stop)))

@@ -1,0 +1,274 @@
+"""Sharded, resumable synthesis job: source documents -> generation records.
+
+Output directory:
+  shard-00000.jsonl       the records of shard 0 (shared schema), written whole and atomically
+  _job/config.json        the job's settings; a restart with different settings refuses to start
+  _job/shard-00000.done   done marker (the shard's counts), written after the shard's records
+  _job/progress-p0.jsonl  progress lines of process 0
+  summary.json            outcomes by finish reason over every finished shard
+
+Shard j holds documents [j*shard_size, (j+1)*shard_size) in input order and belongs to process
+j % process_count. A shard without its marker is redone whole (its file replaced atomically), so
+a restart never loses or duplicates a record. The sampler streams across shards: a shard is
+written as soon as its last record arrives.
+
+Every (document, sample) yields exactly one record. Records that carry no generation say why in
+`finish_reason`, with empty text: "empty_document", "prompt_too_long" (the prompt does not fit in
+the generator's context; never truncated), "error" (logged with the document's location).
+For latent thoughts `sample` is the split index (0..k-1) and `offset` the split's character offset.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import time
+import traceback
+
+import jax
+
+from megadoc import fs
+from megadoc.data import docs as docs_lib
+from megadoc.models import sharding
+from megadoc.synth import generator as generator_lib
+from megadoc.synth import prompts
+from megadoc.synth import sampler as sampler_lib
+from megadoc.synth import split
+
+# Job method (flag value) -> record method; and the papers' max new tokens for each.
+RECORD_METHOD = {"rephrase": "rephrase", "latent_thoughts": "latent_thought"}
+PAPER_MAX_NEW_TOKENS = {"rephrase": 1024, "latent_thoughts": 512}
+
+EMPTY_DOCUMENT = "empty_document"
+ERROR = "error"
+PROGRESS_EVERY_S = 10.0
+
+
+@dataclasses.dataclass(frozen=True)
+class JobConfig:
+    method: str  # "rephrase" | "latent_thoughts"
+    generator: str  # HF Llama directory with its tokenizer
+    docs: str
+    output: str
+    generations: int = 1  # rephrase: samples per document
+    splits: int = 1  # latent thoughts: split points per document
+    max_new_tokens: int | None = None  # None: the papers' value for the method
+    temperature: float = 1.0
+    seed: int = 0
+    batch_size: int = 64
+    shard_size: int = 256
+    template: str | None = None  # None: the template shipped for the method
+    tensor_parallel: int = 1
+    # Synthesis processes never talk to each other: each just takes its share of the shards.
+    process_id: int | None = None  # None: jax.process_index()
+    num_processes: int | None = None  # None: jax.process_count()
+
+    def __post_init__(self):
+        if self.method not in RECORD_METHOD:
+            raise ValueError(f"method {self.method!r}: expected one of {sorted(RECORD_METHOD)}")
+        for name in ("generations", "splits", "batch_size", "shard_size", "tensor_parallel"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    @property
+    def samples_per_doc(self) -> int:
+        return self.generations if self.method == "rephrase" else self.splits
+
+
+def doc_key(doc_id: str) -> int:
+    """32-bit PRNG stream id of a document: its text never depends on where it is processed."""
+    return int.from_bytes(hashlib.sha256(doc_id.encode("utf-8")).digest()[:4], "little")
+
+
+def shard_path(output: str, shard: int) -> str:
+    return fs.join(output, f"shard-{shard:05d}.jsonl")
+
+
+def marker_path(output: str, shard: int) -> str:
+    return fs.join(output, "_job", f"shard-{shard:05d}.done")
+
+
+def owned_shards(num_shards: int, process_index: int, process_count: int) -> list[int]:
+    return [j for j in range(num_shards) if j % process_count == process_index]
+
+
+def _check_job_config(path: str, settings: dict) -> None:
+    """First run: record the settings. Restart: refuse settings that would change records."""
+    if fs.exists(path):
+        old = json.loads(fs.read_text(path))
+        changed = sorted(k for k in settings if old.get(k) != settings[k])
+        if changed:
+            diff = ", ".join(f"{k}: {old.get(k)!r} -> {settings[k]!r}" for k in changed)
+            raise ValueError(f"{path}: this output directory was written with other settings "
+                             f"({diff}); use a new --output or the original settings")
+    else:
+        fs.write_text(path, json.dumps(settings, indent=1, sort_keys=True))
+
+
+class _Shards:
+    """Collects records per shard and writes a shard (then its marker) once it is complete."""
+
+    def __init__(self, output: str, expected: dict[int, int]):
+        self.output, self.expected = output, expected
+        self.records: dict[int, list] = collections.defaultdict(list)
+        self.written: list[int] = []
+
+    def add(self, shard: int, order: tuple, record: dict, generated_tokens: int) -> None:
+        self.records[shard].append((order, record, generated_tokens))
+        if len(self.records[shard]) == self.expected[shard]:
+            self._write(shard)
+
+    def _write(self, shard: int) -> None:
+        entries = sorted(self.records.pop(shard), key=lambda x: x[0])
+        rows = [r for _, r, _ in entries]
+        docs_lib.write_jsonl(shard_path(self.output, shard), rows)
+        counts = collections.Counter(r["finish_reason"] for r in rows)
+        fs.write_text(marker_path(self.output, shard), json.dumps(
+            {"records": len(rows), "finish_reason": dict(counts),
+             "generated_tokens": sum(n for _, _, n in entries)}))
+        self.written.append(shard)
+
+
+def _summary(output: str, num_shards: int, extra: dict) -> dict:
+    counts, records, tokens, done = collections.Counter(), 0, 0, 0
+    for j in range(num_shards):
+        if fs.exists(marker_path(output, j)):
+            m = json.loads(fs.read_text(marker_path(output, j)))
+            counts.update(m["finish_reason"])
+            records += m["records"]
+            tokens += m["generated_tokens"]
+            done += 1
+    return dict(extra, shards_total=num_shards, shards_done=done, records=records,
+                generated_tokens=tokens, finish_reason=dict(sorted(counts.items())))
+
+
+def run(cfg: JobConfig) -> dict:
+    """Run (or resume) the job for this process's shards; returns the summary."""
+    start = time.time()
+    process_index = jax.process_index() if cfg.process_id is None else cfg.process_id
+    process_count = jax.process_count() if cfg.num_processes is None else cfg.num_processes
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_id {process_index} outside [0, {process_count})")
+    method = RECORD_METHOD[cfg.method]
+    template = prompts.load_template(cfg.template or prompts.builtin_template(method), method)
+    mesh = sharding.make_mesh(tensor=cfg.tensor_parallel, devices=jax.local_devices())
+    gen = generator_lib.load(cfg.generator, mesh)
+    max_new = cfg.max_new_tokens or PAPER_MAX_NEW_TOKENS[cfg.method]
+
+    bad = docs_lib.BadRecords()
+    num_docs = sum(1 for _ in docs_lib.read_docs(cfg.docs, bad))
+    num_shards = math.ceil(num_docs / cfg.shard_size)
+    fs.makedirs(fs.join(cfg.output, "_job"))
+    _check_job_config(fs.join(cfg.output, "_job", "config.json"), {
+        "method": cfg.method, "generator": gen.name, "template": template.name, "seed": cfg.seed,
+        "samples_per_doc": cfg.samples_per_doc, "max_new_tokens": max_new,
+        "temperature": cfg.temperature, "shard_size": cfg.shard_size, "num_docs": num_docs})
+
+    mine = owned_shards(num_shards, process_index, process_count)
+    todo = [j for j in mine if not fs.exists(marker_path(cfg.output, j))]
+    print(f"[synth] {num_docs} docs in {num_shards} shards; process {process_index}/"
+          f"{process_count} owns {len(mine)}, {len(mine) - len(todo)} already done", flush=True)
+    docs_todo = sum(min(cfg.shard_size, num_docs - j * cfg.shard_size) for j in todo)
+    shards = _Shards(cfg.output, {j: min(cfg.shard_size, num_docs - j * cfg.shard_size)
+                                  * cfg.samples_per_doc for j in todo})
+    settings = sampler_lib.Settings(max_new_tokens=max_new, temperature=cfg.temperature,
+                                    stop_tokens=gen.stop_tokens)
+    sampler = sampler_lib.Sampler(gen.config, gen.params, settings, batch_size=cfg.batch_size,
+                                  seed=cfg.seed, mesh=mesh)
+    outstanding: dict[tuple, int] = {}  # (shard, position) -> records still to come
+    progress = _Progress(cfg.output, process_index, docs_todo, sampler)
+
+    def emit(shard, pos, doc_id, sample, offset, text, reason, tokens=0):
+        record = dict(doc_id=doc_id, method=method, sample=sample, offset=offset, text=text,
+                      finish_reason=reason, seed=cfg.seed, generator=gen.name,
+                      template=template.name)
+        outstanding[shard, pos] -= 1
+        if not outstanding[shard, pos]:
+            del outstanding[shard, pos]
+            progress.doc_done()
+        shards.add(shard, (pos, sample), record, tokens)
+
+    def requests():
+        todo_set = set(todo)
+        for i, doc in enumerate(docs_lib.read_docs(cfg.docs)):
+            shard, pos = divmod(i, cfg.shard_size)
+            if shard not in todo_set:
+                continue
+            outstanding[shard, pos] = cfg.samples_per_doc
+            try:
+                reqs = _doc_requests(cfg, gen, template, doc, (shard, pos))
+            except Exception as e:  # one bad document never stops the others
+                logging.error("document %r at %s failed: %s\n%s", doc["id"], doc["where"], e,
+                              traceback.format_exc())
+                reqs = [(s, None, "", ERROR) for s in range(cfg.samples_per_doc)]
+            for r in reqs:
+                if isinstance(r, sampler_lib.Request):
+                    yield r
+                else:
+                    emit(shard, pos, doc["id"], *r)
+            progress.maybe_report()
+
+    for c in sampler.run(requests()):
+        shard, pos, doc_id, offset = c.request.tag
+        text = gen.tokenizer.decode(c.tokens) if c.tokens else ""
+        emit(shard, pos, doc_id, c.sample, offset, text, c.finish_reason, len(c.tokens))
+        progress.maybe_report()
+
+    summary = _summary(cfg.output, num_shards, {
+        "process_index": process_index, "shards_written_now": len(shards.written),
+        "elapsed_s": round(time.time() - start, 1),
+        "tokens_per_s_now": round(progress.tokens_per_s(), 1),
+        "bad_input_records": bad.as_dict()})
+    fs.write_text(fs.join(cfg.output, "summary.json"), json.dumps(summary, indent=1))
+    print("[synth] summary " + json.dumps(summary), flush=True)
+    return summary
+
+
+def _doc_requests(cfg: JobConfig, gen, template, doc: dict, tag: tuple) -> list:
+    """Sampler requests for one document, or direct (sample, offset, text, reason) records."""
+    text, doc_id, n = doc["text"], doc["id"], cfg.samples_per_doc
+    key = doc_key(doc_id)
+    if not text.strip():
+        logging.warning("document %r at %s is empty", doc_id, doc["where"])
+        offset = None if cfg.method == "rephrase" else 0
+        return [(s, offset, "", EMPTY_DOCUMENT) for s in range(n)]
+    if cfg.method == "rephrase":
+        prompt = gen.encode_prompt(*template.render(document=text))
+        return [sampler_lib.Request(prompt, key, num_samples=n, tag=(*tag, doc_id, None))]
+    return [sampler_lib.Request(
+        gen.encode_prompt(*template.render(prefix=text[:offset], suffix=text[offset:])), key,
+        first_sample=i, tag=(*tag, doc_id, offset))
+        for i, offset in enumerate(split.split_offsets(gen.tokenizer, text, n))]
+
+
+class _Progress:
+    """Docs done, generated tokens/s and ETA: printed and appended to _job/progress-p<i>.jsonl."""
+
+    def __init__(self, output: str, process_index: int, docs_total: int, sampler):
+        self.path = fs.join(output, "_job", f"progress-p{process_index}.jsonl")
+        self.docs_total, self.docs_done, self.sampler = docs_total, 0, sampler
+        self.start = self.last = time.time()
+
+    def doc_done(self) -> None:
+        self.docs_done += 1
+
+    def tokens_per_s(self) -> float:
+        return self.sampler.generated_tokens / max(time.time() - self.start, 1e-9)
+
+    def maybe_report(self) -> None:
+        now = time.time()
+        if now - self.last < PROGRESS_EVERY_S:
+            return
+        self.last = now
+        elapsed = now - self.start
+        rate = self.docs_done / elapsed
+        eta = (self.docs_total - self.docs_done) / rate if rate else float("inf")
+        line = {"time": round(now, 1), "docs_done": self.docs_done, "docs_total": self.docs_total,
+                "generated_tokens": self.sampler.generated_tokens,
+                "tokens_per_s": round(self.tokens_per_s(), 1), "eta_s": round(eta, 1)}
+        print(f"[synth] docs {self.docs_done}/{self.docs_total}  "
+              f"{line['tokens_per_s']:.0f} generated tok/s  ETA {eta / 60:.1f} min", flush=True)
+        fs.append_text(self.path, json.dumps(line) + "\n")
