@@ -1,0 +1,150 @@
+"""Llama model: shapes, presets, KV cache, segment masking, attention backends, remat."""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from megadoc.models import attention, llama
+
+TINY = dataclasses.replace(llama.preset("tiny"), dtype="float32")
+init = jax.jit(llama.init, static_argnums=0)
+PARAMS = init(TINY, jax.random.key(0))
+forward32 = jax.jit(lambda params, tokens, segs=None: llama.forward(TINY, params, tokens, segs))
+
+
+def _tokens(shape, seed=1):
+    return np.random.default_rng(seed).integers(0, TINY.vocab_size, shape).astype(np.int32)
+
+
+@pytest.mark.parametrize("name,count", [("150m", 154_147_328), ("300m", 299_649_792),
+                                        ("600m", 602_457_088), ("1.5b", 1_540_732_416)])
+def test_preset_param_counts(name, count):
+    assert llama.num_params(llama.preset(name)) == count
+
+
+def test_num_params_matches_init_tree():
+    config = llama.preset("150m")
+    shapes = jax.eval_shape(lambda k: llama.init(config, k), jax.random.key(0))
+    assert sum(x.size for x in jax.tree.leaves(shapes)) == llama.num_params(config)
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(shapes))
+    assert shapes["layers"]["q"].shape == (6, 512, 8, 64)
+
+
+def test_presets_have_the_papers_shapes():
+    gen = llama.preset("llama3-8b")
+    assert (gen.hidden, gen.ffn, gen.layers, gen.heads, gen.kv_heads) == (4096, 14336, 32, 32, 8)
+    assert gen.rope_theta == 500000.0 and gen.rope_scaling.factor == 8.0
+    assert llama.preset("1.4b").vocab_size == 128256
+
+
+def test_unknown_preset_lists_names():
+    with pytest.raises(ValueError, match=r"'7b'.*150m.*tiny"):
+        llama.preset("7b")
+
+
+def test_init_variance_scales_with_width():
+    wide = dataclasses.replace(TINY, hidden=256, head_dim=None)
+    params = init(wide, jax.random.key(0))
+    assert np.std(params["layers"]["gate"]) == pytest.approx(1 / 16, rel=0.05)
+    assert np.std(PARAMS["layers"]["gate"]) == pytest.approx(1 / 8, rel=0.05)
+
+
+def test_forward_is_hidden_states_then_output_logits_and_bf16_is_close():
+    tokens = _tokens((2, 16))
+    bf16 = llama.preset("tiny")
+
+    @jax.jit
+    def run(params, tokens):
+        hidden = llama.hidden_states(TINY, params, tokens)
+        return (hidden, llama.output_logits(TINY, params, hidden),
+                llama.hidden_states(bf16, params, tokens), llama.forward(bf16, params, tokens))
+
+    logits = forward32(PARAMS, tokens)
+    assert logits.shape == (2, 16, TINY.vocab_size) and logits.dtype == jnp.float32
+    hidden, logits_from_hidden, hidden_bf16, logits_bf16 = run(PARAMS, tokens)
+    assert hidden.shape == (2, 16, TINY.hidden)
+    np.testing.assert_allclose(logits_from_hidden, logits, atol=1e-5)
+    assert hidden_bf16.dtype == jnp.bfloat16 and logits_bf16.dtype == jnp.float32
+    np.testing.assert_allclose(logits_bf16, logits, atol=0.1)
+
+
+def test_prefill_and_decode_match_full_forward():
+    """Rows at different positions: row 0 has a 5-token prompt, row 1 a 9-token one, both
+    right-padded into one prefill chunk, then decoded one token at a time."""
+    full_tokens = _tokens((2, 14))
+    full = forward32(PARAMS, full_tokens)
+    lengths = np.array([5, 9])
+    prompt = np.where(np.arange(9)[None] < lengths[:, None], full_tokens[:, :9], 0)
+    step = jax.jit(lambda p, t, pos, c: llama.forward(TINY, p, t, positions=pos, cache=c))
+    cache = llama.init_cache(TINY, 2, 16)
+    assert cache["k"].shape == (2, 2, 16, 2, 16) and cache["k"].dtype == jnp.float32
+    logits, cache = step(PARAMS, prompt, jnp.broadcast_to(jnp.arange(9), (2, 9)), cache)
+    for row, n in enumerate(lengths):
+        np.testing.assert_allclose(logits[row, :n], full[row, :n], atol=1e-5)
+    pos = lengths.copy()
+    for _ in range(5):
+        tok = full_tokens[np.arange(2), pos][:, None]
+        logits, cache = step(PARAMS, tok, pos[:, None], cache)
+        for row in range(2):
+            np.testing.assert_allclose(logits[row, 0], full[row, pos[row]], atol=1e-5)
+        pos += 1
+
+
+def test_cache_requires_positions():
+    with pytest.raises(ValueError, match="positions"):
+        llama.forward(TINY, PARAMS, _tokens((1, 4)), cache=llama.init_cache(TINY, 1, 8))
+
+
+@pytest.mark.parametrize("cross_document", [False, True])
+def test_segment_masking(cross_document):
+    config = dataclasses.replace(TINY, cross_document_attention=cross_document)
+    fwd = jax.jit(lambda p, t, s: llama.forward(config, p, t, s))
+    segs = np.array([[1] * 8 + [2] * 8])  # doc A then doc B
+    tokens = _tokens((1, 16))
+    changed = tokens.copy()
+    changed[0, :8] = (tokens[0, :8] + 7) % TINY.vocab_size
+    diff_b = np.abs(fwd(PARAMS, tokens, segs)[0, 8:] - fwd(PARAMS, changed, segs)[0, 8:]).max()
+    if cross_document:
+        assert diff_b > 1e-3
+    else:
+        assert diff_b == 0.0
+
+
+def _gqa_inputs():
+    rng = np.random.default_rng(3)
+    return [rng.standard_normal(s).astype(np.float32) for s in [(2, 12, 4, 8), (2, 12, 2, 8),
+                                                                 (2, 12, 2, 8)]]
+
+
+@pytest.mark.parametrize("with_segments", [False, True])
+def test_attention_fallback_matches_jax_reference(with_segments):
+    q, k, v = _gqa_inputs()
+    segs = np.array([[0] * 5 + [1] * 7, [0] * 12]) if with_segments else None
+    ours = jax.jit(lambda q, k, v, s: attention.causal_attention(q, k, v, s))(q, k, v, segs)
+    mask = None if segs is None else (segs[:, :, None] == segs[:, None, :])[:, None]
+    ref = jax.jit(lambda q, k, v, m: jax.nn.dot_product_attention(
+        q, k, v, mask=m, is_causal=True, implementation="xla"))(q, k, v, mask)
+    np.testing.assert_allclose(ours, ref, atol=1e-5)
+
+
+def test_attention_backend_choice_on_cpu():
+    q = jax.ShapeDtypeStruct((2, 12, 4, 8), jnp.bfloat16)
+    for impl in ("auto", "xla", "splash", "cudnn"):
+        assert attention.resolve(impl, q) == "xla"
+    with pytest.raises(ValueError, match="attention"):
+        dataclasses.replace(TINY, attention="flash3")
+
+
+def test_remat_policies_give_same_gradients():
+    tokens = _tokens((2, 16))
+
+    def grads(remat, params):
+        config = dataclasses.replace(TINY, remat=remat)
+        return jax.grad(lambda p: llama.forward(config, p, tokens).mean())(params)
+
+    ref, full, dots = jax.jit(lambda p: [grads(r, p) for r in ("none", "full", "dots")])(PARAMS)
+    for a, b, c in zip(jax.tree.leaves(ref), jax.tree.leaves(full), jax.tree.leaves(dots)):
+        np.testing.assert_allclose(b, a, atol=1e-6)
+        np.testing.assert_allclose(c, a, atol=1e-6)
