@@ -22,6 +22,8 @@ import shutil
 import tempfile
 import time
 
+import numpy as np
+
 from megadoc.data import docs as docs_lib
 from megadoc.data import megadocs
 from megadoc.data import store as store_lib
@@ -180,8 +182,12 @@ def _init_worker(path: str) -> None:
     _worker_tokenizer = tokenizer_lib.load(path)
 
 
-def _encode(text: str) -> list[int]:
-    return _worker_tokenizer.encode(text)
+def _encode_document(tokenizer, text: str) -> np.ndarray:
+    return np.asarray(tokenizer.encode(text) + [tokenizer.eos_id], np.int32)
+
+
+def _encode(text: str) -> np.ndarray:
+    return _encode_document(_worker_tokenizer, text)
 
 
 def _write(config, tokenizer, doc_buckets, gen_buckets, bad, counts) -> dict:
@@ -192,14 +198,13 @@ def _write(config, tokenizer, doc_buckets, gen_buckets, bad, counts) -> dict:
         pool = multiprocessing.get_context("spawn").Pool(
             config.workers, initializer=_init_worker, initargs=(config.tokenizer,))
     encode = (lambda texts: pool.imap(_encode, texts, chunksize=16)) if pool else (
-        lambda texts: map(tokenizer.encode, texts))
+        lambda texts: (_encode_document(tokenizer, t) for t in texts))
     start = last_print = time.time()
     num_windows = 0
     try:
         for b in range(config.buckets):
             texts = _bucket_documents(config, doc_buckets.read(b), gen_buckets.read(b), bad, counts)
             for ids in encode(texts):
-                ids.append(tokenizer.eos_id)
                 counts["documents"] += 1
                 for block in windower.add(ids):
                     writer.append(*block)

@@ -31,8 +31,8 @@ def default_shard_windows(seq_len: int) -> int:
     return int(np.clip(_SHARD_BYTES // (4 * (seq_len + 1)), 16, 1 << 16))
 
 
-def _context() -> ts.Context:
-    return ts.Context({"cache_pool": {"total_bytes_limit": 32 << 20}})
+def _context(cache_bytes: int) -> ts.Context:
+    return ts.Context({"cache_pool": {"total_bytes_limit": cache_bytes}})
 
 
 class StoreWriter:
@@ -70,7 +70,7 @@ class StoreWriter:
             "create": True,
             "delete_existing": True,
         }
-        return ts.open(spec, context=_context()).result()
+        return ts.open(spec, context=_context(0)).result()  # written once, never read back
 
     def append(self, tokens_NxW: np.ndarray, segment_ids_NxW: np.ndarray) -> None:
         width = self.seq_len + 1
@@ -165,7 +165,7 @@ def open(path: str) -> WindowStore:  # noqa: A001 - the contract's name
         try:
             arr = ts.open({"driver": "zarr3", "kvstore": fs.tensorstore_kvstore(fs.join(path, name)),
                            "open": True, "recheck_cached_data": "open",
-                           "recheck_cached_metadata": "open"}, context=_context()).result()
+                           "recheck_cached_metadata": "open"}, context=_context(16 << 20)).result()
         except ValueError as e:
             raise ValueError(f"{fs.join(path, name)}: cannot open window array: {e}") from e
         if list(arr.shape) != expected or arr.dtype != ts.int32:

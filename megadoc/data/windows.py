@@ -21,7 +21,7 @@ class Windower:
         self._next_doc = 0
         self.num_tokens = 0
 
-    def add(self, ids: list[int]) -> list[tuple[np.ndarray, np.ndarray]]:
+    def add(self, ids) -> list[tuple[np.ndarray, np.ndarray]]:
         """Adds one document; returns any full windows as (tokens [n, L+1], segment_ids [n, L+1])."""
         self._docs.append(np.asarray(ids, np.int32))
         self._pending += len(ids)
