@@ -109,6 +109,7 @@ class WindowStore:
         self.path = path
         self.metadata = metadata
         self.seq_len = int(metadata["seq_len"])
+        self.shard_windows = int(metadata["shard_windows"])
         self._arrays = arrays
 
     def __len__(self) -> int:
@@ -135,9 +136,11 @@ class WindowStore:
                              f"{unique[:8].tolist()}... failed: {e}") from e
         bad = (out["segment_ids"] <= 0).any(axis=1) | (out["tokens"] < 0).any(axis=1)
         if bad.any():
+            window = int(indices[bad][0])
+            shard = fs.join(self.path, "{tokens,segment_ids}", "c", str(window // self.shard_windows), "0")
             raise ValueError(
                 f"{self.path}: windows {sorted(set(indices[bad].tolist()))[:8]} hold no data: "
-                f"a shard is missing or truncated; the store is corrupt, prepare it again")
+                f"shard {shard} is missing or truncated; the store is corrupt, prepare it again")
         return out
 
 
