@@ -9,19 +9,25 @@ the output head is an ordinary projection.
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from megadoc.train.config import OptimizerConfig
 
 
 def lr_schedule(config: OptimizerConfig, num_steps: int) -> optax.Schedule:
-    """Linear warmup from 0 over `warmup_frac` of the steps, then cosine to exactly 0 at the end."""
-    warmup = max(1, round(config.warmup_frac * num_steps)) if config.warmup_frac > 0 else 0
-    if warmup == 0:
-        return optax.cosine_decay_schedule(config.lr, decay_steps=max(1, num_steps), alpha=0.0)
-    return optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=config.lr, warmup_steps=warmup,
-        decay_steps=max(num_steps, warmup + 1), end_value=0.0)
+    """lr of update k = count + 1 (1-based): k/w·lr over the w = round(warmup_frac·N) warmup
+    updates, then a cosine from lr down to exactly 0 at the last update N."""
+    warmup = min(num_steps - 1, max(1, round(config.warmup_frac * num_steps))) \
+        if config.warmup_frac > 0 else 0
+    decay = max(1, num_steps - warmup)
+
+    def schedule(count):
+        k = jnp.asarray(count, jnp.float32) + 1
+        cosine = 0.5 * (1 + jnp.cos(jnp.pi * jnp.clip((k - warmup) / decay, 0.0, 1.0)))
+        return config.lr * jnp.where(k <= warmup, k / max(warmup, 1), cosine)
+
+    return schedule
 
 
 def path_name(path) -> str:
