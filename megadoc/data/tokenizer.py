@@ -133,7 +133,6 @@ def train_sentencepiece(texts: Iterable[str], vocab_size: int, output_path: str)
         split_digits=True,
         byte_fallback=True,
         user_defined_symbols=["\n", "\t"],
-        character_coverage=1.0,
         hard_vocab_limit=False,
         max_sentence_length=1 << 16,
         input_sentence_size=2_000_000,
