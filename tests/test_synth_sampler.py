@@ -1,0 +1,120 @@
+"""The KV-cache sampler against full-forward recomputation and transformers, and its independence
+from batch size, slot and mesh."""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from megadoc.models import hf, llama, sharding
+from megadoc.synth import sampler
+
+MAX_NEW = 8
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    hf_config = transformers.LlamaConfig(
+        vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+        rms_norm_eps=1e-5, tie_word_embeddings=False)
+    torch_model = transformers.LlamaForCausalLM(hf_config).eval()
+    path = str(tmp_path_factory.mktemp("hf_llama"))
+    torch_model.save_pretrained(path)
+    config, params = hf.load(path)
+    return dataclasses.replace(config, dtype="float32"), params, torch_model
+
+
+@pytest.fixture(scope="module")
+def prompts():
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 96, n).tolist() for n in (5, 11, 3, 16, 8)]
+
+
+@pytest.fixture(scope="module")
+def greedy(model, prompts):
+    config, params, _ = model
+    return sampler.generate(config, params, prompts, max_new_tokens=MAX_NEW, temperature=0.0,
+                            batch_size=4)
+
+
+def test_greedy_equals_argmax_of_full_forward_at_every_step(model, prompts, greedy):
+    config, params, _ = model
+    forward = jax.jit(lambda tokens: llama.forward(config, params, tokens))
+    width = 32  # every sequence right-padded to one width: causal, so padding changes nothing
+    for step in range(MAX_NEW):
+        seqs = [p + g[:step] for p, g in zip(prompts, greedy)]
+        tokens = np.zeros((len(seqs), width), np.int32)
+        for i, s in enumerate(seqs):
+            tokens[i, :len(s)] = s
+        logits = np.asarray(forward(jnp.asarray(tokens)))
+        for i, s in enumerate(seqs):
+            assert greedy[i][step] == int(np.argmax(logits[i, len(s) - 1])), (i, step)
+
+
+def test_greedy_equals_transformers_generate(model, prompts, greedy):
+    import torch
+
+    _, _, torch_model = model
+    for prompt, ours in zip(prompts, greedy):
+        with torch.no_grad():
+            ids = torch.tensor([prompt])
+            out = torch_model.generate(ids, attention_mask=torch.ones_like(ids),
+                                       max_new_tokens=MAX_NEW, do_sample=False,
+                                       eos_token_id=None, pad_token_id=0)
+        assert out[0, len(prompt):].tolist() == ours
+
+
+def _sample_all(config, params, prompts, batch_size, mesh=None):
+    settings = sampler.Settings(max_new_tokens=MAX_NEW, temperature=1.0, top_p=0.95, top_k=40,
+                                stop_tokens=tuple(range(0, 96, 8)))
+    if mesh is not None:
+        params = jax.device_put(params, sharding.param_shardings(config, mesh))
+    s = sampler.Sampler(config, params, settings, batch_size=batch_size, seed=7, mesh=mesh)
+    requests = [sampler.Request(p, key=1000 + i, num_samples=3, tag=i)
+                for i, p in enumerate(prompts)]
+    return {(c.request.tag, c.sample): (c.tokens, c.finish_reason) for c in s.run(requests)}
+
+
+def test_samples_independent_of_batch_size_slot_and_mesh(model, prompts):
+    config, params, _ = model
+    one = _sample_all(config, params, prompts, batch_size=1)
+    seven = _sample_all(config, params, prompts, batch_size=7)
+    mesh = sharding.make_mesh(data=4, tensor=2)  # slots over data, kv heads over tensor
+    thirty_two = _sample_all(config, params, prompts, batch_size=32, mesh=mesh)
+    assert one == seven == thirty_two
+    assert len(one) == 3 * len(prompts)
+    # Samples of one prompt draw from different streams; stop tokens end a sample, unreported.
+    assert len({tuple(t) for (i, _), (t, _) in one.items() if i == 0}) == 3
+    reasons = [r for _, r in one.values()]
+    assert "eos" in reasons and "length" in reasons
+    for tokens, reason in one.values():
+        assert not any(t % 8 == 0 for t in tokens)
+        assert len(tokens) == MAX_NEW if reason == "length" else len(tokens) < MAX_NEW
+
+
+def test_filters_keep_top_k_and_the_top_p_nucleus():
+    logits = jnp.log(jnp.asarray([[0.5, 0.2, 0.15, 0.1, 0.05]]))
+    kept = lambda **kw: np.isfinite(np.asarray(sampler._filter_logits(
+        sampler.Settings(max_new_tokens=1, **kw), logits)))[0].tolist()
+    assert kept(top_k=2) == [True, True, False, False, False]
+    assert kept(top_p=0.5) == [True, False, False, False, False]
+    assert kept(top_p=0.8) == [True, True, True, False, False]
+    assert kept(top_p=0.8, top_k=2) == [True, True, False, False, False]
+
+
+def test_prompt_filling_the_context_is_an_error_not_a_truncation(model):
+    config, params, _ = model
+    with pytest.raises(ValueError, match="context is 128"):
+        sampler.generate(config, params, [[1] * 128], max_new_tokens=4)
+
+
+def test_kv_cache_bytes_per_token_match_the_formula(model):
+    config, _, _ = model
+    cache = llama.init_cache(config, 2, 16)
+    per_token = sum(x.nbytes for x in cache.values()) / (2 * 16)
+    assert per_token == 2 * config.layers * config.kv_heads * config.head_dim * 4
