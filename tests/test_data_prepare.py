@@ -146,3 +146,32 @@ def test_command_line_reads_every_flag(inputs, tmp_path):
     sep = megadocs.SEPARATOR
     assert texts[1] == sep.join([doc["text"], f"Rephrase 0 of {doc['id']}.", f"Rephrase 1 of {doc['id']}."])
     assert inproc["num_windows"] == meta["num_windows"]
+
+
+def test_killed_job_resumes_after_its_last_finished_bucket(inputs, tmp_path, monkeypatch, capsys):
+    from megadoc.data import prepare as prepare_lib
+
+    gens = str(inputs["dir"] / "gens.jsonl.gz")
+    fresh = prepare(config(inputs, tmp_path / "fresh", recipe="simple", generations=gens, seq_len=8))
+    real_bucket_documents, calls = prepare_lib._bucket_documents, []
+
+    def dies_in_bucket_3(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt("preempted")
+        return real_bucket_documents(*args)
+
+    monkeypatch.setattr(prepare_lib, "_bucket_documents", dies_in_bucket_3)
+    out = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        prepare(config(inputs, out, recipe="simple", generations=gens, seq_len=8))
+    assert not store.is_complete(str(out)) and (out / prepare_lib.PROGRESS).exists()
+    calls.clear()
+    resumed = prepare(config(inputs, out, recipe="simple", generations=gens, seq_len=8))
+    assert len(calls) == 2 and "resuming" in capsys.readouterr().out  # buckets 3 and 4 only
+    assert not (out / prepare_lib.PROGRESS).exists()
+    for key in ("num_windows", "num_tokens", "counts", "skipped", "dropped_tail_tokens"):
+        assert resumed[key] == fresh[key], key
+    a, b = store.open(str(out)), store.open(str(tmp_path / "fresh"))
+    for name in ("tokens", "segment_ids"):
+        np.testing.assert_array_equal(a.read(np.arange(len(a)))[name], b.read(np.arange(len(b)))[name])

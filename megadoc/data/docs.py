@@ -38,6 +38,11 @@ class BadRecords:
     def as_dict(self) -> dict:
         return {"counts": dict(self.counts), "examples": dict(self.examples)}
 
+    def set_state(self, state: dict) -> None:
+        """Continue from an earlier `as_dict()` (a resumed job)."""
+        self.counts = collections.Counter(state["counts"])
+        self.examples = collections.defaultdict(list, {k: list(v) for k, v in state["examples"].items()})
+
 
 def expand(path: str) -> list[str]:
     files = []

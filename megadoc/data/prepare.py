@@ -8,7 +8,11 @@ recipe's documents, tokenizes them in a process pool, joins them with EOS and wr
 they fill. Skipped records are counted by reason, logged with file and line, and recorded in the
 store's metadata.
 
-Restart: a complete store with the same settings is kept as is; a partial one is rewritten.
+Restart: a complete store with the same settings is kept as is. After each bucket the job
+records a resume point (prepare_progress.json: windows written, the unfinished tail, counts);
+a restarted job with the same settings redoes the cheap spill pass and continues after the last
+finished bucket, so its store is identical to an uninterrupted run. Any other partial store is
+rewritten from scratch.
 """
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ import time
 
 import numpy as np
 
+from megadoc import fs
 from megadoc.data import docs as docs_lib
 from megadoc.data import megadocs
 from megadoc.data import store as store_lib
@@ -31,6 +36,7 @@ from megadoc.data import tokenizer as tokenizer_lib
 from megadoc.data.windows import Windower
 
 SYNTHETIC_RECIPES = ("simple", "stitched", "latent")
+PROGRESS = "prepare_progress.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,38 +197,46 @@ def _encode(text: str) -> np.ndarray:
 
 
 def _write(config, tokenizer, doc_buckets, gen_buckets, bad, counts) -> dict:
-    writer = store_lib.StoreWriter(config.output, config.seq_len)
+    resume = _read_progress(config, tokenizer)
     windower = Windower(config.seq_len)
+    if resume:
+        writer = store_lib.StoreWriter(config.output, config.seq_len, resume["shard_windows"],
+                                       resume_at=resume["num_windows"])
+        windower.set_state(resume["windower"])
+        counts.clear()
+        counts.update(resume["counts"])
+        bad.set_state(resume["skipped"])
+        print(f"[prepare] resuming {config.output} after bucket {resume['buckets_done']}/"
+              f"{config.buckets} ({resume['num_windows']} windows written)", flush=True)
+    else:
+        writer = store_lib.StoreWriter(config.output, config.seq_len)
+    first_bucket = resume["buckets_done"] if resume else 0
     pool = None
     if config.workers > 1:
         pool = multiprocessing.get_context("spawn").Pool(
             config.workers, initializer=_init_worker, initargs=(config.tokenizer,))
     encode = (lambda texts: pool.imap(_encode, texts, chunksize=16)) if pool else (
         lambda texts: (_encode_document(tokenizer, t) for t in texts))
-    start = last_print = time.time()
-    num_windows = 0
+    rate = _Rate(counts["docs_used"], windower.num_tokens)
     try:
-        for b in range(config.buckets):
+        for b in range(first_bucket, config.buckets):
             texts = _bucket_documents(config, doc_buckets.read(b), gen_buckets.read(b), bad, counts)
             for ids in encode(texts):
                 counts["documents"] += 1
                 for block in windower.add(ids):
                     writer.append(*block)
-                    num_windows += len(block[0])
-            if time.time() - last_print > 5 or b == config.buckets - 1:
-                last_print = time.time()
-                _progress(b + 1, config.buckets, counts, windower, num_windows, last_print - start)
+            for block in windower.flush():
+                writer.append(*block)
+            writer.flush()
+            _write_progress(config, tokenizer, b + 1, writer, windower, counts, bad)
+            rate.report(b + 1 - first_bucket, config.buckets - b - 1, counts, windower, writer)
     finally:
         if pool:
             pool.close()
             pool.join()
-    for block in windower.flush():
-        writer.append(*block)
-        num_windows += len(block[0])
-    if num_windows == 0:
+    if writer.num_windows == 0:
         raise ValueError(f"{config.docs}: {windower.num_tokens} tokens in all, fewer than "
                          f"seq_len+1={config.seq_len + 1}: no window can be made")
-    elapsed = time.time() - start
     metadata = {
         "settings": config.settings(),
         "recipe": config.recipe,
@@ -235,17 +249,51 @@ def _write(config, tokenizer, doc_buckets, gen_buckets, bad, counts) -> dict:
         "dropped_tail_tokens": windower.leftover_tokens,
         "counts": dict(sorted(counts.items())),
         "skipped": bad.as_dict(),
-        "elapsed_s": round(elapsed, 3),
+        "elapsed_s": round(time.time() - rate.start, 3),
     }
     metadata = writer.finish(metadata)
+    fs.remove(fs.join(config.output, PROGRESS))
     print(f"[prepare] wrote {config.output}: {metadata['num_windows']} windows of "
           f"{config.seq_len}+1 tokens; skipped {dict(bad.counts) or 'nothing'}", flush=True)
     return metadata
 
 
-def _progress(done, total, counts, windower, num_windows, elapsed) -> None:
-    docs, tokens = counts["docs_used"], windower.num_tokens
-    eta = elapsed / done * (total - done)
-    print(f"[prepare] bucket {done}/{total}  docs {docs} ({docs / max(elapsed, 1e-9):.0f} docs/s)  "
-          f"tokens {tokens} ({tokens / max(elapsed, 1e-9):.0f} tokens/s)  windows {num_windows}  "
-          f"ETA {eta:.0f}s", flush=True)
+def _write_progress(config, tokenizer, buckets_done, writer, windower, counts, bad) -> None:
+    """The resume point after a bucket: every window so far is written, the tail is carried."""
+    fs.write_text(fs.join(config.output, PROGRESS), json.dumps({
+        "settings": config.settings(), "buckets": config.buckets,
+        "tokenizer_fingerprint": tokenizer.fingerprint, "buckets_done": buckets_done,
+        "num_windows": writer.num_windows, "shard_windows": writer.shard_windows,
+        "windower": windower.get_state(), "counts": dict(counts), "skipped": bad.as_dict()}))
+
+
+def _read_progress(config, tokenizer) -> dict | None:
+    """The partial store's resume point, if it was made with these settings; else None."""
+    path = fs.join(config.output, PROGRESS)
+    if not fs.exists(path):
+        return None
+    progress = json.loads(fs.read_text(path))
+    same = (progress["settings"] == config.settings() and progress["buckets"] == config.buckets
+            and progress["tokenizer_fingerprint"] == tokenizer.fingerprint)
+    if not same:
+        print(f"[prepare] {config.output}: partial store from other settings; starting afresh",
+              flush=True)
+    return progress if same else None
+
+
+class _Rate:
+    def __init__(self, docs: int, tokens: int):
+        self.start = self._last = time.time()
+        self._docs, self._tokens = docs, tokens
+
+    def report(self, buckets_done, buckets_left, counts, windower, writer) -> None:
+        now = time.time()
+        if now - self._last < 5 and buckets_left:
+            return
+        self._last = now
+        elapsed = max(now - self.start, 1e-9)
+        docs, tokens = counts["docs_used"], windower.num_tokens
+        print(f"[prepare] {buckets_left} buckets left  docs {docs} "
+              f"({(docs - self._docs) / elapsed:.0f} docs/s)  tokens {tokens} "
+              f"({(tokens - self._tokens) / elapsed:.0f} tokens/s)  windows {writer.num_windows}  "
+              f"ETA {elapsed / buckets_done * buckets_left:.0f}s", flush=True)

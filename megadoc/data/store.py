@@ -36,19 +36,37 @@ def _context(cache_bytes: int) -> ts.Context:
 
 
 class StoreWriter:
-    """Appends windows in whole shards; `finish(metadata)` writes metadata.json last."""
+    """Appends windows, writing whole shards as they fill; `flush()` also writes a partial last
+    shard (so a job can record a resume point); `finish(metadata)` writes metadata.json last.
 
-    def __init__(self, path: str, seq_len: int, shard_windows: int | None = None):
+    `resume_at=n` reopens a partial store and continues after its first n windows (anything the
+    interrupted job wrote beyond them is overwritten); otherwise `path` is started afresh.
+    """
+
+    def __init__(self, path: str, seq_len: int, shard_windows: int | None = None,
+                 resume_at: int | None = None):
         self.path = path
         self.seq_len = seq_len
         self.shard_windows = shard_windows or default_shard_windows(seq_len)
-        self.num_windows = 0
         self._pending: list[dict[str, np.ndarray]] = []
         self._pending_rows = 0
-        if fs.exists(path):
-            fs.rmtree(path)
-        fs.makedirs(path)
-        self._arrays = {name: self._create(name) for name in ARRAYS}
+        if resume_at is None:
+            if fs.exists(path):
+                fs.rmtree(path)
+            fs.makedirs(path)
+            self._arrays = {name: self._create(name) for name in ARRAYS}
+            self.num_windows = 0
+        else:
+            self._arrays = {name: self._reopen(name) for name in ARRAYS}
+            self.num_windows = resume_at
+
+    def _reopen(self, name: str) -> ts.TensorStore:
+        arr = ts.open({"driver": "zarr3", "kvstore": fs.tensorstore_kvstore(fs.join(self.path, name)),
+                       "open": True}, context=_context(0)).result()
+        if arr.shape[1] != self.seq_len + 1:
+            raise ValueError(f"{fs.join(self.path, name)}: windows of {arr.shape[1]} tokens, "
+                             f"expected {self.seq_len + 1}")
+        return arr
 
     def _create(self, name: str) -> ts.TensorStore:
         width = self.seq_len + 1
@@ -80,8 +98,15 @@ class StoreWriter:
         self._pending.append({"tokens": tokens_NxW.astype(np.int32),
                               "segment_ids": segment_ids_NxW.astype(np.int32)})
         self._pending_rows += len(tokens_NxW)
-        while self._pending_rows >= self.shard_windows:
-            self._write(self.shard_windows)
+        while self._pending_rows >= self._rows_to_shard_end():
+            self._write(self._rows_to_shard_end())
+
+    def _rows_to_shard_end(self) -> int:
+        return self.shard_windows - self.num_windows % self.shard_windows
+
+    def flush(self) -> None:
+        if self._pending_rows:
+            self._write(self._pending_rows)
 
     def _write(self, rows: int) -> None:
         block = {k: np.concatenate([p[k] for p in self._pending]) for k in ARRAYS}
@@ -90,14 +115,17 @@ class StoreWriter:
         self._pending_rows = len(rest["tokens"])
         start, stop = self.num_windows, self.num_windows + rows
         for name in ARRAYS:
-            arr = self._arrays[name].resize(exclusive_max=[stop, None], expand_only=True).result()
-            self._arrays[name] = arr
+            arr = self._arrays[name]
+            if stop > arr.shape[0]:
+                arr = self._arrays[name] = arr.resize(exclusive_max=[stop, None], expand_only=True).result()
             arr[start:stop].write(block[name][:rows]).result()
         self.num_windows = stop
 
     def finish(self, metadata: dict) -> dict:
-        if self._pending_rows:
-            self._write(self._pending_rows)
+        self.flush()
+        for name in ARRAYS:  # drop rows an interrupted earlier run may have written past the end
+            self._arrays[name] = self._arrays[name].resize(
+                exclusive_max=[self.num_windows, None], resize_metadata_only=True).result()
         metadata = dict(metadata, format=FORMAT, seq_len=self.seq_len,
                         num_windows=self.num_windows, shard_windows=self.shard_windows)
         fs.write_text(fs.join(self.path, METADATA), json.dumps(metadata, indent=1, sort_keys=True))

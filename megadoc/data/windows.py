@@ -31,6 +31,17 @@ class Windower:
     def flush(self) -> list[tuple[np.ndarray, np.ndarray]]:
         return self._cut()
 
+    def get_state(self) -> dict:
+        """The carried tail (call after `flush`, when no document is pending)."""
+        assert not self._docs, "flush before get_state"
+        return {"tail_tokens": self._tail_tokens.tolist(), "tail_docs": self._tail_docs.tolist(),
+                "next_doc": self._next_doc, "num_tokens": self.num_tokens}
+
+    def set_state(self, state: dict) -> None:
+        self._tail_tokens = np.asarray(state["tail_tokens"], np.int32)
+        self._tail_docs = np.asarray(state["tail_docs"], np.int64)
+        self._next_doc, self.num_tokens = state["next_doc"], state["num_tokens"]
+
     @property
     def leftover_tokens(self) -> int:
         """Stream tokens whose next-token transition is in no window (the unfinished tail)."""
