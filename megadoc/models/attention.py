@@ -61,7 +61,7 @@ def causal_attention(q_BxTxNxDh, k_BxTxKxDh, v_BxTxKxDh, segment_ids_BxT=None, *
     """Causal self-attention; with segment ids, tokens attend only inside their segment."""
     backend = resolve(implementation, q_BxTxNxDh)
     if backend == "splash":
-        return _splash(q_BxTxNxDh, k_BxTxKxDh, v_BxTxKxDh, segment_ids_BxT)
+        return splash_attention(q_BxTxNxDh, k_BxTxKxDh, v_BxTxKxDh, segment_ids_BxT)
     if backend == "cudnn":
         mask = None if segment_ids_BxT is None else causal_mask(q_BxTxNxDh.shape[1],
                                                                 segment_ids_BxT)[:, None]
@@ -72,18 +72,22 @@ def causal_attention(q_BxTxNxDh, k_BxTxKxDh, v_BxTxKxDh, segment_ids_BxT=None, *
 
 
 @functools.lru_cache(maxsize=None)
-def _splash_kernel(heads, seq_len):
+def _splash_kernel(heads, seq_len, interpret):
     from jax.experimental.pallas.ops.tpu import splash_attention as sa
     mask = sa.MultiHeadMask([sa.CausalMask((seq_len, seq_len))] * heads)
     block = min(512, seq_len)
     sizes = sa.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block,
                           block_q_dkv=block, block_kv_dkv=block, block_kv_dkv_compute=block,
                           block_q_dq=block, block_kv_dq=block)
-    return sa.make_splash_mha(mask, head_shards=1, q_seq_shards=1, block_sizes=sizes)
+    return sa.make_splash_mha(mask, head_shards=1, q_seq_shards=1, block_sizes=sizes,
+                              interpret=interpret)
 
 
-def _splash(q_BxTxNxDh, k_BxTxKxDh, v_BxTxKxDh, segment_ids_BxT):
-    """TPU splash attention, run per shard under the current mesh (batch and heads split)."""
+def splash_attention(q_BxTxNxDh, k_BxTxKxDh, v_BxTxKxDh, segment_ids_BxT=None, *,
+                     interpret=False):
+    """TPU splash attention (causal, segment ids), run per shard under the current mesh with
+    batch and heads split. T must be a multiple of 128. `interpret` runs the Pallas kernel in
+    the interpreter, which is how CPU tests check it."""
     from jax.experimental.pallas.ops.tpu import splash_attention as sa
     from megadoc.models import sharding
 
@@ -92,11 +96,11 @@ def _splash(q_BxTxNxDh, k_BxTxKxDh, v_BxTxKxDh, segment_ids_BxT):
         segment_ids_BxT = jnp.zeros((B, T), jnp.int32)
 
     def attend(q, k, v, segs):
-        kernel = _splash_kernel(q.shape[1], T)
+        kernel = _splash_kernel(q.shape[1], T, interpret)
         ids = sa.SegmentIds(q=segs, kv=segs)
         return jax.vmap(kernel)(q, k, v, segment_ids=ids)
 
-    # splash wants [B, heads, T, Dh] and an unscaled-free query: scale q here.
+    # splash wants [B, heads, T, Dh] and does not scale the scores: scale q here.
     args = (jnp.swapaxes(q_BxTxNxDh / np.sqrt(Dh).astype(q_BxTxNxDh.dtype), 1, 2),
             jnp.swapaxes(k_BxTxKxDh, 1, 2), jnp.swapaxes(v_BxTxKxDh, 1, 2), segment_ids_BxT)
     mesh = sharding.current_mesh()
