@@ -94,5 +94,32 @@ def main(argv):
         sys.exit(143)  # 128 + SIGTERM: the scheduler sees a preempted, resumable job
 
 
+def run_experiment(defaults: dict, synthetic_recipe: str | None) -> None:
+    """Entry point of a paper-experiment module: its defaults, any flag still overridable, and a
+    check that --synthetic holds the recipe the experiment is about."""
+    for name, value in defaults.items():
+        FLAGS.set_default(name, value)
+
+    def experiment_main(argv):
+        check_recipe(synthetic_recipe)
+        main(argv)
+
+    app.run(experiment_main)
+
+
+def check_recipe(recipe: str | None, f=FLAGS) -> None:
+    from megadoc.data import store as store_lib
+
+    if recipe is None:
+        if f.synthetic or f.mix:
+            raise app.UsageError("this experiment trains on real data only: no --synthetic/--mix")
+        return
+    if not f.synthetic:
+        raise app.UsageError(f"--synthetic=STORE (prepared with --recipe={recipe}) is required")
+    got = store_lib.open(f.synthetic).metadata.get("recipe")
+    if got != recipe:
+        raise app.UsageError(f"{f.synthetic}: recipe {got!r}, this experiment needs {recipe!r}")
+
+
 if __name__ == "__main__":
     app.run(main)

@@ -1,5 +1,6 @@
 """Optimizer, schedule, config checks, flags, fingerprint and TensorBoard records (no training)."""
 import dataclasses
+import importlib
 import struct
 
 import google_crc32c
@@ -141,3 +142,34 @@ def test_every_flag_reaches_the_config(tmp_path):
     assert (c.optimizer.lr, c.optimizer.weight_decay, c.microbatches, c.model.remat) == (3e-3, 0.8, 4, "dots")
     assert c.model.hidden == 512 and c.data.global_batch == 64
     f.unparse_flags()
+
+
+@pytest.mark.parametrize("module,recipe", [("baseline", None), ("simple_rephrase", "simple"),
+                                           ("stitched", "stitched"), ("latent_thoughts", "latent")])
+def test_paper_experiment_modules_compose_the_train_flags(tmp_path, module, recipe):
+    from absl import app
+    from experiments import train as train_main
+    mod = importlib.import_module(f"experiments.{module}")
+    assert f"python -m experiments.{module} " in mod.__doc__
+    f = train_main.FLAGS
+    old = {k: f[k].default for k in mod.DEFAULTS}
+    real = make_store(str(tmp_path / "real"), 8, seq_len=16)
+    syn = make_store(str(tmp_path / "syn"), 8, seq_len=16, recipe=recipe or "simple")
+    wrong = make_store(str(tmp_path / "wrong"), 8, seq_len=16, recipe="real")
+    try:
+        for k, v in mod.DEFAULTS.items():
+            f.set_default(k, v)
+        f.unparse_flags()
+        f(["x", f"--workdir={tmp_path}/w", f"--real={real}"] + ([f"--synthetic={syn}"] if recipe else []))
+        train_main.check_recipe(recipe)
+        c = train_main.build_config()
+        assert (c.model.hidden, c.data.epochs, c.data.mix) == (768, 16, mod.DEFAULTS["mix"])
+        assert (c.optimizer.lr, c.optimizer.weight_decay) == (3e-3, 0.8)
+        f.unparse_flags()
+        f(["x", f"--workdir={tmp_path}/w", f"--real={real}", f"--synthetic={wrong}"])
+        with pytest.raises(app.UsageError, match="recipe 'real'" if recipe else "real data only"):
+            train_main.check_recipe(recipe)
+    finally:
+        f.unparse_flags()
+        for k, v in old.items():
+            f.set_default(k, v)

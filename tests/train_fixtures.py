@@ -9,7 +9,7 @@ VOCAB = 64
 
 
 def make_store(path: str, num_windows: int, seq_len: int = 32, seed: int = 0,
-               fingerprint: str = "test-tokenizer") -> str:
+               fingerprint: str = "test-tokenizer", recipe: str = "real") -> str:
     """Windows of learnable text: each document counts up mod VOCAB with a stride of 1, 2 or 3
     from a random start, so the next token is predictable from the two before it."""
     rng = np.random.default_rng(seed)
@@ -18,6 +18,6 @@ def make_store(path: str, num_windows: int, seq_len: int = 32, seed: int = 0,
     tokens = (starts + strides * np.arange(seq_len + 1)) % VOCAB
     writer = store_lib.StoreWriter(path, seq_len)
     writer.append(tokens.astype(np.int32), np.ones_like(tokens, np.int32))
-    writer.finish({"tokenizer_fingerprint": fingerprint, "vocab_size": VOCAB, "recipe": "real",
+    writer.finish({"tokenizer_fingerprint": fingerprint, "vocab_size": VOCAB, "recipe": recipe,
                    "num_tokens": int(tokens.size)})
     return path
