@@ -92,3 +92,10 @@ def test_two_processes_assemble_the_same_global_batch(stores):
     for step in range(start, start + steps):
         got = [rows[(step, r)] for r in range(BATCH)]  # every row came from exactly one place
         assert got == expected_labels(schedule, step).tolist()
+
+
+def test_batch_that_does_not_split_over_the_mesh_is_refused(stores):
+    real, syn = stores
+    schedule = MixSchedule(len(real), len(syn), 12, MIX, EPOCHS, SEED)
+    with pytest.raises(ValueError, match="does not split over the mesh's 8 batch shards"):
+        loader.BatchLoader(schedule, real, syn, sharding.make_mesh())

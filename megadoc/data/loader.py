@@ -27,6 +27,10 @@ class BatchLoader:
         self.schedule = schedule
         self.stores = {REAL: real_store, SYNTHETIC: synthetic_store}
         self.sharding = sharding_lib.batch_sharding(mesh)
+        shards = _batch_shards(self.sharding)
+        if schedule.global_batch % shards:
+            raise ValueError(f"global batch {schedule.global_batch} does not split over the mesh's "
+                             f"{shards} batch shards (data x fsdp)")
         self.shape = (schedule.global_batch, real_store.seq_len + 1)
         self.prefetch = prefetch
         self.num_threads = num_threads
@@ -76,6 +80,12 @@ class BatchLoader:
             lambda s: (s, self.read_local(s)))
         options = grain.ReadOptions(num_threads=self.num_threads, prefetch_buffer_size=self.prefetch)
         self._iterator = iter(dataset.to_iter_dataset(options))
+
+
+def _batch_shards(sharding) -> int:
+    axes = sharding.spec[0]
+    axes = axes if isinstance(axes, tuple) else (axes,)
+    return int(np.prod([sharding.mesh.shape[a] for a in axes if a is not None]))
 
 
 def _check_stores(schedule, real, synthetic) -> None:
