@@ -72,6 +72,8 @@ def test_hf_tokenizer_json_with_llama3_specials(tmp_path):
         ids = tok.encode(text)
         assert tok.bos_id not in ids  # no BOS even though the post-processor would add one
         assert tok.decode(ids) == text
+    spelled = "a page that says <|end_of_text|> and <|eot_id|> in its text"
+    assert not {0, 1, 2} & set(tok.encode(spelled)) and tok.decode(tok.encode(spelled)) == spelled
     assert tokenizer.load(str(tmp_path / "tokenizer.json")).fingerprint == tok.fingerprint
     instruct = tmp_path / "instruct"
     write_llama3_style(str(instruct), eos_in_config="<|eot_id|>")

@@ -1,6 +1,7 @@
 """Tokenizers behind one small interface: sentencepiece `.model` and Hugging Face `tokenizer.json`.
 
-`encode` never adds BOS/EOS; the prepare job joins documents with `eos_id` itself. `fingerprint`
+`encode` never adds BOS/EOS and never turns text into a special token; the prepare job joins
+documents with `eos_id` itself. `fingerprint`
 hashes the model itself, so a window store can refuse a model trained with another vocabulary.
 """
 from __future__ import annotations
@@ -62,6 +63,9 @@ class HFTokenizer:
 
         self.path = path
         self._tok = tokenizers.Tokenizer.from_str(tokenizer_json)
+        # Text that spells a special token ("<|end_of_text|>" in a web page) stays text; callers
+        # that want a special token ask for its id (special_token_id).
+        self._tok.encode_special_tokens = True
         spec = json.loads(tokenizer_json)
         canonical = json.dumps([spec["model"], spec.get("added_tokens")], sort_keys=True)
         self.fingerprint = "hf:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
