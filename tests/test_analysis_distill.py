@@ -40,7 +40,7 @@ def test_distillation_loss_decreases_and_the_student_is_loadable(tmp_path):
         model=STUDENT, workdir=workdir, teacher=("a", "b"),
         data=config_lib.DataConfig(real=write_store(tmp_path / "real", 32, 16), epochs=2, global_batch=8),
         optimizer=config_lib.OptimizerConfig(lr=1e-2, weight_decay=0.0),
-        kl_weight=0.9, mesh=(8, 1, 1), val=(("val", write_store(tmp_path / "val", 8, 16, seed=1)),), log_every=8)
+        kl_weight=0.9, mesh=(2, 2, 2), microbatches=2, val=(("val", write_store(tmp_path / "val", 8, 16, seed=1)),), log_every=8)
     summary = distill.distill(cfg, TEACHER, teacher)
     rows = [json.loads(line) for line in open(f"{workdir}/metrics.jsonl")]
     kl = [r["kl"] for r in rows if "kl" in r]

@@ -156,6 +156,7 @@ def token_loglikelihoods(config: llama.LlamaConfig, params, pairs: Sequence[tupl
     Requests run longest first in batches of `batch_size`, right-padded to a power-of-two length
     (one compile per length bucket); sequences longer than the model's context keep their end.
     `prefix_token` is the document separator the model was trained with (EOS for megadoc stores).
+    With a mesh, params and batch are sharded over it (batch_size rounded up to fill its shards).
     """
     max_len = config.max_seq_len
     seqs = []
@@ -167,6 +168,8 @@ def token_loglikelihoods(config: llama.LlamaConfig, params, pairs: Sequence[tupl
     out = np.zeros(len(pairs), np.float64)
     if mesh is not None:
         params = jax.device_put(params, sharding.param_shardings(config, mesh))
+        shards = mesh.shape["data"] * mesh.shape["fsdp"]
+        batch_size = -(-batch_size // shards) * shards
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         T = _bucket(len(seqs[idx[0]]) - 1, max_len)
@@ -180,7 +183,8 @@ def token_loglikelihoods(config: llama.LlamaConfig, params, pairs: Sequence[tupl
             mask[row, n - min(len(pairs[i][1]), n):n] = True
         batch = (tokens, targets, mask)
         if mesh is not None:
-            batch = jax.device_put(batch, sharding.batch_sharding(mesh))
+            batch_sh = sharding.batch_sharding(mesh)
+            batch = [jax.make_array_from_callback(x.shape, batch_sh, lambda i, x=x: x[i]) for x in batch]
             with jax.set_mesh(mesh):
                 lls = _continuation_logprob(config, params, *batch)
         else:

@@ -40,6 +40,7 @@ class DistillConfig:
     kl_weight: float = 1.0
     teacher_average: str = "logits"  # how the members' distributions are combined
     mesh: tuple[int, int, int] = (1, -1, 1)
+    microbatches: int = 1  # gradient-accumulation slices per step (teacher run per slice)
     val: tuple[tuple[str, str], ...] = ()  # (name, store path), evaluated at the end
     eval_batch_size: int = 0  # 0 = the global batch
     checkpoint_every_steps: int = 0  # 0 = only at the end
@@ -57,22 +58,45 @@ def distill_losses(student_config, student_params, teacher_logits_BxTxV, tokens_
     return jnp.mean(kl_BxT), jnp.mean(nll_BxT)
 
 
+def _microbatches(x_BxW, m, mesh):
+    """[B, W] → [M, B/M, W], row b to slice b % M, so every slice stays spread over all devices."""
+    b, w = x_BxW.shape
+    x = x_BxW.reshape(b // m, m, w).swapaxes(0, 1)
+    spec = jax.sharding.PartitionSpec(None, *sharding.batch_sharding(mesh).spec)
+    return jax.lax.with_sharding_constraint(x, jax.sharding.NamedSharding(mesh, spec))
+
+
 def _make_step(cfg, teacher_config, optimizer, lr, state_sh, teacher_sh, mesh):
-    def step_fn(state, teacher, batch, step):
+    def grads(params, teacher, tokens_BxW, segment_ids_BxW):
         teacher_BxTxV = ensemble.ensemble_logits(
-            teacher_config, teacher, batch["tokens"][:, :-1], batch["segment_ids"][:, :-1],
+            teacher_config, teacher, tokens_BxW[:, :-1], segment_ids_BxW[:, :-1],
             average=cfg.teacher_average)
 
         def loss_fn(params):
-            kl, nll = distill_losses(cfg.model, params, teacher_BxTxV, batch["tokens"], batch["segment_ids"])
+            kl, nll = distill_losses(cfg.model, params, teacher_BxTxV, tokens_BxW, segment_ids_BxW)
             return cfg.kl_weight * kl + (1.0 - cfg.kl_weight) * nll, (kl, nll)
 
-        (loss, (kl, nll)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-        updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+        (loss, (kl, nll)), g = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        return (loss, kl, nll), g
+
+    def step_fn(state, teacher, batch, step):
+        if cfg.microbatches == 1:
+            (loss, kl, nll), g = grads(state["params"], teacher, batch["tokens"], batch["segment_ids"])
+        else:
+            def accumulate(carry, mb):
+                out, g = grads(state["params"], teacher, *mb)
+                return jax.tree.map(jnp.add, carry, (out, g)), None
+
+            zeros = ((jnp.zeros(()),) * 3, jax.tree.map(jnp.zeros_like, state["params"]))
+            slices = (_microbatches(batch["tokens"], cfg.microbatches, mesh),
+                      _microbatches(batch["segment_ids"], cfg.microbatches, mesh))
+            total, _ = jax.lax.scan(accumulate, zeros, slices)
+            (loss, kl, nll), g = jax.tree.map(lambda x: x / cfg.microbatches, total)
+        updates, opt_state = optimizer.update(g, state["opt_state"], state["params"])
         new = {"step": state["step"] + 1, "params": optax.apply_updates(state["params"], updates),
                "opt_state": opt_state}
         return new, {"loss": loss, "kl": kl, "data_loss": nll, "lr": lr(step),
-                     "grad_norm": optax.global_norm(grads)}
+                     "grad_norm": optax.global_norm(g)}
 
     batch_sh = sharding.batch_sharding(mesh)
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
@@ -92,6 +116,9 @@ def distill(cfg: DistillConfig, teacher_config: llama.LlamaConfig, teacher_stack
     if teacher_config.vocab_size != cfg.model.vocab_size:
         raise ValueError(f"teacher vocab {teacher_config.vocab_size} != student vocab "
                          f"{cfg.model.vocab_size}: distillation needs one vocabulary")
+    if cfg.data.global_batch % cfg.microbatches:
+        raise ValueError(f"global_batch {cfg.data.global_batch} is not a multiple of "
+                         f"microbatches {cfg.microbatches}")
     if not 0.0 <= cfg.kl_weight <= 1.0:
         raise ValueError(f"kl_weight must be in [0, 1], got {cfg.kl_weight}")
     real = store_lib.open(cfg.data.real)

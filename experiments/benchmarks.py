@@ -1,0 +1,66 @@
+"""Multiple-choice accuracy (PIQA, SciQ, ARC-Easy; lm-eval-harness scoring) of a trained run.
+
+    python -m experiments.benchmarks --workdir=gs://b/runs/stitched --tokenizer=gs://b/tok \
+        --piqa=piqa_validation.jsonl --sciq=sciq_test.jsonl --arc_easy=arc_easy_test.jsonl \
+        --output=gs://b/runs/stitched/benchmarks.json
+
+Each file is local JSONL in the dataset's own layout (as exported from Hugging Face datasets).
+Choices are scored after the tokenizer's EOS, the document separator the students train with.
+Prints and writes {"piqa": {"acc", "acc_norm", "n"}, ..., "average": {"acc", "acc_norm"}}.
+"""
+from __future__ import annotations
+
+import json
+
+from absl import app, flags
+
+# Own FlagValues: see experiments/ensemble.py.
+FLAGS = flags.FlagValues()
+flags.DEFINE_string("workdir", None, "training run whose checkpoint is scored", flag_values=FLAGS)
+flags.DEFINE_integer("step", None, "checkpoint step (default: the newest)", flag_values=FLAGS)
+flags.DEFINE_string("tokenizer", None, "the run's tokenizer (.model, tokenizer.json or a dir)", flag_values=FLAGS)
+flags.DEFINE_string("piqa", None, "PIQA JSONL {goal, sol1, sol2, label}", flag_values=FLAGS)
+flags.DEFINE_string("sciq", None, "SciQ JSONL {question, distractor1-3, correct_answer, support}", flag_values=FLAGS)
+flags.DEFINE_string("arc_easy", None, "ARC-Easy JSONL (nested or flat Hugging Face layout)", flag_values=FLAGS)
+flags.DEFINE_integer("batch_size", 16, "sequences per forward pass", flag_values=FLAGS)
+flags.DEFINE_string("output", None, "JSON results path (default: <workdir>/benchmarks.json)", flag_values=FLAGS)
+
+
+def run(f=FLAGS) -> dict:
+    from megadoc import fs
+    from megadoc.analysis import benchmarks
+    from megadoc.data import tokenizer as tokenizer_lib
+    from megadoc.models import sharding
+    from megadoc.train import checkpoint
+
+    if not f.workdir or not f.tokenizer:
+        raise app.UsageError("--workdir and --tokenizer are required")
+    paths = {task: getattr(f, task) for task in benchmarks.READERS if getattr(f, task)}
+    if not paths:
+        raise app.UsageError(f"pass at least one of --{', --'.join(benchmarks.READERS)}")
+    tokenizer = tokenizer_lib.load(f.tokenizer)
+    config, params = checkpoint.load_params(f.workdir, f.step)
+    if tokenizer.vocab_size > config.vocab_size:
+        raise ValueError(f"{f.tokenizer}: vocab {tokenizer.vocab_size} exceeds the model's {config.vocab_size}")
+    loglikelihood = benchmarks.model_loglikelihood(config, params, tokenizer, batch_size=f.batch_size,
+                                                   mesh=sharding.make_mesh())
+    results = benchmarks.evaluate(paths, loglikelihood)
+    results["workdir"], results["step"] = f.workdir, f.step
+    fs.write_text(f.output or fs.join(f.workdir, "benchmarks.json"), json.dumps(results, indent=1) + "\n")
+    return results
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    run()
+
+
+def parse_flags(argv):
+    rest = FLAGS(argv)
+    flags.FLAGS.mark_as_parsed()
+    return rest
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=parse_flags)

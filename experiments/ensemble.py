@@ -1,0 +1,151 @@
+"""Ensembles: train K members (seed = data order + init), evaluate their logit-averaged loss,
+and fit loss vs member count to read off the ensemble's asymptote.
+
+    # train 8 members of the regularized baseline (each its own resumable run), then evaluate
+    python -m experiments.ensemble --root=gs://b/ens/base --members=8 --train \
+        --train_flags="--preset=300m --real=gs://b/stores/real --epochs=16 --lr=3e-3 \
+                       --weight_decay=0.8 --val=iid=gs://b/stores/val" \
+        --val=iid=gs://b/stores/val --curve
+    # evaluate existing runs
+    python -m experiments.ensemble --workdirs=RUN_A,RUN_B,RUN_C --val=iid=STORE --curve
+
+Writes <output>/ensemble.json ({"val": {name: {"loss", "curve": [[k, loss], ...], "law"}}}) and,
+with --curve, ensemble_<name>.png. Rerunning skips members whose summary.json exists.
+"""
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+
+from absl import app, flags
+
+# Flags live in their own FlagValues so this module can share a process (tests) with other
+# experiment modules that define flags of the same names.
+FLAGS = flags.FlagValues()
+flags.DEFINE_list("workdirs", [], "training runs whose newest checkpoints are the members", flag_values=FLAGS)
+flags.DEFINE_string("root", None, "members live in <root>/member_<i> (instead of --workdirs)", flag_values=FLAGS)
+flags.DEFINE_integer("members", 0, "number of members under --root", flag_values=FLAGS)
+flags.DEFINE_bool("train", False, "train the members under --root first (experiments.train, "
+                  "--seed=<seed>+i for member i)", flag_values=FLAGS)
+flags.DEFINE_string("train_flags", "", "flags passed to every member's experiments.train", flag_values=FLAGS)
+flags.DEFINE_integer("seed", 0, "seed of member 0 (data order and init); member i gets seed+i", flag_values=FLAGS)
+flags.DEFINE_multi_string("val", [], "NAME=STORE validation set (repeatable)", flag_values=FLAGS)
+flags.DEFINE_integer("batch_size", 8, "eval windows per batch", flag_values=FLAGS)
+flags.DEFINE_enum("average", "logits", ["logits", "probs"], "how member outputs are combined", flag_values=FLAGS)
+flags.DEFINE_bool("curve", False, "also evaluate the first k members for k = 1..K and fit "
+                  "L(k) = A / k^B + C (needs K >= 3 for the fit)", flag_values=FLAGS)
+flags.DEFINE_string("output", None, "output directory (default: --root, else required)", flag_values=FLAGS)
+
+
+def member_workdirs(f=FLAGS) -> list[str]:
+    from megadoc import fs
+
+    if f.root:
+        if f.workdirs:
+            raise app.UsageError("pass --root with --members, or --workdirs, not both")
+        if f.members < 1:
+            raise app.UsageError("--root needs --members >= 1")
+        return [fs.join(f.root, f"member_{i}") for i in range(f.members)]
+    if not f.workdirs:
+        raise app.UsageError("pass --workdirs=A,B,... or --root=DIR --members=K")
+    return list(f.workdirs)
+
+
+def train_members(workdirs: list[str], train_flags: str, seed: int) -> None:
+    from megadoc import fs
+
+    for i, workdir in enumerate(workdirs):
+        if fs.exists(fs.join(workdir, "summary.json")):
+            print(f"[ensemble] member {i}: finished ({workdir})", flush=True)
+            continue
+        cmd = [sys.executable, "-m", "experiments.train", *shlex.split(train_flags),
+               f"--seed={seed + i}", f"--workdir={workdir}"]
+        print(f"[ensemble] member {i}: $ {' '.join(cmd)}", flush=True)
+        subprocess.run(cmd, check=True)
+
+
+def load_members(workdirs: list[str]):
+    """(model config, stacked params); every member must have the same config."""
+    from megadoc.analysis import ensemble
+    from megadoc.train import checkpoint
+
+    configs, params = [], []
+    for workdir in workdirs:
+        config, p = checkpoint.load_params(workdir)
+        if configs and config != configs[0]:
+            raise ValueError(f"ensemble member {workdir}: model config {config} differs from "
+                             f"{workdirs[0]}: {configs[0]}")
+        configs.append(config)
+        params.append(p)
+    return configs[0], ensemble.stack_params(params, names=workdirs)
+
+
+def evaluate(workdirs, val: dict[str, str], batch_size: int, average: str, curve: bool, output: str) -> dict:
+    import jax
+
+    from megadoc import fs
+    from megadoc.analysis import ensemble, plots
+    from megadoc.data import store as store_lib
+
+    config, stacked = load_members(workdirs)
+    k = len(workdirs)
+    counts = range(1, k + 1) if curve else [k]
+    results = {"members": list(workdirs), "average": average, "val": {}}
+    for name, path in val.items():
+        store = store_lib.open(path)
+        losses = []
+        for n in counts:
+            first_n = jax.tree.map(lambda x: x[:n], stacked)
+            losses.append(ensemble.ensemble_loss(config, first_n, store, batch_size, average=average))
+            print(f"[ensemble] {name}: {n} member(s) loss {losses[-1]:.5f}", flush=True)
+        entry = {"loss": losses[-1], "curve": [[n, loss] for n, loss in zip(counts, losses)]}
+        if curve:
+            laws = plots.plot_scaling({name: (list(counts), losses)}, fs.join(output, f"ensemble_{name}.png"),
+                                      xlabel="ensemble members", title=f"{name}: loss vs members")
+            if name in laws:
+                law = laws[name]
+                entry["law"] = {"A": law.A, "B": law.B, "C": law.C, "C_stderr": law.C_stderr}
+                print(f"[ensemble] {name}: {law} -> asymptote {law.C:.4f} ± {law.C_stderr:.4f}", flush=True)
+        results["val"][name] = entry
+    fs.write_text(fs.join(output, "ensemble.json"), json.dumps(results, indent=1) + "\n")
+    return results
+
+
+def parse_val(items) -> dict[str, str]:
+    out = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise app.UsageError(f"--val={item!r}: expected NAME=STORE")
+        out[name] = path
+    return out
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    workdirs = member_workdirs()
+    output = FLAGS.output or FLAGS.root
+    if not output:
+        raise app.UsageError("--output is required with --workdirs")
+    val = parse_val(FLAGS.val)
+    if not val and not FLAGS.train:
+        raise app.UsageError("pass --val=NAME=STORE to evaluate the ensemble (and/or --train)")
+    if FLAGS.train:
+        if not FLAGS.root:
+            raise app.UsageError("--train needs --root and --members")
+        train_members(workdirs, FLAGS.train_flags, FLAGS.seed)
+    if val:
+        evaluate(workdirs, val, FLAGS.batch_size, FLAGS.average, FLAGS.curve, output)
+
+
+def parse_flags(argv):
+    rest = FLAGS(argv)
+    flags.FLAGS.mark_as_parsed()
+    return rest
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,126 @@
+"""The analysis experiment modules end to end on tiny checkpoints written here."""
+import dataclasses
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments import benchmarks as benchmarks_exp
+from experiments import distill as distill_exp
+from experiments import ensemble as ensemble_exp
+from experiments import search as search_exp
+from megadoc.data import store as store_lib
+from megadoc.data import tokenizer as tokenizer_lib
+from megadoc.models import llama
+from megadoc.train import checkpoint
+from megadoc.train import config as config_lib
+
+SEQ = 16
+
+
+def parse(module, *argv):
+    module.FLAGS.unparse_flags()
+    module.FLAGS(["prog", *argv])
+    return module.FLAGS
+
+
+def save_run(workdir, config, params):
+    """A checkpoint as the trainer leaves one, as far as load_params reads it."""
+    mgr = checkpoint.manager(workdir)
+    checkpoint.save(mgr, {"step": jnp.int32(1), "params": params}, {"model": config_lib.to_dict(config)},
+                    {"next_step": 1})
+    mgr.wait_until_finished()
+    mgr.close()
+    return workdir
+
+
+def write_store(path, n, vocab, seed=0):
+    rng = np.random.default_rng(seed)
+    writer = store_lib.StoreWriter(str(path), SEQ)
+    writer.append(rng.integers(0, vocab, (n, SEQ + 1)), np.ones((n, SEQ + 1), np.int32))
+    writer.finish({"tokenizer_fingerprint": "test", "vocab_size": vocab, "recipe": "real",
+                   "num_tokens": n * SEQ})
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    tok_path = tokenizer_lib.train_sentencepiece(
+        ["Plants absorb carbon dioxide.\nWhales are mammals.\nFire is hot; ice is cold."] * 20,
+        300, str(root / "tok.model"))
+    vocab = tokenizer_lib.load(tok_path).vocab_size
+    config = dataclasses.replace(llama.preset("tiny"), vocab_size=vocab, max_seq_len=SEQ, dtype="float32")
+    init = jax.jit(llama.init, static_argnums=0)
+    workdirs = [save_run(str(root / f"member_{i}"), config, init(config, jax.random.key(i))) for i in range(3)]
+    return {"root": root, "workdirs": workdirs, "config": config, "tokenizer": tok_path,
+            "val": write_store(root / "val", 8, vocab), "real": write_store(root / "real", 16, vocab, 1)}
+
+
+def test_ensemble_experiment_writes_the_member_curve_and_its_fit(runs, tmp_path):
+    parse(ensemble_exp, f"--workdirs={','.join(runs['workdirs'])}", f"--val=iid={runs['val']}",
+              "--curve", f"--output={tmp_path}")
+    ensemble_exp.main(["prog"])
+    out = json.loads((tmp_path / "ensemble.json").read_text())["val"]["iid"]
+    assert [k for k, _ in out["curve"]] == [1, 2, 3]
+    assert out["loss"] == out["curve"][-1][1]
+    assert set(out["law"]) == {"A", "B", "C", "C_stderr"}
+    assert (tmp_path / "ensemble_iid.png").read_bytes()[:4] == b"\x89PNG"
+    assert ensemble_exp.member_workdirs(parse(ensemble_exp, "--root=R", "--members=2")) == ["R/member_0", "R/member_1"]
+
+
+def test_ensemble_experiment_trains_missing_members_with_their_own_seeds(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(ensemble_exp.subprocess, "run", lambda cmd, check: calls.append(cmd))
+    (tmp_path / "member_0").mkdir()
+    (tmp_path / "member_0" / "summary.json").write_text("{}")
+    parse(ensemble_exp, f"--root={tmp_path}", "--members=3", "--train", "--seed=5",
+          "--train_flags=--preset=tiny --real=R")
+    ensemble_exp.main(["prog"])
+    assert [c[-2:] for c in calls] == [["--seed=6", f"--workdir={tmp_path}/member_1"],
+                                       ["--seed=7", f"--workdir={tmp_path}/member_2"]]
+    assert calls[0][1:5] == ["-m", "experiments.train", "--preset=tiny", "--real=R"]
+
+
+def test_benchmarks_experiment_scores_a_checkpoint(runs, tmp_path):
+    piqa = tmp_path / "piqa.jsonl"
+    piqa.write_text(json.dumps({"goal": "Cool tea.", "sol1": "Add ice.", "sol2": "Add fire.", "label": 0}) + "\n")
+    parse(benchmarks_exp, f"--workdir={runs['workdirs'][0]}", f"--tokenizer={runs['tokenizer']}",
+          f"--piqa={piqa}", f"--output={tmp_path / 'bench.json'}", "--batch_size=8")
+    results = benchmarks_exp.run()
+    assert results["piqa"]["n"] == 1 and results["piqa"]["acc"] in (0.0, 1.0)
+    assert json.loads((tmp_path / "bench.json").read_text())["average"] == results["average"]
+
+
+def test_distill_experiment_builds_the_student_from_the_flags(runs, tmp_path):
+    parse(distill_exp, f"--teachers={','.join(runs['workdirs'][:2])}", "--preset=tiny",
+          f"--workdir={tmp_path}", f"--real={runs['real']}", f"--val=iid={runs['val']}", "--mesh=8,1,1",
+          "--kl_weight=0.5", "--teacher_average=probs", "--epochs=3", "--lr=0.01", "--weight_decay=0.2",
+          "--global_batch=4", "--microbatches=2", "--seed=3", "--checkpoint_every_steps=5", "--log_every=2")
+    cfg = distill_exp.build_config()
+    assert (cfg.kl_weight, cfg.teacher_average, cfg.teacher) == (0.5, "probs", tuple(runs["workdirs"][:2]))
+    assert (cfg.mesh, cfg.microbatches, cfg.checkpoint_every_steps, cfg.log_every) == ((8, 1, 1), 2, 5, 2)
+    assert (cfg.data.epochs, cfg.data.global_batch, cfg.data.seed, cfg.data.real) == (3, 4, 3, runs["real"])
+    assert (cfg.optimizer.lr, cfg.optimizer.weight_decay) == (0.01, 0.2)
+    assert cfg.val == (("iid", runs["val"]),)
+    assert cfg.model.vocab_size == runs["config"].vocab_size and cfg.model.max_seq_len == SEQ
+    assert cfg.model.hidden == llama.preset("tiny").hidden
+
+
+def test_search_experiment_parses_the_grid_and_writes_its_summary(tmp_path):
+    grid = search_exp.build_grid("real", ["epochs=1,2,4"])
+    assert dict(grid.axes)["epochs"] == (1, 2, 4) and dict(grid.axes)["lr"] == (1e-3, 3e-3, 1e-2)
+    start = search_exp.parse_point("lr=3e-3,weight_decay=0.4,epochs=2")
+    assert start == {"lr": 0.003, "weight_decay": 0.4, "epochs": 2} and isinstance(start["epochs"], int)
+
+    def objective(p):  # best at lr=1e-3, wd=0.8, epochs=4
+        return abs(math.log10(p["lr"]) + 3) + abs(p["weight_decay"] - 0.8) + abs(p["epochs"] - 4)
+
+    summary = search_exp.run_search(grid, start, str(tmp_path), objective)
+    assert summary["best"] == {"lr": 1e-3, "weight_decay": 0.8, "epochs": 4} and summary["certified"]
+    assert (tmp_path / "search.png").exists() and (tmp_path / "results.jsonl").exists()
+    with pytest.raises(Exception, match="NAME=V1"):
+        search_exp.build_grid("real", ["momentum=1,2"])
