@@ -26,9 +26,13 @@ def test_jsonl_plain_gzip_and_parquet_read_the_same(tmp_path):
 
 
 def test_gcs_paths(gcs_server):
-    path = gcs_server.fresh_path() + "/docs.jsonl.gz"
-    docs.write_jsonl(path, GOOD)
-    assert [d["text"] for d in docs.read_docs(path)] == ["alpha", "seven"]
+    base = gcs_server.fresh_path()
+    docs.write_jsonl(base + "/docs.jsonl.gz", GOOD)
+    buffer = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pylist([{"id": "p", "text": "parquet"}]), buffer)
+    fs.write_bytes(base + "/more.parquet", buffer.getvalue().to_pybytes())
+    assert [d["text"] for d in docs.read_docs(base + "/docs.jsonl.gz")] == ["alpha", "seven"]
+    assert [d["text"] for d in docs.read_docs(base)] == ["alpha", "seven", "parquet"]
 
 
 def test_bad_records_are_counted_with_file_and_line(tmp_path):

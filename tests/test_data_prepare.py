@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 
 from data_fixtures import corpus, train_tokenizer
+from gcs_server import gcs_server  # noqa: F401  (session fixture)
+from megadoc import fs
 from megadoc.data import docs, megadocs, store
 from megadoc.data.prepare import PrepareConfig, doc_key, prepare
 
@@ -175,3 +177,14 @@ def test_killed_job_resumes_after_its_last_finished_bucket(inputs, tmp_path, mon
     a, b = store.open(str(out)), store.open(str(tmp_path / "fresh"))
     for name in ("tokens", "segment_ids"):
         np.testing.assert_array_equal(a.read(np.arange(len(a)))[name], b.read(np.arange(len(b)))[name])
+
+
+def test_inputs_and_store_on_gcs(inputs, gcs_server, tmp_path):
+    base = gcs_server.fresh_path()
+    docs.write_jsonl(base + "/docs/part-0.jsonl.gz", inputs["docs"])
+    fs.write_bytes(base + "/tok.model", fs.read_bytes(inputs["tok"].path))
+    remote = prepare(config(inputs, base + "/store", docs=base + "/docs", tokenizer=base + "/tok.model",
+                            buckets=1))
+    local = prepare(config(inputs, tmp_path / "local"))
+    assert remote["num_windows"] == local["num_windows"] and not fs.exists(base + "/store/prepare_progress.json")
+    np.testing.assert_array_equal(stream(store.open(base + "/store"))[0], stream(store.open(str(tmp_path / "local")))[0])
