@@ -15,7 +15,7 @@ transformers = pytest.importorskip("transformers")
 TOKENS = np.random.default_rng(0).integers(0, 128, size=(2, 48)).astype(np.int32)
 
 CASES = {
-    "mha": dict(num_key_value_heads=4),
+    "mha_tied": dict(num_key_value_heads=4, tie_word_embeddings=True),
     "gqa": dict(num_key_value_heads=2),
     "gqa_llama3": dict(num_key_value_heads=2, rope_theta=500000.0, rope_scaling={
         "rope_type": "llama3", "factor": 4.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
@@ -23,18 +23,18 @@ CASES = {
 }
 
 
-def _hf_model(directory, **overrides):
+def _hf_model(directory, max_shard_size="1GB", **overrides):
     torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(
-        vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, max_position_embeddings=64, tie_word_embeddings=False,
-        **overrides)
+    cfg = transformers.LlamaConfig(**{
+        **dict(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+               num_attention_heads=4, max_position_embeddings=64, tie_word_embeddings=False),
+        **overrides})
     model = transformers.LlamaForCausalLM(cfg).eval()
     with torch.no_grad():  # random norm scales, so a misplaced norm weight shows
         for name, p in model.named_parameters():
             if "norm" in name:
                 p.uniform_(0.5, 1.5)
-    model.save_pretrained(directory)
+    model.save_pretrained(directory, max_shard_size=max_shard_size)
     return model
 
 
@@ -51,6 +51,10 @@ def _our_logits(config, params):
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_load_matches_transformers_and_export_round_trips(tmp_path, case):
     model = _hf_model(tmp_path / "hf", **CASES[case])
+    if CASES[case].get("tie_word_embeddings"):  # the checkpoint has no lm_head of its own
+        from safetensors import safe_open
+        with safe_open(str(tmp_path / "hf" / "model.safetensors"), "np") as f:
+            assert "lm_head.weight" not in f.keys()
     config, params = hf.load(str(tmp_path / "hf"))
     assert config.kv_heads == CASES[case]["num_key_value_heads"]
     assert (config.rope_scaling is not None) == ("rope_scaling" in CASES[case])
@@ -71,8 +75,10 @@ def test_llama3_scaling_changes_logits(tmp_path):
     assert np.abs(_our_logits(config, params) - _our_logits(unscaled, params)).max() > 1e-3
 
 
-def test_load_into_mesh_shards_params(tmp_path):
-    _hf_model(tmp_path / "hf", num_key_value_heads=2)
+def test_load_shards_into_mesh(tmp_path):
+    """A sharded checkpoint (index + several files) loads straight into the rules' placement."""
+    model = _hf_model(tmp_path / "hf", max_shard_size="20KB", num_key_value_heads=2)
+    assert (tmp_path / "hf" / "model.safetensors.index.json").exists()
     mesh = sharding.make_mesh(2, 2, 2)
     config, params = hf.load(str(tmp_path / "hf"), mesh=mesh)
     want = sharding.param_shardings(config, mesh)
@@ -80,6 +86,7 @@ def test_load_into_mesh_shards_params(tmp_path):
         assert got.sharding.is_equivalent_to(expected, got.ndim)
     assert params["layers"]["q"].sharding.spec == jax.sharding.PartitionSpec(
         None, "fsdp", "tensor", None)
+    np.testing.assert_allclose(_our_logits(config, params), _hf_logits(model), atol=1e-4, rtol=0)
 
 
 def test_rope_parameters_config(tmp_path):
@@ -96,7 +103,8 @@ def test_rope_parameters_config(tmp_path):
 
 def _write_tiny(directory):
     config = llama.preset("tiny")
-    hf.save(config, llama.init(config, jax.random.key(0)), str(directory))
+    hf.save(config, jax.jit(llama.init, static_argnums=0)(config, jax.random.key(0)),
+            str(directory))
     return config
 
 
@@ -120,7 +128,6 @@ def test_missing_and_mismatched_tensors_are_named(tmp_path):
     with pytest.raises(ValueError, match=r"model\.layers\.1\.mlp\.up_proj\.weight.*missing"):
         hf.load(str(tmp_path))
 
-    hf._header.cache_clear()
     tensors["model.layers.1.mlp.up_proj.weight"] = np.zeros((192, 32), np.float32)
     save_file(tensors, weights)
     with pytest.raises(ValueError, match=r"model\.safetensors.*up_proj.*\(192, 32\).*\(192, 64\)"):

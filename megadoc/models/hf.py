@@ -7,7 +7,6 @@ directory `transformers.LlamaForCausalLM.from_pretrained` loads. q/k need no per
 applies RoPE in the same rotate-half layout as HF checkpoints.
 """
 import contextlib
-import functools
 import json
 import os
 import struct
@@ -145,8 +144,8 @@ def config_to_hf(config: llama.LlamaConfig) -> dict:
 # safetensors, read by byte range (works on gs:// as well as local files)
 
 
-@functools.lru_cache(maxsize=64)
 def _header(path):
+    """(byte offset of the data, {tensor name: {dtype, shape, data_offsets}}) of one file."""
     with fs.open_read(path) as f:
         raw = f.read(8)
         if len(raw) != 8:
@@ -160,29 +159,38 @@ def _header(path):
     return 8 + n, header
 
 
-def _read_tensor(path, name) -> np.ndarray:
-    start, header = _header(path)
-    info = header[name]
-    if info["dtype"] not in _DTYPES:
-        raise ValueError(f"{path}: tensor {name!r} has dtype {info['dtype']}, expected one of "
-                         f"{sorted(_DTYPES)}")
-    begin, end = info["data_offsets"]
-    with fs.open_read(path) as f:
-        f.seek(start + begin)
-        data = f.read(end - begin)
-    return np.frombuffer(data, _DTYPES[info["dtype"]]).reshape(info["shape"]).astype(np.float32)
+class _Tensors:
+    """Every tensor of a checkpoint directory, read one at a time by byte range."""
 
+    def __init__(self, path):
+        index = fs.join(path, INDEX)
+        single = fs.join(path, WEIGHTS)
+        if fs.exists(index):
+            weight_map = json.loads(fs.read_text(index))["weight_map"]
+            files = sorted({fs.join(path, f) for f in weight_map.values()})
+        elif fs.exists(single):
+            files = [single]
+        else:
+            raise FileNotFoundError(f"{path}: neither {WEIGHTS} nor {INDEX} found")
+        self.where = {}  # name -> (file, data start, header entry)
+        for file in files:
+            start, header = _header(file)
+            self.where.update({name: (file, start, info) for name, info in header.items()})
 
-def _tensor_files(path) -> dict:
-    """HF tensor name -> the safetensors file holding it."""
-    index = fs.join(path, INDEX)
-    if fs.exists(index):
-        weight_map = json.loads(fs.read_text(index))["weight_map"]
-        return {name: fs.join(path, file) for name, file in weight_map.items()}
-    single = fs.join(path, WEIGHTS)
-    if not fs.exists(single):
-        raise FileNotFoundError(f"{path}: neither {WEIGHTS} nor {INDEX} found")
-    return {name: single for name in _header(single)[1]}
+    def file(self, name):
+        return self.where[name][0]
+
+    def read(self, name) -> np.ndarray:
+        file, start, info = self.where[name]
+        if info["dtype"] not in _DTYPES:
+            raise ValueError(f"{file}: tensor {name!r} has dtype {info['dtype']}, expected one "
+                             f"of {sorted(_DTYPES)}")
+        begin, end = info["data_offsets"]
+        with fs.open_read(file) as f:
+            f.seek(start + begin)
+            data = f.read(end - begin)
+        array = np.frombuffer(data, _DTYPES[info["dtype"]]).reshape(info["shape"])
+        return array.astype(np.float32)
 
 
 def _expected_tensors(config):
@@ -203,10 +211,11 @@ def load(path: str, mesh=None):
     config_path = fs.join(path, CONFIG)
     hf_config = json.loads(fs.read_text(config_path))
     config = config_from_hf(hf_config, config_path)
-    files = _tensor_files(path)
+    tensors = _Tensors(path)
     expected = _expected_tensors(config)
-    tied = hf_config.get("tie_word_embeddings", False) and "lm_head.weight" not in files
-    unknown = sorted(n for n in files if n not in expected and not n.endswith("rotary_emb.inv_freq"))
+    tied = hf_config.get("tie_word_embeddings", False) and "lm_head.weight" not in tensors.where
+    unknown = sorted(n for n in tensors.where
+                     if n not in expected and not n.endswith("rotary_emb.inv_freq"))
     if unknown:
         raise ValueError(f"{path}: unexpected tensors for a Llama with {config.layers} layers: "
                          f"{unknown[:5]}")
@@ -216,12 +225,12 @@ def load(path: str, mesh=None):
         # A tied lm_head is the embedding table, which HF stores in the same [V, H] layout.
         source = "model.embed_tokens.weight" if tied and hf_name == "lm_head.weight" else hf_name
         want = _hf_shape(layout, shape)
-        if source not in files:
+        if source not in tensors.where:
             raise ValueError(f"{path}: tensor {source!r} missing (expected shape {want})")
-        array = _read_tensor(files[source], source)
+        array = tensors.read(source)
         if tuple(array.shape) != want:
-            raise ValueError(f"{files[source]}: tensor {source!r} has shape {tuple(array.shape)}, "
-                             f"expected {want} for {config_path}")
+            raise ValueError(f"{tensors.file(source)}: tensor {source!r} has shape "
+                             f"{tuple(array.shape)}, expected {want} for {config_path}")
         return _to_ours(array, layout, shape)
 
     if mesh is None:

@@ -10,7 +10,6 @@ import functools
 import math
 
 import jax
-import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from megadoc.models import llama
