@@ -13,25 +13,32 @@ reasons: megadoc/synth/job.py.
 """
 from __future__ import annotations
 
+import sys
+
 from absl import app, flags
 
-FLAGS = flags.FLAGS
-flags.DEFINE_enum("method", None, ["rephrase", "latent_thoughts"], "what to generate")
-flags.DEFINE_string("generator", None, "Hugging Face Llama directory with tokenizer (local/gs://)")
-flags.DEFINE_string("docs", None, "source documents {id, text}: JSONL(.gz)/Parquet file, dir, glob")
-flags.DEFINE_string("output", None, "output directory (local or gs://)")
-flags.DEFINE_integer("generations", 1, "rephrase: samples per document")
-flags.DEFINE_integer("splits", 1, "latent_thoughts: split points per document (k; k+1 pieces)")
-flags.DEFINE_integer("max_new_tokens", None, "default: 1024 (rephrase) / 512 (latent_thoughts)")
-flags.DEFINE_float("temperature", 1.0, "sampling temperature (0: greedy)")
-flags.DEFINE_integer("seed", 0, "seed of every (document, sample) random stream")
-flags.DEFINE_integer("batch_size", 64, "sequences decoded together (slots)")
-flags.DEFINE_integer("shard_size", 256, "documents per output shard")
-flags.DEFINE_string("template", None, "prompt template file (default: the one shipped)")
-flags.DEFINE_integer("tensor_parallel", 1, "devices each model copy is split over (kv heads)")
-flags.DEFINE_integer("process_id", None, "this process's index (default: jax.process_index())")
-flags.DEFINE_integer("num_processes", None, "number of processes (default: jax.process_count())")
-
+# Its own flag namespace: other experiment modules define --seed, --docs, ... in the global one.
+FLAGS = flags.FlagValues()
+_IN = {"flag_values": FLAGS}
+flags.DEFINE_enum("method", None, ["rephrase", "latent_thoughts"], "what to generate", **_IN)
+flags.DEFINE_string("generator", None, "Hugging Face Llama dir with its tokenizer (local/gs://)",
+                    **_IN)
+flags.DEFINE_string("docs", None, "source docs {id, text}: JSONL(.gz)/Parquet file, dir or glob",
+                    **_IN)
+flags.DEFINE_string("output", None, "output directory (local or gs://)", **_IN)
+flags.DEFINE_integer("generations", 1, "rephrase: samples per document", **_IN)
+flags.DEFINE_integer("splits", 1, "latent_thoughts: split points per document (k+1 pieces)", **_IN)
+flags.DEFINE_integer("max_new_tokens", None, "default: 1024 (rephrase) / 512 (latent_thoughts)",
+                     **_IN)
+flags.DEFINE_float("temperature", 1.0, "sampling temperature (0: greedy)", **_IN)
+flags.DEFINE_integer("seed", 0, "seed of every (document, sample) random stream", **_IN)
+flags.DEFINE_integer("batch_size", 64, "sequences decoded together (slots)", **_IN)
+flags.DEFINE_integer("shard_size", 256, "documents per output shard", **_IN)
+flags.DEFINE_string("template", None, "prompt template file (default: the one shipped)", **_IN)
+flags.DEFINE_integer("tensor_parallel", 1, "devices each model copy is split over", **_IN)
+flags.DEFINE_integer("process_id", None, "this process's index (default: jax.process_index())",
+                     **_IN)
+flags.DEFINE_integer("num_processes", None, "processes (default: jax.process_count())", **_IN)
 
 def build_config(f=FLAGS):
     from megadoc.synth import job
@@ -58,5 +65,17 @@ def main(argv):
     job.run(build_config())
 
 
+def _parse(argv):
+    if {"-h", "--help", "--helpfull"} & set(argv[1:]):
+        print(__doc__ + "\n" + FLAGS.get_help())
+        sys.exit(0)
+    try:
+        rest = FLAGS(argv)
+    except flags.Error as e:
+        sys.exit(f"{e}\nSee --help.")
+    flags.FLAGS(argv[:1])  # absl's global flags (logging) keep their defaults
+    return rest
+
+
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=_parse)

@@ -1,0 +1,220 @@
+"""The synthesis job: records per the shared schema, bad input, sharding, exactly-once restarts."""
+import collections
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from megadoc.data import tokenizer as tokenizer_lib
+from megadoc.models import hf, llama
+from megadoc.synth import job, split
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SENTENCES = ["The river floods every spring and the farmers plant after it recedes.",
+             "A prime number has exactly two divisors: one and itself.",
+             "Copper conducts heat well, so pans are often made of it.",
+             "The committee met on 12 March 1998 and approved the budget."]
+
+
+@pytest.fixture(scope="module")
+def generator_dir(tmp_path_factory):
+    """A tiny random Llama with a sentencepiece tokenizer, as an HF directory."""
+    path = str(tmp_path_factory.mktemp("generator"))
+    tokenizer_lib.train_sentencepiece(SENTENCES * 20, 600, os.path.join(path, "tokenizer.model"))
+    vocab = tokenizer_lib.load(path).vocab_size
+    config = llama.LlamaConfig(vocab_size=vocab, hidden=32, ffn=64, layers=2, heads=4,
+                               kv_heads=2, max_seq_len=192)
+    rng = np.random.default_rng(0)
+    params = jax.tree.map(lambda s: (0.2 * rng.standard_normal(s)).astype(np.float32),
+                          llama.param_shapes(config), is_leaf=lambda x: isinstance(x, tuple))
+    hf.save(config, params, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def templates(tmp_path_factory):
+    path = tmp_path_factory.mktemp("templates")
+    (path / "short_rephrase.txt").write_text("[system]\nBe clear.\n[user]\nRewrite: {document}\n")
+    (path / "short_thought.txt").write_text("Start: {prefix}\nEnd: {suffix}\nReasoning:\n")
+    return {"rephrase": str(path / "short_rephrase.txt"),
+            "latent_thoughts": str(path / "short_thought.txt")}
+
+
+def _docs(path, n=7):
+    docs = [{"id": f"doc{i}", "text": SENTENCES[i % 4] + " " + SENTENCES[(i + 1) % 4]}
+            for i in range(n)]
+    docs[2]["text"] = "  \n "  # empty
+    if n > 4:
+        docs[4]["text"] = " ".join(SENTENCES * 8)  # longer than the generator's context
+    with open(path, "w") as f:
+        f.writelines(json.dumps(d) + "\n" for d in docs)
+    return str(path)
+
+
+def _records(output):
+    out = []
+    for name in sorted(os.listdir(output)):
+        if name.endswith(".jsonl"):
+            with open(os.path.join(output, name)) as f:
+                out += [json.loads(line) for line in f]
+    return out
+
+
+@pytest.fixture(scope="module")
+def rephrased(generator_dir, templates, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("rephrase")
+    cfg = job.JobConfig(method="rephrase", generator=generator_dir, docs=_docs(tmp / "docs.jsonl"),
+                        output=str(tmp / "out"), generations=2, max_new_tokens=12, seed=3,
+                        batch_size=4, shard_size=3, template=templates["rephrase"])
+    return cfg, job.run(cfg)
+
+
+def test_rephrase_records_follow_the_schema_with_explicit_reasons(rephrased):
+    cfg, summary = rephrased
+    records = _records(cfg.output)
+    per_doc = collections.defaultdict(list)
+    for r in records:
+        assert set(r) == {"doc_id", "method", "sample", "offset", "text", "finish_reason", "seed",
+                          "generator", "template"}
+        assert (r["method"], r["offset"], r["seed"]) == ("rephrase", None, 3)
+        assert r["generator"] == "generator0" and r["template"].startswith("short_rephrase@")
+        per_doc[r["doc_id"]].append(r)
+    assert sorted(per_doc) == [f"doc{i}" for i in range(7)]
+    for doc_id, rs in per_doc.items():
+        assert sorted(r["sample"] for r in rs) == [0, 1]
+        reasons = {r["finish_reason"] for r in rs}
+        if doc_id == "doc2":
+            assert reasons == {"empty_document"} and all(r["text"] == "" for r in rs)
+        elif doc_id == "doc4":
+            assert reasons == {"prompt_too_long"} and all(r["text"] == "" for r in rs)
+        else:
+            assert reasons <= {"eos", "length"} and all(r["text"] for r in rs)
+    assert per_doc["doc0"][0]["text"] != per_doc["doc0"][1]["text"]
+    counts = collections.Counter(r["finish_reason"] for r in records)
+    assert summary["finish_reason"] == dict(counts) and summary["records"] == 14
+    with open(os.path.join(cfg.output, "summary.json")) as f:
+        assert json.load(f)["shards_done"] == summary["shards_total"] == 3
+
+
+def test_text_is_the_same_in_any_shard_process_and_batch_size(rephrased):
+    cfg, _ = rephrased
+    other = os.path.join(os.path.dirname(cfg.output), "split")
+    for process in (1, 0):  # two processes, other shard boundaries, another batch size
+        job.run(dataclasses.replace(cfg, output=other, shard_size=2, batch_size=3,
+                                    process_id=process, num_processes=2))
+    key = lambda r: (r["doc_id"], r["sample"])
+    assert sorted(_records(other), key=key) == sorted(_records(cfg.output), key=key)
+    assert len(list((Path(other) / "_job").glob("*.done"))) == 4
+
+
+def test_restart_with_other_settings_refuses(rephrased):
+    cfg, _ = rephrased
+    with pytest.raises(ValueError, match=r"seed: 3 -> 4"):
+        job.run(dataclasses.replace(cfg, seed=4))
+
+
+def test_latent_thoughts_through_the_flags(generator_dir, templates, tmp_path):
+    from experiments import synthesize
+
+    docs = _docs(tmp_path / "docs.jsonl", n=4)
+    argv = ["synthesize", "--method=latent_thoughts", f"--generator={generator_dir}",
+            f"--docs={docs}", f"--output={tmp_path / 'out'}", "--splits=3",
+            "--max_new_tokens=10", "--temperature=0.7", "--seed=5", "--batch_size=4",
+            "--shard_size=3", f"--template={templates['latent_thoughts']}", "--tensor_parallel=2",
+            "--process_id=0", "--num_processes=1"]
+    synthesize.FLAGS.unparse_flags()
+    synthesize.FLAGS(argv)
+    cfg = synthesize.build_config()
+    assert cfg == job.JobConfig(
+        method="latent_thoughts", generator=generator_dir, docs=docs, output=str(tmp_path / "out"),
+        splits=3, max_new_tokens=10, temperature=0.7, seed=5, batch_size=4, shard_size=3,
+        template=templates["latent_thoughts"], tensor_parallel=2, process_id=0, num_processes=1)
+    synthesize.main([])
+    records = _records(cfg.output)
+    tok = tokenizer_lib.load(generator_dir)
+    with open(docs) as f:
+        texts = {d["id"]: d["text"] for d in map(json.loads, f)}
+    assert len(records) == 4 * 3
+    for doc_id, text in texts.items():
+        rs = [r for r in records if r["doc_id"] == doc_id]
+        assert [r["sample"] for r in rs] == [0, 1, 2]
+        assert all(r["method"] == "latent_thought" and r["seed"] == 5 for r in rs)
+        if doc_id == "doc2":
+            assert {r["finish_reason"] for r in rs} == {"empty_document"}
+        else:
+            assert [r["offset"] for r in rs] == split.split_offsets(tok, text, 3)
+    synthesize.FLAGS.unparse_flags()
+
+
+def test_flag_misuse_is_a_usage_error():
+    from absl import app
+    from experiments import synthesize
+
+    for argv in (["s", "--method=rephrase", "--generator=g", "--docs=d", "--output=o", "--splits=2"],
+                 ["s", "--method=latent_thoughts", "--generator=g", "--docs=d", "--output=o",
+                  "--generations=2"],
+                 ["s", "--method=rephrase", "--generator=g", "--docs=d"]):
+        synthesize.FLAGS.unparse_flags()
+        synthesize.FLAGS(argv)
+        with pytest.raises(app.UsageError):
+            synthesize.build_config()
+    synthesize.FLAGS.unparse_flags()
+
+
+def test_generator_without_tokenizer_and_broken_template(generator_dir, templates, tmp_path):
+    bare = tmp_path / "bare"
+    shutil.copytree(generator_dir, bare, ignore=shutil.ignore_patterns("*.model"))
+    cfg = job.JobConfig(method="rephrase", generator=str(bare), docs=_docs(tmp_path / "d.jsonl"),
+                        output=str(tmp_path / "out"))
+    with pytest.raises(ValueError, match="no tokenizer"):
+        job.run(cfg)
+    broken = tmp_path / "broken.txt"
+    broken.write_text("Summarise {document} for {audience}\n")
+    with pytest.raises(ValueError, match=f"{broken}: unknown placeholder"):
+        job.run(dataclasses.replace(cfg, generator=generator_dir, template=str(broken)))
+
+
+def test_sigkill_mid_job_then_restart_gives_each_record_exactly_once(generator_dir, templates,
+                                                                      tmp_path):
+    docs = tmp_path / "docs.jsonl"
+    with open(docs, "w") as f:
+        for i in range(24):
+            f.write(json.dumps({"id": f"d{i}", "text": SENTENCES[i % 4] * (1 + i % 2)}) + "\n")
+    output = tmp_path / "out"
+    cmd = [sys.executable, "-m", "experiments.synthesize", "--method=rephrase",
+           f"--generator={generator_dir}", f"--docs={docs}", f"--output={output}",
+           "--generations=3", "--max_new_tokens=48", "--batch_size=2", "--shard_size=2",
+           f"--template={templates['rephrase']}"]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="",
+               JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    first = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT)
+    marker = output / "_job" / "shard-00000.done"
+    deadline = time.time() + 120
+    while not marker.exists() and first.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert marker.exists(), first.stdout.read().decode()[-2000:]
+    done_before = sorted(p.name for p in (output / "_job").glob("*.done"))
+    assert len(done_before) < 12, "the job finished before it could be killed"
+    kept = (output / "shard-00000.jsonl").stat().st_mtime_ns
+
+    second = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert f"{len(done_before)} already done" in second.stdout
+    assert (output / "shard-00000.jsonl").stat().st_mtime_ns == kept  # finished shards kept
+    records = _records(output)
+    counts = collections.Counter((r["doc_id"], r["sample"]) for r in records)
+    assert set(counts) == {(f"d{i}", s) for i in range(24) for s in range(3)}
+    assert set(counts.values()) == {1}
