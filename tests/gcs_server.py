@@ -213,7 +213,7 @@ class FaultProxy:
     """A loopback HTTP proxy in front of a GcsServer that injects the failures GCS really
     produces, then forwards everything else untouched:
 
-        with FaultProxy(server) as proxy:      # STORAGE_EMULATOR_HOST now points at the proxy
+        with FaultProxy(server) as proxy:      # the clients now talk to the proxy
             proxy.inject(503, 503, "reset")    # the next three requests fail, in this order
             fs.write_text(...)                 # ... and megadoc retries through them
 
@@ -225,6 +225,8 @@ class FaultProxy:
     """
 
     _WRITES = ("POST", "PUT", "PATCH", "DELETE")
+    # Both are read per request (google-cloud-storage, gcsfs) or per open (tensorstore).
+    _ENV = ("STORAGE_EMULATOR_HOST", "TENSORSTORE_GCS_HTTP_URL")
 
     def __init__(self, server: GcsServer):
         import http.server
@@ -235,7 +237,7 @@ class FaultProxy:
         self.requests: list[str] = []  # "METHOD path" of every request seen, faulted or not
         self._faults: list = []
         self._lock = threading.Lock()
-        self._saved: str | None = None
+        self._saved: dict[str, str | None] = {}
         proxy = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -299,7 +301,8 @@ class FaultProxy:
                         self.send_header(k, v)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
-                self.wfile.write(data)
+                with contextlib.suppress(OSError):  # the client hung up: its own business
+                    self.wfile.write(data)
 
             def log_message(self, *args):
                 pass
@@ -323,15 +326,16 @@ class FaultProxy:
 
     def __enter__(self) -> "FaultProxy":
         self._thread.start()
-        self._saved = os.environ.get("STORAGE_EMULATOR_HOST")
-        os.environ["STORAGE_EMULATOR_HOST"] = self.url
+        self._saved = {k: os.environ.get(k) for k in self._ENV}
+        os.environ.update({k: self.url for k in self._ENV})
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._saved is None:
-            os.environ.pop("STORAGE_EMULATOR_HOST", None)
-        else:
-            os.environ["STORAGE_EMULATOR_HOST"] = self._saved
+        for k, v in self._saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
         self._httpd.shutdown()
         self._httpd.server_close()
         self._thread.join(timeout=5)
