@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import tempfile
+import uuid
 from typing import Iterator
 
 from megadoc import gcs
@@ -142,6 +143,14 @@ def rmtree(path: str) -> None:
         gcs.remove_tree(path)
     elif os.path.isdir(path):
         shutil.rmtree(path)
+
+
+def check_writable(directory: str) -> None:
+    """Writes and deletes a probe file, so that a job fails in its first second, not after
+    hours of compute, when its output bucket is missing or read-only (StorageError naming it)."""
+    probe = join(directory, f".write-probe-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    write_bytes(probe, b"")
+    remove(probe)
 
 
 def tensorstore_kvstore(path: str) -> dict:

@@ -290,6 +290,12 @@ class _ObjectReader(io.RawIOBase):
         self._pos = max(0, base + offset)
         return self._pos
 
+    def readall(self) -> bytes:  # the default would fetch the rest 8 KiB per request
+        parts = []
+        while chunk := self.read(READ_CHUNK_BYTES):
+            parts.append(chunk)
+        return b"".join(parts)
+
     def readinto(self, buffer) -> int:
         n = min(len(buffer), self.size - self._pos)
         if n <= 0:

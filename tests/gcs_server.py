@@ -39,7 +39,8 @@ START_TIMEOUT_S = 30.0
 ENV_KEYS = ("STORAGE_EMULATOR_HOST", "TENSORSTORE_GCS_HTTP_URL", "GOOGLE_AUTH_TOKEN_FOR_TESTING",
             "GOOGLE_CLOUD_PROJECT", "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT")
 
-# Two fidelity fixes to the emulator, applied in its own process before it builds its routes:
+# Two fidelity fixes to the emulator, applied in its own process before it builds its routes
+# (plus a watchdog that ends the server when the test process dies without cleaning up):
 # - real GCS answers a media download with `x-goog-generation`; tensorstore reads the object's
 #   generation from it (OCDBT, hence orbax, fails with "Malformed StorageGeneration" without it);
 # - its HTTPServer serves one request at a time with a listen backlog of 5, so a burst of
@@ -60,6 +61,15 @@ def download(request, response, storage, *args, **kwargs):
 
 objects.download = download
 http.server.HTTPServer.request_queue_size = 256
+
+import os, threading, time
+
+def exit_with_parent(parent=os.getppid()):  # the test process was killed: no orphan server
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(0)
+
+threading.Thread(target=exit_with_parent, daemon=True).start()
 from gcp_storage_emulator.__main__ import main
 main(sys.argv[1:])
 """
@@ -84,6 +94,7 @@ class GcsServer:
         self._log = tempfile.NamedTemporaryFile(prefix="gcs-emulator-", suffix=".log", delete=False)
         self._saved_env: dict[str, str | None] | None = None
         self._names = itertools.count()
+        self._atexit = False
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> "GcsServer":
@@ -96,8 +107,10 @@ class GcsServer:
         if not self.data_dir:
             cmd.append("--in-memory")
         self._proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
-                                      stdin=subprocess.DEVNULL, start_new_session=True)
-        atexit.register(self.stop)
+                                      stdin=subprocess.DEVNULL)
+        if not self._atexit:
+            atexit.register(self.stop)
+            self._atexit = True
         try:
             self._wait_until_up()
             for bucket in self.buckets:

@@ -3,7 +3,7 @@ import threading
 
 import pytest
 
-from gcs_server import gcs_server  # noqa: F401  (session fixture)
+from gcs_server import FaultProxy, gcs_server  # noqa: F401  (session fixture)
 from megadoc import fs, gcs
 
 
@@ -145,3 +145,27 @@ def test_missing_bucket_is_a_clear_error(gcs_server):
                fs.listdir, fs.remove, lambda p: fs.append_text(p, "x")):
         with pytest.raises(fs.StorageError, match=r"^gs://no-such-bucket/x/y: bucket does not exist"):
             op("gs://no-such-bucket/x/y")
+
+
+def test_check_writable_leaves_nothing_behind(root):
+    fs.check_writable(fs.join(root, "run"))
+    assert fs.listdir(fs.join(root, "run")) == []
+
+
+def test_check_writable_refuses_missing_and_read_only_buckets(gcs_server):
+    with pytest.raises(fs.StorageError, match=r"^gs://no-such-bucket/run/.*: bucket does not exist"):
+        fs.check_writable("gs://no-such-bucket/run")
+    with FaultProxy(gcs_server) as proxy:
+        proxy.read_only = True
+        with pytest.raises(fs.StorageError, match=r"^gs://megadoc-test/run/.*: permission denied"):
+            fs.check_writable("gs://megadoc-test/run")
+
+
+def test_streaming_read_fetches_whole_chunks(gcs_server, monkeypatch):
+    monkeypatch.setattr(gcs, "READ_CHUNK_BYTES", 1000)
+    path = fs.join(gcs_server.fresh_path(), "f.bin")
+    fs.write_bytes(path, b"x" * 10_500)
+    with FaultProxy(gcs_server) as proxy:  # here only to count requests
+        with fs.open_read(path) as f:
+            assert f.read() == b"x" * 10_500
+        assert len(proxy.requests) <= 1 + 11  # metadata, then one GET per chunk
