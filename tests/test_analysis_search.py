@@ -2,6 +2,7 @@ import collections
 import json
 import math
 import os
+import subprocess
 
 import pytest
 
@@ -109,13 +110,18 @@ def test_bad_start_points_and_results_files_are_clear_errors(tmp_path):
 def test_train_launcher_runs_experiments_train_and_reads_the_summary(tmp_path, monkeypatch):
     seen = []
 
-    def fake_run(cmd, check, env):
+    def fake_run(cmd, stderr, text, env):
         seen.append(cmd)
         workdir = next(a for a in cmd if a.startswith("--workdir=")).split("=", 1)[1]
-        os.makedirs(workdir, exist_ok=True)
         lr = float(next(a for a in cmd if a.startswith("--lr=")).split("=", 1)[1])
+        if lr == 1e-2:
+            return subprocess.CompletedProcess(cmd, 1, stderr="FloatingPointError: loss is nan at step 3")
+        if lr == 3e-3:
+            return subprocess.CompletedProcess(cmd, 1, stderr="OSError: disk full")
+        os.makedirs(workdir, exist_ok=True)
         with open(os.path.join(workdir, "summary.json"), "w") as f:
             json.dump({"status": "finished", "eval": {"val": 4.0 + lr}}, f)
+        return subprocess.CompletedProcess(cmd, 0, stderr="")
 
     monkeypatch.setattr(search.subprocess, "run", fake_run)
     launcher = search.TrainLauncher(str(tmp_path), ("--preset=tiny", "--real=R"))
@@ -126,3 +132,6 @@ def test_train_launcher_runs_experiments_train_and_reads_the_summary(tmp_path, m
     assert launcher.workdir(START).startswith(str(tmp_path))
     with pytest.raises(KeyError, match="no final eval loss for 'iid'"):
         search.TrainLauncher(str(tmp_path), (), val_set="iid")(START)
+    assert math.isnan(launcher(dict(START, lr=1e-2)))
+    with pytest.raises(RuntimeError, match="disk full"):
+        launcher(dict(START, lr=3e-3))

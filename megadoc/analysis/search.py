@@ -165,7 +165,8 @@ class TrainLauncher:
     final loss on validation set `val_set` (one of the runs' --val names) from summary.json.
 
     Each point gets its own workdir under `root`, so an interrupted run resumes from its own
-    checkpoint when the search is restarted.
+    checkpoint when the search is restarted. A run that stops on a non-finite loss counts as
+    diverged (worst); any other failure stops the search.
     """
 
     root: str
@@ -181,7 +182,15 @@ class TrainLauncher:
         flags = [f"--{k}={v}" for k, v in point.items()]
         cmd = [sys.executable, "-m", "experiments.train", *self.base_flags, *flags, f"--workdir={workdir}"]
         print(f"[search] $ {' '.join(cmd)}", flush=True)
-        subprocess.run(cmd, check=True, env=os.environ.copy())
+        # stderr is captured (and echoed) to tell a diverged run from a crash.
+        proc = subprocess.run(cmd, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+        sys.stderr.write(proc.stderr)
+        if proc.returncode != 0:
+            if "FloatingPointError" in proc.stderr:
+                print(f"[search]   diverged (non-finite loss): {workdir}", flush=True)
+                return math.nan
+            raise RuntimeError(f"experiments.train failed (exit {proc.returncode}) for {dict(point)} "
+                               f"in {workdir}:\n{proc.stderr[-2000:]}")
         return final_eval_loss(json.loads(fs.read_text(fs.join(workdir, "summary.json"))), self.val_set)
 
 
