@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import time
 from typing import Callable, Iterator, Sequence
 
 import jax
@@ -170,7 +171,11 @@ def token_loglikelihoods(config: llama.LlamaConfig, params, pairs: Sequence[tupl
         params = jax.device_put(params, sharding.param_shardings(config, mesh))
         shards = mesh.shape["data"] * mesh.shape["fsdp"]
         batch_size = -(-batch_size // shards) * shards
+    last_log = time.time()
     for start in range(0, len(order), batch_size):
+        if time.time() - last_log > 30:
+            last_log = time.time()
+            print(f"[benchmarks] scored {start}/{len(order)} choices", flush=True)
         idx = order[start:start + batch_size]
         T = _bucket(len(seqs[idx[0]]) - 1, max_len)
         tokens = np.zeros((batch_size, T), np.int32)
