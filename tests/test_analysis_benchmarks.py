@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from megadoc.analysis import benchmarks
+from megadoc.analysis import benchmarks, ensemble
 from megadoc.models import llama, sharding
 
 
@@ -114,6 +114,13 @@ def test_batched_model_scores_equal_a_per_example_computation():
     want = [reference(c, x) for c, x in pairs]
     got = benchmarks.token_loglikelihoods(config, params, pairs, prefix_token=0, batch_size=2)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+    # Two identical members: the ensemble's distribution is the member's, under either average.
+    twins = ensemble.stack_params([params, params])
+    for average in ("logits", "probs"):
+        got = benchmarks.token_loglikelihoods(config, twins, [pairs[0], pairs[2]], prefix_token=0,
+                                              batch_size=2, ensemble_average=average)
+        np.testing.assert_allclose(got, [want[0], want[2]], rtol=1e-5, atol=1e-4)
 
     mesh = sharding.make_mesh(data=4, fsdp=2)
     sharded = benchmarks.token_loglikelihoods(config, params, pairs[:2], prefix_token=0, batch_size=8, mesh=mesh)

@@ -88,11 +88,23 @@ def test_ensemble_experiment_trains_missing_members_with_their_own_seeds(tmp_pat
 def test_benchmarks_experiment_scores_a_checkpoint(runs, tmp_path):
     piqa = tmp_path / "piqa.jsonl"
     piqa.write_text(json.dumps({"goal": "Cool tea.", "sol1": "Add ice.", "sol2": "Add fire.", "label": 0}) + "\n")
-    parse(benchmarks_exp, f"--workdir={runs['workdirs'][0]}", f"--tokenizer={runs['tokenizer']}",
-          f"--piqa={piqa}", f"--output={tmp_path / 'bench.json'}", "--batch_size=8")
-    results = benchmarks_exp.run()
-    assert results["piqa"]["n"] == 1 and results["piqa"]["acc"] in (0.0, 1.0)
-    assert json.loads((tmp_path / "bench.json").read_text())["average"] == results["average"]
+    parse(benchmarks_exp, f"--workdirs={runs['workdirs'][0]}", f"--tokenizer={runs['tokenizer']}",
+          f"--piqa={piqa}", "--batch_size=8")
+    single = benchmarks_exp.run()
+    assert single["piqa"]["n"] == 1 and single["piqa"]["acc"] in (0.0, 1.0)
+    with open(f"{runs['workdirs'][0]}/benchmarks.json") as f:
+        written = json.load(f)
+    assert written["average"] == single["average"]
+
+    parse(benchmarks_exp, f"--workdirs={','.join(runs['workdirs'][:2])}", f"--tokenizer={runs['tokenizer']}",
+          f"--piqa={piqa}", f"--output={tmp_path / 'ens.json'}", "--average=probs")
+    pair = benchmarks_exp.run()
+    assert json.loads((tmp_path / "ens.json").read_text())["workdirs"] == runs["workdirs"][:2]
+    assert pair["piqa"]["n"] == 1
+    parse(benchmarks_exp, f"--workdirs={','.join(runs['workdirs'][:2])}", f"--tokenizer={runs['tokenizer']}",
+          f"--piqa={piqa}")
+    with pytest.raises(Exception, match="takes --output"):
+        benchmarks_exp.run()
 
 
 def test_distill_experiment_builds_the_student_from_the_flags(runs, tmp_path):

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from megadoc import fs
+from megadoc.analysis import ensemble
 from megadoc.models import llama, sharding
 
 TARGET_DELIMITER = " "
@@ -138,9 +139,12 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
     return context_ids, whole[len(context_ids):]
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _continuation_logprob(config, params, tokens_BxT, targets_BxT, mask_BxT):
-    logits_BxTxV = llama.forward(config, params, tokens_BxT)
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _continuation_logprob(config, average, params, tokens_BxT, targets_BxT, mask_BxT):
+    if average is None:
+        logits_BxTxV = llama.forward(config, params, tokens_BxT)
+    else:
+        logits_BxTxV = ensemble.ensemble_logits(config, params, tokens_BxT, average=average)
     target_logit_BxT = jnp.take_along_axis(logits_BxTxV, targets_BxT[..., None], axis=-1)[..., 0]
     logprob_BxT = target_logit_BxT - jax.nn.logsumexp(logits_BxTxV, axis=-1)
     return jnp.sum(jnp.where(mask_BxT, logprob_BxT, 0.0), axis=-1)
@@ -151,13 +155,16 @@ def _bucket(length: int, max_len: int) -> int:
 
 
 def token_loglikelihoods(config: llama.LlamaConfig, params, pairs: Sequence[tuple[list[int], list[int]]],
-                         *, prefix_token: int, batch_size: int, mesh=None) -> np.ndarray:
+                         *, prefix_token: int, batch_size: int, mesh=None,
+                         ensemble_average: str | None = None) -> np.ndarray:
     """Summed log-prob of each continuation's tokens after `prefix_token` + its context tokens.
 
     Requests run longest first in batches of `batch_size`, right-padded to a power-of-two length
     (one compile per length bucket); sequences longer than the model's context keep their end.
     `prefix_token` is the document separator the model was trained with (EOS for megadoc stores).
     With a mesh, params and batch are sharded over it (batch_size rounded up to fill its shards).
+    With `ensemble_average` ("logits" | "probs"), `params` are an ensemble's stacked members
+    (`ensemble.stack_params`) and the ensemble's distribution is scored.
     """
     max_len = config.max_seq_len
     seqs = []
@@ -168,7 +175,8 @@ def token_loglikelihoods(config: llama.LlamaConfig, params, pairs: Sequence[tupl
     order = sorted(range(len(pairs)), key=lambda i: -len(seqs[i]))
     out = np.zeros(len(pairs), np.float64)
     if mesh is not None:
-        params = jax.device_put(params, sharding.param_shardings(config, mesh))
+        params = jax.device_put(params, sharding.param_shardings(config, mesh) if ensemble_average is None
+                                else ensemble.stacked_shardings(config, mesh))
         shards = mesh.shape["data"] * mesh.shape["fsdp"]
         batch_size = -(-batch_size // shards) * shards
     last_log = time.time()
@@ -191,22 +199,24 @@ def token_loglikelihoods(config: llama.LlamaConfig, params, pairs: Sequence[tupl
             batch_sh = sharding.batch_sharding(mesh)
             batch = [jax.make_array_from_callback(x.shape, batch_sh, lambda i, x=x: x[i]) for x in batch]
             with jax.set_mesh(mesh):
-                lls = _continuation_logprob(config, params, *batch)
+                lls = _continuation_logprob(config, ensemble_average, params, *batch)
         else:
-            lls = _continuation_logprob(config, params, *batch)
+            lls = _continuation_logprob(config, ensemble_average, params, *batch)
         out[idx] = np.asarray(lls)[:len(idx)]
     return out
 
 
 def model_loglikelihood(config: llama.LlamaConfig, params, tokenizer, *, batch_size: int,
-                        prefix_token: int | None = None, mesh=None) -> LogLikelihood:
-    """A `LogLikelihood` backed by a model; the prefix defaults to the tokenizer's EOS."""
+                        prefix_token: int | None = None, mesh=None,
+                        ensemble_average: str | None = None) -> LogLikelihood:
+    """A `LogLikelihood` backed by a model (or, with `ensemble_average`, by stacked members);
+    the prefix defaults to the tokenizer's EOS."""
     prefix = tokenizer.eos_id if prefix_token is None else prefix_token
 
     def loglikelihood(requests):
         pairs = [encode_pair(tokenizer, ctx, cont) for ctx, cont in requests]
-        return token_loglikelihoods(config, params, pairs, prefix_token=prefix,
-                                    batch_size=batch_size, mesh=mesh)
+        return token_loglikelihoods(config, params, pairs, prefix_token=prefix, batch_size=batch_size,
+                                    mesh=mesh, ensemble_average=ensemble_average)
 
     return loglikelihood
 
