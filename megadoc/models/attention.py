@@ -48,6 +48,31 @@ def masked_attention(q_BxTxNxDh, k_BxSxKxDh, v_BxSxKxDh, mask_BxTxS):
     return out_BxTxKxGxDh.reshape(B, T, N, Dh).astype(q_BxTxNxDh.dtype)
 
 
+def cached_attention(q_BxTxNxDh, k_BxSxKxDh, v_BxSxKxDh, cache_mask_BxTxS,
+                     k_BxTxKxDh, v_BxTxKxDh, chunk_mask_BxTxT):
+    """Attention over cache slots and the chunk's own keys, one softmax over both; the cache
+    is only read, so a caller can write the chunk into it afterwards in one in-place update."""
+    B, T, N, Dh = q_BxTxNxDh.shape
+    K = k_BxSxKxDh.shape[2]
+    q_BxTxKxGxDh = q_BxTxNxDh.reshape(B, T, K, N // K, Dh)
+    scale = 1 / math.sqrt(Dh)
+    neg = jnp.finfo(jnp.float32).min
+    cache_scores = jnp.einsum("btkgd,bskd->bkgts", q_BxTxKxGxDh, k_BxSxKxDh,
+                              preferred_element_type=jnp.float32) * scale
+    chunk_scores = jnp.einsum("btkgd,bskd->bkgts", q_BxTxKxGxDh, k_BxTxKxDh,
+                              preferred_element_type=jnp.float32) * scale
+    scores = jnp.concatenate([jnp.where(cache_mask_BxTxS[:, None, None], cache_scores, neg),
+                              jnp.where(chunk_mask_BxTxT[:, None, None], chunk_scores, neg)], -1)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v_BxSxKxDh.dtype)
+    S = k_BxSxKxDh.shape[1]
+    out_BxTxKxGxDh = (
+        jnp.einsum("bkgts,bskd->btkgd", probs[..., :S], v_BxSxKxDh,
+                   preferred_element_type=jnp.float32)
+        + jnp.einsum("bkgts,bskd->btkgd", probs[..., S:], v_BxTxKxDh,
+                     preferred_element_type=jnp.float32))
+    return out_BxTxKxGxDh.reshape(B, T, N, Dh).astype(q_BxTxNxDh.dtype)
+
+
 def causal_mask(T, segment_ids_BxT=None):
     """[B or 1, T, T]: causal, and within one document when segment ids are given."""
     mask_TxT = jnp.tril(jnp.ones((T, T), bool))[None]

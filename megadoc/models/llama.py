@@ -181,7 +181,10 @@ def _mm(spec, x, w, dtype):
     return jnp.einsum(spec, x, w.astype(dtype), preferred_element_type=jnp.float32).astype(dtype)
 
 
-def _layer(config, inv_freq, x_BxTxH, p, positions_BxT, segment_ids_BxT, cache_kv, mask_BxTxS):
+def _layer(config, inv_freq, x_BxTxH, p, positions_BxT, segment_ids_BxT, cache=None):
+    """One block; returns the new residual stream and this chunk's (k, v). With `cache` =
+    (k [B, S, K, Dh], v, mask over cache slots [B, T, S]) queries attend to the valid cache slots
+    and to the chunk's own keys at positions <= theirs; the caller writes (k, v) into the cache."""
     dt = config.compute_dtype
     h = rms_norm(x_BxTxH, p["attn_norm"], config.norm_eps)
     q_BxTxNxDh = sharding.constrain(_mm("bth,hnd->btnd", h, p["q"], dt), sharding.ACT_HEADS)
@@ -189,17 +192,15 @@ def _layer(config, inv_freq, x_BxTxH, p, positions_BxT, segment_ids_BxT, cache_k
     v_BxTxKxDh = sharding.constrain(_mm("bth,hkd->btkd", h, p["v"], dt), sharding.ACT_KV_HEADS)
     q_BxTxNxDh = apply_rope(q_BxTxNxDh, positions_BxT, inv_freq)
     k_BxTxKxDh = apply_rope(k_BxTxKxDh, positions_BxT, inv_freq)
-    if cache_kv is None:
+    if cache is None:
         segs = None if config.cross_document_attention else segment_ids_BxT
         att_BxTxNxDh = attention.causal_attention(q_BxTxNxDh, k_BxTxKxDh, v_BxTxKxDh, segs,
                                                   implementation=config.attention)
-        new_kv = None
     else:
-        rows_Bx1 = jnp.arange(x_BxTxH.shape[0])[:, None]
-        ck_BxSxKxDh = cache_kv[0].at[rows_Bx1, positions_BxT].set(k_BxTxKxDh)
-        cv_BxSxKxDh = cache_kv[1].at[rows_Bx1, positions_BxT].set(v_BxTxKxDh)
-        att_BxTxNxDh = attention.masked_attention(q_BxTxNxDh, ck_BxSxKxDh, cv_BxSxKxDh, mask_BxTxS)
-        new_kv = (ck_BxSxKxDh, cv_BxSxKxDh)
+        cache_k, cache_v, cache_mask_BxTxS = cache
+        chunk_mask_BxTxT = positions_BxT[:, None, :] <= positions_BxT[:, :, None]
+        att_BxTxNxDh = attention.cached_attention(q_BxTxNxDh, cache_k, cache_v, cache_mask_BxTxS,
+                                                  k_BxTxKxDh, v_BxTxKxDh, chunk_mask_BxTxT)
     x_BxTxH = x_BxTxH + _mm("btnd,ndh->bth", att_BxTxNxDh, p["o"], dt)
     x_BxTxH = sharding.constrain(x_BxTxH, sharding.ACT_EMBED)
 
@@ -207,7 +208,7 @@ def _layer(config, inv_freq, x_BxTxH, p, positions_BxT, segment_ids_BxT, cache_k
     gate_BxTxF = sharding.constrain(_mm("bth,hf->btf", h, p["gate"], dt), sharding.ACT_FFN)
     up_BxTxF = sharding.constrain(_mm("bth,hf->btf", h, p["up"], dt), sharding.ACT_FFN)
     x_BxTxH = x_BxTxH + _mm("btf,fh->bth", jax.nn.silu(gate_BxTxF) * up_BxTxF, p["down"], dt)
-    return sharding.constrain(x_BxTxH, sharding.ACT_EMBED), new_kv
+    return sharding.constrain(x_BxTxH, sharding.ACT_EMBED), (k_BxTxKxDh, v_BxTxKxDh)
 
 
 def _remat(fn, policy):
@@ -238,20 +239,26 @@ def hidden_states(config: LlamaConfig, params: dict, tokens: jax.Array, segment_
 
     if cache is None:
         def step(x, p):
-            return _layer(config, inv_freq, x, p, positions, segment_ids, None, None)[0], None
+            return _layer(config, inv_freq, x, p, positions, segment_ids)[0], None
 
         x_BxTxH, _ = jax.lax.scan(_remat(step, config.remat), x_BxTxH, params["layers"])
     else:
+        # Cache slots a query may see: at or before its position, and not rewritten by this
+        # chunk (the chunk's own keys come straight from the layer, not from the cache).
         slots_S = jnp.arange(cache["k"].shape[2])
-        mask_BxTxS = slots_S[None, None, :] <= positions[:, :, None]
+        rewritten_BxS = (slots_S[None, None, :] == positions[:, :, None]).any(axis=1)
+        mask_BxTxS = (slots_S[None, None, :] <= positions[:, :, None]) & ~rewritten_BxS[:, None]
 
         def step(x, layer_in):
             p, k, v = layer_in
-            x, (k, v) = _layer(config, inv_freq, x, p, positions, None, (k, v), mask_BxTxS)
-            return x, (k, v)
+            return _layer(config, inv_freq, x, p, positions, None, (k, v, mask_BxTxS))
 
-        x_BxTxH, (ks, vs) = jax.lax.scan(step, x_BxTxH, (params["layers"], cache["k"], cache["v"]))
-        cache = {"k": ks, "v": vs}
+        x_BxTxH, (k_LxBxTxKxDh, v_LxBxTxKxDh) = jax.lax.scan(
+            step, x_BxTxH, (params["layers"], cache["k"], cache["v"]))
+        # One scatter for all layers, in place when the caller donates the cache.
+        rows_Bx1 = jnp.arange(B)[:, None]
+        cache = {"k": cache["k"].at[:, rows_Bx1, positions].set(k_LxBxTxKxDh),
+                 "v": cache["v"].at[:, rows_Bx1, positions].set(v_LxBxTxKxDh)}
     x_BxTxH = rms_norm(x_BxTxH, params["final_norm"], config.norm_eps)
     return x_BxTxH if cache is None else (x_BxTxH, cache)
 
