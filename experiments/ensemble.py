@@ -9,8 +9,10 @@ and fit loss vs member count to read off the ensemble's asymptote.
     # evaluate existing runs
     python -m experiments.ensemble --workdirs=RUN_A,RUN_B,RUN_C --val=iid=STORE --curve
 
-Writes <output>/ensemble.json ({"val": {name: {"loss", "curve": [[k, loss], ...], "law"}}}) and,
-with --curve, ensemble_<name>.png. Rerunning skips members whose summary.json exists.
+Writes <output>/ensemble.json ({"val": {name: {"loss", "curve": [[k, loss], ...], "law",
+"data_efficiency"}}}) and, with --curve, ensemble_<name>.png. With --baseline_loss, the data
+efficiency of the ensemble's loss and asymptote is read off the papers' reference data law (valid
+for the papers' data and validation set). Rerunning skips members whose summary.json exists.
 """
 from __future__ import annotations
 
@@ -36,6 +38,8 @@ flags.DEFINE_integer("batch_size", 8, "eval windows per batch", flag_values=FLAG
 flags.DEFINE_enum("average", "logits", ["logits", "probs"], "how member outputs are combined", flag_values=FLAGS)
 flags.DEFINE_bool("curve", False, "also evaluate the first k members for k = 1..K and fit "
                   "L(k) = A / k^B + C (needs K >= 3 for the fit)", flag_values=FLAGS)
+flags.DEFINE_float("baseline_loss", None, "also report data efficiency (reference data law) of the "
+                   "ensemble's loss and asymptote against this baseline loss", flag_values=FLAGS)
 flags.DEFINE_string("output", None, "output directory (default: --root, else required)", flag_values=FLAGS)
 
 
@@ -82,7 +86,25 @@ def load_members(workdirs: list[str]):
     return configs[0], ensemble.stack_params(params, names=workdirs)
 
 
-def evaluate(workdirs, val: dict[str, str], batch_size: int, average: str, curve: bool, output: str) -> dict:
+def data_efficiencies(entry: dict, baseline_loss: float) -> dict:
+    """Data efficiency (reference data law) of the ensemble's loss and, if fitted, its asymptote;
+    None where a loss is at or below the law's asymptote (undefined)."""
+    from megadoc.analysis import scaling
+
+    out = {}
+    for key, loss in (("loss", entry["loss"]), ("asymptote", entry.get("law", {}).get("C"))):
+        if loss is None:
+            continue
+        try:
+            out[key] = scaling.data_efficiency(loss, baseline_loss)
+        except ValueError as e:
+            print(f"[ensemble] {key}: {e}", flush=True)
+            out[key] = None
+    return out
+
+
+def evaluate(workdirs, val: dict[str, str], batch_size: int, average: str, curve: bool, output: str,
+             baseline_loss: float | None = None) -> dict:
     import jax
 
     from megadoc import fs
@@ -108,6 +130,9 @@ def evaluate(workdirs, val: dict[str, str], batch_size: int, average: str, curve
                 law = laws[name]
                 entry["law"] = {"A": law.A, "B": law.B, "C": law.C, "C_stderr": law.C_stderr}
                 print(f"[ensemble] {name}: {law} -> asymptote {law.C:.4f} ± {law.C_stderr:.4f}", flush=True)
+        if baseline_loss is not None:
+            entry["data_efficiency"] = data_efficiencies(entry, baseline_loss)
+            print(f"[ensemble] {name}: data efficiency vs {baseline_loss}: {entry['data_efficiency']}", flush=True)
         results["val"][name] = entry
     fs.write_text(fs.join(output, "ensemble.json"), json.dumps(results, indent=1) + "\n")
     return results
@@ -138,7 +163,7 @@ def main(argv):
             raise app.UsageError("--train needs --root and --members")
         train_members(workdirs, FLAGS.train_flags, FLAGS.seed)
     if val:
-        evaluate(workdirs, val, FLAGS.batch_size, FLAGS.average, FLAGS.curve, output)
+        evaluate(workdirs, val, FLAGS.batch_size, FLAGS.average, FLAGS.curve, output, FLAGS.baseline_loss)
 
 
 def parse_flags(argv):

@@ -12,6 +12,7 @@ from experiments import benchmarks as benchmarks_exp
 from experiments import distill as distill_exp
 from experiments import ensemble as ensemble_exp
 from experiments import search as search_exp
+from megadoc.analysis import scaling
 from megadoc.data import store as store_lib
 from megadoc.data import tokenizer as tokenizer_lib
 from megadoc.models import llama
@@ -62,12 +63,14 @@ def runs(tmp_path_factory):
 
 def test_ensemble_experiment_writes_the_member_curve_and_its_fit(runs, tmp_path):
     parse(ensemble_exp, f"--workdirs={','.join(runs['workdirs'])}", f"--val=iid={runs['val']}",
-              "--curve", f"--output={tmp_path}")
+              "--curve", f"--output={tmp_path}", "--baseline_loss=9.0")
     ensemble_exp.main(["prog"])
     out = json.loads((tmp_path / "ensemble.json").read_text())["val"]["iid"]
     assert [k for k, _ in out["curve"]] == [1, 2, 3]
     assert out["loss"] == out["curve"][-1][1]
     assert set(out["law"]) == {"A", "B", "C", "C_stderr"}
+    assert out["data_efficiency"]["loss"] == pytest.approx(scaling.data_efficiency(out["loss"], 9.0))
+    assert ensemble_exp.data_efficiencies({"loss": 2.0}, 3.0) == {"loss": None}  # below the law's C
     assert (tmp_path / "ensemble_iid.png").read_bytes()[:4] == b"\x89PNG"
     assert ensemble_exp.member_workdirs(parse(ensemble_exp, "--root=R", "--members=2")) == ["R/member_0", "R/member_1"]
 
