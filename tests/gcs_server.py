@@ -37,7 +37,8 @@ BUCKET = "megadoc-test"
 START_TIMEOUT_S = 30.0
 
 ENV_KEYS = ("STORAGE_EMULATOR_HOST", "TENSORSTORE_GCS_HTTP_URL", "GOOGLE_AUTH_TOKEN_FOR_TESTING",
-            "GOOGLE_CLOUD_PROJECT", "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT")
+            "GOOGLE_CLOUD_PROJECT", "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT",
+            "DISABLE_GCS_PYTHON_CLIENT_OTEL_BUCKET_METADATA")
 
 # Two fidelity fixes to the emulator, applied in its own process before it builds its routes
 # (plus a watchdog that ends the server when the test process dies without cleaning up):
@@ -176,6 +177,9 @@ class GcsServer:
             # gcsfs (orbax's route to gs://) would ask the Storage Control API for each bucket's
             # layout, which the emulator lacks; it falls back anyway, with a warning per call.
             "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
+            # google-cloud-storage fetches bucket metadata in a background thread, for telemetry
+            # only; its stray requests would make FaultProxy's fault order nondeterministic.
+            "DISABLE_GCS_PYTHON_CLIENT_OTEL_BUCKET_METADATA": "true",
         }
 
     def _set_env(self) -> None:
