@@ -44,7 +44,8 @@ def test_manager_saves_keeps_and_restores_sharded_state(root):
 
 def test_unfinished_gcs_checkpoint_is_never_listed(gcs_server):
     """On gs:// orbax cannot rename a directory: a step counts only once its
-    commit_success.txt exists. A save torn before that (here: the marker deleted) is ignored."""
+    commit_success.txt exists. A save torn before that (here: the marker deleted) is ignored,
+    removed by `cleanup_tmp_directories=True`, and saved again by the resumed job."""
     mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
     ckpt = fs.join(gcs_server.fresh_path(), "ckpt")
     with ocp.CheckpointManager(ckpt) as mgr:
@@ -55,6 +56,9 @@ def test_unfinished_gcs_checkpoint_is_never_listed(gcs_server):
     fs.remove(fs.join(ckpt, "2", "commit_success.txt"))
     with ocp.CheckpointManager(ckpt) as mgr:
         assert mgr.latest_step() == 1
+    cleanup = ocp.CheckpointManagerOptions(cleanup_tmp_directories=True)
+    with ocp.CheckpointManager(ckpt, options=cleanup) as mgr:
+        assert fs.listdir(ckpt) == ["1"]  # the torn step's objects are gone
         mgr.save(2, args=ocp.args.StandardSave(_state(5, mesh)))  # the resumed job saves again
         mgr.wait_until_finished()
     with ocp.CheckpointManager(ckpt) as mgr:
