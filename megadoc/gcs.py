@@ -34,7 +34,7 @@ from google.cloud.storage import exceptions as storage_exceptions
 
 PREFIX = "gs://"
 READ_CHUNK_BYTES = 8 << 20  # one ranged GET per 8 MiB when streaming
-DELETE_THREADS = 16
+DELETE_THREADS = 8  # under the HTTP session pool size (10), which warns beyond it
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

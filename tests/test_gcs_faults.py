@@ -93,3 +93,10 @@ def test_server_down_then_back_on_the_same_port(tmp_path, fast_retries):
             restart.join()
         assert fs.read_bytes(path) == b"before"  # the disk-backed server kept its objects
         assert fs.read_bytes(path + ".new") == b"after"
+
+
+def test_missing_credentials_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)  # as on a machine with real GCS and no login
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "missing.json"))
+    with pytest.raises(fs.StorageError, match=r"^gs://any-bucket/x: no usable credentials"):
+        fs.read_bytes("gs://any-bucket/x")
