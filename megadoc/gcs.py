@@ -131,7 +131,10 @@ def retrying(path: str, op: Callable[[], T]) -> T:
             return op()
         except Exception as exc:  # noqa: BLE001 — classified right below
             if not is_transient(exc):
-                raise _permanent_error(path, exc) from exc
+                error = _permanent_error(path, exc)
+                if error is exc:
+                    raise
+                raise error from exc
             sleep = random.uniform(0, delay)  # full jitter
             if time.monotonic() + sleep > deadline:
                 raise StorageError(errno.EIO, f"gave up after {attempt} attempts in "
@@ -172,10 +175,17 @@ def _describe(exc: BaseException) -> str:
 
 
 def bucket_exists(bucket: str) -> bool:
-    if bucket not in _known_buckets and retrying(
-            PREFIX + bucket, lambda: client().bucket(bucket).exists(retry=None)):
+    if bucket in _known_buckets:
+        return True
+    try:
+        found = retrying(PREFIX + bucket, lambda: client().bucket(bucket).exists(retry=None))
+    except StorageError as e:
+        if e.errno != errno.EACCES:
+            raise
+        found = True  # 403, not 404: it exists, we may only touch objects (a common IAM role)
+    if found:
         _known_buckets.add(bucket)
-    return bucket in _known_buckets
+    return found
 
 
 # -- operations ------------------------------------------------------------------------------

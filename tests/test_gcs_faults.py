@@ -100,3 +100,13 @@ def test_missing_credentials_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "missing.json"))
     with pytest.raises(fs.StorageError, match=r"^gs://any-bucket/x: no usable credentials"):
         fs.read_bytes("gs://any-bucket/x")
+
+
+def test_missing_object_in_a_bucket_whose_metadata_is_forbidden(proxy, gcs_server, monkeypatch):
+    """Service accounts often may read objects but not bucket metadata (403): a missing object
+    must still be FileNotFoundError, not a permission error about the bucket."""
+    monkeypatch.setattr(gcs, "_known_buckets", set())
+    proxy.inject(None, 403)  # the object GET passes (404), the bucket GET is refused
+    with pytest.raises(FileNotFoundError):
+        fs.read_bytes(fs.join(gcs_server.fresh_path(), "missing"))
+    assert proxy.pending() == 0
