@@ -160,10 +160,15 @@ def rope_frequencies(config: LlamaConfig) -> jax.Array:
     return (1 - smooth) * inv_freq / s.factor + smooth * inv_freq
 
 
-def apply_rope(x_BxTxNxDh, positions_BxT, inv_freq):
-    angles_BxTxF = positions_BxT[..., None].astype(jnp.float32) * inv_freq
-    cos = jnp.cos(angles_BxTxF)[:, :, None, :]
-    sin = jnp.sin(angles_BxTxF)[:, :, None, :]
+def rope_angles(config: LlamaConfig, positions_BxT):
+    """(cos, sin), each [B, T, 1, Dh/2]: computed once, shared by every layer."""
+    angles_BxTxF = positions_BxT[..., None].astype(jnp.float32) * rope_frequencies(config)
+    return jnp.cos(angles_BxTxF)[:, :, None, :], jnp.sin(angles_BxTxF)[:, :, None, :]
+
+
+def apply_rope(x_BxTxNxDh, rope):
+    """Rotate-half RoPE (the pairing HF checkpoints use: dim i with dim i + Dh/2)."""
+    cos, sin = rope
     x = x_BxTxNxDh.astype(jnp.float32)
     x1, x2 = jnp.split(x, 2, axis=-1)
     rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
@@ -181,7 +186,7 @@ def _mm(spec, x, w, dtype):
     return jnp.einsum(spec, x, w.astype(dtype), preferred_element_type=jnp.float32).astype(dtype)
 
 
-def _layer(config, inv_freq, x_BxTxH, p, positions_BxT, segment_ids_BxT, cache=None):
+def _layer(config, rope, x_BxTxH, p, positions_BxT, segment_ids_BxT, cache=None):
     """One block; returns the new residual stream and this chunk's (k, v). With `cache` =
     (k [B, S, K, Dh], v, mask over cache slots [B, T, S]) queries attend to the valid cache slots
     and to the chunk's own keys at positions <= theirs; the caller writes (k, v) into the cache."""
@@ -190,8 +195,8 @@ def _layer(config, inv_freq, x_BxTxH, p, positions_BxT, segment_ids_BxT, cache=N
     q_BxTxNxDh = sharding.constrain(_mm("bth,hnd->btnd", h, p["q"], dt), sharding.ACT_HEADS)
     k_BxTxKxDh = sharding.constrain(_mm("bth,hkd->btkd", h, p["k"], dt), sharding.ACT_KV_HEADS)
     v_BxTxKxDh = sharding.constrain(_mm("bth,hkd->btkd", h, p["v"], dt), sharding.ACT_KV_HEADS)
-    q_BxTxNxDh = apply_rope(q_BxTxNxDh, positions_BxT, inv_freq)
-    k_BxTxKxDh = apply_rope(k_BxTxKxDh, positions_BxT, inv_freq)
+    q_BxTxNxDh = apply_rope(q_BxTxNxDh, rope)
+    k_BxTxKxDh = apply_rope(k_BxTxKxDh, rope)
     if cache is None:
         segs = None if config.cross_document_attention else segment_ids_BxT
         att_BxTxNxDh = attention.causal_attention(q_BxTxNxDh, k_BxTxKxDh, v_BxTxKxDh, segs,
@@ -222,7 +227,8 @@ def _remat(fn, policy):
 def hidden_states(config: LlamaConfig, params: dict, tokens: jax.Array, segment_ids=None, *,
                   positions=None, cache=None):
     """Trunk output after the final norm, [B, T, H] in the compute dtype (and the updated cache
-    when `cache` is given). With a cache, `positions` [B, T] says where each token sits in its
+    when `cache` is given). Without a cache, attention is causal by index and `positions` (default
+    0..T-1) only sets RoPE. With a cache, `positions` [B, T] says where each token sits in its
     row: its keys/values are written there and it attends to cache slots 0..position."""
     B, T = tokens.shape
     dt = config.compute_dtype
@@ -232,14 +238,14 @@ def hidden_states(config: LlamaConfig, params: dict, tokens: jax.Array, segment_
         raise ValueError("segment-id masking is not supported with a KV cache")
     if positions is None:
         positions = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
-    inv_freq = rope_frequencies(config)
+    rope = rope_angles(config, positions)
     # Gather the (FSDP-sharded) table whole first, so the lookup is local to each batch shard.
     embed_VxH = sharding.constrain(params["embed"].astype(dt), sharding.GATHERED_EMBED)
     x_BxTxH = sharding.constrain(embed_VxH[tokens], sharding.ACT_EMBED)
 
     if cache is None:
         def step(x, p):
-            return _layer(config, inv_freq, x, p, positions, segment_ids)[0], None
+            return _layer(config, rope, x, p, positions, segment_ids)[0], None
 
         x_BxTxH, _ = jax.lax.scan(_remat(step, config.remat), x_BxTxH, params["layers"])
     else:
@@ -251,7 +257,7 @@ def hidden_states(config: LlamaConfig, params: dict, tokens: jax.Array, segment_
 
         def step(x, layer_in):
             p, k, v = layer_in
-            return _layer(config, inv_freq, x, p, positions, None, (k, v, mask_BxTxS))
+            return _layer(config, rope, x, p, positions, None, (k, v, mask_BxTxS))
 
         x_BxTxH, (k_LxBxTxKxDh, v_LxBxTxKxDh) = jax.lax.scan(
             step, x_BxTxH, (params["layers"], cache["k"], cache["v"]))
