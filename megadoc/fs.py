@@ -87,23 +87,50 @@ def write_bytes(path: str, data: bytes) -> None:
     if is_gcs(path):
         gcs.write_bytes(path, data)
         return
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix="-" + os.path.basename(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
+    with _local_temp(path) as tmp:
+        with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+
+
+def write_text(path: str, text: str) -> None:
+    write_bytes(path, text.encode("utf-8"))
+
+
+def put_file(local_path: str, path: str) -> None:
+    """Publishes a finished local file (e.g. a large safetensors written with a local library) at
+    `path`, atomically like write_bytes, without loading it into memory."""
+    if is_gcs(path):
+        gcs.upload_file(local_path, path)
+        return
+    with _local_temp(path) as tmp:
+        shutil.copyfile(local_path, tmp)
+
+
+def get_file(path: str, local_path: str) -> None:
+    """Copies `path` to a local file (for libraries that need one, e.g. to mmap), atomically."""
+    with _local_temp(local_path) as tmp:
+        if is_gcs(path):
+            gcs.download_file(path, tmp)
+        else:
+            shutil.copyfile(path, tmp)
+
+
+@contextlib.contextmanager
+def _local_temp(path: str) -> Iterator[str]:
+    """A temp file name beside local `path`, renamed onto it when the block succeeds."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix="-" + os.path.basename(path))
+    os.close(fd)
+    try:
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
         raise
-
-
-def write_text(path: str, text: str) -> None:
-    write_bytes(path, text.encode("utf-8"))
 
 
 @contextlib.contextmanager

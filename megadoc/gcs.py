@@ -199,6 +199,15 @@ def write_bytes(path: str, data: bytes) -> None:
     retrying(path, lambda: blob(path).upload_from_string(data, retry=None))
 
 
+def upload_file(local_path: str, path: str) -> None:
+    """One object from a local file (resumable in 100 MiB chunks when large; a retry restarts it)."""
+    retrying(path, lambda: blob(path).upload_from_filename(local_path, retry=None))
+
+
+def download_file(path: str, local_path: str) -> None:
+    retrying(path, lambda: blob(path).download_to_filename(local_path, retry=None))
+
+
 def is_object(path: str) -> bool:
     bucket, key = split(path)
     if not key:

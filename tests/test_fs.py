@@ -169,3 +169,18 @@ def test_streaming_read_fetches_whole_chunks(gcs_server, monkeypatch):
         with fs.open_read(path) as f:
             assert f.read() == b"x" * 10_500
         assert len(proxy.requests) <= 1 + 11  # metadata, then one GET per chunk
+
+
+def test_put_file_and_get_file(root, tmp_path):
+    local = tmp_path / "model.safetensors"
+    local.write_bytes(b"w" * 5000)
+    path = fs.join(root, "hf", "model.safetensors")
+    fs.put_file(str(local), path)
+    assert fs.read_bytes(path) == b"w" * 5000
+    copy = tmp_path / "cache" / "copy.safetensors"
+    fs.get_file(path, str(copy))
+    assert copy.read_bytes() == b"w" * 5000
+    assert sorted(p.name for p in copy.parent.iterdir()) == ["copy.safetensors"]
+    with pytest.raises(FileNotFoundError):
+        fs.get_file(fs.join(root, "missing"), str(tmp_path / "cache" / "m"))
+    assert sorted(p.name for p in copy.parent.iterdir()) == ["copy.safetensors"]  # no temp left
