@@ -5,10 +5,10 @@
 
 Or, in a test module, the session fixture (one server per pytest process, started on first use):
 
-    from tests.gcs_server import gcs  # noqa: F401  (pytest finds the fixture by name)
+    from gcs_server import gcs_server  # noqa: F401  (pytest finds the fixture by name)
 
-    def test_x(gcs):
-        path = gcs.fresh_path()          # gs://megadoc-test/<unique>/, empty
+    def test_x(gcs_server):
+        root = gcs_server.fresh_path()   # gs://megadoc-test/<unique>, empty
 
 The server runs as a subprocess bound to 127.0.0.1 on a free port. Every wait is bounded, and
 the process is stopped at exit even when a test fails. `STORAGE_EMULATOR_HOST` points the
@@ -213,17 +213,19 @@ class GcsServer:
         return f"gs://{bucket}/t{os.getpid()}-{next(self._names)}"
 
 
+_session_server: GcsServer | None = None
+
+
 @pytest.fixture(scope="session")
 def gcs_server():
-    """The session's in-memory emulator with bucket `megadoc-test`; env set while it lives."""
-    with GcsServer() as server:
-        yield server
-
-
-@pytest.fixture
-def gcs(gcs_server):
-    """The session server, for one test; `gcs.fresh_path()` gives an unused gs:// prefix."""
-    return gcs_server
+    """The session's in-memory emulator with bucket `megadoc-test`; env set while it lives.
+    Each test module that imports this fixture gets its own fixture definition from pytest,
+    so the server is a module-level singleton: one process per session all the same."""
+    global _session_server
+    if _session_server is None:
+        _session_server = GcsServer().start()
+    yield _session_server
+    _session_server.close()
 
 
 class FaultProxy:
