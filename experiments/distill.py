@@ -13,6 +13,7 @@ experiments.train.
 from __future__ import annotations
 
 import dataclasses
+import sys
 
 from absl import app, flags
 
@@ -35,7 +36,8 @@ flags.DEFINE_integer("microbatches", None, "gradient-accumulation slices per ste
                      flag_values=FLAGS)
 flags.DEFINE_list("mesh", ["1", "-1", "1"], "mesh shape data,fsdp,tensor (-1: remaining devices)", flag_values=FLAGS)
 flags.DEFINE_multi_string("val", [], "NAME=STORE validation set, evaluated at the end", flag_values=FLAGS)
-flags.DEFINE_integer("checkpoint_every_steps", 0, "checkpoint every N steps (0 = at the end only)", flag_values=FLAGS)
+flags.DEFINE_integer("checkpoint_every_steps", 200, "checkpoint every N steps (0 = at the end and on "
+                     "SIGTERM only)", flag_values=FLAGS)
 flags.DEFINE_integer("log_every", 10, "progress line every N steps", flag_values=FLAGS)
 
 
@@ -74,7 +76,9 @@ def main(argv):
 
     cfg = build_config()
     teacher_config, teacher = load_members(list(cfg.teacher))
-    distill.distill(cfg, teacher_config, teacher)
+    summary = distill.distill(cfg, teacher_config, teacher)
+    if summary["status"] == "preempted":
+        sys.exit(143)  # 128 + SIGTERM, as experiments.train: a preempted, resumable job
 
 
 def parse_flags(argv):

@@ -150,30 +150,41 @@ def distill(cfg: DistillConfig, teacher_config: llama.LlamaConfig, teacher_stack
     writer.truncate_after(start)
     seq_len = real.seq_len
     tokens_per_step = cfg.data.global_batch * seq_len
-    k = ensemble.num_members(teacher_stacked)
+    members = ensemble.num_members(teacher_stacked)
     flops_per_step = tokens_per_step * (metrics.flops_per_token(cfg.model, seq_len)
-                                        + k * metrics.flops_per_token(teacher_config, seq_len) / 3)
+                                        + members * metrics.flops_per_token(teacher_config, seq_len) / 3)
     peak = metrics.total_peak_flops()
     step_fn = _make_step(cfg, teacher_config, optimizer, lr, state_sh, teacher_sh, mesh)
     loader = loader_lib.BatchLoader(schedule, real, synthetic, mesh, start_step=start)
+    stop = loop_lib._Stop()  # SIGTERM (preemption): save and exit, as the trainer does
     t_last = time.perf_counter()
-    for batch_index, batch in loader:
-        state, out = step_fn(state, teacher, batch, batch_index)
-        step = batch_index + 1
-        out = jax.device_get(out)
-        now = time.perf_counter()
-        dt, t_last = now - t_last, now
-        if not (math.isfinite(out["loss"]) and math.isfinite(out["kl"])):
-            raise FloatingPointError(f"distillation loss is {out['loss']} (KL {out['kl']}) at step {step}")
-        writer.write({"step": step, **{k: float(v) for k, v in out.items()},
-                      "tokens_per_s": tokens_per_step / dt, "mfu": flops_per_step / dt / peak})
-        if step == num_steps or (cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0):
-            writer.flush()
-            checkpoint.save(mgr, state, run, loader.get_state())
-        if step == num_steps:
-            break
-    mgr.wait_until_finished()
-    mgr.close()
+    try:
+        for batch_index, batch in loader:
+            state, out = step_fn(state, teacher, batch, batch_index)
+            step = batch_index + 1
+            out = jax.device_get(out)
+            now = time.perf_counter()
+            dt, t_last = now - t_last, now
+            if not (math.isfinite(out["loss"]) and math.isfinite(out["kl"])):
+                raise FloatingPointError(f"distillation loss is {out['loss']} (KL {out['kl']}) at step {step}")
+            writer.write({"step": step, **{name: float(v) for name, v in out.items()},
+                          "tokens_per_s": tokens_per_step / dt, "mfu": flops_per_step / dt / peak})
+            preempted = stop(step)
+            if (step == num_steps or preempted
+                    or (cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0)):
+                writer.flush()
+                checkpoint.save(mgr, state, run, loader.get_state())
+            if preempted:
+                mgr.wait_until_finished()
+                print(f"[distill] SIGTERM: saved checkpoint at step {step}; exiting", flush=True)
+                return {"status": "preempted", "step": step}
+            if step == num_steps:
+                break
+    finally:
+        stop.close()
+        writer.flush()
+        mgr.wait_until_finished()
+        mgr.close()
     evaluator = evaluate.Evaluator(cfg.model, mesh, cfg.eval_batch_size or cfg.data.global_batch)
     evals = {name: evaluator(state["params"], s) for name, s in val.items()}
     if evals:
@@ -181,6 +192,6 @@ def distill(cfg: DistillConfig, teacher_config: llama.LlamaConfig, teacher_stack
         print("[distill] eval: " + ", ".join(f"{n} {v:.4f}" for n, v in evals.items()), flush=True)
     writer.flush()
     summary = {"status": "finished", "config": run, "final_step": num_steps, "eval": evals,
-               "teacher_members": k, "num_params": llama.num_params(cfg.model)}
+               "teacher_members": members, "num_params": llama.num_params(cfg.model)}
     checkpoint.save_json(fs.join(cfg.workdir, "summary.json"), summary)
     return summary
