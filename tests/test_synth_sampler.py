@@ -113,6 +113,12 @@ def test_prompt_filling_the_context_is_an_error_not_a_truncation(model):
         sampler.generate(config, params, [[1] * 128], max_new_tokens=4)
 
 
+def test_generation_stops_at_the_end_of_the_context(model):
+    config, params, _ = model
+    [out] = sampler.generate(config, params, [[1] * 125], max_new_tokens=MAX_NEW, temperature=0.0)
+    assert len(out) == 3  # positions 125, 126, 127: the last slots of a 128-token context
+
+
 def test_kv_cache_bytes_per_token_match_the_formula(model):
     config, _, _ = model
     cache = llama.init_cache(config, 2, 16)

@@ -299,7 +299,11 @@ class Sampler:
                 if exhausted and not pending:
                     return
                 continue
-            refill_at = self.refill_at if (pending or not exhausted) else self.batch_size + 1
+            # Leave the decode loop to refill once enough slots are free for the work left.
+            if not exhausted:
+                refill_at = self.refill_at
+            else:
+                refill_at = min(self.refill_at, pending_samples) or self.batch_size + 1
             self._state = self._call(_decode, self.config, self.settings, self.mesh, self.params,
                                      self._state, self.steps_per_sync, refill_at)
             yield from self._harvest(occupant)
