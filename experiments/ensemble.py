@@ -71,7 +71,10 @@ def train_members(workdirs: list[str], train_flags: str, seed: int) -> None:
 
 
 def load_members(workdirs: list[str]):
-    """(model config, stacked params); every member must have the same config."""
+    """(model config, stacked params on the host); every member must have the same config."""
+    import jax
+    import numpy as np
+
     from megadoc.analysis import ensemble
     from megadoc.train import checkpoint
 
@@ -82,7 +85,7 @@ def load_members(workdirs: list[str]):
             raise ValueError(f"ensemble member {workdir}: model config {config} differs from "
                              f"{workdirs[0]}: {configs[0]}")
         configs.append(config)
-        params.append(p)
+        params.append(jax.tree.map(np.asarray, p))  # to host: K members never share one device
     return configs[0], ensemble.stack_params(params, names=workdirs)
 
 

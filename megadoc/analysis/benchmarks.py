@@ -174,7 +174,9 @@ def token_loglikelihoods(config: llama.LlamaConfig, params, pairs: Sequence[tupl
         seqs.append(([prefix_token] + list(ctx) + list(cont))[-(max_len + 1):])
     order = sorted(range(len(pairs)), key=lambda i: -len(seqs[i]))
     out = np.zeros(len(pairs), np.float64)
-    if mesh is not None:
+    if mesh is None:
+        params = jax.device_put(params)
+    else:
         params = jax.device_put(params, sharding.param_shardings(config, mesh) if ensemble_average is None
                                 else ensemble.stacked_shardings(config, mesh))
         shards = mesh.shape["data"] * mesh.shape["fsdp"]

@@ -22,7 +22,7 @@ AVERAGES = ("logits", "probs")
 
 
 def stack_params(members: Sequence[dict], names: Sequence[str] | None = None) -> dict:
-    """One param tree whose leaves carry a leading [K] member axis."""
+    """One param tree (host numpy) whose leaves carry a leading [K] member axis."""
     if not members:
         raise ValueError("an ensemble needs at least one member")
     names = list(names) if names is not None else [f"member {i}" for i in range(len(members))]
@@ -37,7 +37,9 @@ def stack_params(members: Sequence[dict], names: Sequence[str] | None = None) ->
                     f"ensemble member {name!r}: tensor {key} has shape "
                     f"{got.get(key, 'missing')}, but {names[0]!r} has {ref.get(key, 'missing')}"
                 )
-    return jax.tree.map(lambda *xs: jnp.stack(xs), *members)
+    # Stacked on the host: the caller places the K-fold tree straight into its sharding
+    # (`stacked_shardings`), never whole on one device.
+    return jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *members)
 
 
 def num_members(stacked: dict) -> int:
