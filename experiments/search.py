@@ -6,7 +6,7 @@ until the best point's one-step neighbours are all run and none is better.
         --train_flags="--preset=300m --real=gs://b/stores/real --synthetic=gs://b/stores/stitched \
                        --val=iid=gs://b/stores/val"
 
-Runs go one after another, each in <root>/<point>; every finished run is appended to
+Runs go one after another (or --parallel at once), each in <root>/<point>; every finished run is appended to
 <root>/results.jsonl, so rerunning the command resumes the search (and an interrupted training
 run resumes from its own checkpoint). Writes <root>/search.json and <root>/search.png.
 """
@@ -26,6 +26,8 @@ flags.DEFINE_string("start", None, "the first guess, NAME=VALUE,... for every ax
 flags.DEFINE_string("root", None, "directory for the runs and results (local or gs://)", flag_values=FLAGS)
 flags.DEFINE_string("val_set", "iid", "the --val NAME whose final loss is minimised", flag_values=FLAGS)
 flags.DEFINE_string("train_flags", "", "flags passed to every experiments.train run", flag_values=FLAGS)
+flags.DEFINE_integer("parallel", 1, "training runs at once (each neighbour of the best point is one run)",
+                     flag_values=FLAGS)
 
 
 def _number(text: str):
@@ -55,11 +57,11 @@ def parse_point(text: str) -> dict:
     return point
 
 
-def run_search(grid, start: dict, root: str, launcher) -> dict:
+def run_search(grid, start: dict, root: str, launcher, parallel: int = 1) -> dict:
     from megadoc import fs
     from megadoc.analysis import plots, search
 
-    result = search.search(grid, start, launcher, fs.join(root, "results.jsonl"))
+    result = search.search(grid, start, launcher, fs.join(root, "results.jsonl"), parallel)
     summary = {"best": result.best, "best_loss": result.best_loss, "certified": True,
                "runs": len(result.results), "grid": {name: list(v) for name, v in grid.axes}}
     fs.write_text(fs.join(root, "search.json"), json.dumps(summary, indent=1) + "\n")
@@ -77,7 +79,7 @@ def main(argv):
         raise app.UsageError("--root and --start are required")
     grid = build_grid(FLAGS.grid, FLAGS.axis)
     launcher = search.TrainLauncher(FLAGS.root, tuple(shlex.split(FLAGS.train_flags)), FLAGS.val_set)
-    run_search(grid, parse_point(FLAGS.start), FLAGS.root, launcher)
+    run_search(grid, parse_point(FLAGS.start), FLAGS.root, launcher, FLAGS.parallel)
 
 
 def parse_flags(argv):

@@ -134,7 +134,7 @@ def test_search_experiment_parses_the_grid_and_writes_its_summary(tmp_path):
     def objective(p):  # best at lr=1e-3, wd=0.8, epochs=4
         return abs(math.log10(p["lr"]) + 3) + abs(p["weight_decay"] - 0.8) + abs(p["epochs"] - 4)
 
-    summary = search_exp.run_search(grid, start, str(tmp_path), objective)
+    summary = search_exp.run_search(grid, start, str(tmp_path), objective, parallel=2)
     assert summary["best"] == {"lr": 1e-3, "weight_decay": 0.8, "epochs": 4} and summary["certified"]
     assert (tmp_path / "search.png").exists() and (tmp_path / "results.jsonl").exists()
     with pytest.raises(Exception, match="NAME=V1"):

@@ -3,6 +3,8 @@ import json
 import math
 import os
 import subprocess
+import threading
+import time
 
 import pytest
 
@@ -47,6 +49,28 @@ def test_search_finds_the_known_optimum_running_each_point_once(tmp_path):
     assert result.new_runs == sum(run.calls.values()) == len(result.results)
     assert len(result.results) < 3 * 4 * 6 * 3 // 2  # far from exhaustive
     assert_certified(result)
+
+
+def test_parallel_search_runs_neighbours_together_and_ends_at_the_same_point(tmp_path):
+    lock, running, peak = threading.Lock(), [0], [0]
+    run = Counting(bowl)
+
+    def slow(point):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.01)
+        loss = run(point)
+        with lock:
+            running[0] -= 1
+        return loss
+
+    result = search.search(GRID, START, slow, str(tmp_path / "r.jsonl"), parallel=4)
+    sequential = search.search(GRID, START, bowl, str(tmp_path / "s.jsonl"))
+    assert result.best == sequential.best == OPTIMUM
+    assert max(run.calls.values()) == 1 and len(run.calls) == len(sequential.results)
+    assert peak[0] > 1
+    assert len(search.load_results(str(tmp_path / "r.jsonl"))) == len(run.calls)
 
 
 def test_search_stops_at_a_local_optimum_not_the_global_one(tmp_path):

@@ -5,15 +5,18 @@ best point so far; move to the best; repeat. The search stops when every neighbo
 point has been run and none is better: that point is *certified* locally optimal, as in the
 papers. Every finished run is appended to a JSONL file, so a restarted search re-runs nothing.
 The launcher is any callable `run(point) -> loss`; `TrainLauncher` runs `experiments.train`.
+Neighbours may run concurrently (`parallel`), e.g. one cluster job each.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import json
 import math
 import os
 import subprocess
 import sys
+import threading
 import time
 from typing import Callable, Mapping
 
@@ -103,11 +106,13 @@ def load_results(path: str) -> list[tuple[Point, float]]:
 
 
 def search(
-    grid: Grid, start: Mapping, run: Callable[[Point], float], results_path: str
+    grid: Grid, start: Mapping, run: Callable[[Point], float], results_path: str, parallel: int = 1
 ) -> SearchResult:
     """Hill-climb to a certified local optimum, running each grid point at most once ever.
 
-    Returns only once the best point is certified: all its neighbours run, none better.
+    Up to `parallel` untried neighbours run at once (for a launcher that submits one cluster job
+    per call and waits for it). Returns only once the best point is certified: all its
+    neighbours run, none better.
     """
     start_index = grid.index(start)
     losses: dict[tuple[int, ...], float] = {}
@@ -124,27 +129,37 @@ def search(
     if resumed:
         print(f"[search] resuming: {resumed} finished runs in {results_path}", flush=True)
 
-    def ensure(index):
-        if index in losses:
-            return
+    lock = threading.Lock()
+
+    def run_one(index):
         point = grid.point(index)
-        print(f"[search] run {len(losses) + 1}: {point}", flush=True)
+        print(f"[search] run: {point}", flush=True)
         loss = float(run(point))
         row = {"point": point, "loss": loss if math.isfinite(loss) else None, "time": time.time()}
-        fs.append_text(results_path, json.dumps(row) + "\n")
-        losses[index] = loss if math.isfinite(loss) else math.inf
-        order.append(index)
-        print(f"[search]   loss {loss:.5f}", flush=True)
+        with lock:
+            fs.append_text(results_path, json.dumps(row) + "\n")
+            losses[index] = loss if math.isfinite(loss) else math.inf
+            order.append(index)
+            print(f"[search]   {point}: loss {loss:.5f} ({len(order)} runs)", flush=True)
+
+    def ensure(indices):
+        todo = [i for i in indices if i not in losses]
+        if parallel == 1 or len(todo) <= 1:
+            for i in todo:
+                run_one(i)
+            return
+        with concurrent.futures.ThreadPoolExecutor(parallel) as pool:
+            for future in [pool.submit(run_one, i) for i in todo]:
+                future.result()
 
     # Replaying from the start through the stored results retraces the uninterrupted path
     # exactly, so a resumed search ends where an uninterrupted one would. Moves strictly lower
     # the loss (ties keep the current point), so the search ends on a finite grid.
     best = start_index
-    ensure(best)
+    ensure([best])
     while True:
         candidates = [best] + grid.neighbours(best)
-        for n in candidates:
-            ensure(n)
+        ensure(candidates)
         new_best = min(candidates, key=lambda i: losses[i])
         if new_best == best:
             break
