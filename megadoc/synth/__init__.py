@@ -1,0 +1,8 @@
+"""Synthetic text from real documents with a generator LLM.
+
+prompts.py + templates/  prompt templates and the Llama 3 chat format
+split.py                 latent-thought split points
+sampler.py               KV-cache sampler (continuous batching, on-device decode loop)
+generator.py             a generator loaded from a Hugging Face directory
+job.py                   the sharded, resumable job behind `python -m experiments.synthesize`
+"""

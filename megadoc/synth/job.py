@@ -154,13 +154,12 @@ def run(cfg: JobConfig) -> dict:
         raise ValueError(f"process_id {process_index} outside [0, {process_count})")
     method = RECORD_METHOD[cfg.method]
     template = prompts.load_template(cfg.template or prompts.builtin_template(method), method)
-    mesh = sharding.make_mesh(tensor=cfg.tensor_parallel, devices=jax.local_devices())
-    gen = generator_lib.load(cfg.generator, mesh)
-    max_new = cfg.max_new_tokens or PAPER_MAX_NEW_TOKENS[cfg.method]
-
     bad = docs_lib.BadRecords()
     num_docs = sum(1 for _ in docs_lib.read_docs(cfg.docs, bad))
     num_shards = math.ceil(num_docs / cfg.shard_size)
+    mesh = sharding.make_mesh(tensor=cfg.tensor_parallel, devices=jax.local_devices())
+    gen = generator_lib.load(cfg.generator, mesh)
+    max_new = cfg.max_new_tokens or PAPER_MAX_NEW_TOKENS[cfg.method]
     fs.makedirs(fs.join(cfg.output, "_job"))
     _check_job_config(fs.join(cfg.output, "_job", "config.json"), {
         "method": cfg.method, "generator": gen.name, "template": template.name, "seed": cfg.seed,
@@ -220,7 +219,7 @@ def run(cfg: JobConfig) -> dict:
     summary = _summary(cfg.output, num_shards, {
         "process_index": process_index, "shards_written_now": len(shards.written),
         "elapsed_s": round(time.time() - start, 1),
-        "tokens_per_s_now": round(progress.tokens_per_s(), 1),
+        "generated_tokens_per_s_now": round(progress.tokens_per_s(), 1),
         "bad_input_records": bad.as_dict()})
     fs.write_text(fs.join(cfg.output, "summary.json"), json.dumps(summary, indent=1))
     print("[synth] summary " + json.dumps(summary), flush=True)
