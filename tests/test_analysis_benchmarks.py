@@ -90,10 +90,11 @@ class ByteTokenizer:
         return list(text.encode("utf-8"))
 
 
-def test_encode_pair_moves_trailing_spaces_to_the_continuation():
+def test_encode_pair_moves_trailing_whitespace_to_the_continuation():
     tok = ByteTokenizer()
     assert benchmarks.encode_pair(tok, "Answer: ", "yes") == (list(b"Answer:"), list(b" yes"))
     assert benchmarks.encode_pair(tok, "Q:", " no") == (list(b"Q:"), list(b" no"))
+    assert benchmarks.encode_pair(tok, "Q:\n ", "no") == (list(b"Q:"), list(b"\n no"))
 
 
 def test_batched_model_scores_equal_a_per_example_computation():

@@ -129,10 +129,10 @@ def score(questions: Sequence[Question], loglikelihood: LogLikelihood) -> dict:
 
 
 def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
-    """Tokens of context and continuation, split as lm-eval does: trailing spaces of the context
-    move to the continuation, and the continuation is what encoding the whole adds after the
-    context, so a token spanning the boundary is not double counted."""
-    stripped = context.rstrip(" ")
+    """Tokens of context and continuation, split as lm-eval does: trailing whitespace of the
+    context moves to the continuation, and the continuation is what encoding the whole adds after
+    the context, so a token spanning the boundary is not double counted."""
+    stripped = context.rstrip()
     continuation = context[len(stripped):] + continuation
     context_ids = tokenizer.encode(stripped)
     whole = tokenizer.encode(stripped + continuation)
