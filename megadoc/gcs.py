@@ -25,6 +25,7 @@ import threading
 import time
 from typing import Callable, TypeVar
 
+import fsspec.config
 import requests
 import urllib3
 from google.api_core import exceptions as api_exceptions
@@ -38,6 +39,11 @@ DELETE_THREADS = 8  # under the HTTP session pool size (10), which warns beyond 
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+# orbax reaches gs:// through etils.epath -> fsspec -> gcsfs, whose directory-listing cache never
+# expires: a process would not see checkpoints that another process (the trainer) wrote after its
+# first listing. A default only: an explicit fsspec setting wins.
+fsspec.config.conf.setdefault("gs", {}).setdefault("use_listings_cache", False)
 
 
 class StorageError(OSError):

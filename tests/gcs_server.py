@@ -34,6 +34,7 @@ import urllib.request
 import pytest
 
 BUCKET = "megadoc-test"
+_names = itertools.count()
 START_TIMEOUT_S = 30.0
 
 ENV_KEYS = ("STORAGE_EMULATOR_HOST", "TENSORSTORE_GCS_HTTP_URL", "GOOGLE_AUTH_TOKEN_FOR_TESTING",
@@ -94,7 +95,6 @@ class GcsServer:
         self._proc: subprocess.Popen | None = None
         self._log = tempfile.NamedTemporaryFile(prefix="gcs-emulator-", suffix=".log", delete=False)
         self._saved_env: dict[str, str | None] | None = None
-        self._names = itertools.count()
         self._atexit = False
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -209,8 +209,9 @@ class GcsServer:
                 raise
 
     def fresh_path(self, bucket: str = BUCKET) -> str:
-        """A gs:// prefix no other test has used in this server's life."""
-        return f"gs://{bucket}/t{os.getpid()}-{next(self._names)}"
+        """A gs:// prefix no other test of this process has used, on any server (so no cache
+        keyed by path, e.g. gcsfs's, can mix up two servers)."""
+        return f"gs://{bucket}/t{os.getpid()}-{next(_names)}"
 
 
 _session_server: GcsServer | None = None

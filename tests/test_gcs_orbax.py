@@ -1,4 +1,6 @@
 """orbax checkpoints on gs:// (the emulator): etils.epath -> gcsfs for files, tensorstore for arrays."""
+import threading
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -6,8 +8,8 @@ import orbax.checkpoint as ocp
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from gcs_server import FaultProxy, gcs_server  # noqa: F401  (session fixture)
-from megadoc import fs
+from gcs_server import FaultProxy, GcsServer, gcs_server  # noqa: F401  (session fixture)
+from megadoc import fs, gcs
 
 
 @pytest.fixture(params=["local", "gcs"])
@@ -84,3 +86,51 @@ def test_save_survives_transient_failures(gcs_server):
         restored = mgr.restore(7, args=ocp.args.StandardRestore(
             jax.tree.map(ocp.utils.to_shape_dtype_struct, _state(0, mesh))))
     np.testing.assert_array_equal(restored["params"]["w"], np.arange(32.0).reshape(8, 4) * 7)
+
+
+def test_save_bridges_a_server_outage(tmp_path):
+    """The server is down when a save starts and back a second later (same port, objects kept):
+    the save completes and restores; the previous checkpoint is untouched."""
+    mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    with GcsServer(data_dir=str(tmp_path / "disk")) as server:
+        ckpt = fs.join(server.fresh_path(), "ckpt")
+        with ocp.CheckpointManager(ckpt) as mgr:
+            mgr.save(1, args=ocp.args.StandardSave(_state(1, mesh)))
+            mgr.wait_until_finished()
+            server.stop()
+            restart = threading.Timer(1.0, server.start)
+            restart.start()
+            try:
+                mgr.save(2, args=ocp.args.StandardSave(_state(2, mesh)))
+                mgr.wait_until_finished()
+            finally:
+                restart.join()
+        target = jax.tree.map(ocp.utils.to_shape_dtype_struct, _state(0, mesh))
+        with ocp.CheckpointManager(ckpt) as mgr:
+            assert mgr.all_steps() == [1, 2]
+            for step in (1, 2):
+                restored = mgr.restore(step, args=ocp.args.StandardRestore(target))
+                np.testing.assert_array_equal(restored["params"]["w"],
+                                              np.arange(32.0).reshape(8, 4) * step)
+
+
+def test_a_new_manager_sees_steps_written_by_another_process(gcs_server):
+    """gcsfs caches listings forever unless told otherwise (megadoc.gcs sets the default): an
+    evaluator must see the trainer's new steps. The "other process" here writes through the
+    google-cloud-storage client, which gcsfs's cache knows nothing about."""
+    mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    root = gcs_server.fresh_path()
+    ckpt, elsewhere = fs.join(root, "ckpt"), fs.join(root, "elsewhere")
+    for directory, step in ((ckpt, 1), (elsewhere, 2)):
+        with ocp.CheckpointManager(directory) as mgr:
+            mgr.save(step, args=ocp.args.StandardSave(_state(step, mesh)))
+            mgr.wait_until_finished()
+    with ocp.CheckpointManager(ckpt) as mgr:
+        assert mgr.all_steps() == [1]
+    for src in gcs.list_recursive(fs.join(elsewhere, "2")):
+        fs.write_bytes(ckpt + src[len(elsewhere):], fs.read_bytes(src))
+    with ocp.CheckpointManager(ckpt) as mgr:
+        assert mgr.all_steps() == [1, 2]
+        restored = mgr.restore(2, args=ocp.args.StandardRestore(
+            jax.tree.map(ocp.utils.to_shape_dtype_struct, _state(0, mesh))))
+    np.testing.assert_array_equal(restored["params"]["w"], np.arange(32.0).reshape(8, 4) * 2)
