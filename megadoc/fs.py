@@ -65,10 +65,12 @@ def listdir(path: str) -> list[str]:
 
 def glob(pattern: str) -> list[str]:
     """Paths matching a pattern whose wildcards are in the last path component only, sorted."""
-    base, _, name_pat = str(pattern).rpartition("/")
+    base, slash, name_pat = str(pattern).rpartition("/")
     if any(c in base for c in "*?["):
         raise ValueError(f"{pattern}: wildcards are supported in the last component only")
-    return [join(base, n) for n in listdir(base) if fnmatch.fnmatch(n, name_pat)]
+    base = base or slash  # "/x*" lists "/", "x*" lists the working directory
+    return [join(base, n) if base else n for n in listdir(base or ".")
+            if fnmatch.fnmatch(n, name_pat)]
 
 
 def read_bytes(path: str) -> bytes:

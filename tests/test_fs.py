@@ -1,4 +1,5 @@
 """megadoc.fs behaves the same on a local directory and on gs:// (a real emulator on loopback)."""
+import os
 import threading
 
 import pytest
@@ -184,3 +185,11 @@ def test_put_file_and_get_file(root, tmp_path):
     with pytest.raises(FileNotFoundError):
         fs.get_file(fs.join(root, "missing"), str(tmp_path / "cache" / "m"))
     assert sorted(p.name for p in copy.parent.iterdir()) == ["copy.safetensors"]  # no temp left
+
+
+def test_glob_relative_to_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    fs.write_text("a.jsonl", "")
+    fs.write_text("sub/b.jsonl", "")
+    assert fs.glob("*.jsonl") == ["a.jsonl"]
+    assert fs.glob("sub/*.jsonl") == [os.path.join("sub", "b.jsonl")]
