@@ -77,6 +77,10 @@ main(sys.argv[1:])
 """
 
 
+class _PortTaken(RuntimeError):
+    pass
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -90,6 +94,7 @@ class GcsServer:
     def __init__(self, buckets=(BUCKET,), *, port: int | None = None, data_dir: str | None = None):
         self.buckets = tuple(buckets)
         self.port = port or free_port()
+        self._port_fixed = port is not None
         self.data_dir = data_dir
         self.url = f"http://127.0.0.1:{self.port}"
         self._proc: subprocess.Popen | None = None
@@ -101,6 +106,22 @@ class GcsServer:
     def start(self) -> "GcsServer":
         if self._proc is not None:
             return self
+        for attempt in range(3):
+            try:
+                self._launch()
+                break
+            except _PortTaken:
+                if self._port_fixed or attempt == 2:
+                    raise
+                self.port = free_port()  # another process took it between probe and bind
+                self.url = f"http://127.0.0.1:{self.port}"
+        self._port_fixed = True  # a restart must come back where clients expect it
+        self._set_env()
+        return self
+
+    def _launch(self) -> None:
+        self._log.seek(0)
+        self._log.truncate()  # the log of this process only
         cmd = [sys.executable, "-c", _SERVE]
         if self.data_dir:
             cmd += ["--data-dir", os.path.abspath(self.data_dir)]
@@ -119,8 +140,6 @@ class GcsServer:
         except BaseException:
             self.stop()
             raise
-        self._set_env()
-        return self
 
     def stop(self) -> None:
         """Stops the process (terminate, then kill after 5 s); the env stays set until close()."""
@@ -149,8 +168,11 @@ class GcsServer:
     def _wait_until_up(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
+            log = self.log()
+            if "Address already in use" in log:  # its server thread died; the process lingers
+                raise _PortTaken(log)
             if self._proc.poll() is not None:
-                raise RuntimeError(f"gcs emulator exited with {self._proc.returncode}: {self.log()}")
+                raise RuntimeError(f"gcs emulator exited with {self._proc.returncode}: {log}")
             try:
                 with urllib.request.urlopen(self.url + "/", timeout=2) as r:
                     if r.status == 200:
