@@ -14,6 +14,7 @@ import jax
 import numpy as np
 import pytest
 
+from megadoc.data import docs as docs_lib
 from megadoc.data import tokenizer as tokenizer_lib
 from megadoc.models import hf, llama
 from megadoc.synth import job, split
@@ -57,6 +58,7 @@ def _docs(path, n=7):
         docs[4]["text"] = " ".join(SENTENCES * 8)  # longer than the generator's context
     with open(path, "w") as f:
         f.writelines(json.dumps(d) + "\n" for d in docs)
+        f.write('{"id": "broken", "text": \n')  # malformed: counted, reported, skipped
     return str(path)
 
 
@@ -101,6 +103,7 @@ def test_rephrase_records_follow_the_schema_with_explicit_reasons(rephrased):
     assert per_doc["doc0"][0]["text"] != per_doc["doc0"][1]["text"]
     counts = collections.Counter(r["finish_reason"] for r in records)
     assert summary["finish_reason"] == dict(counts) and summary["records"] == 14
+    assert summary["bad_input_records"]["counts"] == {"malformed_json": 1}
     with open(os.path.join(cfg.output, "summary.json")) as f:
         assert json.load(f)["shards_done"] == summary["shards_total"] == 3
 
@@ -122,8 +125,17 @@ def test_restart_with_other_settings_refuses(rephrased):
         job.run(dataclasses.replace(cfg, seed=4))
 
 
-def test_latent_thoughts_through_the_flags(generator_dir, templates, tmp_path):
+def test_latent_thoughts_through_the_flags(generator_dir, templates, tmp_path, monkeypatch):
     from experiments import synthesize
+
+    split_offsets = split.split_offsets
+
+    def fail_on_doc3(tokenizer, text, splits):
+        if text.startswith(SENTENCES[3]):
+            raise RuntimeError("a document that breaks the pipeline")
+        return split_offsets(tokenizer, text, splits)
+
+    monkeypatch.setattr(split, "split_offsets", fail_on_doc3)
 
     docs = _docs(tmp_path / "docs.jsonl", n=4)
     argv = ["synthesize", "--method=latent_thoughts", f"--generator={generator_dir}",
@@ -141,8 +153,7 @@ def test_latent_thoughts_through_the_flags(generator_dir, templates, tmp_path):
     synthesize.main([])
     records = _records(cfg.output)
     tok = tokenizer_lib.load(generator_dir)
-    with open(docs) as f:
-        texts = {d["id"]: d["text"] for d in map(json.loads, f)}
+    texts = {d["id"]: d["text"] for d in docs_lib.read_docs(docs)}
     assert len(records) == 4 * 3
     for doc_id, text in texts.items():
         rs = [r for r in records if r["doc_id"] == doc_id]
@@ -150,8 +161,11 @@ def test_latent_thoughts_through_the_flags(generator_dir, templates, tmp_path):
         assert all(r["method"] == "latent_thought" and r["seed"] == 5 for r in rs)
         if doc_id == "doc2":
             assert {r["finish_reason"] for r in rs} == {"empty_document"}
+        elif doc_id == "doc3":  # one bad document is recorded as such; the others go on
+            assert {r["finish_reason"] for r in rs} == {"error"}
         else:
-            assert [r["offset"] for r in rs] == split.split_offsets(tok, text, 3)
+            assert [r["offset"] for r in rs] == split_offsets(tok, text, 3)
+            assert {r["finish_reason"] for r in rs} <= {"eos", "length"}
     synthesize.FLAGS.unparse_flags()
 
 
