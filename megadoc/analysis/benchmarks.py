@@ -59,7 +59,8 @@ def read_piqa(path: str) -> list[Question]:
         _need(path, lineno, row, {"goal": str, "sol1": str, "sol2": str, "label": int}, layout)
         if row["label"] not in (0, 1):
             raise ValueError(f"{path}:{lineno}: expected {layout}; label is {row['label']}")
-        out.append(Question(f"Question: {row['goal']}\nAnswer:", (row["sol1"], row["sol2"]), row["label"]))
+        context = f"Question: {row['goal']}\nAnswer:"
+        out.append(Question(context, (row["sol1"], row["sol2"]), row["label"]))
     return out
 
 
@@ -70,7 +71,8 @@ def read_sciq(path: str) -> list[Question]:
     out = []
     for lineno, row in _rows(path):
         _need(path, lineno, row, fields, layout)
-        choices = (row["distractor1"], row["distractor2"], row["distractor3"], row["correct_answer"])
+        choices = tuple(row[k] for k in ("distractor1", "distractor2", "distractor3",
+                                         "correct_answer"))
         context = f"{row['support'].lstrip()}\nQuestion: {row['question']}\nAnswer:"
         out.append(Question(context, choices, 3))
     return out
@@ -97,8 +99,10 @@ def read_arc(path: str) -> list[Question]:
                 and all(isinstance(t, str) for t in texts)):
             raise ValueError(f"{path}:{lineno}: expected {layout}; got {json.dumps(row)[:200]}")
         if row["answerKey"] not in labels:
-            raise ValueError(f"{path}:{lineno}: answerKey {row['answerKey']!r} is not one of the labels {labels}")
-        out.append(Question(f"Question: {stem}\nAnswer:", tuple(texts), labels.index(row["answerKey"])))
+            raise ValueError(f"{path}:{lineno}: answerKey {row['answerKey']!r} is not one of the "
+                             f"labels {labels}")
+        label = labels.index(row["answerKey"])
+        out.append(Question(f"Question: {stem}\nAnswer:", tuple(texts), label))
     return out
 
 
@@ -154,8 +158,9 @@ def _bucket(length: int, max_len: int) -> int:
     return min(max(32, 1 << (length - 1).bit_length()), max_len)
 
 
-def token_loglikelihoods(config: llama.LlamaConfig, params, pairs: Sequence[tuple[list[int], list[int]]],
-                         *, prefix_token: int, batch_size: int, mesh=None,
+def token_loglikelihoods(config: llama.LlamaConfig, params,
+                         pairs: Sequence[tuple[list[int], list[int]]], *, prefix_token: int,
+                         batch_size: int, mesh=None,
                          ensemble_average: str | None = None) -> np.ndarray:
     """Summed log-prob of each continuation's tokens after `prefix_token` + its context tokens.
 
@@ -177,8 +182,8 @@ def token_loglikelihoods(config: llama.LlamaConfig, params, pairs: Sequence[tupl
     if mesh is None:
         params = jax.device_put(params)
     else:
-        params = jax.device_put(params, sharding.param_shardings(config, mesh) if ensemble_average is None
-                                else ensemble.stacked_shardings(config, mesh))
+        params = jax.device_put(params, ensemble.stacked_shardings(config, mesh) if ensemble_average
+                                else sharding.param_shardings(config, mesh))
         shards = mesh.shape["data"] * mesh.shape["fsdp"]
         batch_size = -(-batch_size // shards) * shards
     last_log = time.time()
@@ -199,7 +204,8 @@ def token_loglikelihoods(config: llama.LlamaConfig, params, pairs: Sequence[tupl
         batch = (tokens, targets, mask)
         if mesh is not None:
             batch_sh = sharding.batch_sharding(mesh)
-            batch = [jax.make_array_from_callback(x.shape, batch_sh, lambda i, x=x: x[i]) for x in batch]
+            batch = [jax.make_array_from_callback(x.shape, batch_sh, lambda i, x=x: x[i])
+                     for x in batch]
             with jax.set_mesh(mesh):
                 lls = _continuation_logprob(config, ensemble_average, params, *batch)
         else:
@@ -217,8 +223,9 @@ def model_loglikelihood(config: llama.LlamaConfig, params, tokenizer, *, batch_s
 
     def loglikelihood(requests):
         pairs = [encode_pair(tokenizer, ctx, cont) for ctx, cont in requests]
-        return token_loglikelihoods(config, params, pairs, prefix_token=prefix, batch_size=batch_size,
-                                    mesh=mesh, ensemble_average=ensemble_average)
+        return token_loglikelihoods(config, params, pairs, prefix_token=prefix,
+                                    batch_size=batch_size, mesh=mesh,
+                                    ensemble_average=ensemble_average)
 
     return loglikelihood
 
@@ -236,5 +243,6 @@ def evaluate(paths: dict[str, str], loglikelihood: LogLikelihood) -> dict:
         print(f"[benchmarks] {task}: acc {results[task]['acc']:.4f} "
               f"acc_norm {results[task]['acc_norm']:.4f} (n={results[task]['n']})", flush=True)
     if results:
-        results["average"] = {k: float(np.mean([r[k] for r in results.values()])) for k in ("acc", "acc_norm")}
+        results["average"] = {k: float(np.mean([r[k] for r in results.values()]))
+                              for k in ("acc", "acc_norm")}
     return results

@@ -47,7 +47,8 @@ class DistillConfig:
     log_every: int = 10
 
 
-def distill_losses(student_config, student_params, teacher_logits_BxTxV, tokens_BxW, segment_ids_BxW):
+def distill_losses(student_config, student_params, teacher_logits_BxTxV, tokens_BxW,
+                   segment_ids_BxW):
     """(KL(teacher ‖ student), student's next-token loss), each a mean over positions."""
     student_BxTxV = llama.forward(student_config, student_params, tokens_BxW[:, :-1],
                                   segment_ids_BxW[:, :-1])
@@ -59,7 +60,7 @@ def distill_losses(student_config, student_params, teacher_logits_BxTxV, tokens_
 
 
 def _microbatches(x_BxW, m, mesh):
-    """[B, W] → [M, B/M, W], row b to slice b % M, so every slice stays spread over all devices."""
+    """[B, W] → [M, B/M, W], row b to slice b % M: every slice stays spread over all devices."""
     b, w = x_BxW.shape
     x = x_BxW.reshape(b // m, m, w).swapaxes(0, 1)
     spec = jax.sharding.PartitionSpec(None, *sharding.batch_sharding(mesh).spec)
@@ -81,7 +82,8 @@ def _make_step(cfg, teacher_config, optimizer, lr, state_sh, teacher_sh, mesh):
 
     def step_fn(state, teacher, batch, step):
         if cfg.microbatches == 1:
-            (loss, kl, nll), g = grads(state["params"], teacher, batch["tokens"], batch["segment_ids"])
+            (loss, kl, nll), g = grads(state["params"], teacher, batch["tokens"],
+                                       batch["segment_ids"])
         else:
             def accumulate(carry, mb):
                 out, g = grads(state["params"], teacher, *mb)
@@ -101,7 +103,8 @@ def _make_step(cfg, teacher_config, optimizer, lr, state_sh, teacher_sh, mesh):
     batch_sh = sharding.batch_sharding(mesh)
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     jitted = jax.jit(step_fn, donate_argnums=(0,),
-                     in_shardings=(state_sh, teacher_sh, {"tokens": batch_sh, "segment_ids": batch_sh}, replicated),
+                     in_shardings=(state_sh, teacher_sh,
+                                   {"tokens": batch_sh, "segment_ids": batch_sh}, replicated),
                      out_shardings=(state_sh, replicated))
 
     def run(state, teacher, batch, step):
@@ -124,8 +127,9 @@ def distill(cfg: DistillConfig, teacher_config: llama.LlamaConfig, teacher_stack
     real = store_lib.open(cfg.data.real)
     synthetic = store_lib.open(cfg.data.synthetic) if cfg.data.synthetic else None
     val = {name: store_lib.open(path) for name, path in cfg.val}
-    schedule = schedule_lib.MixSchedule(len(real), len(synthetic) if synthetic else 0,
-                                        cfg.data.global_batch, cfg.data.mix, cfg.data.epochs, cfg.data.seed)
+    schedule = schedule_lib.MixSchedule(
+        len(real), len(synthetic) if synthetic else 0, cfg.data.global_batch, cfg.data.mix,
+        cfg.data.epochs, cfg.data.seed)
     num_steps = schedule.num_steps
     mesh = loop_lib.make_mesh(cfg.mesh)
     optimizer = optimizer_lib.make(cfg.optimizer, num_steps)
@@ -142,17 +146,18 @@ def distill(cfg: DistillConfig, teacher_config: llama.LlamaConfig, teacher_stack
         state = state_lib.create(cfg.model, optimizer, mesh, jax.random.key(cfg.data.seed))
         start = 0
     else:
-        checkpoint.check_run(checkpoint.read_run(mgr, start), run, checkpoint.directory(cfg.workdir))
+        where = checkpoint.directory(cfg.workdir)
+        checkpoint.check_run(checkpoint.read_run(mgr, start), run, where)
         state = checkpoint.restore_state(mgr, start, state_lib.abstract(cfg.model, optimizer, mesh))
-        print(f"[distill] resumed from {checkpoint.directory(cfg.workdir)} at step {start}", flush=True)
+        print(f"[distill] resumed from {where} at step {start}", flush=True)
 
     writer = metrics.Writer(cfg.workdir, num_steps, cfg.log_every)
     writer.truncate_after(start)
     seq_len = real.seq_len
     tokens_per_step = cfg.data.global_batch * seq_len
     members = ensemble.num_members(teacher_stacked)
-    flops_per_step = tokens_per_step * (metrics.flops_per_token(cfg.model, seq_len)
-                                        + members * metrics.flops_per_token(teacher_config, seq_len) / 3)
+    teacher_flops = members * metrics.flops_per_token(teacher_config, seq_len) / 3  # forward only
+    flops_per_step = tokens_per_step * (metrics.flops_per_token(cfg.model, seq_len) + teacher_flops)
     peak = metrics.total_peak_flops()
     step_fn = _make_step(cfg, teacher_config, optimizer, lr, state_sh, teacher_sh, mesh)
     loader = loader_lib.BatchLoader(schedule, real, synthetic, mesh, start_step=start)
@@ -166,7 +171,8 @@ def distill(cfg: DistillConfig, teacher_config: llama.LlamaConfig, teacher_stack
             now = time.perf_counter()
             dt, t_last = now - t_last, now
             if not (math.isfinite(out["loss"]) and math.isfinite(out["kl"])):
-                raise FloatingPointError(f"distillation loss is {out['loss']} (KL {out['kl']}) at step {step}")
+                raise FloatingPointError(
+                    f"distillation loss is {out['loss']} (KL {out['kl']}) at step {step}")
             writer.write({"step": step, **{name: float(v) for name, v in out.items()},
                           "tokens_per_s": tokens_per_step / dt, "mfu": flops_per_step / dt / peak})
             preempted = stop(step)

@@ -61,13 +61,14 @@ def ensemble_logits(config: llama.LlamaConfig, stacked: dict, tokens_BxT, segmen
         return jnp.logaddexp(acc_BxTxV, jax.nn.log_softmax(logits_BxTxV, axis=-1)), None
 
     B, T = tokens_BxT.shape
-    init = jnp.full((B, T, config.vocab_size), 0.0 if average == "logits" else -jnp.inf, jnp.float32)
+    empty = 0.0 if average == "logits" else -jnp.inf
+    init = jnp.full((B, T, config.vocab_size), empty, jnp.float32)
     acc_BxTxV, _ = jax.lax.scan(add_member, init, stacked)
     return acc_BxTxV / k if average == "logits" else acc_BxTxV - math.log(k)
 
 
 def token_losses(config, stacked, tokens_BxW, segment_ids_BxW, average="logits"):
-    """Next-token loss of the ensemble per position, fp32 [B, W-1]; windows hold seq_len+1 tokens."""
+    """The ensemble's next-token loss per position, fp32 [B, W-1]; windows hold seq_len+1 tokens."""
     logits_BxTxV = ensemble_logits(config, stacked, tokens_BxW[:, :-1], segment_ids_BxW[:, :-1],
                                    average=average)
     target_BxT = jnp.take_along_axis(logits_BxTxV, tokens_BxW[:, 1:, None], axis=-1)[..., 0]
@@ -101,7 +102,8 @@ def ensemble_loss(config: llama.LlamaConfig, stacked: dict, store, batch_size: i
 
     @jax.jit
     def batch_loss(stacked, tokens_BxW, segment_ids_BxW, weights_B):
-        per_window_B = jnp.mean(token_losses(config, stacked, tokens_BxW, segment_ids_BxW, average), axis=-1)
+        losses_BxT = token_losses(config, stacked, tokens_BxW, segment_ids_BxW, average)
+        per_window_B = jnp.mean(losses_BxT, axis=-1)
         return jnp.sum(per_window_B * weights_B)
 
     total = 0.0
@@ -115,8 +117,9 @@ def ensemble_loss(config: llama.LlamaConfig, stacked: dict, store, batch_size: i
         segs = np.pad(rows["segment_ids"], ((0, pad), (0, 0)))
         weights = np.array([1.0] * len(idx) + [0.0] * pad, np.float32)
         with jax.set_mesh(mesh):
-            total += float(batch_loss(stacked, _global_batch(tokens, batch_sh),
-                                      _global_batch(segs, batch_sh), _global_batch(weights, weight_sh)))
+            total += float(batch_loss(
+                stacked, _global_batch(tokens, batch_sh), _global_batch(segs, batch_sh),
+                _global_batch(weights, weight_sh)))
         done = start + len(idx)
         if time.time() - last_log > 30 or done == n:
             last_log, rate = time.time(), done / max(time.time() - t0, 1e-9)

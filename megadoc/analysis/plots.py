@@ -26,7 +26,8 @@ def _save(fig: Figure, path: str) -> None:
 
 
 def plot_scaling(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], path: str, *,
-                 xlabel: str, ylabel: str = "validation loss", title: str = "") -> dict[str, scaling.PowerLaw]:
+                 xlabel: str, ylabel: str = "validation loss",
+                 title: str = "") -> dict[str, scaling.PowerLaw]:
     """One series per name (e.g. per recipe: loss vs generations; or ensemble loss vs members),
     each with its fitted A / x^B + C and asymptote when it has at least 3 points.
     Returns the fitted laws by name."""
@@ -81,7 +82,8 @@ def plot_search(grid: search.Grid, results: Sequence[tuple[dict, float]], path: 
                         color="k" if cells[i, j] <= mid else "w")
     if best is not None:
         j, i = xs.index(best[x_axis]), ys.index(best[y_axis])
-        ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2.5))
+        ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red",
+                               linewidth=2.5))
     ax.set_xticks(range(len(xs)), [str(v) for v in xs])
     ax.set_yticks(range(len(ys)), [str(v) for v in ys])
     ax.set_xlabel(x_axis)

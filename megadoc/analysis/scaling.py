@@ -61,7 +61,8 @@ def fit_power_law(x, y) -> PowerLaw:
             f"{', '.join(_PARAMS)}); got {x.size}"
         )
     if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
-        raise ValueError(f"fit_power_law: x and y must be finite; got x={x.tolist()} y={y.tolist()}")
+        raise ValueError(
+            f"fit_power_law: x and y must be finite; got x={x.tolist()} y={y.tolist()}")
     if np.any(x <= 0):
         raise ValueError(f"fit_power_law: x must be positive; got {x.tolist()}")
 
@@ -92,9 +93,8 @@ def fit_power_law(x, y) -> PowerLaw:
         raise RuntimeError(f"fit_power_law: no fit converged for x={x.tolist()} y={y.tolist()}")
     _, (a, b, c), cov = best
     c_var = float(cov[2, 2]) if np.all(np.isfinite(cov)) else math.nan
-    return PowerLaw(
-        A=float(a * scale**b), B=float(b), C=float(c), C_stderr=math.sqrt(c_var) if c_var >= 0 else math.nan
-    )
+    c_stderr = math.sqrt(c_var) if c_var >= 0 else math.nan
+    return PowerLaw(A=float(a * scale**b), B=float(b), C=float(c), C_stderr=c_stderr)
 
 
 def data_efficiency(loss: float, baseline_loss: float, law: PowerLaw = REFERENCE_DATA_LAW) -> float:

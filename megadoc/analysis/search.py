@@ -45,7 +45,8 @@ class Grid:
         out = []
         for name, values in self.axes:
             if point[name] not in values:
-                raise ValueError(f"point {dict(point)}: {name}={point[name]!r} is not on the grid {values}")
+                raise ValueError(
+                    f"point {dict(point)}: {name}={point[name]!r} is not on the grid {values}")
             out.append(values.index(point[name]))
         return tuple(out)
 
@@ -70,7 +71,8 @@ PAPER_EPOCHS = (1, 2, 4, 8, 16, 32)
 PAPER_MIX = (0.5, 0.75, 0.9)
 GRIDS = {
     "real": Grid.of(lr=PAPER_LR, weight_decay=PAPER_WEIGHT_DECAY, epochs=PAPER_EPOCHS),
-    "synthetic": Grid.of(lr=PAPER_LR, weight_decay=PAPER_WEIGHT_DECAY, epochs=PAPER_EPOCHS, mix=PAPER_MIX),
+    "synthetic": Grid.of(lr=PAPER_LR, weight_decay=PAPER_WEIGHT_DECAY, epochs=PAPER_EPOCHS,
+                         mix=PAPER_MIX),
 }
 
 
@@ -100,7 +102,8 @@ def load_results(path: str) -> list[tuple[Point, float]]:
             row = json.loads(line)
             point, loss = dict(row["point"]), row["loss"]
         except (ValueError, KeyError, TypeError) as e:
-            raise ValueError(f"{path}:{lineno}: expected {{\"point\": {{...}}, \"loss\": float}}: {e}") from e
+            raise ValueError(
+                f'{path}:{lineno}: expected {{"point": {{...}}, "loss": float}}: {e}') from e
         out.append((point, math.inf if loss is None else float(loss)))
     return out
 
@@ -165,7 +168,8 @@ def search(
             break
         best = new_best
         print(f"[search] move to {grid.point(best)} (loss {losses[best]:.5f})", flush=True)
-    print(f"[search] certified {grid.point(best)} loss {losses[best]:.5f} after {len(order)} runs", flush=True)
+    print(f"[search] certified {grid.point(best)} loss {losses[best]:.5f} after {len(order)} runs",
+          flush=True)
     return SearchResult(
         best=grid.point(best),
         best_loss=losses[best],
@@ -195,7 +199,8 @@ class TrainLauncher:
     def __call__(self, point: Mapping) -> float:
         workdir = self.workdir(point)
         flags = [f"--{k}={v}" for k, v in point.items()]
-        cmd = [sys.executable, "-m", "experiments.train", *self.base_flags, *flags, f"--workdir={workdir}"]
+        cmd = [sys.executable, "-m", "experiments.train", *self.base_flags, *flags,
+               f"--workdir={workdir}"]
         print(f"[search] $ {' '.join(cmd)}", flush=True)
         # stderr is captured (and echoed) to tell a diverged run from a crash.
         proc = subprocess.run(cmd, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
@@ -204,15 +209,16 @@ class TrainLauncher:
             if "FloatingPointError" in proc.stderr:
                 print(f"[search]   diverged (non-finite loss): {workdir}", flush=True)
                 return math.nan
-            raise RuntimeError(f"experiments.train failed (exit {proc.returncode}) for {dict(point)} "
-                               f"in {workdir}:\n{proc.stderr[-2000:]}")
-        return final_eval_loss(json.loads(fs.read_text(fs.join(workdir, "summary.json"))), self.val_set)
+            raise RuntimeError(f"experiments.train failed (exit {proc.returncode}) for "
+                               f"{dict(point)} in {workdir}:\n{proc.stderr[-2000:]}")
+        summary = json.loads(fs.read_text(fs.join(workdir, "summary.json")))
+        return final_eval_loss(summary, self.val_set)
 
 
 def final_eval_loss(summary: Mapping, val_set: str) -> float:
     """The final loss on `val_set` from a training summary.json ({"eval": {name: loss}})."""
     evals = summary.get("eval") or {}
     if val_set not in evals:
-        raise KeyError(f"summary.json has no final eval loss for {val_set!r}; it has {sorted(evals)} "
-                       f"(pass --val={val_set}=STORE to the training runs)")
+        raise KeyError(f"summary.json has no final eval loss for {val_set!r}; it has "
+                       f"{sorted(evals)} (pass --val={val_set}=STORE to the training runs)")
     return float(evals[val_set])
