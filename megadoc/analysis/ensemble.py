@@ -26,11 +26,12 @@ def stack_params(members: Sequence[dict], names: Sequence[str] | None = None) ->
     if not members:
         raise ValueError("an ensemble needs at least one member")
     names = list(names) if names is not None else [f"member {i}" for i in range(len(members))]
-    ref_paths = jax.tree_util.tree_flatten_with_path(members[0])[0]
+    def shapes(tree):
+        return {jax.tree_util.keystr(p): np.shape(x) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+    ref = shapes(members[0])
     for name, member in zip(names[1:], members[1:]):
-        paths = jax.tree_util.tree_flatten_with_path(member)[0]
-        ref = {jax.tree_util.keystr(p): np.shape(x) for p, x in ref_paths}
-        got = {jax.tree_util.keystr(p): np.shape(x) for p, x in paths}
+        got = shapes(member)
         for key in sorted(set(ref) | set(got)):
             if ref.get(key) != got.get(key):
                 raise ValueError(
