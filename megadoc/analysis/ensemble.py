@@ -27,7 +27,8 @@ def stack_params(members: Sequence[dict], names: Sequence[str] | None = None) ->
         raise ValueError("an ensemble needs at least one member")
     names = list(names) if names is not None else [f"member {i}" for i in range(len(members))]
     def shapes(tree):
-        return {jax.tree_util.keystr(p): np.shape(x) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+        leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+        return {jax.tree_util.keystr(path): np.shape(x) for path, x in leaves}
 
     ref = shapes(members[0])
     for name, member in zip(names[1:], members[1:]):
