@@ -41,15 +41,17 @@ ENV_KEYS = ("STORAGE_EMULATOR_HOST", "TENSORSTORE_GCS_HTTP_URL", "GOOGLE_AUTH_TO
             "GOOGLE_CLOUD_PROJECT", "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT",
             "DISABLE_GCS_PYTHON_CLIENT_OTEL_BUCKET_METADATA")
 
-# Two fidelity fixes to the emulator, applied in its own process before it builds its routes
+# Three fidelity fixes to the emulator, applied in its own process before it builds its routes
 # (plus a watchdog that ends the server when the test process dies without cleaning up):
 # - real GCS answers a media download with `x-goog-generation`; tensorstore reads the object's
 #   generation from it (OCDBT, hence orbax, fails with "Malformed StorageGeneration" without it);
+# - real GCS lists only names in [startOffset, endOffset); the emulator ignores both, so
+#   tensorstore's DeleteRange (zarr `delete_existing`) listed, and deleted, the whole bucket;
 # - its HTTPServer serves one request at a time with a listen backlog of 5, so a burst of
 #   parallel connections (tensorstore, orbax) has SYNs dropped and waits out TCP's 1 s
 #   retransmit; a deeper backlog keeps the burst queued instead.
 _SERVE = """
-import http.server, sys
+import http.server, json, sys
 from gcp_storage_emulator.handlers import objects
 
 _download = objects.download
@@ -62,6 +64,21 @@ def download(request, response, storage, *args, **kwargs):
         response["x-goog-metageneration"] = obj["metageneration"]
 
 objects.download = download
+_ls = objects.ls
+
+def ls(request, response, storage, *args, **kwargs):
+    _ls(request, response, storage, *args, **kwargs)
+    start = (request.query.get("startOffset") or [""])[0]
+    end = (request.query.get("endOffset") or [""])[0]
+    if (start or end) and response.status.value == 200:
+        def inside(name):
+            return name >= start and (not end or name < end)
+        body = json.loads(response._content)
+        body["items"] = [o for o in body.get("items") or [] if inside(o["name"])]
+        body["prefixes"] = [p for p in body.get("prefixes") or [] if inside(p)]
+        response.json(body)
+
+objects.ls = ls
 http.server.HTTPServer.request_queue_size = 256
 
 import os, threading, time

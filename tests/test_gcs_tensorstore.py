@@ -47,3 +47,16 @@ def test_tensorstore_retries_transient_gcs_failures(gcs_server):
         with pytest.raises(ValueError, match="All 2 retry attempts failed"):
             ts.open(spec, context=_fast_retries(2)).result()
         proxy.clear()
+
+
+def test_delete_existing_removes_only_its_own_prefix(root):
+    """zarr's delete_existing is a ranged delete: a sibling with the same name prefix and the
+    parent's other files survive it (the emulator once listed the whole bucket for it)."""
+    fs.write_text(fs.join(root, "notes.txt"), "keep")
+    fs.write_text(fs.join(root, "arr10", "zarr.json"), "{}")
+    spec = {"driver": "zarr3", "kvstore": fs.tensorstore_kvstore(fs.join(root, "arr1")),
+            "create": True, "delete_existing": True}
+    ts.open(spec, dtype=ts.int32, shape=[2]).result().write(np.int32([1, 2])).result()
+    ts.open(spec, dtype=ts.int32, shape=[2]).result()  # recreate: deletes arr1/ only
+    assert fs.read_text(fs.join(root, "notes.txt")) == "keep"
+    assert fs.exists(fs.join(root, "arr10", "zarr.json"))
