@@ -173,9 +173,9 @@ def test_flag_misuse_is_a_usage_error():
     from absl import app
     from experiments import synthesize
 
-    for argv in (["s", "--method=rephrase", "--generator=g", "--docs=d", "--output=o", "--splits=2"],
-                 ["s", "--method=latent_thoughts", "--generator=g", "--docs=d", "--output=o",
-                  "--generations=2"],
+    required = ["--generator=g", "--docs=d", "--output=o"]
+    for argv in (["s", "--method=rephrase", *required, "--splits=2"],
+                 ["s", "--method=latent_thoughts", *required, "--generations=2"],
                  ["s", "--method=rephrase", "--generator=g", "--docs=d"]):
         synthesize.FLAGS.unparse_flags()
         synthesize.FLAGS(argv)

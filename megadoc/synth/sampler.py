@@ -265,8 +265,9 @@ class Sampler:
             state = _empty_state(self.config, self.batch_size, cache_len, max_new)
             if self.mesh is not None:
                 specs = _state_specs(self.config, self.mesh, self.batch_size, cache_len, max_new)
-                state = jax.device_put(state, jax.tree.map(
-                    lambda s: NamedSharding(self.mesh, s), specs, is_leaf=lambda x: isinstance(x, P)))
+                shardings = jax.tree.map(lambda s: NamedSharding(self.mesh, s), specs,
+                                         is_leaf=lambda x: isinstance(x, P))
+                state = jax.device_put(state, shardings)
             self._state = state
         elif self._state["cache"]["k"].shape[2] < cache_len:
             self._state = self._call(_grow, self.config, self.mesh, cache_len, self._state)
