@@ -4,6 +4,7 @@ import json
 import os
 
 import jax
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -64,6 +65,16 @@ def test_load_matches_transformers_and_export_round_trips(tmp_path, case):
     hf.save(config, params, str(tmp_path / "out"))
     reloaded = transformers.LlamaForCausalLM.from_pretrained(str(tmp_path / "out")).eval()
     np.testing.assert_allclose(_hf_logits(reloaded), expected, atol=1e-4, rtol=0)
+
+
+def test_bf16_checkpoint_loads_as_fp32(tmp_path):
+    model = _hf_model(tmp_path / "fp32", num_key_value_heads=2)
+    model.to(torch.bfloat16).save_pretrained(tmp_path / "bf16")
+    _, params = hf.load(str(tmp_path / "bf16"))
+    _, reference = hf.load(str(tmp_path / "fp32"))
+    for got, want in zip(jax.tree.leaves(params), jax.tree.leaves(reference)):
+        assert got.dtype == np.float32
+        np.testing.assert_array_equal(got, np.asarray(want).astype(ml_dtypes.bfloat16))
 
 
 def test_llama3_scaling_changes_logits(tmp_path):

@@ -205,6 +205,10 @@ def _expected_tensors(config):
     return out
 
 
+def _stack(*layers):
+    return jnp.stack(layers)
+
+
 def load(path: str, mesh=None):
     """(config, params) from an HF Llama directory; params in `param_shardings(config, mesh)`
     when a mesh is given, else on the default device. Compute dtype is the LlamaConfig default."""
@@ -252,8 +256,7 @@ def load(path: str, mesh=None):
             mesh, jax.sharding.PartitionSpec(*stacked_sharding.spec[1:]))
         per_layer = [place(read(f"model.layers.{i}.{suffix}"), layer_sharding)
                      for i in range(config.layers)]
-        params["layers"][ours] = jax.jit(lambda *xs: jnp.stack(xs),
-                                         out_shardings=stacked_sharding)(*per_layer)
+        params["layers"][ours] = jax.jit(_stack, out_shardings=stacked_sharding)(*per_layer)
     return config, params
 
 
@@ -267,6 +270,11 @@ def _host(array) -> np.ndarray:
     return np.asarray(jax.device_get(array), np.float32)
 
 
+@jax.jit
+def _layer_slice(stacked, i):
+    return stacked[i]
+
+
 def _hf_tensors(config, params):
     """(HF name, shape, producer of the fp32 numpy array) in file order."""
     for ours, (hf_name, layout) in _TOP_TENSORS.items():
@@ -276,7 +284,7 @@ def _hf_tensors(config, params):
         for ours, (suffix, layout) in _LAYER_TENSORS.items():
             stacked = params["layers"][ours]
             yield f"model.layers.{i}.{suffix}", _hf_shape(layout, stacked.shape[1:]), \
-                lambda s=stacked, i=i, l=layout: _to_hf(_host(s[i]), l)
+                lambda s=stacked, i=i, l=layout: _to_hf(_host(_layer_slice(s, i)), l)
 
 
 def save(config: llama.LlamaConfig, params: dict, path: str) -> None:
