@@ -151,10 +151,11 @@ def test_remat_policies_give_same_gradients():
         np.testing.assert_allclose(c, a, atol=1e-6)
 
 
-@pytest.mark.parametrize("mesh_shape", [None, (2, 2, 2)])
+@pytest.mark.parametrize("mesh_shape", [None, (2, 2, 2), (2, 1, 4)])
 def test_splash_kernel_matches_fallback(mesh_shape):
     """The TPU kernel, run in the Pallas interpreter: forward and gradients, GQA, segments,
-    and under a mesh through shard_map."""
+    and under a mesh through shard_map (on (2, 1, 4) the 4 query heads could split over tensor
+    but the 2 kv heads cannot)."""
     rng = np.random.default_rng(4)
     q, k, v = [rng.standard_normal((2, 128, h, 16)).astype(np.float32) for h in (4, 2, 2)]
     segs = np.array([[0] * 50 + [1] * 78, [0] * 128], np.int32)

@@ -4,12 +4,12 @@
 plain XLA dot-product elsewhere. Inputs are q [B, T, N, Dh], k/v [B, S, K, Dh] with N a multiple
 of K (grouped-query attention); outputs are [B, T, N, Dh] in q's dtype.
 """
-import functools
 import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec as P
 
 IMPLEMENTATIONS = ("auto", "xla", "splash", "cudnn")
 _SPLASH_BLOCK = 128
@@ -96,11 +96,11 @@ def causal_attention(q_BxTxNxDh, k_BxTxKxDh, v_BxTxKxDh, segment_ids_BxT=None, *
                             causal_mask(q_BxTxNxDh.shape[1], segment_ids_BxT))
 
 
-@functools.lru_cache(maxsize=None)
 def _splash_kernel(heads, seq_len, interpret):
+    """Built per trace: the kernel holds its mask tables as arrays of the trace it was made in."""
     from jax.experimental.pallas.ops.tpu import splash_attention as sa
     mask = sa.MultiHeadMask([sa.CausalMask((seq_len, seq_len))] * heads)
-    block = min(512, seq_len)
+    block = next(b for b in (512, 256, 128) if seq_len % b == 0)
     sizes = sa.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block,
                           block_q_dkv=block, block_kv_dkv=block, block_kv_dkv_compute=block,
                           block_q_dq=block, block_kv_dq=block)
@@ -114,7 +114,7 @@ def splash_attention(q_BxTxNxDh, k_BxTxKxDh, v_BxTxKxDh, segment_ids_BxT=None, *
     batch and heads split. T must be a multiple of 128. `interpret` runs the Pallas kernel in
     the interpreter, which is how CPU tests check it."""
     from jax.experimental.pallas.ops.tpu import splash_attention as sa
-    from megadoc.models import sharding
+    from megadoc.models import sharding  # not at the top: sharding -> llama -> this module
 
     B, T, N, Dh = q_BxTxNxDh.shape
     if segment_ids_BxT is None:
@@ -134,7 +134,11 @@ def splash_attention(q_BxTxNxDh, k_BxTxKxDh, v_BxTxKxDh, segment_ids_BxT=None, *
     else:
         heads_spec = sharding.spec(("batch", "heads", "seq", "head_dim"), (B, N, T, Dh), mesh)
         kv_spec = sharding.spec(("batch", "kv_heads", "seq", "head_dim"),
-                                k_BxTxKxDh.shape[:1] + (k_BxTxKxDh.shape[2], T, Dh), mesh)
+                                (B, k_BxTxKxDh.shape[2], T, Dh), mesh)
+        if heads_spec[1] != kv_spec[1]:
+            # Each shard must hold whole query groups with their kv head: split both or neither.
+            heads_spec = P(heads_spec[0], None, *heads_spec[2:])
+            kv_spec = P(kv_spec[0], None, *kv_spec[2:])
         seg_spec = sharding.spec(("batch", "seq"), (B, T), mesh)
         out_BxNxTxDh = jax.shard_map(attend, mesh=mesh,
                                      in_specs=(heads_spec, kv_spec, kv_spec, seg_spec),
