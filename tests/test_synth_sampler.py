@@ -119,6 +119,17 @@ def test_generation_stops_at_the_end_of_the_context(model):
     assert len(out) == 3  # positions 125, 126, 127: the last slots of a 128-token context
 
 
+def test_growing_the_cache_keeps_every_written_slot(model):
+    config, _, _ = model
+    state = sampler._empty_state(config, 2, 64, MAX_NEW)
+    state["cache"]["k"] = jax.random.normal(jax.random.PRNGKey(0), state["cache"]["k"].shape)
+    before = np.asarray(state["cache"]["k"])
+    grown = sampler._grow(config, None, 192, state)
+    assert grown["cache"]["k"].shape[2] == grown["cache"]["v"].shape[2] == 192
+    np.testing.assert_array_equal(np.asarray(grown["cache"]["k"])[:, :, :64], before)
+    assert not np.asarray(grown["cache"]["k"])[:, :, 64:].any()
+
+
 def test_kv_cache_bytes_per_token_match_the_formula(model):
     config, _, _ = model
     cache = llama.init_cache(config, 2, 16)

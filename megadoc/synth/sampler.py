@@ -28,7 +28,7 @@ from megadoc.models import llama
 from megadoc.models import sharding
 
 MIN_PREFILL_LEN = 16
-MIN_CACHE_LEN = 64
+CACHE_ALIGN = 64
 
 FINISH_STOP = "eos"              # ended on one of the stop tokens
 FINISH_LENGTH = "length"         # max_new_tokens reached (or the end of the model's context)
@@ -147,9 +147,10 @@ def _empty_state(config, batch_size, cache_len, max_new):
     }
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2), donate_argnums=(3,))
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
 def _grow(config, mesh, cache_len, state):
-    """The same state with a longer cache (new slots are zeros, masked until written)."""
+    """The same state with a longer cache (new slots are zeros, masked until written). Nothing
+    is donated: the old cache cannot hold the new one, and the small leaves are copied."""
     pad = [(0, 0), (0, 0), (0, cache_len - state["cache"]["k"].shape[2]), (0, 0), (0, 0)]
     state = dict(state, cache={k: jnp.pad(v, pad) for k, v in state["cache"].items()})
     return _constrain_state(config, mesh, state)
@@ -259,7 +260,13 @@ class Sampler:
             return fn(*args)
 
     def _ensure_cache(self, needed_len: int):
-        cache_len = min(self.config.max_seq_len, _pow2_at_least(needed_len, MIN_CACHE_LEN))
+        """A cache of at least `needed_len` slots: sized to the first work (attention reads every
+        slot each step), then grown geometrically so a long job recompiles only a few times."""
+        current = 0 if self._state is None else self._state["cache"]["k"].shape[2]
+        if needed_len <= current:
+            return
+        aligned = -(-needed_len // CACHE_ALIGN) * CACHE_ALIGN
+        cache_len = min(self.config.max_seq_len, max(aligned, 2 * current))
         max_new = self.settings.max_new_tokens
         if self._state is None:
             state = _empty_state(self.config, self.batch_size, cache_len, max_new)
@@ -269,7 +276,7 @@ class Sampler:
                                          is_leaf=lambda x: isinstance(x, P))
                 state = jax.device_put(state, shardings)
             self._state = state
-        elif self._state["cache"]["k"].shape[2] < cache_len:
+        else:
             self._state = self._call(_grow, self.config, self.mesh, cache_len, self._state)
 
     def run(self, requests: Iterable[Request]) -> Iterator[Completion]:
