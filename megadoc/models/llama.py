@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from megadoc.models import attention
+from megadoc.models import matmul
 from megadoc.models import sharding
 
 REMAT_POLICIES = ("none", "full", "dots")
@@ -183,7 +184,7 @@ def rms_norm(x, scale, eps):
 
 def _mm(spec, x, w, dtype):
     """einsum in the compute dtype, accumulated in fp32, result back in the compute dtype."""
-    return jnp.einsum(spec, x, w.astype(dtype), preferred_element_type=jnp.float32).astype(dtype)
+    return matmul.einsum(spec, x, w, dtype).astype(dtype)
 
 
 def _layer(config, rope, x_BxTxH, p, positions_BxT, segment_ids_BxT, cache=None):
@@ -271,8 +272,7 @@ def hidden_states(config: LlamaConfig, params: dict, tokens: jax.Array, segment_
 
 def output_logits(config: LlamaConfig, params: dict, hidden_BxTxH: jax.Array) -> jax.Array:
     dt = config.compute_dtype
-    logits = jnp.einsum("bth,hv->btv", hidden_BxTxH.astype(dt), params["lm_head"].astype(dt),
-                        preferred_element_type=jnp.float32)
+    logits = matmul.einsum("bth,hv->btv", hidden_BxTxH, params["lm_head"], dt)
     return sharding.constrain(logits, sharding.ACT_VOCAB)
 
 
