@@ -8,6 +8,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
+from gcs_server import gcs_server  # noqa: F401  (session fixture)
 from megadoc.models import hf, llama, sharding
 
 torch = pytest.importorskip("torch")
@@ -143,3 +144,14 @@ def test_missing_and_mismatched_tensors_are_named(tmp_path):
     save_file(tensors, weights)
     with pytest.raises(ValueError, match=r"model\.safetensors.*up_proj.*\(192, 32\).*\(192, 64\)"):
         hf.load(str(tmp_path))
+
+
+def test_save_and_load_on_gcs(gcs_server):
+    path = gcs_server.fresh_path() + "/tiny"
+    config = llama.preset("tiny")
+    params = jax.jit(llama.init, static_argnums=0)(config, jax.random.key(1))
+    hf.save(config, params, path)
+    loaded_config, loaded = hf.load(path)
+    assert loaded_config == config
+    for got, want in zip(jax.tree.leaves(loaded), jax.tree.leaves(params)):
+        np.testing.assert_array_equal(got, want)

@@ -49,13 +49,7 @@ _TOP_TENSORS = {
 
 def _to_ours(hf_array, layout, shape):
     """HF torch layout ([out, in] for linear weights) -> ours, shaped `shape`."""
-    if layout == "in_heads":  # [N*Dh, H] -> [H, N, Dh]
-        return hf_array.T.reshape(shape)
-    if layout == "heads_out":  # [H, N*Dh] -> [N, Dh, H]
-        return hf_array.T.reshape(shape)
-    if layout == "transpose":
-        return hf_array.T
-    return hf_array
+    return hf_array if layout is None else hf_array.T.reshape(shape)
 
 
 def _to_hf(array, layout):
