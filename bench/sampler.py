@@ -1,10 +1,10 @@
 """Sampler decode throughput against transformers `generate` (torch, CPU), and KV-cache size.
 
 Both sides run the same random Llama weights in fp32 with the same prompts, greedy, every sequence
-generating exactly NEW_TOKENS tokens (no stop token). Each side is timed after a warm-up run, so
-jit compilation and torch's first-call costs are excluded; torch is timed with its default thread
-count and with one thread (on a busy machine one thread is often faster), and the ratio is taken
-against the faster of the two. Run: `python -m bench.run bench.sampler`.
+generating exactly NEW_TOKENS tokens (no stop token). Each side is timed (best of 2) after a
+warm-up run, so jit compilation and torch's first-call costs are excluded. torch is timed with
+its default thread count and with one thread (on a busy machine one thread is often faster); the
+ratio is taken against the faster of the two. Run: `python -m bench.run bench.sampler`.
 """
 import dataclasses
 import os
@@ -62,7 +62,7 @@ def _theirs(torch, model, prompts, threads):
 
     try:
         run(4)  # warm-up
-        return _seconds(lambda: run(NEW_TOKENS), 1)
+        return _seconds(lambda: run(NEW_TOKENS), 2)
     finally:
         torch.set_num_threads(default)
 
@@ -104,9 +104,9 @@ def run() -> str:
         f"Random Llama (hidden {SHAPE['hidden_size']}, {SHAPE['num_hidden_layers']} layers, "
         f"{SHAPE['num_attention_heads']} heads / {SHAPE['num_key_value_heads']} kv heads, vocab "
         f"{SHAPE['vocab_size']}), fp32, prompt {PROMPT_LEN} tokens, {NEW_TOKENS} new tokens per "
-        f"sequence, greedy. megadoc: best of 2 runs after a compiling warm-up ("
-        f"{jax.devices()[0].platform}). transformers {transformers.__version__} `generate`, torch "
-        f"{torch.__version__}, default {default_threads} threads and 1 thread, after a warm-up.",
+        f"sequence, greedy; each side best of 2 runs after a warm-up (jax on "
+        f"{jax.devices()[0].platform}; transformers {transformers.__version__} `generate`, torch "
+        f"{torch.__version__} with its default {default_threads} threads and with 1 thread).",
         "",
         "| batch | megadoc tok/s | transformers tok/s (default threads) | transformers tok/s "
         "(1 thread) | speed-up vs faster torch |",
