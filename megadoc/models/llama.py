@@ -15,6 +15,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from megadoc.models import attention
 from megadoc.models import matmul
@@ -183,8 +184,9 @@ def rms_norm(x, scale, eps):
 
 
 def _mm(spec, x, w, dtype):
-    """einsum in the compute dtype, accumulated in fp32, result back in the compute dtype."""
-    return matmul.einsum(spec, x, w, dtype).astype(dtype)
+    """einsum in the compute dtype, accumulated in fp32, result back in the compute dtype;
+    named so the "dots" remat policy can keep it (it cannot see inside matmul's custom_vjp)."""
+    return checkpoint_name(matmul.einsum(spec, x, w, dtype).astype(dtype), "matmul")
 
 
 def _layer(config, rope, x_BxTxH, p, positions_BxT, segment_ids_BxT, cache=None):
@@ -222,7 +224,7 @@ def _remat(fn, policy):
         return fn
     if policy == "full":
         return jax.checkpoint(fn)
-    return jax.checkpoint(fn, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
+    return jax.checkpoint(fn, policy=jax.checkpoint_policies.save_only_these_names("matmul"))
 
 
 def hidden_states(config: LlamaConfig, params: dict, tokens: jax.Array, segment_ids=None, *,
