@@ -152,6 +152,7 @@ def run(cfg: JobConfig) -> dict:
     process_count = jax.process_count() if cfg.num_processes is None else cfg.num_processes
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_id {process_index} outside [0, {process_count})")
+    fs.check_writable(cfg.output)  # a missing or read-only bucket fails before any work
     method = RECORD_METHOD[cfg.method]
     template = prompts.load_template(cfg.template or prompts.builtin_template(method), method)
     bad = docs_lib.BadRecords()
