@@ -90,11 +90,13 @@ def test_bad_input_is_counted_and_recorded(inputs, tmp_path):
     gens = str(tmp_path / "g.jsonl")
     docs.write_jsonl(gens, inputs["gens"][:10] + [
         dict(inputs["gens"][0], doc_id="nobody"), inputs["gens"][0],
-        dict(inputs["gens"][0], sample=9, text="has </think> inside")])
+        dict(inputs["gens"][0], sample=9, text="has </think> inside"),
+        dict(inputs["gens"][0], sample=10, text="", finish_reason="prompt_too_long")])
     meta = prepare(config(inputs, tmp_path / "s", docs=path, generations=gens, recipe="simple"))
     skipped = meta["skipped"]["counts"]
     assert skipped == {"duplicate_id": 1, "empty_doc": 2, "invalid_utf8": 1, "malformed_json": 1,
-                       "unknown_doc_id": 1, "duplicate_generation": 1, "think_tag_in_generation": 1}
+                       "unknown_doc_id": 1, "duplicate_generation": 1, "think_tag_in_generation": 1,
+                       "generation_without_text": 1}
     assert meta["counts"]["docs_used"] == 20 and meta["counts"]["generations_used"] == 10
     assert meta["counts"]["docs_without_generations"] == 15
     assert any(f"{path}:21" in e for e in meta["skipped"]["examples"]["duplicate_id"])

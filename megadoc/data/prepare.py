@@ -85,6 +85,7 @@ def prepare(config: PrepareConfig) -> dict:
                              f"{existing.get('settings')}; remove it or choose another --output")
         print(f"[prepare] {config.output} is already complete; nothing to do", flush=True)
         return existing
+    fs.check_writable(config.output)  # a missing or read-only bucket fails now, not at the end
     tokenizer = tokenizer_lib.load(config.tokenizer)
     bad = docs_lib.BadRecords()
     spill = tempfile.mkdtemp(prefix="megadoc-prepare-")
@@ -132,6 +133,11 @@ def _spill(config: PrepareConfig, spill: str, bad: docs_lib.BadRecords):
     if config.generations:
         for order, g in enumerate(docs_lib.read_generations(config.generations, bad)):
             counts["generations_read"] += 1
+            if not g["text"].strip():  # the job's records for prompts it could not serve
+                bad.add("generation_without_text", g["where"],
+                        f"doc {g['doc_id']!r} sample {g['sample']}: "
+                        f"finish_reason {g.get('finish_reason')!r}")
+                continue
             if megadocs.THINK_OPEN in g["text"] or megadocs.THINK_CLOSE in g["text"]:
                 bad.add("think_tag_in_generation", g["where"], f"doc {g['doc_id']!r}")
                 continue
