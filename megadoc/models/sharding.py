@@ -78,7 +78,8 @@ def spec(logical_axes, shape, mesh) -> P:
 
 
 def current_mesh():
-    """The mesh set with `jax.set_mesh` (or `with mesh:`), or None outside any."""
+    """The mesh set with `jax.set_mesh(mesh)`, or None (a bare `with mesh:` does not count):
+    activation constraints apply only under `jax.set_mesh`."""
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or not set(AXES) <= set(mesh.axis_names):
         return None
