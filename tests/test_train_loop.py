@@ -196,3 +196,18 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_state_that_caused_it(data, t
     assert checkpoint.manager(workdir, read_only=True).all_steps() == [step - 1]
     losses = [r["loss"] for r in train_rows(workdir)]
     assert len(losses) == step - 1 and all(np.isfinite(losses))
+
+
+def test_checkpoint_restores_onto_another_mesh(reference):
+    import jax
+    from megadoc.models import sharding
+    from megadoc.train import optimizer, state
+
+    cfg = config_of(args({"real": reference["summary"]["config"]["data"]["real"]}, reference["workdir"]))
+    opt = optimizer.make(cfg.optimizer, STEPS)
+    mesh = sharding.make_mesh(2, 2, 1, devices=jax.devices()[:4])
+    mgr = checkpoint.manager(reference["workdir"], read_only=True)
+    restored = checkpoint.restore_state(mgr, STEPS, state.abstract(cfg.model, opt, mesh))
+    assert int(restored["step"]) == STEPS
+    assert restored["params"]["lm_head"].sharding.mesh.shape == mesh.shape
+    assert loop.params_sha256(restored["params"]) == reference["summary"]["params_sha256"]
