@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 
 from experiments import train as train_main
+from gcs_server import gcs_server  # noqa: F401  (fixture)
+from megadoc import fs
 from megadoc.train import checkpoint, loop
 from train_fixtures import make_store
 
@@ -211,3 +213,15 @@ def test_checkpoint_restores_onto_another_mesh(reference):
     assert int(restored["step"]) == STEPS
     assert restored["params"]["lm_head"].sharding.mesh.shape == mesh.shape
     assert loop.params_sha256(restored["params"]) == reference["summary"]["params_sha256"]
+
+
+def test_workdir_on_gcs_trains_resumes_and_loads(data, gcs_server):
+    root = gcs_server.fresh_path()
+    argv = args(data, root, "--epochs=1", "--checkpoint_every_steps=4")
+    s = loop.train(config_of(argv))
+    assert {"checkpoints", "metrics.jsonl", "summary.json", "tensorboard"} <= set(fs.listdir(root))
+    assert fs.listdir(root + "/checkpoints") == ["4", "8"]
+    assert len(fs.read_text(root + "/metrics.jsonl").splitlines()) == 8
+    _, params = checkpoint.load_params(root)
+    assert loop.params_sha256(params) == s["params_sha256"]
+    assert loop.train(config_of(argv))["params_sha256"] == s["params_sha256"]  # resumes at the end
