@@ -1,9 +1,9 @@
 """Multiple-choice accuracy (PIQA, SciQ, ARC-Easy; lm-eval-harness scoring) of a trained run,
 or of an ensemble of runs (several --workdirs: members' logits averaged).
 
-    python -m experiments.benchmarks --workdirs=gs://b/runs/stitched --tokenizer=gs://b/tok \
+    python -m experiments.benchmarks --workdirs=gs://b/runs/stitched --tokenizer=gs://b/tok \\
         --piqa=piqa_validation.jsonl --sciq=sciq_test.jsonl --arc_easy=arc_easy_test.jsonl
-    python -m experiments.benchmarks --workdirs=gs://b/ens/member_0,...,gs://b/ens/member_7 \
+    python -m experiments.benchmarks --workdirs=gs://b/ens/member_0,...,gs://b/ens/member_7 \\
         --tokenizer=gs://b/tok --piqa=... --sciq=... --arc_easy=... --output=gs://b/ens/benchmarks.json
 
 Each file is local JSONL in the dataset's own layout (as exported from Hugging Face datasets).
@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 
 from absl import app, flags
+
+from experiments import own_flags
 
 # Own FlagValues: see experiments/ensemble.py.
 FLAGS = flags.FlagValues()
@@ -70,11 +72,5 @@ def main(argv):
     run()
 
 
-def parse_flags(argv):
-    rest = FLAGS(argv)
-    flags.FLAGS.mark_as_parsed()
-    return rest
-
-
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    app.run(main, flags_parser=own_flags.parser(FLAGS))

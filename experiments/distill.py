@@ -2,8 +2,8 @@
 student): KL(teacher ‖ student) to the members' averaged distribution, optionally mixed with the
 data loss.
 
-    python -m experiments.distill --teachers=gs://b/ens/member_0,...,gs://b/ens/member_7 \
-        --preset=150m --workdir=gs://b/distill/150m --real=gs://b/stores/real --epochs=8 \
+    python -m experiments.distill --teachers=gs://b/ens/member_0,...,gs://b/ens/member_7 \\
+        --preset=150m --workdir=gs://b/distill/150m --real=gs://b/stores/real --epochs=8 \\
         --lr=3e-3 --weight_decay=0.8 --kl_weight=1.0 --val=iid=gs://b/stores/val
 
 Rerunning the same command resumes from the newest checkpoint in --workdir. The student's model
@@ -16,6 +16,8 @@ import dataclasses
 import sys
 
 from absl import app, flags
+
+from experiments import own_flags
 
 # Own FlagValues: see experiments/ensemble.py.
 FLAGS = flags.FlagValues()
@@ -81,11 +83,5 @@ def main(argv):
         sys.exit(143)  # 128 + SIGTERM, as experiments.train: a preempted, resumable job
 
 
-def parse_flags(argv):
-    rest = FLAGS(argv)
-    flags.FLAGS.mark_as_parsed()
-    return rest
-
-
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    app.run(main, flags_parser=own_flags.parser(FLAGS))

@@ -2,9 +2,9 @@
 and fit loss vs member count to read off the ensemble's asymptote.
 
     # train 8 members of the regularized baseline (each its own resumable run), then evaluate
-    python -m experiments.ensemble --root=gs://b/ens/base --members=8 --train \
-        --train_flags="--preset=300m --real=gs://b/stores/real --epochs=16 --lr=3e-3 \
-                       --weight_decay=0.8 --val=iid=gs://b/stores/val" \
+    python -m experiments.ensemble --root=gs://b/ens/base --members=8 --train \\
+        --train_flags="--preset=300m --real=gs://b/stores/real --epochs=16 --lr=3e-3 \\
+                       --weight_decay=0.8 --val=iid=gs://b/stores/val" \\
         --val=iid=gs://b/stores/val --curve
     # evaluate existing runs
     python -m experiments.ensemble --workdirs=RUN_A,RUN_B,RUN_C --val=iid=STORE --curve
@@ -22,6 +22,8 @@ import subprocess
 import sys
 
 from absl import app, flags
+
+from experiments import own_flags
 
 # Flags live in their own FlagValues so this module can share a process (tests) with other
 # experiment modules that define flags of the same names.
@@ -169,11 +171,5 @@ def main(argv):
         evaluate(workdirs, val, FLAGS.batch_size, FLAGS.average, FLAGS.curve, output, FLAGS.baseline_loss)
 
 
-def parse_flags(argv):
-    rest = FLAGS(argv)
-    flags.FLAGS.mark_as_parsed()
-    return rest
-
-
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    app.run(main, flags_parser=own_flags.parser(FLAGS))

@@ -1,9 +1,9 @@
 """Tokenize documents (+ generations) into a window store for training.
 
-    python -m experiments.prepare --docs=gs://b/docs --recipe=real \
+    python -m experiments.prepare --docs=gs://b/docs --recipe=real \\
         --tokenizer=gs://b/tok/tokenizer.json --seq_len=4096 --seed=0 --output=gs://b/stores/real
-    python -m experiments.prepare --docs=gs://b/docs --generations=gs://b/rephrases \
-        --recipe=stitched --real_position=last --tokenizer=... --seq_len=4096 --seed=0 \
+    python -m experiments.prepare --docs=gs://b/docs --generations=gs://b/rephrases \\
+        --recipe=stitched --real_position=last --tokenizer=... --seq_len=4096 --seed=0 \\
         --output=gs://b/stores/stitched
 
 The store's metadata.json (written last) records settings, counts and skipped records.

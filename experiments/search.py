@@ -1,9 +1,9 @@
 """Certified hyper-parameter search: hill-climb the papers' grid with experiments.train runs
 until the best point's one-step neighbours are all run and none is better.
 
-    python -m experiments.search --grid=synthetic --root=gs://b/search/stitched \
-        --start=lr=3e-3,weight_decay=0.8,epochs=8,mix=0.75 --val_set=iid \
-        --train_flags="--preset=300m --real=gs://b/stores/real --synthetic=gs://b/stores/stitched \
+    python -m experiments.search --grid=synthetic --root=gs://b/search/stitched \\
+        --start=lr=3e-3,weight_decay=0.8,epochs=8,mix=0.75 --val_set=iid \\
+        --train_flags="--preset=300m --real=gs://b/stores/real --synthetic=gs://b/stores/stitched \\
                        --val=iid=gs://b/stores/val"
 
 Runs go one after another (or --parallel at once), each in <root>/<point>; every finished run is appended to
@@ -16,6 +16,8 @@ import json
 import shlex
 
 from absl import app, flags
+
+from experiments import own_flags
 
 # Own FlagValues: see experiments/ensemble.py.
 FLAGS = flags.FlagValues()
@@ -82,11 +84,5 @@ def main(argv):
     run_search(grid, parse_point(FLAGS.start), FLAGS.root, launcher, FLAGS.parallel)
 
 
-def parse_flags(argv):
-    rest = FLAGS(argv)
-    flags.FLAGS.mark_as_parsed()
-    return rest
-
-
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    app.run(main, flags_parser=own_flags.parser(FLAGS))

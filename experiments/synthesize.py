@@ -1,8 +1,8 @@
 """Generate synthetic text from source documents with a generator LLM.
 
-    python -m experiments.synthesize --method=rephrase --generator=HF_DIR --docs=DOCS \
+    python -m experiments.synthesize --method=rephrase --generator=HF_DIR --docs=DOCS \\
         --output=DIR --generations=4 [--max_new_tokens=1024 --temperature=1.0 --seed=0]
-    python -m experiments.synthesize --method=latent_thoughts --generator=HF_DIR --docs=DOCS \
+    python -m experiments.synthesize --method=latent_thoughts --generator=HF_DIR --docs=DOCS \\
         --output=DIR --splits=8 [--max_new_tokens=512 ...]
 
 HF_DIR is a Hugging Face Llama directory with its tokenizer (e.g. Llama 3.1 8B Instruct).
@@ -16,6 +16,8 @@ from __future__ import annotations
 import sys
 
 from absl import app, flags
+
+from experiments import own_flags
 
 # Its own flag namespace: other experiment modules define --seed, --docs, ... in the global one.
 FLAGS = flags.FlagValues()
