@@ -1,7 +1,7 @@
 """Train a student on a real store, optionally mixed with a synthetic one.
 
-    python -m experiments.train --preset=tiny --workdir=/tmp/run --real=STORE \
-        [--synthetic=STORE --mix=0.75] --epochs=4 --lr=3e-3 --weight_decay=0.8 \
+    python -m experiments.train --preset=tiny --workdir=/tmp/run --real=STORE \\
+        [--synthetic=STORE --mix=0.75] --epochs=4 --lr=3e-3 --weight_decay=0.8 \\
         --val=iid=VAL_STORE [--val=long=STORE ...]
 
 Rerunning the same command resumes from the newest complete checkpoint in --workdir. Multi-host
@@ -26,7 +26,8 @@ flags.DEFINE_float("lr", None, "peak learning rate (default: the preset's)")
 flags.DEFINE_float("weight_decay", None, "decoupled weight decay, times lr (default: preset's)")
 flags.DEFINE_float("warmup", 0.01, "fraction of the steps spent in linear warmup")
 flags.DEFINE_integer("global_batch", None, "windows per step (default: the preset's)")
-flags.DEFINE_integer("microbatches", None, "gradient-accumulation slices per step (default: preset's)")
+flags.DEFINE_integer("microbatches", None, "gradient-accumulation slices per step (default: "
+                     "the preset's)")
 flags.DEFINE_enum("remat", None, ["none", "full", "dots"], "rematerialisation (default: preset's)")
 flags.DEFINE_bool("cross_document_attention", True, "attend across document boundaries in a window")
 flags.DEFINE_list("mesh", ["1", "-1", "1"], "mesh shape data,fsdp,tensor (-1: remaining devices)")

@@ -22,7 +22,8 @@ def directory(workdir: str) -> str:
     return fs.join(workdir, "checkpoints")
 
 
-def manager(workdir: str, keep: int | None = None, read_only: bool = False) -> ocp.CheckpointManager:
+def manager(workdir: str, keep: int | None = None,
+            read_only: bool = False) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, create=not read_only, read_only=read_only,
         enable_async_checkpointing=not read_only, cleanup_tmp_directories=not read_only)

@@ -127,7 +127,23 @@ def _agree(flag: bool) -> bool:
     return bool(multihost_utils.broadcast_one_to_all(np.int32(flag)))
 
 
+def _restore_or_init(cfg, mgr, optimizer, mesh, run: dict) -> tuple[dict, int]:
+    """(state, completed steps): the newest complete checkpoint laid out on this mesh, after
+    checking it belongs to this run; or a fresh state."""
+    start = mgr.latest_step()
+    if start is None:
+        return state_lib.create(cfg.model, optimizer, mesh, jax.random.key(cfg.data.seed)), 0
+    where = checkpoint.directory(cfg.workdir)
+    checkpoint.check_run(checkpoint.read_run(mgr, start), run, where)
+    target = state_lib.abstract(cfg.model, optimizer, mesh)
+    state = checkpoint.restore_state(mgr, start, target)
+    print(f"[train] resumed from {where} at step {start}", flush=True)
+    return state, start
+
+
 def train(cfg: config_lib.TrainConfig) -> dict:
+    """Train (or resume) the run `cfg` describes; returns the summary also written to
+    summary.json, or {"status": "preempted", "step": k} after a SIGTERM save."""
     check_writable(cfg.workdir)
     stores = open_stores(cfg)
     mesh = make_mesh(cfg.mesh)
@@ -145,14 +161,7 @@ def train(cfg: config_lib.TrainConfig) -> dict:
     run = run_record(cfg, stores, num_steps)
 
     mgr = checkpoint.manager(cfg.workdir, keep=cfg.keep_checkpoints)
-    start = mgr.latest_step()
-    if start is None:
-        state = state_lib.create(cfg.model, optimizer, mesh, jax.random.key(cfg.data.seed))
-        start = 0
-    else:
-        checkpoint.check_run(checkpoint.read_run(mgr, start), run, checkpoint.directory(cfg.workdir))
-        state = checkpoint.restore_state(mgr, start, state_lib.abstract(cfg.model, optimizer, mesh))
-        print(f"[train] resumed from {checkpoint.directory(cfg.workdir)} at step {start}", flush=True)
+    state, start = _restore_or_init(cfg, mgr, optimizer, mesh, run)
     checkpoint.save_json(fs.join(cfg.workdir, "config.json"), run)
 
     writer = metrics.Writer(cfg.workdir, num_steps, cfg.log_every)
@@ -161,7 +170,8 @@ def train(cfg: config_lib.TrainConfig) -> dict:
     tokens_per_step = cfg.data.global_batch * seq_len
     flops_per_step = metrics.flops_per_token(cfg.model, seq_len) * tokens_per_step
     peak = metrics.total_peak_flops(cfg.peak_flops)
-    train_step = step_lib.make_train_step(cfg.model, optimizer, lr, shardings, mesh, cfg.microbatches)
+    train_step = step_lib.make_train_step(cfg.model, optimizer, lr, shardings, mesh,
+                                          cfg.microbatches)
     evaluator = evaluate.Evaluator(cfg.model, mesh, cfg.eval_batch_size or cfg.data.global_batch)
     loader = loader_lib.BatchLoader(schedule, stores["real"], synthetic, mesh, start_step=start)
     stop = _Stop()
@@ -224,7 +234,8 @@ def train(cfg: config_lib.TrainConfig) -> dict:
                 run_eval(step)
             due = cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0
             if cfg.checkpoint_every_minutes and step % max(1, cfg.log_every) == 0:
-                due = due or _agree(time.monotonic() - last_save > 60 * cfg.checkpoint_every_minutes)
+                overdue = time.monotonic() - last_save > 60 * cfg.checkpoint_every_minutes
+                due = due or _agree(overdue)
             if due:
                 save()
                 last_save = time.monotonic()

@@ -18,14 +18,15 @@ from megadoc.models import llama
 from megadoc.train import tfevents
 
 # bf16 dense peak per chip, FLOP/s.
-KNOWN_PEAKS = {"TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12,
-               "TPU v5": 459e12, "TPU v6 lite": 918e12, "TPU v6e": 918e12, "H100": 989e12,
-               "H200": 989e12, "A100": 312e12}
+KNOWN_PEAKS = {"TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12,
+               "TPU v5p": 459e12, "TPU v5": 459e12, "TPU v6 lite": 918e12, "TPU v6e": 918e12,
+               "H100": 989e12, "H200": 989e12, "A100": 312e12}
 
 
 def flops_per_token(config: llama.LlamaConfig, seq_len: int) -> float:
     """Training FLOPs per token: 6·N over the matmul params (all but the input embedding) plus
-    causal-agnostic attention 12·layers·heads·head_dim·seq (the PaLM convention; remat not counted)."""
+    attention 12·layers·heads·head_dim·seq, causal mask ignored (the PaLM convention); remat
+    recomputation is not counted (MFU, not hardware utilisation)."""
     n_matmul = llama.num_params(config) - config.vocab_size * config.hidden
     head_dim = config.head_dim or config.hidden // config.heads
     return 6.0 * n_matmul + 12.0 * config.layers * config.heads * head_dim * seq_len

@@ -36,7 +36,8 @@ def _split_microbatches(x_BxW, microbatches, mesh):
     device layout (a block of rows per device) instead of landing on 1/M of the devices."""
     b, w = x_BxW.shape
     x_MxBmxW = x_BxW.reshape(b // microbatches, microbatches, w).swapaxes(0, 1)
-    return jax.lax.with_sharding_constraint(x_MxBmxW, NamedSharding(mesh, P(None, *sharding.batch_sharding(mesh).spec)))
+    spec = P(None, *sharding.batch_sharding(mesh).spec)
+    return jax.lax.with_sharding_constraint(x_MxBmxW, NamedSharding(mesh, spec))
 
 
 def grads_and_loss(model_config, params, batch, microbatches, mesh):
