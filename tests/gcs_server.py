@@ -23,6 +23,7 @@ import contextlib
 import itertools
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -41,12 +42,14 @@ ENV_KEYS = ("STORAGE_EMULATOR_HOST", "TENSORSTORE_GCS_HTTP_URL", "GOOGLE_AUTH_TO
             "GOOGLE_CLOUD_PROJECT", "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT",
             "DISABLE_GCS_PYTHON_CLIENT_OTEL_BUCKET_METADATA")
 
-# Three fidelity fixes to the emulator, applied in its own process before it builds its routes
+# Four fidelity fixes to the emulator, applied in its own process before it builds its routes
 # (plus a watchdog that ends the server when the test process dies without cleaning up):
 # - real GCS answers a media download with `x-goog-generation`; tensorstore reads the object's
 #   generation from it (OCDBT, hence orbax, fails with "Malformed StorageGeneration" without it);
 # - real GCS lists only names in [startOffset, endOffset); the emulator ignores both, so
 #   tensorstore's DeleteRange (zarr `delete_existing`) listed, and deleted, the whole bucket;
+# - an object's `mediaLink` (where the client downloads ranges from) names the host that asked
+#   for the metadata, not the one that uploaded the object (a FaultProxy gone by then);
 # - its HTTPServer serves one request at a time with a listen backlog of 5, so a burst of
 #   parallel connections (tensorstore, orbax) has SYNs dropped and waits out TCP's 1 s
 #   retransmit; a deeper backlog keeps the burst queued instead.
@@ -79,6 +82,26 @@ def ls(request, response, storage, *args, **kwargs):
         response.json(body)
 
 objects.ls = ls
+
+from gcp_storage_emulator import server
+
+_json = server.Response.json
+
+def rebase_media_links(obj, base):
+    if isinstance(obj, list):
+        return [rebase_media_links(o, base) for o in obj]
+    if not isinstance(obj, dict):
+        return obj
+    out = {k: rebase_media_links(v, base) for k, v in obj.items()}
+    if isinstance(out.get("mediaLink"), str) and "/download/" in out["mediaLink"]:
+        out["mediaLink"] = base + "/download/" + out["mediaLink"].split("/download/", 1)[1]
+    return out
+
+def json_with_media_links(self, obj):
+    host = self._handler.headers.get("Host")
+    _json(self, rebase_media_links(obj, "http://" + host) if host else obj)
+
+server.Response.json = json_with_media_links
 http.server.HTTPServer.request_queue_size = 256
 
 import os, threading, time
@@ -293,7 +316,8 @@ class FaultProxy:
 
         self.server = server
         self.read_only = False
-        self.requests: list[str] = []  # "METHOD path" of every request seen, faulted or not
+        # "METHOD path[ name=object]" of every request seen, faulted or not
+        self.requests: list[str] = []
         self._faults: list = []
         self._lock = threading.Lock()
         self._saved: dict[str, str | None] = {}
@@ -302,8 +326,12 @@ class FaultProxy:
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_any(self):
                 body = self._body()
+                line = f"{self.command} {self.path}"
+                if "uploadType=multipart" in self.path:  # the object's name is in the body
+                    name = re.search(rb'"name": ?"([^"]*)"', body)
+                    line += f" name={name.group(1).decode()}" if name else ""
                 with proxy._lock:
-                    proxy.requests.append(f"{self.command} {self.path}")
+                    proxy.requests.append(line)
                     fault = proxy._faults.pop(0) if proxy._faults else None
                 if fault is None and proxy.read_only and self.command in proxy._WRITES:
                     fault = 403

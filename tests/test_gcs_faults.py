@@ -110,3 +110,13 @@ def test_missing_object_in_a_bucket_whose_metadata_is_forbidden(proxy, gcs_serve
     with pytest.raises(FileNotFoundError):
         fs.read_bytes(fs.join(gcs_server.fresh_path(), "missing"))
     assert proxy.pending() == 0
+
+
+def test_object_written_through_a_proxy_streams_once_the_proxy_is_gone(gcs_server):
+    """The ranged reads of open_read follow the object's mediaLink, which must name the host
+    the reader talks to (on GCS: always the API endpoint), not the writer's."""
+    path = fs.join(gcs_server.fresh_path(), "via_proxy.jsonl")
+    with FaultProxy(gcs_server):
+        fs.write_text(path, "written through the proxy\n")
+    with fs.open_read(path) as f:
+        assert f.read() == b"written through the proxy\n"
