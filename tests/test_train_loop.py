@@ -19,7 +19,7 @@ import pytest
 from experiments import train as train_main
 from gcs_server import gcs_server  # noqa: F401  (fixture)
 from megadoc import fs
-from megadoc.train import checkpoint, loop
+from megadoc.train import checkpoint, evaluate, loop
 from train_fixtures import make_store
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -101,7 +101,7 @@ def reference(data):
     return {"workdir": workdir, "summary": s, "rows": train_rows(workdir)}
 
 
-def test_tiny_run_learns_and_writes_its_outputs(reference):
+def test_tiny_run_learns_and_writes_its_outputs(data, reference):
     losses = np.array([r["loss"] for r in reference["rows"]])
     assert len(losses) == STEPS
     per_8 = losses.reshape(4, 8).mean(axis=1)
@@ -119,6 +119,9 @@ def test_tiny_run_learns_and_writes_its_outputs(reference):
     # load_params is the contract others use: the newest checkpoint is the final state.
     model_config, params = checkpoint.load_params(reference["workdir"])
     assert model_config.vocab_size == 64 and loop.params_sha256(params) == s["params_sha256"]
+    # eval_loss is the contract for everyone else's evaluations: same number as the loop's.
+    loss = evaluate.eval_loss(model_config, params, data["val"], batch_size=4)
+    np.testing.assert_allclose(loss, s["eval"]["iid"], rtol=1e-5)
 
 
 def test_sigterm_then_sigkill_midsave_then_resume_is_bitwise_exact(data, reference):
