@@ -161,13 +161,14 @@ def test_same_run_on_4_devices_and_on_2_processes_of_4(data, reference):
     four, two = str(data["dir"] / "four"), str(data["dir"] / "two_procs")
     port = free_port()
     procs = [launch(data, args(data, four), devices=4)]
-    val = f"--val=iid={data['val']}"  # evaluation reads each process's rows too
-    procs.append(launch(data, args(data, two, val, "--distributed", "--num_processes=2",
+    # Evaluation reads each process's rows; time-based saves need process 0's clock agreed on.
+    extra = [f"--val=iid={data['val']}", "--checkpoint_every_minutes=1e-9", "--log_every=10"]
+    procs.append(launch(data, args(data, two, *extra, "--distributed", "--num_processes=2",
                                    f"--coordinator_address=127.0.0.1:{port}", "--process_id=0"),
                         devices=4))
     os.environ["JAX_COORDINATOR_ADDRESS"] = f"127.0.0.1:{port}"  # process 1 finds it in the env
     try:
-        procs.append(launch(data, args(data, two, val, "--distributed", "--num_processes=2",
+        procs.append(launch(data, args(data, two, *extra, "--distributed", "--num_processes=2",
                                        "--process_id=1"), devices=4))
     finally:
         del os.environ["JAX_COORDINATOR_ADDRESS"]
@@ -181,6 +182,7 @@ def test_same_run_on_4_devices_and_on_2_processes_of_4(data, reference):
         np.testing.assert_allclose([r["loss"] for r in got], [r["loss"] for r in want], rtol=2e-3)
     s = summary(two)
     assert s["config"]["mesh"] == [1, -1, 1]
+    assert sorted(os.listdir(os.path.join(two, "checkpoints")), key=int) == ["30", "32"]
     np.testing.assert_allclose(s["eval"]["iid"], reference["summary"]["eval"]["iid"], rtol=2e-3)
 
 
