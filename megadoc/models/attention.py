@@ -48,29 +48,30 @@ def masked_attention(q_BxTxNxDh, k_BxSxKxDh, v_BxSxKxDh, mask_BxTxS):
     return out_BxTxKxGxDh.reshape(B, T, N, Dh).astype(q_BxTxNxDh.dtype)
 
 
-def cached_attention(q_BxTxNxDh, k_BxSxKxDh, v_BxSxKxDh, cache_mask_BxTxS,
-                     k_BxTxKxDh, v_BxTxKxDh, chunk_mask_BxTxT):
-    """Attention over cache slots and the chunk's own keys, one softmax over both; the cache
-    is only read, so a caller can write the chunk into it afterwards in one in-place update."""
+def cached_attention(q_BxTxNxDh, k_BxSxKxDh, v_BxSxKxDh, mask_BxTxS):
+    """Queries over a KV cache that already holds their own keys; query t sees slot s iff
+    mask[b, t, s]. A single-token chunk (decode) multiplies a block-diagonal query [N, K*Dh]
+    with the cache viewed as [S, K*Dh]: K times the (tiny) flops, but plain batched matmuls that
+    read the cache in its stored layout, where per-kv-head batching makes XLA:CPU transpose the
+    whole cache every step."""
     B, T, N, Dh = q_BxTxNxDh.shape
-    K = k_BxSxKxDh.shape[2]
-    q_BxTxKxGxDh = q_BxTxNxDh.reshape(B, T, K, N // K, Dh)
-    scale = 1 / math.sqrt(Dh)
-    neg = jnp.finfo(jnp.float32).min
-    cache_scores = jnp.einsum("btkgd,bskd->bkgts", q_BxTxKxGxDh, k_BxSxKxDh,
-                              preferred_element_type=jnp.float32) * scale
-    chunk_scores = jnp.einsum("btkgd,bskd->bkgts", q_BxTxKxGxDh, k_BxTxKxDh,
-                              preferred_element_type=jnp.float32) * scale
-    scores = jnp.concatenate([jnp.where(cache_mask_BxTxS[:, None, None], cache_scores, neg),
-                              jnp.where(chunk_mask_BxTxT[:, None, None], chunk_scores, neg)], -1)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v_BxSxKxDh.dtype)
-    S = k_BxSxKxDh.shape[1]
-    out_BxTxKxGxDh = (
-        jnp.einsum("bkgts,bskd->btkgd", probs[..., :S], v_BxSxKxDh,
-                   preferred_element_type=jnp.float32)
-        + jnp.einsum("bkgts,bskd->btkgd", probs[..., S:], v_BxTxKxDh,
-                     preferred_element_type=jnp.float32))
-    return out_BxTxKxGxDh.reshape(B, T, N, Dh).astype(q_BxTxNxDh.dtype)
+    S, K = k_BxSxKxDh.shape[1:3]
+    if T > 1:
+        return masked_attention(q_BxTxNxDh, k_BxSxKxDh, v_BxSxKxDh, mask_BxTxS)
+    eye_KxK = jnp.eye(K, dtype=q_BxTxNxDh.dtype)
+    q_BxNxE = (q_BxTxNxDh.reshape(B, K, N // K, 1, Dh) * eye_KxK[:, None, :, None]).reshape(
+        B, N, K * Dh)
+    scores_BxSxN = jnp.einsum("bse,bne->bsn", k_BxSxKxDh.reshape(B, S, K * Dh), q_BxNxE,
+                              preferred_element_type=jnp.float32) / math.sqrt(Dh)
+    scores_BxNxS = jnp.where(mask_BxTxS, jnp.swapaxes(scores_BxSxN, 1, 2),
+                             jnp.finfo(jnp.float32).min)
+    probs_BxNxS = jax.nn.softmax(scores_BxNxS, axis=-1).astype(v_BxSxKxDh.dtype)
+    out_BxNxE = jnp.einsum("bns,bse->bne", probs_BxNxS, v_BxSxKxDh.reshape(B, S, K * Dh),
+                           preferred_element_type=jnp.float32)
+    # Each query head keeps the block of its own kv head.
+    out_BxNxDh = jnp.einsum("bkgjd,kj->bkgd", out_BxNxE.reshape(B, K, N // K, K, Dh),
+                            eye_KxK.astype(jnp.float32))
+    return out_BxNxDh.reshape(B, T, N, Dh).astype(q_BxTxNxDh.dtype)
 
 
 def causal_mask(T, segment_ids_BxT=None):

@@ -190,9 +190,10 @@ def _mm(spec, x, w, dtype):
 
 
 def _layer(config, rope, x_BxTxH, p, positions_BxT, segment_ids_BxT, cache=None):
-    """One block; returns the new residual stream and this chunk's (k, v). With `cache` =
-    (k [B, S, K, Dh], v, mask over cache slots [B, T, S]) queries attend to the valid cache slots
-    and to the chunk's own keys at positions <= theirs; the caller writes (k, v) into the cache."""
+    """One block; returns the new residual stream and this chunk's (k, v), or, with `cache` =
+    (k [B, S, K, Dh], v, mask over cache slots [B, T, S]), the updated cache: the chunk's keys and
+    values are written at their positions first, then queries attend over the cache alone (a
+    write before the reads lets XLA update a loop-carried cache in place)."""
     dt = config.compute_dtype
     h = rms_norm(x_BxTxH, p["attn_norm"], config.norm_eps)
     q_BxTxNxDh = sharding.constrain(_mm("bth,hnd->btnd", h, p["q"], dt), sharding.ACT_HEADS)
@@ -205,10 +206,14 @@ def _layer(config, rope, x_BxTxH, p, positions_BxT, segment_ids_BxT, cache=None)
         att_BxTxNxDh = attention.causal_attention(q_BxTxNxDh, k_BxTxKxDh, v_BxTxKxDh, segs,
                                                   implementation=config.attention)
     else:
-        cache_k, cache_v, cache_mask_BxTxS = cache
-        chunk_mask_BxTxT = positions_BxT[:, None, :] <= positions_BxT[:, :, None]
-        att_BxTxNxDh = attention.cached_attention(q_BxTxNxDh, cache_k, cache_v, cache_mask_BxTxS,
-                                                  k_BxTxKxDh, v_BxTxKxDh, chunk_mask_BxTxT)
+        cache_k_BxSxKxDh, cache_v_BxSxKxDh, mask_BxTxS = cache
+        rows_Bx1 = jnp.arange(x_BxTxH.shape[0])[:, None]
+        cache_k_BxSxKxDh = cache_k_BxSxKxDh.at[rows_Bx1, positions_BxT].set(
+            k_BxTxKxDh.astype(cache_k_BxSxKxDh.dtype))
+        cache_v_BxSxKxDh = cache_v_BxSxKxDh.at[rows_Bx1, positions_BxT].set(
+            v_BxTxKxDh.astype(cache_v_BxSxKxDh.dtype))
+        att_BxTxNxDh = attention.cached_attention(q_BxTxNxDh, cache_k_BxSxKxDh, cache_v_BxSxKxDh,
+                                                  mask_BxTxS)
     x_BxTxH = x_BxTxH + _mm("btnd,ndh->bth", att_BxTxNxDh, p["o"], dt)
     x_BxTxH = sharding.constrain(x_BxTxH, sharding.ACT_EMBED)
 
@@ -216,7 +221,8 @@ def _layer(config, rope, x_BxTxH, p, positions_BxT, segment_ids_BxT, cache=None)
     gate_BxTxF = sharding.constrain(_mm("bth,hf->btf", h, p["gate"], dt), sharding.ACT_FFN)
     up_BxTxF = sharding.constrain(_mm("bth,hf->btf", h, p["up"], dt), sharding.ACT_FFN)
     x_BxTxH = x_BxTxH + _mm("btf,fh->bth", jax.nn.silu(gate_BxTxF) * up_BxTxF, p["down"], dt)
-    return sharding.constrain(x_BxTxH, sharding.ACT_EMBED), (k_BxTxKxDh, v_BxTxKxDh)
+    kv = (k_BxTxKxDh, v_BxTxKxDh) if cache is None else (cache_k_BxSxKxDh, cache_v_BxSxKxDh)
+    return sharding.constrain(x_BxTxH, sharding.ACT_EMBED), kv
 
 
 def _remat(fn, policy):
@@ -227,12 +233,23 @@ def _remat(fn, policy):
     return jax.checkpoint(fn, policy=jax.checkpoint_policies.save_only_these_names("matmul"))
 
 
+def unstack_layers(stacked) -> tuple:
+    """The per-layer slices of a tree whose leaves carry a leading layer axis (the layer params,
+    a cache's "k" or "v"). A decode loop passes params and cache this way: each layer then reads
+    its own buffers (no slicing copy per step) and its cache is updated in place."""
+    num_layers = jax.tree.leaves(stacked)[0].shape[0]
+    return tuple(jax.tree.map(lambda x, i=i: x[i], stacked) for i in range(num_layers))
+
+
 def hidden_states(config: LlamaConfig, params: dict, tokens: jax.Array, segment_ids=None, *,
                   positions=None, cache=None):
     """Trunk output after the final norm, [B, T, H] in the compute dtype (and the updated cache
     when `cache` is given). Without a cache, attention is causal by index and `positions` (default
-    0..T-1) only sets RoPE. With a cache, `positions` [B, T] says where each token sits in its
-    row: its keys/values are written there and it attends to cache slots 0..position."""
+    0..T-1) only sets RoPE. With a cache, `positions` [B, T] (distinct within a row) says where
+    each token sits in its row: its keys/values are written there and it attends to cache slots
+    0..position. The cache's "k"/"v" are stacked [layers, B, S, K, Dh] arrays (the layers run
+    under a scan) or tuples of per-layer [B, S, K, Dh] arrays (`unstack_layers`; the layers run
+    unrolled and the cache comes back per layer); `params["layers"]` may be unstacked too."""
     B, T = tokens.shape
     dt = config.compute_dtype
     if cache is not None and positions is None:
@@ -245,29 +262,35 @@ def hidden_states(config: LlamaConfig, params: dict, tokens: jax.Array, segment_
     # Gather the (FSDP-sharded) table whole first, so the lookup is local to each batch shard.
     embed_VxH = sharding.constrain(params["embed"].astype(dt), sharding.GATHERED_EMBED)
     x_BxTxH = sharding.constrain(embed_VxH[tokens], sharding.ACT_EMBED)
+    layers = params["layers"]
 
     if cache is None:
         def step(x, p):
             return _layer(config, rope, x, p, positions, segment_ids)[0], None
 
-        x_BxTxH, _ = jax.lax.scan(_remat(step, config.remat), x_BxTxH, params["layers"])
+        x_BxTxH, _ = jax.lax.scan(_remat(step, config.remat), x_BxTxH, layers)
     else:
-        # Cache slots a query may see: at or before its position, and not rewritten by this
-        # chunk (the chunk's own keys come straight from the layer, not from the cache).
-        slots_S = jnp.arange(cache["k"].shape[2])
-        rewritten_BxS = (slots_S[None, None, :] == positions[:, :, None]).any(axis=1)
-        mask_BxTxS = (slots_S[None, None, :] <= positions[:, :, None]) & ~rewritten_BxS[:, None]
+        per_layer = isinstance(cache["k"], (list, tuple))
+        slots_S = jnp.arange((cache["k"][0] if per_layer else cache["k"]).shape[-3])
+        mask_BxTxS = slots_S[None, None, :] <= positions[:, :, None]
+        if per_layer:
+            if not isinstance(layers, (list, tuple)):
+                layers = unstack_layers(layers)
+            new_k, new_v = [], []
+            for p, k, v in zip(layers, cache["k"], cache["v"]):
+                x_BxTxH, (k, v) = _layer(config, rope, x_BxTxH, p, positions, None,
+                                         (k, v, mask_BxTxS))
+                new_k.append(k)
+                new_v.append(v)
+            cache = {"k": tuple(new_k), "v": tuple(new_v)}
+        else:
+            def step(x, layer_in):
+                p, k, v = layer_in
+                return _layer(config, rope, x, p, positions, None, (k, v, mask_BxTxS))
 
-        def step(x, layer_in):
-            p, k, v = layer_in
-            return _layer(config, rope, x, p, positions, None, (k, v, mask_BxTxS))
-
-        x_BxTxH, (k_LxBxTxKxDh, v_LxBxTxKxDh) = jax.lax.scan(
-            step, x_BxTxH, (params["layers"], cache["k"], cache["v"]))
-        # One scatter for all layers, in place when the caller donates the cache.
-        rows_Bx1 = jnp.arange(B)[:, None]
-        cache = {"k": cache["k"].at[:, rows_Bx1, positions].set(k_LxBxTxKxDh),
-                 "v": cache["v"].at[:, rows_Bx1, positions].set(v_LxBxTxKxDh)}
+            x_BxTxH, (k_LxBxSxKxDh, v_LxBxSxKxDh) = jax.lax.scan(
+                step, x_BxTxH, (layers, cache["k"], cache["v"]))
+            cache = {"k": k_LxBxSxKxDh, "v": v_LxBxSxKxDh}
     x_BxTxH = rms_norm(x_BxTxH, params["final_norm"], config.norm_eps)
     return x_BxTxH if cache is None else (x_BxTxH, cache)
 

@@ -100,14 +100,24 @@ def _filter_logits(settings: Settings, logits_BxV):
     return logits_BxV
 
 
+def _argmax(x_BxV):
+    """First index of each row's maximum, as jnp.argmax, but two plain reductions: XLA:CPU runs
+    argmax's (value, index) reduction several times slower."""
+    iota_V = jnp.arange(x_BxV.shape[-1], dtype=jnp.int32)
+    is_max_BxV = x_BxV == jnp.max(x_BxV, axis=-1, keepdims=True)
+    return jnp.min(jnp.where(is_max_BxV, iota_V, x_BxV.shape[-1]), axis=-1)
+
+
 def _sample(settings: Settings, logits_BxV, keys_Bx2, step_B):
-    """One token per row; row b uses only its own key folded with its own step."""
+    """One token per row; row b uses only its own key folded with its own step. The draw is
+    `jax.random.categorical`'s (Gumbel noise from the row's key, then the argmax)."""
     if settings.temperature == 0:
-        return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
+        return _argmax(logits_BxV)
     logits_BxV = _filter_logits(settings, logits_BxV)
     keys = jax.random.wrap_key_data(keys_Bx2, impl="threefry2x32")
     keys = jax.vmap(jax.random.fold_in)(keys, step_B)
-    return jax.vmap(jax.random.categorical)(keys, logits_BxV).astype(jnp.int32)
+    gumbel_BxV = jax.vmap(lambda k: jax.random.gumbel(k, logits_BxV.shape[-1:]))(keys)
+    return _argmax(gumbel_BxV + logits_BxV)
 
 
 def _is_stop(settings: Settings, tokens_B):
@@ -132,6 +142,14 @@ def _constrain_state(config, mesh, state):
     b, s = state["cache"]["k"].shape[1:3]
     specs = _state_specs(config, mesh, b, s, state["out"].shape[1])
     return jax.tree.map(jax.lax.with_sharding_constraint, state, specs)
+
+
+def _constrain_layer_caches(mesh, caches):
+    """The per-layer [B, S, K, Dh] caches of the decode loop, laid out as the stacked cache."""
+    if mesh is None:
+        return caches
+    spec = sharding.spec(("batch", "seq", "kv_heads", "head_dim"), caches["k"][0].shape, mesh)
+    return jax.tree.map(lambda c: jax.lax.with_sharding_constraint(c, spec), caches)
 
 
 def _empty_state(config, batch_size, cache_len, max_new):
@@ -198,29 +216,34 @@ def _insert(config, settings, mesh, state, prefill_cache, logits_PxV, lens_P, ro
     return _constrain_state(config, mesh, state)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2), donate_argnums=(4,))
-def _decode(config, settings, mesh, params, state, max_steps, refill_at):
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 7), donate_argnums=(4,))
+def _decode(config, settings, mesh, params, state, max_steps, refill_at, attend_len):
     """Up to `max_steps` decode steps; stops early when no slot is active or when at least
-    `refill_at` slots are free."""
+    `refill_at` slots are free. Every position the loop can reach is below `attend_len`, so it
+    carries only those cache slots, one buffer per layer (updated in place, attended whole),
+    and writes them back at the end."""
     batch_size, max_new = state["out"].shape
     rows_B = jnp.arange(batch_size)
+    params = dict(params, layers=llama.unstack_layers(params["layers"]))
+    live = _constrain_layer_caches(mesh, {n: llama.unstack_layers(c[:, :, :attend_len])
+                                          for n, c in state["cache"].items()})
+    rest = {n: v for n, v in state.items() if n != "cache"}
 
     def cond(carry):
-        step, st = carry
+        step, st, _ = carry
         free = jnp.sum(~st["active"])
         return (step < max_steps) & jnp.any(st["active"]) & (free < refill_at)
 
     def body(carry):
-        step, st = carry
-        logits_Bx1xV, cache = llama.forward(config, params, st["last"][:, None],
-                                            positions=st["pos"][:, None], cache=st["cache"])
+        step, st, live = carry
+        logits_Bx1xV, live = llama.forward(config, params, st["last"][:, None],
+                                           positions=st["pos"][:, None], cache=live)
         active_B = st["active"]
         token_B = _sample(settings, logits_Bx1xV[:, 0], st["key"], st["count"])
         stopped_B = _is_stop(settings, token_B) & active_B
         write_at_B = jnp.where(active_B, st["count"], max_new)  # out of range: dropped
         count_B = st["count"] + active_B
         st = dict(
-            cache=cache,
             last=jnp.where(active_B, token_B, st["last"]),
             pos=st["pos"] + active_B,
             count=count_B,
@@ -230,9 +253,12 @@ def _decode(config, settings, mesh, params, state, max_steps, refill_at):
             key=st["key"],
             out=st["out"].at[rows_B, write_at_B].set(token_B, mode="drop"),
         )
-        return step + 1, _constrain_state(config, mesh, st)
+        return step + 1, st, _constrain_layer_caches(mesh, live)
 
-    return jax.lax.while_loop(cond, body, (jnp.int32(0), state))[1]
+    _, rest, live = jax.lax.while_loop(cond, body, (jnp.int32(0), rest, live))
+    cache = {n: jax.lax.dynamic_update_slice(c, jnp.stack(live[n]), (0,) * c.ndim)
+             for n, c in state["cache"].items()}
+    return _constrain_state(config, mesh, dict(rest, cache=cache))
 
 
 # ----------------------------------------------------------------------------- host loop
@@ -251,6 +277,7 @@ class Sampler:
         self.steps_per_sync = steps_per_sync
         self.refill_at = max(1, batch_size // 8)
         self._state = None
+        self._pos = np.zeros(batch_size, np.int64)  # each slot's position as of the last sync
         self.generated_tokens = 0  # running total, for progress reports
 
     def _call(self, fn, *args):
@@ -313,8 +340,16 @@ class Sampler:
             else:
                 refill_at = min(self.refill_at, pending_samples) or self.batch_size + 1
             self._state = self._call(_decode, self.config, self.settings, self.mesh, self.params,
-                                     self._state, self.steps_per_sync, refill_at)
+                                     self._state, self.steps_per_sync, refill_at,
+                                     self._attend_len(occupant))
             yield from self._harvest(occupant)
+
+    def _attend_len(self, occupant: list) -> int:
+        """Cache slots the next decode call attends to: a power of two (few compiles) past every
+        position an occupied slot can reach in it; rows beyond are never read or written."""
+        reach = max(self._pos[i] for i, o in enumerate(occupant) if o is not None)
+        cache_len = self._state["cache"]["k"].shape[2]
+        return min(cache_len, _pow2_at_least(reach + self.steps_per_sync, CACHE_ALIGN))
 
     def _admit(self, free: list[int], pending: collections.deque, occupant: list) -> int:
         """Fill free slots from the pending queue, one prefill per prompt-length bucket."""
@@ -356,6 +391,7 @@ class Sampler:
                 rows[j], slots[j], budgets[j], samples[j] = row, slot, budget, sample
                 request_keys[j] = int(req.key) & 0xFFFFFFFF
                 occupant[slot] = (req, sample)
+                self._pos[slot] = len(req.prompt)
                 j += 1
         prefill_cache, logits = self._call(_prefill, self.config, self.params, tokens, lens)
         self._state = self._call(_insert, self.config, self.settings, self.mesh, self._state,
@@ -363,7 +399,7 @@ class Sampler:
                                  np.uint32(self.seed & 0xFFFFFFFF), request_keys, samples)
 
     def _harvest(self, occupant: list) -> Iterator[Completion]:
-        active = np.asarray(self._state["active"])
+        active, self._pos[:] = jax.device_get((self._state["active"], self._state["pos"]))
         done = [i for i, o in enumerate(occupant) if o is not None and not active[i]]
         if not done:
             return
