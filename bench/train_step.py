@@ -6,7 +6,6 @@ this machine's measured bf16 matmul peak (bf16 inputs, fp32 accumulation).
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 

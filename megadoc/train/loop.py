@@ -6,7 +6,6 @@ metrics, so it never waits on the device except at saves and evals.
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import math
 import signal
