@@ -119,6 +119,15 @@ def get_file(path: str, local_path: str) -> None:
             shutil.copyfile(path, tmp)
 
 
+def _umasked_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_FILE_MODE = _umasked_mode()
+
+
 @contextlib.contextmanager
 def _local_temp(path: str) -> Iterator[str]:
     """A temp file name beside local `path`, renamed onto it when the block succeeds."""
@@ -128,6 +137,7 @@ def _local_temp(path: str) -> Iterator[str]:
     os.close(fd)
     try:
         yield tmp
+        os.chmod(tmp, _FILE_MODE)  # mkstemp makes 0600; published files read like any other
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

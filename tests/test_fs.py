@@ -193,3 +193,11 @@ def test_glob_relative_to_the_working_directory(tmp_path, monkeypatch):
     fs.write_text("sub/b.jsonl", "")
     assert fs.glob("*.jsonl") == ["a.jsonl"]
     assert fs.glob("sub/*.jsonl") == [os.path.join("sub", "b.jsonl")]
+
+
+def test_local_writes_get_ordinary_file_permissions(tmp_path):
+    path = str(tmp_path / "summary.json")
+    fs.write_text(path, "{}")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~mask
