@@ -174,7 +174,6 @@ def _grow(config, mesh, cache_len, state):
     return _constrain_state(config, mesh, state)
 
 
-@functools.partial(jax.jit, static_argnums=(0,))
 def _prefill(config, params, tokens_PxL, lens_P):
     """KV cache [.., P, L, ..] of P right-padded prompts and the logits after each last token."""
     num_prompts, prefill_len = tokens_PxL.shape
@@ -186,12 +185,14 @@ def _prefill(config, params, tokens_PxL, lens_P):
     return cache, llama.output_logits(config, params, last_PxH[:, None])[:, 0]
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2), donate_argnums=(3,))
-def _insert(config, settings, mesh, state, prefill_cache, logits_PxV, lens_P, rows_B, slots_B,
-            budget_B, seed, request_key_B, sample_B):
-    """Start sample b of prefilled prompt rows_B[b] in slot slots_B[b] (its cache rows copied,
-    its first token drawn); entries with slot == batch_size are padding and change nothing."""
-    prefill_len = prefill_cache["k"].shape[2]
+@functools.partial(jax.jit, static_argnums=(0, 1, 2), donate_argnums=(4,))
+def _insert(config, settings, mesh, params, state, tokens_PxL, lens_P, rows_B, slots_B, budget_B,
+            seed, request_key_B, sample_B):
+    """Prefill the prompts, then start sample b of prompt rows_B[b] in slot slots_B[b] (its
+    cache rows copied, its first token drawn); entries with slot == batch_size are padding and
+    change nothing. One jit for both: one compile per admission shape."""
+    prefill_cache, logits_PxV = _prefill(config, params, tokens_PxL, lens_P)
+    prefill_len = tokens_PxL.shape[1]
     root = jax.random.wrap_key_data(jax.random.key_data(jax.random.PRNGKey(seed)))
     keys_Bx2 = jax.vmap(lambda r, s: jax.random.key_data(
         jax.random.fold_in(jax.random.fold_in(root, r), s)))(request_key_B, sample_B)
@@ -352,7 +353,7 @@ class Sampler:
         return min(cache_len, _pow2_at_least(reach + self.steps_per_sync, CACHE_ALIGN))
 
     def _admit(self, free: list[int], pending: collections.deque, occupant: list) -> int:
-        """Fill free slots from the pending queue, one prefill per prompt-length bucket."""
+        """Fill free slots from the pending queue, prefilled by prompt-length bucket."""
         groups: dict[int, list] = collections.defaultdict(list)  # bucket -> [(req, [(slot, s)])]
         needed_len = 0
         taken = 0
@@ -372,14 +373,16 @@ class Sampler:
                 pending.popleft()
         self._ensure_cache(needed_len)
         cache_len = self._state["cache"]["k"].shape[2]
+        # Prefill in groups of a fixed number of prompts (the usual refill size): one compile per
+        # length bucket, however many slots an admission fills.
         for bucket, items in sorted(groups.items()):
-            self._prefill_group(min(bucket, cache_len), items, occupant)
+            for i in range(0, len(items), self.refill_at):
+                self._prefill_group(min(bucket, cache_len), items[i:i + self.refill_at], occupant)
         return taken
 
     def _prefill_group(self, prefill_len: int, items: list, occupant: list):
-        num_prompts = _pow2_at_least(len(items), 1)
-        tokens = np.zeros((num_prompts, prefill_len), np.int32)
-        lens = np.ones((num_prompts,), np.int32)
+        tokens = np.zeros((self.refill_at, prefill_len), np.int32)
+        lens = np.ones((self.refill_at,), np.int32)
         B = self.batch_size
         rows, slots, budgets = np.zeros(B, np.int32), np.full(B, B, np.int32), np.ones(B, np.int32)
         request_keys, samples = np.zeros(B, np.uint32), np.zeros(B, np.int32)
@@ -393,9 +396,8 @@ class Sampler:
                 occupant[slot] = (req, sample)
                 self._pos[slot] = len(req.prompt)
                 j += 1
-        prefill_cache, logits = self._call(_prefill, self.config, self.params, tokens, lens)
-        self._state = self._call(_insert, self.config, self.settings, self.mesh, self._state,
-                                 prefill_cache, logits, lens, rows, slots, budgets,
+        self._state = self._call(_insert, self.config, self.settings, self.mesh, self.params,
+                                 self._state, tokens, lens, rows, slots, budgets,
                                  np.uint32(self.seed & 0xFFFFFFFF), request_keys, samples)
 
     def _harvest(self, occupant: list) -> Iterator[Completion]:
