@@ -3,9 +3,8 @@
     with GcsServer(buckets=["megadoc-test"]) as server:   # sets the env, stops the server
         fs.write_text("gs://megadoc-test/x.txt", "hi")
 
-Or, in a test module, the session fixture (one server per pytest process, started on first use):
-
-    from gcs_server import gcs_server  # noqa: F401  (pytest finds the fixture by name)
+Or the session fixture, which conftest.py provides to every test module (one server per
+pytest process, started on first use):
 
     def test_x(gcs_server):
         root = gcs_server.fresh_path()   # gs://megadoc-test/<unique>, empty
@@ -282,7 +281,7 @@ _session_server: GcsServer | None = None
 @pytest.fixture(scope="session")
 def gcs_server():
     """The session's in-memory emulator with bucket `megadoc-test`; env set while it lives.
-    Each test module that imports this fixture gets its own fixture definition from pytest,
+    A test module that also imports this fixture gets its own fixture definition from pytest,
     so the server is a module-level singleton: one process per session all the same."""
     global _session_server
     if _session_server is None:

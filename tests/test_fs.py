@@ -4,7 +4,7 @@ import threading
 
 import pytest
 
-from gcs_server import FaultProxy, gcs_server  # noqa: F401  (session fixture)
+from gcs_server import FaultProxy
 from megadoc import fs, gcs
 
 

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from gcs_server import FaultProxy, GcsServer, gcs_server  # noqa: F401  (session fixture)
+from gcs_server import FaultProxy, GcsServer
 from megadoc import fs, gcs
 
 

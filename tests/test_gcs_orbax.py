@@ -8,7 +8,7 @@ import orbax.checkpoint as ocp
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from gcs_server import FaultProxy, GcsServer, gcs_server  # noqa: F401  (session fixture)
+from gcs_server import FaultProxy, GcsServer
 from megadoc import fs, gcs
 
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import tensorstore as ts
 
-from gcs_server import FaultProxy, gcs_server  # noqa: F401  (session fixture)
+from gcs_server import FaultProxy
 from megadoc import fs
 
 
