@@ -69,8 +69,8 @@ def cached_attention(q_BxTxNxDh, k_BxSxKxDh, v_BxSxKxDh, mask_BxTxS):
     out_BxNxE = jnp.einsum("bns,bse->bne", probs_BxNxS, v_BxSxKxDh.reshape(B, S, K * Dh),
                            preferred_element_type=jnp.float32)
     # Each query head keeps the block of its own kv head.
-    out_BxNxDh = jnp.einsum("bkgjd,kj->bkgd", out_BxNxE.reshape(B, K, N // K, K, Dh),
-                            eye_KxK.astype(jnp.float32))
+    out_BxGxDhxK = jnp.diagonal(out_BxNxE.reshape(B, K, N // K, K, Dh), axis1=1, axis2=3)
+    out_BxNxDh = jnp.moveaxis(out_BxGxDhxK, -1, 1)
     return out_BxNxDh.reshape(B, T, N, Dh).astype(q_BxTxNxDh.dtype)
 
 
