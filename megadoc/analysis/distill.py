@@ -124,6 +124,7 @@ def distill(cfg: DistillConfig, teacher_config: llama.LlamaConfig, teacher_stack
                          f"microbatches {cfg.microbatches}")
     if not 0.0 <= cfg.kl_weight <= 1.0:
         raise ValueError(f"kl_weight must be in [0, 1], got {cfg.kl_weight}")
+    loop_lib.check_writable(cfg.workdir)
     real = store_lib.open(cfg.data.real)
     synthetic = store_lib.open(cfg.data.synthetic) if cfg.data.synthetic else None
     val = {name: store_lib.open(path) for name, path in cfg.val}
