@@ -1,10 +1,12 @@
 """Sampler decode throughput against transformers `generate` (torch, CPU), and KV-cache size.
 
 Both sides run the same random Llama weights in fp32 with the same prompts, greedy, every sequence
-generating exactly NEW_TOKENS tokens (no stop token). Each side is timed (best of 2) after a
-warm-up run, so jit compilation and torch's first-call costs are excluded. torch is timed with
-its default thread count and with one thread (on a busy machine one thread is often faster); the
-ratio is taken against the faster of the two. Run: `python -m bench.run bench.sampler`.
+generating exactly NEW_TOKENS tokens (no stop token). Each side is timed after a warm-up run, so
+jit compilation and torch's first-call costs are excluded, in ROUNDS interleaved rounds (ours,
+torch with its default threads, torch with one thread) keeping each side's best: on a shared
+machine a busy spell then hits both sides alike. One thread is often torch's faster setting on a
+busy machine; the ratio is taken against the faster of the two.
+Run: `python -m bench.run bench.sampler`.
 """
 import dataclasses
 import os
@@ -22,22 +24,19 @@ from megadoc.synth import sampler  # noqa: E402
 BATCHES = (1, 8)
 PROMPT_LEN = 32
 NEW_TOKENS = 128
+ROUNDS = 3
 SHAPE = dict(vocab_size=2048, hidden_size=128, intermediate_size=384, num_hidden_layers=2,
              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
 
 
-def _seconds(fn, repeats):
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
+def _seconds(fn):
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
 
 
-def _ours(config, params, prompts):
+def _ours(config, params, prompts, state):
     settings = sampler.Settings(max_new_tokens=NEW_TOKENS, temperature=0.0)
-    state = {}
 
     def run():
         s = sampler.Sampler(config, params, settings, batch_size=len(prompts))
@@ -45,26 +44,35 @@ def _ours(config, params, prompts):
         assert all(len(c.tokens) == NEW_TOKENS for c in out)
         state["cache"] = s._state["cache"]
 
-    run()  # warm-up: compiles
-    return _seconds(run, 2), state["cache"]
+    return run
 
 
 def _theirs(torch, model, prompts, threads):
     ids = torch.tensor(prompts)
-    default = torch.get_num_threads()
-    torch.set_num_threads(threads)
 
-    def run(n):
-        with torch.no_grad():
-            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n,
-                                 do_sample=False, eos_token_id=None, pad_token_id=0)
+    def run(n=NEW_TOKENS):
+        default = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            with torch.no_grad():
+                out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n,
+                                     do_sample=False, eos_token_id=None, pad_token_id=0)
+        finally:
+            torch.set_num_threads(default)
         assert out.shape[1] == PROMPT_LEN + n
 
-    try:
-        run(4)  # warm-up
-        return _seconds(lambda: run(NEW_TOKENS), 2)
-    finally:
-        torch.set_num_threads(default)
+    return run
+
+
+def _best_interleaved(runs: dict) -> dict:
+    """Best seconds of each run over ROUNDS rounds, each round running every one once."""
+    for fn in runs.values():
+        fn()  # warm-up: jit compiles, torch's first calls
+    best = {name: float("inf") for name in runs}
+    for _ in range(ROUNDS):
+        for name, fn in runs.items():
+            best[name] = min(best[name], _seconds(fn))
+    return best
 
 
 def run() -> str:
@@ -82,9 +90,12 @@ def run() -> str:
     rows, cache_rows = [], []
     for batch in BATCHES:
         prompts = rng.integers(3, SHAPE["vocab_size"], (batch, PROMPT_LEN)).tolist()
-        t_ours, cache = _ours(config, params, prompts)
-        t_default = _theirs(torch, model, prompts, default_threads)
-        t_one = _theirs(torch, model, prompts, 1)
+        state = {}
+        best = _best_interleaved({
+            "ours": _ours(config, params, prompts, state),
+            "default": _theirs(torch, model, prompts, default_threads),
+            "one": _theirs(torch, model, prompts, 1)})
+        t_ours, t_default, t_one, cache = best["ours"], best["default"], best["one"], state["cache"]
         tokens = batch * NEW_TOKENS
         rows.append(f"| {batch} | {tokens / t_ours:,.0f} | {tokens / t_default:,.0f} | "
                     f"{tokens / t_one:,.0f} | **{min(t_default, t_one) / t_ours:.1f}x** |")
@@ -104,7 +115,7 @@ def run() -> str:
         f"Random Llama (hidden {SHAPE['hidden_size']}, {SHAPE['num_hidden_layers']} layers, "
         f"{SHAPE['num_attention_heads']} heads / {SHAPE['num_key_value_heads']} kv heads, vocab "
         f"{SHAPE['vocab_size']}), fp32, prompt {PROMPT_LEN} tokens, {NEW_TOKENS} new tokens per "
-        f"sequence, greedy; each side best of 2 runs after a warm-up (jax on "
+        f"sequence, greedy; each side best of {ROUNDS} interleaved rounds after a warm-up (jax on "
         f"{jax.devices()[0].platform}; transformers {transformers.__version__} `generate`, torch "
         f"{torch.__version__} with its default {default_threads} threads and with 1 thread).",
         "",
