@@ -288,8 +288,8 @@ class Sampler:
             return fn(*args)
 
     def _ensure_cache(self, needed_len: int):
-        """A cache of at least `needed_len` slots: sized to the first work (attention reads every
-        slot each step), then grown geometrically so a long job recompiles only a few times."""
+        """A cache of at least `needed_len` slots: sized to the first work (memory), then grown
+        geometrically so a long job recompiles only a few times."""
         current = 0 if self._state is None else self._state["cache"]["k"].shape[2]
         if needed_len <= current:
             return
