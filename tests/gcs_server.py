@@ -41,7 +41,7 @@ ENV_KEYS = ("STORAGE_EMULATOR_HOST", "TENSORSTORE_GCS_HTTP_URL", "GOOGLE_AUTH_TO
             "GOOGLE_CLOUD_PROJECT", "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT",
             "DISABLE_GCS_PYTHON_CLIENT_OTEL_BUCKET_METADATA")
 
-# Four fidelity fixes to the emulator, applied in its own process before it builds its routes
+# Five fidelity fixes to the emulator, applied in its own process before it builds its routes
 # (plus a watchdog that ends the server when the test process dies without cleaning up):
 # - real GCS answers a media download with `x-goog-generation`; tensorstore reads the object's
 #   generation from it (OCDBT, hence orbax, fails with "Malformed StorageGeneration" without it);
@@ -49,11 +49,13 @@ ENV_KEYS = ("STORAGE_EMULATOR_HOST", "TENSORSTORE_GCS_HTTP_URL", "GOOGLE_AUTH_TO
 #   tensorstore's DeleteRange (zarr `delete_existing`) listed, and deleted, the whole bucket;
 # - an object's `mediaLink` (where the client downloads ranges from) names the host that asked
 #   for the metadata, not the one that uploaded the object (a FaultProxy gone by then);
+# - a disk-backed server writes its files atomically (temp + rename): stopped mid-write, it
+#   tore its index of every object (.meta) and could not start again;
 # - its HTTPServer serves one request at a time with a listen backlog of 5, so a burst of
 #   parallel connections (tensorstore, orbax) has SYNs dropped and waits out TCP's 1 s
 #   retransmit; a deeper backlog keeps the burst queued instead.
 _SERVE = """
-import http.server, json, sys
+import http.server, json, os, sys
 from gcp_storage_emulator.handlers import objects
 
 _download = objects.download
@@ -101,9 +103,22 @@ def json_with_media_links(self, obj):
     _json(self, rebase_media_links(obj, "http://" + host) if host else obj)
 
 server.Response.json = json_with_media_links
+
+from gcp_storage_emulator import storage
+
+_write_bytes = storage._FileStore.write_bytes
+
+def write_bytes_atomically(self, rel, content):
+    if self._use_memory:
+        return _write_bytes(self, rel, content)
+    partial = rel + ".~partial"
+    _write_bytes(self, partial, content)
+    os.replace(self._disk_path(self._norm(partial)), self._disk_path(self._norm(rel)))
+
+storage._FileStore.write_bytes = write_bytes_atomically
 http.server.HTTPServer.request_queue_size = 256
 
-import os, threading, time
+import threading, time
 
 def exit_with_parent(parent=os.getppid()):  # the test process was killed: no orphan server
     while os.getppid() == parent:
