@@ -28,6 +28,9 @@ from megadoc.models import llama
 from megadoc.models import sharding
 
 MIN_PREFILL_LEN = 16
+# Prompts per prefill call: a fixed count, so each prompt-length bucket compiles once; 8 rows
+# amortise the per-call cost without padding a small refill much.
+PREFILL_ROWS = 8
 CACHE_ALIGN = 64
 
 FINISH_STOP = "eos"              # ended on one of the stop tokens
@@ -277,6 +280,7 @@ class Sampler:
         self.batch_size, self.seed, self.mesh = batch_size, seed, mesh
         self.steps_per_sync = steps_per_sync
         self.refill_at = max(1, batch_size // 8)
+        self.prefill_rows = min(batch_size, PREFILL_ROWS)
         self._state = None
         self._pos = np.zeros(batch_size, np.int64)  # each slot's position as of the last sync
         self.generated_tokens = 0  # running total, for progress reports
@@ -373,16 +377,15 @@ class Sampler:
                 pending.popleft()
         self._ensure_cache(needed_len)
         cache_len = self._state["cache"]["k"].shape[2]
-        # Prefill in groups of a fixed number of prompts (the usual refill size): one compile per
-        # length bucket, however many slots an admission fills.
         for bucket, items in sorted(groups.items()):
-            for i in range(0, len(items), self.refill_at):
-                self._prefill_group(min(bucket, cache_len), items[i:i + self.refill_at], occupant)
+            for i in range(0, len(items), self.prefill_rows):
+                self._prefill_group(min(bucket, cache_len), items[i:i + self.prefill_rows],
+                                    occupant)
         return taken
 
     def _prefill_group(self, prefill_len: int, items: list, occupant: list):
-        tokens = np.zeros((self.refill_at, prefill_len), np.int32)
-        lens = np.ones((self.refill_at,), np.int32)
+        tokens = np.zeros((self.prefill_rows, prefill_len), np.int32)
+        lens = np.ones((self.prefill_rows,), np.int32)
         B = self.batch_size
         rows, slots, budgets = np.zeros(B, np.int32), np.full(B, B, np.int32), np.ones(B, np.int32)
         request_keys, samples = np.zeros(B, np.uint32), np.zeros(B, np.int32)
