@@ -169,14 +169,20 @@ def _launch(module: str, argv: list[str], cache: str, log_path) -> subprocess.Po
 def _wait_until(done, proc: subprocess.Popen, log_path, timeout: float = 180, poll: float = 0.1):
     deadline = time.monotonic() + timeout
     while not done():
-        assert proc.poll() is None, f"job ended early:\n{_tail(log_path)}"
-        assert time.monotonic() < deadline, f"no progress after {timeout}s:\n{_tail(log_path)}"
+        if proc.poll() is not None:
+            raise AssertionError(f"job ended early:\n{_tail(log_path)}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"no progress after {timeout}s:\n{_tail(log_path)}")
         time.sleep(poll)
 
 
 def _run(module: str, argv: list[str], cache: str, log_path) -> str:
     proc = _launch(module, argv, cache, log_path)
-    proc.wait(timeout=300)
+    try:
+        proc.wait(timeout=300)
+    finally:
+        proc.kill()  # a no-op once it has exited
     assert proc.returncode == 0, _tail(log_path)
     with open(log_path, encoding="utf-8", errors="replace") as f:
         return f.read()
