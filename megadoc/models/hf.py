@@ -321,9 +321,9 @@ def _local_file(dest, writer):
         with os.fdopen(fd, "wb") as f:
             yield f
         if fs.is_gcs(dest):
-            from megadoc import gcs
-            gcs.retrying(dest, lambda: gcs.blob(dest).upload_from_filename(tmp))
+            fs.put_file(tmp, dest)
         else:
+            os.chmod(tmp, 0o644)  # mkstemp makes 0600
             os.replace(tmp, dest)
     finally:
         with contextlib.suppress(FileNotFoundError):
