@@ -46,7 +46,7 @@ SCALES = {
                    rephrase_tokens=24, thought_tokens=16, synth_batch=32, eval_every=0),
     "small": Scale(max_docs=0, max_doc_chars=2000, vocab_size=2048, seq_len=256,
                    generator=dict(hidden=256, ffn=768, layers=4, heads=8, kv_heads=4),
-                   generator_epochs=6, student=dict(hidden=128, ffn=384, layers=4, heads=4, kv_heads=4),
+                   generator_epochs=4, student=dict(hidden=128, ffn=384, layers=4, heads=4, kv_heads=4),
                    student_epochs=4, mix=0.5, global_batch=16, rephrases=2, splits=2,
                    rephrase_tokens=128, thought_tokens=64, synth_batch=64, eval_every=40),
 }
