@@ -41,7 +41,7 @@ ENV_KEYS = ("STORAGE_EMULATOR_HOST", "TENSORSTORE_GCS_HTTP_URL", "GOOGLE_AUTH_TO
             "GOOGLE_CLOUD_PROJECT", "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT",
             "DISABLE_GCS_PYTHON_CLIENT_OTEL_BUCKET_METADATA")
 
-# Five fidelity fixes to the emulator, applied in its own process before it builds its routes
+# Six fidelity fixes to the emulator, applied in its own process before it builds its routes
 # (plus a watchdog that ends the server when the test process dies without cleaning up):
 # - real GCS answers a media download with `x-goog-generation`; tensorstore reads the object's
 #   generation from it (OCDBT, hence orbax, fails with "Malformed StorageGeneration" without it);
@@ -51,6 +51,8 @@ ENV_KEYS = ("STORAGE_EMULATOR_HOST", "TENSORSTORE_GCS_HTTP_URL", "GOOGLE_AUTH_TO
 #   for the metadata, not the one that uploaded the object (a FaultProxy gone by then);
 # - a disk-backed server writes its files atomically (temp + rename): stopped mid-write, it
 #   tore its index of every object (.meta) and could not start again;
+# - SIGTERM waits for an object write in progress (content and metadata are two files; real
+#   GCS publishes an object whole), so a stopped server never serves a torn object;
 # - its HTTPServer serves one request at a time with a listen backlog of 5, so a burst of
 #   parallel connections (tensorstore, orbax) has SYNs dropped and waits out TCP's 1 s
 #   retransmit; a deeper backlog keeps the burst queued instead.
@@ -116,6 +118,31 @@ def write_bytes_atomically(self, rel, content):
     os.replace(self._disk_path(self._norm(partial)), self._disk_path(self._norm(rel)))
 
 storage._FileStore.write_bytes = write_bytes_atomically
+
+import signal
+
+_busy, _stopping = [0], [False]
+
+def exit_between_writes(signum, frame):
+    if _busy[0]:
+        _stopping[0] = True
+    else:
+        os._exit(0)
+
+def finish_before_exit(method):
+    def wrapped(*args, **kwargs):
+        _busy[0] += 1
+        try:
+            return method(*args, **kwargs)
+        finally:
+            _busy[0] -= 1
+            if _stopping[0] and not _busy[0]:
+                os._exit(0)
+    return wrapped
+
+for _name in ("create_file", "delete_file", "patch_object", "add_to_resumable_upload"):
+    setattr(storage.Storage, _name, finish_before_exit(getattr(storage.Storage, _name)))
+signal.signal(signal.SIGTERM, exit_between_writes)
 http.server.HTTPServer.request_queue_size = 256
 
 import threading, time
