@@ -9,6 +9,7 @@ not the papers' effect, which needs a real generator (Llama 3.1 8B Instruct) and
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import time
 
@@ -46,9 +47,9 @@ SCALES = {
                    rephrase_tokens=24, thought_tokens=16, synth_batch=32, eval_every=0),
     "small": Scale(max_docs=0, max_doc_chars=2000, vocab_size=2048, seq_len=256,
                    generator=dict(hidden=256, ffn=768, layers=4, heads=8, kv_heads=4),
-                   generator_epochs=4, student=dict(hidden=128, ffn=384, layers=4, heads=4, kv_heads=4),
-                   student_epochs=4, mix=0.5, global_batch=16, rephrases=2, splits=2,
-                   rephrase_tokens=128, thought_tokens=64, synth_batch=64, eval_every=40),
+                   generator_epochs=3, student=dict(hidden=128, ffn=384, layers=4, heads=4, kv_heads=4),
+                   student_epochs=2, mix=0.5, global_batch=16, rephrases=2, splits=2,
+                   rephrase_tokens=64, thought_tokens=32, synth_batch=64, eval_every=20),
 }
 
 
@@ -117,18 +118,22 @@ def prepare_store(workdir: str, scale: Scale, seed: int, name: str, recipe: str,
     return {"windows": meta["num_windows"], "tokens": meta["num_tokens"]}
 
 
+def _model(vocab_size: int, max_seq_len: int, shape: dict):
+    from megadoc.models import llama
+
+    return dataclasses.replace(llama.preset("tiny"), vocab_size=vocab_size, max_seq_len=max_seq_len,
+                               head_dim=None, **shape)  # head_dim follows the new hidden / heads
+
+
 def _train(workdir: str, scale: Scale, seed: int, name: str, model_overrides: dict, *,
            epochs: int, synthetic: str | None = None, mix: float = 0.0,
            max_seq_len: int | None = None, eval_every: int = 0) -> dict:
-    from megadoc.models import llama
-    from megadoc.train import config, loop
-
     from megadoc.data import store
+    from megadoc.train import config, loop
 
     real = fs.join(workdir, "stores", "real")
     vocab = int(store.open(real).metadata["vocab_size"])
-    model = dataclasses.replace(llama.preset("tiny"), vocab_size=vocab,
-                                max_seq_len=max_seq_len or scale.seq_len, **model_overrides)
+    model = _model(vocab, max_seq_len or scale.seq_len, model_overrides)
     cfg = config.TrainConfig(
         model=model,
         data=config.DataConfig(real=real, synthetic=synthetic, mix=mix, epochs=epochs, seed=seed,
@@ -169,7 +174,8 @@ def synthesize(workdir: str, scale: Scale, seed: int, method: str) -> dict:
         generations=scale.rephrases, splits=scale.splits,
         max_new_tokens=scale.rephrase_tokens if method == "rephrase" else scale.thought_tokens,
         temperature=1.0, seed=seed, batch_size=scale.synth_batch, shard_size=64))
-    return {"path": out, "finish_reasons": summary.get("finish_reasons", {})}
+    return {"path": out, "records": summary["records"], "generated_tokens": summary["generated_tokens"],
+            "finish_reason": summary["finish_reason"]}
 
 
 def untrained_loss(workdir: str, scale: Scale, seed: int) -> float:
@@ -180,8 +186,7 @@ def untrained_loss(workdir: str, scale: Scale, seed: int) -> float:
     from megadoc.train import evaluate
 
     val = store.open(fs.join(workdir, "stores", "val"))
-    model = dataclasses.replace(llama.preset("tiny"), vocab_size=int(val.metadata["vocab_size"]),
-                                max_seq_len=scale.seq_len, **scale.student)
+    model = _model(int(val.metadata["vocab_size"]), scale.seq_len, scale.student)
     params = llama.init(model, jax.random.key(seed))
     return evaluate.eval_loss(model, params, val, batch_size=scale.global_batch)
 
@@ -226,7 +231,7 @@ def write_results(workdir: str, scale_name: str, results: dict, untrained: float
     ax.set_title(f"megadoc demo ({scale_name})")
     ax.legend()
     fig.tight_layout()
-    buf = __import__("io").BytesIO()
+    buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120)
     plt.close(fig)
     fs.write_bytes(fs.join(workdir, "val_loss.png"), buf.getvalue())
