@@ -19,7 +19,7 @@ def main() -> None:
     parts = [
         "# BENCH",
         "",
-        f"Produced by `make bench` (`{" ".join(["python -m bench.run", *sys.argv[1:]])}`) on "
+        f"Produced by `make bench` (`{' '.join(['python -m bench.run', *sys.argv[1:]])}`) on "
         f"{datetime.date.today()}, {platform.machine()}, {os.cpu_count()} CPU cores, "
         f"python {platform.python_version()}.",
         "",
