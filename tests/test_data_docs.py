@@ -6,7 +6,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from data_fixtures import corpus, train_tokenizer
-from gcs_server import gcs_server  # noqa: F401  (session fixture)
 from megadoc import fs
 from megadoc.data import docs, megadocs
 

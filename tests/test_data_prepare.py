@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from data_fixtures import corpus, train_tokenizer
-from gcs_server import gcs_server  # noqa: F401  (session fixture)
 from megadoc import fs
 from megadoc.data import docs, megadocs, store
 from megadoc.data.prepare import PrepareConfig, doc_key, prepare
@@ -73,7 +72,7 @@ def test_order_depends_on_seed_not_on_input_layout_or_workers(inputs, tmp_path):
     docs.write_jsonl(str(tmp_path / "b.jsonl.gz"), shuffled[30:])
     a = prepare(config(inputs, tmp_path / "a"))
     b = prepare(config(inputs, tmp_path / "b", docs=str(tmp_path / "*.jsonl*"), buckets=1))
-    c = prepare(config(inputs, tmp_path / "c", seed=4))
+    prepare(config(inputs, tmp_path / "c", seed=4))
     read = lambda p: stream(store.open(str(tmp_path / p)))[0]  # noqa: E731
     assert a["num_windows"] == b["num_windows"]
     np.testing.assert_array_equal(read("a"), read("b"))

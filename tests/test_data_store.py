@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 
 from data_fixtures import labelled_store
-from gcs_server import gcs_server  # noqa: F401  (session fixture)
 from megadoc import fs
 from megadoc.data import store
 

@@ -19,13 +19,13 @@ import urllib.parse
 import numpy as np
 import pytest
 
-from experiments import train as train_main
 from gcs_server import FaultProxy, GcsServer
 from megadoc import fs
 from megadoc.data import docs, prepare, store, tokenizer
 from megadoc.models import hf
 from megadoc.synth import job
 from megadoc.train import checkpoint, evaluate, loop
+from train_fixtures import train_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SENTENCES = ["The river floods every spring and the farmers plant after it recedes.",
@@ -69,15 +69,6 @@ def _synth_argv(base: str) -> list[str]:
             f"--docs={fs.join(base, 'corpus', 'train.jsonl')}", f"--output={fs.join(base, 'synth')}",
             f"--template={fs.join(base, 'short_rephrase.txt')}", "--generations=1",
             "--max_new_tokens=8", "--batch_size=4", "--shard_size=4"]
-
-
-def _train_config(argv):
-    train_main.FLAGS.unparse_flags()
-    train_main.FLAGS(["train", *argv])
-    try:
-        return train_main.build_config()
-    finally:
-        train_main.FLAGS.unparse_flags()
 
 
 def _export_generator(base: str) -> None:
@@ -273,7 +264,7 @@ def test_jobs_refuse_a_missing_or_read_only_bucket_naming_the_path(bucket, local
     base = local["base"]
     target = "gs://megadoc-no-such-bucket/run" if bucket == "missing" else server.fresh_path()
     expected = "bucket does not exist" if bucket == "missing" else "permission denied"
-    train_cfg = _train_config(_train_argv(gcs_base, fs.join(target, "train")))
+    train_cfg = train_config(_train_argv(gcs_base, fs.join(target, "train")))
     synth_cfg = job.JobConfig(method="rephrase", generator=fs.join(base, "generator"),
                               docs=fs.join(base, "corpus", "train.jsonl"),
                               output=fs.join(target, "synth"))

@@ -1,14 +1,12 @@
 """HF import/export: golden parity with transformers' Llama, round trip, clear errors."""
 import dataclasses
 import json
-import os
 
 import jax
 import ml_dtypes
 import numpy as np
 import pytest
 
-from gcs_server import gcs_server  # noqa: F401  (session fixture)
 from megadoc.models import hf, llama, sharding
 
 torch = pytest.importorskip("torch")

@@ -16,11 +16,9 @@ import time
 import numpy as np
 import pytest
 
-from experiments import train as train_main
-from gcs_server import gcs_server  # noqa: F401  (fixture)
 from megadoc import fs
 from megadoc.train import checkpoint, evaluate, loop
-from train_fixtures import make_store
+from train_fixtures import make_store, train_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 32  # 4 epochs of 64 windows in batches of 8
@@ -36,15 +34,6 @@ def data(tmp_path_factory):
 def args(data, workdir, *extra):
     return ["--preset=tiny", f"--workdir={workdir}", f"--real={data['real']}", "--epochs=4",
             "--lr=3e-3", "--weight_decay=0.1", "--checkpoint_every_minutes=0", *extra]
-
-
-def config_of(argv):
-    train_main.FLAGS.unparse_flags()
-    train_main.FLAGS(["train", *argv])
-    try:
-        return train_main.build_config()
-    finally:
-        train_main.FLAGS.unparse_flags()
 
 
 def rows(workdir):
@@ -97,7 +86,7 @@ def finish(proc, timeout=240):
 def reference(data):
     """Uninterrupted run in this process (8 devices), with a validation set evaluated every 8."""
     workdir = str(data["dir"] / "reference")
-    s = loop.train(config_of(args(data, workdir, f"--val=iid={data['val']}", "--eval_every=8")))
+    s = loop.train(train_config(args(data, workdir, f"--val=iid={data['val']}", "--eval_every=8")))
     return {"workdir": workdir, "summary": s, "rows": train_rows(workdir)}
 
 
@@ -188,21 +177,21 @@ def test_same_run_on_4_devices_and_on_2_processes_of_4(data, reference):
 
 def test_bad_input_is_refused_with_the_reason(data, reference, tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere"):
-        config_of(args(data, str(tmp_path / "w"), "--real=" + str(tmp_path / "nowhere")))
+        train_config(args(data, str(tmp_path / "w"), "--real=" + str(tmp_path / "nowhere")))
     other = make_store(str(tmp_path / "other_tok"), 8, fingerprint="another-tokenizer")
     with pytest.raises(ValueError, match="another-tokenizer"):
-        loop.train(config_of(args(data, str(tmp_path / "w"), f"--val=x={other}")))
+        loop.train(train_config(args(data, str(tmp_path / "w"), f"--val=x={other}")))
     with pytest.raises(ValueError, match=r"(?s)another run.*data.epochs.*optimizer.lr: checkpoint 0.003 != now 0.01"):
-        loop.train(config_of(args(data, reference["workdir"], "--epochs=5", "--lr=1e-2")))
+        loop.train(train_config(args(data, reference["workdir"], "--epochs=5", "--lr=1e-2")))
     (tmp_path / "a_file").write_text("")
     with pytest.raises(PermissionError, match="a_file/w: workdir is not writable"):
-        loop.train(config_of(args(data, str(tmp_path / "a_file" / "w"))))
+        loop.train(train_config(args(data, str(tmp_path / "a_file" / "w"))))
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_the_state_that_caused_it(data, tmp_path):
     workdir = str(tmp_path / "nan")
     with pytest.raises(FloatingPointError, match=r"loss is nan at step (\d+)") as e:
-        loop.train(config_of(args(data, workdir, "--lr=1e30", "--warmup=0", "--epochs=1")))
+        loop.train(train_config(args(data, workdir, "--lr=1e30", "--warmup=0", "--epochs=1")))
     step = int(re.search(r"at step (\d+)", str(e.value)).group(1))
     assert checkpoint.manager(workdir, read_only=True).all_steps() == [step - 1]
     losses = [r["loss"] for r in train_rows(workdir)]
@@ -214,7 +203,7 @@ def test_checkpoint_restores_onto_another_mesh(reference):
     from megadoc.models import sharding
     from megadoc.train import optimizer, state
 
-    cfg = config_of(args({"real": reference["summary"]["config"]["data"]["real"]}, reference["workdir"]))
+    cfg = train_config(args({"real": reference["summary"]["config"]["data"]["real"]}, reference["workdir"]))
     opt = optimizer.make(cfg.optimizer, STEPS)
     mesh = sharding.make_mesh(2, 2, 1, devices=jax.devices()[:4])
     mgr = checkpoint.manager(reference["workdir"], read_only=True)
@@ -227,10 +216,10 @@ def test_checkpoint_restores_onto_another_mesh(reference):
 def test_workdir_on_gcs_trains_resumes_and_loads(data, gcs_server):
     root = gcs_server.fresh_path()
     argv = args(data, root, "--epochs=1", "--checkpoint_every_steps=4")
-    s = loop.train(config_of(argv))
+    s = loop.train(train_config(argv))
     assert {"checkpoints", "metrics.jsonl", "summary.json", "tensorboard"} <= set(fs.listdir(root))
     assert fs.listdir(root + "/checkpoints") == ["4", "8"]
     assert len(fs.read_text(root + "/metrics.jsonl").splitlines()) == 8
     _, params = checkpoint.load_params(root)
     assert loop.params_sha256(params) == s["params_sha256"]
-    assert loop.train(config_of(argv))["params_sha256"] == s["params_sha256"]  # resumes at the end
+    assert loop.train(train_config(argv))["params_sha256"] == s["params_sha256"]  # resumes at the end

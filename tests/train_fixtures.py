@@ -21,3 +21,15 @@ def make_store(path: str, num_windows: int, seq_len: int = 32, seed: int = 0,
     writer.finish({"tokenizer_fingerprint": fingerprint, "vocab_size": VOCAB, "recipe": recipe,
                    "num_tokens": int(tokens.size)})
     return path
+
+
+def train_config(argv: list[str]):
+    """The TrainConfig `python -m experiments.train ARGV` would run, flags left unparsed after."""
+    from experiments import train as train_main
+
+    train_main.FLAGS.unparse_flags()
+    train_main.FLAGS(["train", *argv])
+    try:
+        return train_main.build_config()
+    finally:
+        train_main.FLAGS.unparse_flags()
