@@ -15,7 +15,10 @@ def parser(flag_values: flags.FlagValues):
             print(sys.modules["__main__"].__doc__ or "")
             print(flag_values.get_help())
             sys.exit(0)
-        rest = flag_values(argv)
+        try:
+            rest = flag_values(argv)
+        except flags.Error as e:
+            sys.exit(f"{e}\nSee --help.")
         flags.FLAGS.mark_as_parsed()
         return rest
     return parse

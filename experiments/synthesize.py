@@ -13,7 +13,6 @@ reasons: megadoc/synth/job.py.
 """
 from __future__ import annotations
 
-import sys
 
 from absl import app, flags
 
@@ -67,17 +66,5 @@ def main(argv):
     job.run(build_config())
 
 
-def _parse(argv):
-    if {"-h", "--help", "--helpfull"} & set(argv[1:]):
-        print(__doc__ + "\n" + FLAGS.get_help())
-        sys.exit(0)
-    try:
-        rest = FLAGS(argv)
-    except flags.Error as e:
-        sys.exit(f"{e}\nSee --help.")
-    flags.FLAGS(argv[:1])  # absl's global flags (logging) keep their defaults
-    return rest
-
-
 if __name__ == "__main__":
-    app.run(main, flags_parser=_parse)
+    app.run(main, flags_parser=own_flags.parser(FLAGS))
