@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -19,6 +20,7 @@ def _demo(workdir, **kwargs):
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
 
 
+@pytest.mark.slow
 def test_smoke_demo_runs_every_stage_and_resumes_after_kill(tmp_path):
     workdir = tmp_path / "demo"
     first = _demo(workdir)
