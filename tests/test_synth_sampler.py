@@ -73,7 +73,7 @@ def _sample_all(config, params, prompts, batch_size, mesh=None):
     settings = sampler.Settings(max_new_tokens=MAX_NEW, temperature=1.0, top_p=0.95, top_k=40,
                                 stop_tokens=tuple(range(0, 96, 8)))
     if mesh is not None:
-        params = jax.device_put(params, sharding.param_shardings(config, mesh))
+        params = jax.device_put(params, llama.param_shardings(config, mesh))
     s = sampler.Sampler(config, params, settings, batch_size=batch_size, seed=7, mesh=mesh)
     requests = [sampler.Request(p, key=1000 + i, num_samples=3, tag=i)
                 for i, p in enumerate(prompts)]

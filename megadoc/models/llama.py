@@ -16,6 +16,7 @@ import math
 import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
+from jax.sharding import NamedSharding
 
 from megadoc.models import attention
 from megadoc.models import matmul
@@ -99,6 +100,31 @@ def preset(name: str) -> LlamaConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown model preset {name!r}; expected one of {sorted(PRESETS)}")
     return PRESETS[name]
+
+
+# Logical axes of each param, by leaf name (see the tree above); the rules in sharding.py map them to mesh axes.
+PARAM_AXES = {
+    "embed": ("embed_vocab", "embed"),
+    "lm_head": ("embed", "vocab"),
+    "final_norm": ("norm",),
+    "attn_norm": ("layers", "norm"),
+    "mlp_norm": ("layers", "norm"),
+    "q": ("layers", "embed", "heads", "head_dim"),
+    "k": ("layers", "embed", "kv_heads", "head_dim"),
+    "v": ("layers", "embed", "kv_heads", "head_dim"),
+    "o": ("layers", "heads", "head_dim", "embed"),
+    "gate": ("layers", "embed", "ffn"),
+    "up": ("layers", "embed", "ffn"),
+    "down": ("layers", "ffn", "embed"),
+}
+
+
+def param_shardings(config: LlamaConfig, mesh) -> dict:
+    """NamedShardings of every param, from its logical axes and the mesh's rules."""
+    return jax.tree.map_with_path(
+        lambda path, shape: NamedSharding(mesh, sharding.spec(PARAM_AXES[path[-1].key], shape,
+                                                                mesh)),
+        param_shapes(config), is_leaf=lambda x: isinstance(x, tuple))
 
 
 def param_shapes(config: LlamaConfig) -> dict:

@@ -270,7 +270,7 @@ def _decode(config, settings, mesh, params, state, max_steps, refill_at, attend_
 class Sampler:
     """Continuous-batching sampler over `batch_size` slots; see the module docstring.
 
-    With a mesh, params must already be laid out by `sharding.param_shardings`, and batch_size
+    With a mesh, params must already be laid out by `llama.param_shardings`, and batch_size
     should be a multiple of the data x fsdp size.
     """
 
