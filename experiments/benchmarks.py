@@ -16,7 +16,7 @@ import json
 
 from absl import app, flags
 
-from experiments import own_flags
+from megadoc import cli
 
 # Own FlagValues: see experiments/ensemble.py.
 FLAGS = flags.FlagValues()
@@ -35,9 +35,8 @@ flags.DEFINE_string("output", None, "JSON results path (default for one run: <wo
 
 
 def run(f=FLAGS) -> dict:
-    from experiments.ensemble import load_members
     from megadoc import fs
-    from megadoc.analysis import benchmarks
+    from megadoc.analysis import benchmarks, ensemble
     from megadoc.data import tokenizer as tokenizer_lib
     from megadoc.models import sharding
     from megadoc.train import checkpoint
@@ -54,7 +53,7 @@ def run(f=FLAGS) -> dict:
         config, params = checkpoint.load_params(f.workdirs[0], f.step)
         average = None
     else:
-        config, params = load_members(f.workdirs)
+        config, params = ensemble.load_members(f.workdirs)
         average = f.average
     if tokenizer.vocab_size > config.vocab_size:
         raise ValueError(f"{f.tokenizer}: vocab {tokenizer.vocab_size} exceeds the model's {config.vocab_size}")
@@ -73,4 +72,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=own_flags.parser(FLAGS))
+    app.run(main, flags_parser=cli.parser(FLAGS))

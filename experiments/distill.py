@@ -17,7 +17,7 @@ import sys
 
 from absl import app, flags
 
-from experiments import own_flags
+from megadoc import cli
 
 # Own FlagValues: see experiments/ensemble.py.
 FLAGS = flags.FlagValues()
@@ -44,7 +44,6 @@ flags.DEFINE_integer("log_every", 10, "progress line every N steps", flag_values
 
 
 def build_config(f=FLAGS):
-    from experiments.ensemble import parse_val
     from megadoc.analysis import distill
     from megadoc.data import store as store_lib
     from megadoc.models import llama
@@ -66,22 +65,21 @@ def build_config(f=FLAGS):
         workdir=f.workdir, teacher=tuple(f.teachers), kl_weight=f.kl_weight,
         teacher_average=f.teacher_average, mesh=tuple(int(x) for x in f.mesh),
         microbatches=f.microbatches or p.microbatches,
-        val=tuple(parse_val(f.val).items()), checkpoint_every_steps=f.checkpoint_every_steps,
+        val=tuple(cli.parse_named(f.val, "val").items()), checkpoint_every_steps=f.checkpoint_every_steps,
         log_every=f.log_every)
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from experiments.ensemble import load_members
-    from megadoc.analysis import distill
+    from megadoc.analysis import distill, ensemble
 
     cfg = build_config()
-    teacher_config, teacher = load_members(list(cfg.teacher))
+    teacher_config, teacher = ensemble.load_members(list(cfg.teacher))
     summary = distill.distill(cfg, teacher_config, teacher)
     if summary["status"] == "preempted":
         sys.exit(143)  # 128 + SIGTERM, as experiments.train: a preempted, resumable job
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=own_flags.parser(FLAGS))
+    app.run(main, flags_parser=cli.parser(FLAGS))

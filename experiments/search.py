@@ -17,7 +17,7 @@ import shlex
 
 from absl import app, flags
 
-from experiments import own_flags
+from megadoc import cli
 
 # Own FlagValues: see experiments/ensemble.py.
 FLAGS = flags.FlagValues()
@@ -85,4 +85,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=own_flags.parser(FLAGS))
+    app.run(main, flags_parser=cli.parser(FLAGS))

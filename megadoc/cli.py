@@ -3,7 +3,7 @@ such modules (which define flags of the same names: --workdir, --val, --seed) ca
 into one process, as the tests do."""
 import sys
 
-from absl import flags
+from absl import app, flags
 
 
 def parser(flag_values: flags.FlagValues):
@@ -22,3 +22,14 @@ def parser(flag_values: flags.FlagValues):
         flags.FLAGS.mark_as_parsed()
         return rest
     return parse
+
+
+def parse_named(items, flag: str) -> dict[str, str]:
+    """{NAME: PATH} from repeated --flag=NAME=PATH values."""
+    out = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise app.UsageError(f"--{flag}={item!r}: expected NAME=PATH")
+        out[name] = path
+    return out
