@@ -14,42 +14,44 @@ import sys
 
 from absl import app, flags
 
+from megadoc import cli
+from megadoc.models import llama
+from megadoc.train import config
+
 FLAGS = flags.FLAGS
-flags.DEFINE_string("preset", "tiny", "training preset: tiny | 150m | 300m | 600m | 1.5b")
-flags.DEFINE_string("workdir", None, "output directory (local or gs://): checkpoints, metrics")
-flags.DEFINE_string("real", None, "window store of real documents")
-flags.DEFINE_string("synthetic", None, "window store of synthetic documents (megadocs)")
-flags.DEFINE_float("mix", 0.0, "fraction of each global batch taken from --synthetic")
-flags.DEFINE_integer("epochs", 1, "passes over the real store")
-flags.DEFINE_integer("seed", 0, "seed of the data order and the model init")
-flags.DEFINE_float("lr", None, "peak learning rate (default: the preset's)")
-flags.DEFINE_float("weight_decay", None, "decoupled weight decay, times lr (default: preset's)")
-flags.DEFINE_float("warmup", 0.01, "fraction of the steps spent in linear warmup")
-flags.DEFINE_integer("global_batch", None, "windows per step (default: the preset's)")
-flags.DEFINE_integer("microbatches", None, "gradient-accumulation slices per step (default: "
-                     "the preset's)")
-flags.DEFINE_enum("remat", None, ["none", "full", "dots"], "rematerialisation (default: preset's)")
-flags.DEFINE_bool("cross_document_attention", True, "attend across document boundaries in a window")
-flags.DEFINE_list("mesh", ["1", "-1", "1"], "mesh shape data,fsdp,tensor (-1: remaining devices)")
-flags.DEFINE_multi_string("val", [], "NAME=STORE validation set (repeatable)")
-flags.DEFINE_integer("eval_every", 0, "evaluate every N steps (and at the end); 0 = end only")
-flags.DEFINE_integer("eval_batch_size", 0, "eval windows per batch (0 = global batch)")
-flags.DEFINE_integer("checkpoint_every_steps", 0, "checkpoint every N steps (0 = off)")
-flags.DEFINE_float("checkpoint_every_minutes", 30.0, "checkpoint every N minutes (0 = off)")
-flags.DEFINE_integer("keep_checkpoints", 2, "checkpoints kept (newest)")
-flags.DEFINE_integer("log_every", 10, "progress line every N steps")
-flags.DEFINE_float("peak_flops", 0.0, "peak FLOP/s per device for MFU (0 = known or measured)")
-flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() (multi-host)")
-flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (with --distributed)")
-flags.DEFINE_integer("num_processes", None, "number of processes (with --distributed)")
-flags.DEFINE_integer("process_id", None, "this process's index (with --distributed)")
 
 
-def build_config(f=FLAGS):
-    """The TrainConfig the flags describe; the model's vocab and context come from --real."""
+def define_flags(flag_values: flags.FlagValues) -> None:
+    """Every field of a TrainConfig as a flag (megadoc.cli's convention); lr, weight_decay,
+    global_batch, microbatches and remat default to the preset's."""
+    flags.DEFINE_string("preset", "tiny", f"training preset: {' | '.join(config.PRESETS)}",
+                        flag_values=flag_values)
+    preset = "the preset's"
+    cli.define_fields(config.TrainConfig, flag_values, skip=("model", "data", "optimizer"),
+                      filled={"microbatches": preset})
+    cli.define_fields(config.DataConfig, flag_values, filled={"global_batch": preset})
+    cli.define_fields(config.OptimizerConfig, flag_values,
+                      only=("lr", "weight_decay", "warmup_frac"), aliases={"warmup_frac": "warmup"},
+                      filled={"lr": preset, "weight_decay": preset})
+    cli.define_fields(llama.LlamaConfig, flag_values, only=("remat", "cross_document_attention"),
+                      filled={"remat": preset}, choices={"remat": llama.REMAT_POLICIES})
+    flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() (multi-host)",
+                      flag_values=flag_values)
+    flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (with --distributed)",
+                        flag_values=flag_values)
+    flags.DEFINE_integer("num_processes", None, "number of processes (with --distributed)",
+                         flag_values=flag_values)
+    flags.DEFINE_integer("process_id", None, "this process's index (with --distributed)",
+                         flag_values=flag_values)
+
+
+define_flags(FLAGS)
+
+
+def build_config(f=FLAGS, config_class=config.TrainConfig):
+    """The `config_class` (TrainConfig or a subclass) the flags describe; the model's vocab and
+    context come from --real, flags left unset from the preset."""
     from megadoc.data import store as store_lib
-    from megadoc.models import llama
-    from megadoc.train import config
 
     if not f.workdir or not f.real:
         raise app.UsageError("--workdir and --real are required")
@@ -59,35 +61,26 @@ def build_config(f=FLAGS):
         llama.preset(p.model), vocab_size=int(real.metadata["vocab_size"]),
         max_seq_len=real.seq_len, remat=f.remat or p.remat,
         cross_document_attention=f.cross_document_attention)
-    val = []
-    for item in f.val:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            raise app.UsageError(f"--val={item!r}: expected NAME=STORE")
-        val.append((name, path))
-    return config.TrainConfig(
-        model=model,
-        data=config.DataConfig(real=f.real, synthetic=f.synthetic, mix=f.mix, epochs=f.epochs,
-                               seed=f.seed, global_batch=f.global_batch or p.global_batch),
-        optimizer=config.OptimizerConfig(
-            lr=p.lr if f.lr is None else f.lr,
-            weight_decay=p.weight_decay if f.weight_decay is None else f.weight_decay,
-            warmup_frac=f.warmup),
-        workdir=f.workdir, microbatches=f.microbatches or p.microbatches,
-        mesh=tuple(int(x) for x in f.mesh), val=tuple(val), eval_every=f.eval_every,
-        eval_batch_size=f.eval_batch_size, checkpoint_every_steps=f.checkpoint_every_steps,
-        checkpoint_every_minutes=f.checkpoint_every_minutes, keep_checkpoints=f.keep_checkpoints,
-        log_every=f.log_every, peak_flops=f.peak_flops)
+    data = {"global_batch": p.global_batch} | cli.field_values(config.DataConfig, f)
+    optimizer = {"lr": p.lr, "weight_decay": p.weight_decay} | cli.field_values(
+        config.OptimizerConfig, f)
+    run = {"microbatches": p.microbatches} | cli.field_values(config_class, f)
+    return config_class(model=model, data=config.DataConfig(**data),
+                        optimizer=config.OptimizerConfig(**optimizer), **run)
+
+
+def initialize_distributed(f=FLAGS) -> None:
+    import jax
+
+    if f.distributed:
+        jax.distributed.initialize(coordinator_address=f.coordinator_address,
+                                   num_processes=f.num_processes, process_id=f.process_id)
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    import jax
-
-    if FLAGS.distributed:
-        jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
-                                   num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
+    initialize_distributed()
     from megadoc.train import loop
 
     summary = loop.train(build_config())

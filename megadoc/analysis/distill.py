@@ -30,7 +30,7 @@ AVERAGES = ensemble.AVERAGES
 class DistillConfig(config_lib.TrainConfig):
     """A training run of the student (`model`) whose objective is the teacher's distribution."""
     teacher: tuple[str, ...] = ()
-    """the teacher members' names (workdirs), recorded with the run"""
+    """training runs (workdirs) whose newest checkpoints form the teacher"""
     kl_weight: float = 1.0
     """loss = w · KL(teacher ‖ student) + (1 − w) · data loss"""
     teacher_average: str = "logits"

@@ -41,20 +41,35 @@ class LlamaConfig:
     when replacing `hidden` or `heads` of a derived config, pass head_dim=None too)."""
 
     vocab_size: int
+    """tokens in the vocabulary"""
     hidden: int
+    """width of the residual stream"""
     ffn: int
+    """width of the SwiGLU feed-forward layer"""
     layers: int
+    """transformer blocks"""
     heads: int
+    """query heads"""
     kv_heads: int
+    """key/value heads (grouped-query attention)"""
     head_dim: int | None = None
+    """width of a head (None: hidden // heads)"""
     max_seq_len: int = 4096
+    """longest sequence the model takes"""
     rope_theta: float = 10000.0
+    """RoPE base"""
     rope_scaling: RopeScaling | None = None
+    """Llama 3.1 RoPE scaling, or none"""
     norm_eps: float = 1e-5
+    """RMSNorm epsilon"""
     dtype: str = "bfloat16"
+    """compute dtype (params stay fp32, logits are fp32)"""
     cross_document_attention: bool = True
+    """attend across document boundaries in a window"""
     remat: str = "none"
+    """rematerialisation of each layer in the backward pass: none | full | dots"""
     attention: str = "auto"
+    """attention implementation (see attention.IMPLEMENTATIONS)"""
 
     def __post_init__(self):
         if self.head_dim is None:
