@@ -10,31 +10,18 @@ The store's metadata.json (written last) records settings, counts and skipped re
 """
 from absl import app, flags
 
+from megadoc import cli
 from megadoc.data import megadocs
 from megadoc.data.prepare import PrepareConfig, prepare
 
-flags.DEFINE_string("docs", None, "Source documents {id, text}: JSONL(.gz)/Parquet file, dir or glob.")
-flags.DEFINE_string("generations", None, "Generation records (synthetic recipes only).")
-flags.DEFINE_enum("recipe", None, list(megadocs.RECIPES), "Which stream to build.")
-flags.DEFINE_enum("real_position", "last", list(megadocs.REAL_POSITIONS),
-                  "stitched only: where the real text sits in the megadoc.")
-flags.DEFINE_bool("include_real", True, "Also put the real document in the synthetic stream.")
-flags.DEFINE_string("tokenizer", None, "sentencepiece .model, tokenizer.json, or a dir with one.")
-flags.DEFINE_integer("seq_len", None, "Window length; windows hold seq_len+1 tokens.")
-flags.DEFINE_integer("seed", 0, "Seed of the document permutation.")
-flags.DEFINE_string("output", None, "Store directory (local or gs://).")
-flags.DEFINE_integer("workers", 1, "Tokenizer processes.")
-flags.DEFINE_integer("buckets", 64, "Spill buckets; memory holds one bucket (~corpus/buckets).")
+cli.define_fields(PrepareConfig, defaults={"seed": 0},
+                  choices={"recipe": megadocs.RECIPES, "real_position": megadocs.REAL_POSITIONS})
 flags.mark_flags_as_required(["docs", "recipe", "tokenizer", "seq_len", "output"])
 FLAGS = flags.FLAGS
 
 
 def config_from_flags() -> PrepareConfig:
-    return PrepareConfig(
-        docs=FLAGS.docs, generations=FLAGS.generations, recipe=FLAGS.recipe,
-        real_position=FLAGS.real_position, include_real=FLAGS.include_real,
-        tokenizer=FLAGS.tokenizer, seq_len=FLAGS.seq_len, seed=FLAGS.seed, output=FLAGS.output,
-        workers=FLAGS.workers, buckets=FLAGS.buckets)
+    return PrepareConfig(**cli.field_values(PrepareConfig, FLAGS))
 
 
 def main(argv):

@@ -41,17 +41,29 @@ PROGRESS = "prepare_progress.json"
 
 @dataclasses.dataclass(frozen=True)
 class PrepareConfig:
+    """One window store: which documents, which recipe, which tokenizer and window length."""
     docs: str
+    """source documents {id, text}: JSONL(.gz)/Parquet file, dir or glob"""
     recipe: str
+    """which stream to build"""
     tokenizer: str
+    """sentencepiece .model, tokenizer.json, or a dir with one"""
     seq_len: int
+    """window length; windows hold seq_len+1 tokens"""
     seed: int
+    """seed of the document permutation"""
     output: str
+    """store directory (local or gs://)"""
     generations: str | None = None
+    """generation records (synthetic recipes only)"""
     real_position: str = "last"
+    """stitched only: where the real text sits in the megadoc"""
     include_real: bool = True
+    """also put the real document in the synthetic stream"""
     workers: int = 1
+    """tokenizer processes"""
     buckets: int = 64
+    """spill buckets; memory holds one bucket (~corpus/buckets)"""
 
     def check(self) -> None:
         if self.recipe not in megadocs.RECIPES:

@@ -49,22 +49,38 @@ PROGRESS_EVERY_S = 10.0
 
 @dataclasses.dataclass(frozen=True)
 class JobConfig:
-    method: str  # "rephrase" | "latent_thoughts"
-    generator: str  # HF Llama directory with its tokenizer
+    """One synthesis job: what to generate from which documents with which generator."""
+    method: str
+    """what to generate: rephrase | latent_thoughts"""
+    generator: str
+    """Hugging Face Llama dir with its tokenizer (local/gs://)"""
     docs: str
+    """source docs {id, text}: JSONL(.gz)/Parquet file, dir or glob"""
     output: str
-    generations: int = 1  # rephrase: samples per document
-    splits: int = 1  # latent thoughts: split points per document
-    max_new_tokens: int | None = None  # None: the papers' value for the method
+    """output directory (local or gs://)"""
+    generations: int = 1
+    """rephrase: samples per document"""
+    splits: int = 1
+    """latent_thoughts: split points per document (k+1 pieces)"""
+    max_new_tokens: int | None = None
+    """None: the papers' value for the method (1024 rephrase / 512 latent_thoughts)"""
     temperature: float = 1.0
+    """sampling temperature (0: greedy)"""
     seed: int = 0
+    """seed of every (document, sample) random stream"""
     batch_size: int = 64
+    """sequences decoded together (slots)"""
     shard_size: int = 256
-    template: str | None = None  # None: the template shipped for the method
+    """documents per output shard"""
+    template: str | None = None
+    """prompt template file (None: the one shipped for the method)"""
     tensor_parallel: int = 1
+    """devices each model copy is split over"""
     # Synthesis processes never talk to each other: each just takes its share of the shards.
-    process_id: int | None = None  # None: jax.process_index()
-    num_processes: int | None = None  # None: jax.process_count()
+    process_id: int | None = None
+    """this process's index (None: jax.process_index())"""
+    num_processes: int | None = None
+    """processes (None: jax.process_count())"""
 
     def __post_init__(self):
         if self.method not in RECORD_METHOD:
