@@ -9,7 +9,7 @@ import pytest
 from data_fixtures import corpus, train_tokenizer
 from megadoc import fs
 from megadoc.data import docs, megadocs, store
-from megadoc.data.prepare import PrepareConfig, doc_key, prepare
+from megadoc.data.prepare import PrepareConfig, prepare, shuffle_key
 
 SEQ = 16
 
@@ -52,7 +52,7 @@ def test_real_stream_is_the_seeded_permutation_joined_with_eos(inputs, tmp_path)
     meta = prepare(config(inputs, tmp_path / "real"))
     s = store.open(str(tmp_path / "real"))
     store.check_tokenizer(s, tok)
-    order = sorted(inputs["docs"], key=lambda x: doc_key(3, x["id"]))
+    order = sorted(inputs["docs"], key=lambda x: shuffle_key(3, x["id"]))
     texts, tail = documents(s, tok)
     assert texts == [x["text"] for x in order][:len(texts)]
     assert len(texts) >= len(order) - 2  # only the unfinished tail is missing ...

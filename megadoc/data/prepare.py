@@ -84,7 +84,8 @@ class PrepareConfig:
         return out
 
 
-def doc_key(seed: int, doc_id: str) -> int:
+def shuffle_key(seed: int, doc_id: str) -> int:
+    """A document's place in the seeded permutation: documents are sorted by this key."""
     return int.from_bytes(hashlib.blake2b(f"{seed}\0{doc_id}".encode(), digest_size=8).digest(), "big")
 
 
@@ -139,7 +140,7 @@ def _spill(config: PrepareConfig, spill: str, bad: docs_lib.BadRecords):
         if not doc["text"].strip():
             bad.add("empty_doc", doc["where"], f"id {doc['id']!r}")
             continue
-        docs.write(doc_key(config.seed, doc["id"]), dict(doc, order=order))
+        docs.write(shuffle_key(config.seed, doc["id"]), dict(doc, order=order))
     docs.close()
     gens = _Buckets(spill, "generations", config.buckets)
     if config.generations:
@@ -153,7 +154,7 @@ def _spill(config: PrepareConfig, spill: str, bad: docs_lib.BadRecords):
             if megadocs.THINK_OPEN in g["text"] or megadocs.THINK_CLOSE in g["text"]:
                 bad.add("think_tag_in_generation", g["where"], f"doc {g['doc_id']!r}")
                 continue
-            gens.write(doc_key(config.seed, g["doc_id"]), dict(g, order=order))
+            gens.write(shuffle_key(config.seed, g["doc_id"]), dict(g, order=order))
     gens.close()
     return counts, docs, gens
 
@@ -182,7 +183,7 @@ def _bucket_documents(config, docs: list[dict], gens: list[dict], bad, counts) -
             seen.add(identity)
             grouped[g["doc_id"]].append(g)
     out = []
-    for doc in sorted(by_id.values(), key=lambda d: (doc_key(config.seed, d["id"]), d["id"])):
+    for doc in sorted(by_id.values(), key=lambda d: (shuffle_key(config.seed, d["id"]), d["id"])):
         generations = grouped.get(doc["id"], [])
         counts["docs_used"] += 1
         counts["generations_used"] += len(generations)

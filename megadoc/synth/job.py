@@ -94,8 +94,27 @@ class JobConfig:
         return self.generations if self.method == "rephrase" else self.splits
 
 
-def doc_key(doc_id: str) -> int:
-    """32-bit PRNG stream id of a document: its text never depends on where it is processed."""
+@dataclasses.dataclass(frozen=True)
+class Origin:
+    """Where a generation comes from: the document's shard and position in it, its id, and
+    (latent thoughts) the character offset of the split point."""
+    shard: int
+    position: int
+    doc_id: str
+    offset: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Output:
+    """One generated sample of an origin and why it ended."""
+    sample: int
+    text: str
+    finish_reason: str
+
+
+def sample_stream(doc_id: str) -> int:
+    """32-bit id of a document's random stream: its samples never depend on where it is
+    processed."""
     return int.from_bytes(hashlib.sha256(doc_id.encode("utf-8")).digest()[:4], "little")
 
 
@@ -197,15 +216,16 @@ def run(cfg: JobConfig) -> dict:
     outstanding: dict[tuple, int] = {}  # (shard, position) -> records still to come
     progress = _Progress(cfg.output, process_index, docs_todo, sampler)
 
-    def emit(shard, pos, doc_id, sample, offset, text, reason, tokens=0):
-        record = dict(doc_id=doc_id, method=method, sample=sample, offset=offset, text=text,
-                      finish_reason=reason, seed=cfg.seed, generator=gen.name,
-                      template=template.name)
-        outstanding[shard, pos] -= 1
-        if not outstanding[shard, pos]:
-            del outstanding[shard, pos]
+    def emit(origin: Origin, out: Output, generated_tokens: int = 0):
+        record = dict(doc_id=origin.doc_id, method=method, sample=out.sample,
+                      offset=origin.offset, text=out.text, finish_reason=out.finish_reason,
+                      seed=cfg.seed, generator=gen.name, template=template.name)
+        where = (origin.shard, origin.position)
+        outstanding[where] -= 1
+        if not outstanding[where]:
+            del outstanding[where]
             progress.doc_done()
-        shards.add(shard, (pos, sample), record, tokens)
+        shards.add(origin.shard, (origin.position, out.sample), record, generated_tokens)
 
     def requests():
         todo_set = set(todo)
@@ -214,23 +234,23 @@ def run(cfg: JobConfig) -> dict:
             if shard not in todo_set:
                 continue
             outstanding[shard, pos] = cfg.samples_per_doc
+            origin = Origin(shard, pos, doc["id"])
             try:
-                reqs = _doc_requests(cfg, gen, template, doc, (shard, pos))
+                reqs = _doc_requests(cfg, gen, template, doc, origin)
             except Exception as e:  # one bad document never stops the others
                 logging.error("document %r at %s failed: %s\n%s", doc["id"], doc["where"], e,
                               traceback.format_exc())
-                reqs = [(s, None, "", ERROR) for s in range(cfg.samples_per_doc)]
+                reqs = [(origin, Output(s, "", ERROR)) for s in range(cfg.samples_per_doc)]
             for r in reqs:
                 if isinstance(r, sampler_lib.Request):
                     yield r
                 else:
-                    emit(shard, pos, doc["id"], *r)
+                    emit(*r)
             progress.maybe_report()
 
     for c in sampler.run(requests()):
-        shard, pos, doc_id, offset = c.request.tag
         text = gen.tokenizer.decode(c.tokens) if c.tokens else ""
-        emit(shard, pos, doc_id, c.sample, offset, text, c.finish_reason, len(c.tokens))
+        emit(c.request.tag, Output(c.sample, text, c.finish_reason), len(c.tokens))
         progress.maybe_report()
 
     summary = _summary(cfg.output, num_shards, {
@@ -243,20 +263,21 @@ def run(cfg: JobConfig) -> dict:
     return summary
 
 
-def _doc_requests(cfg: JobConfig, gen, template, doc: dict, tag: tuple) -> list:
-    """Sampler requests for one document, or direct (sample, offset, text, reason) records."""
-    text, doc_id, n = doc["text"], doc["id"], cfg.samples_per_doc
-    key = doc_key(doc_id)
+def _doc_requests(cfg: JobConfig, gen, template, doc: dict, origin: Origin) -> list:
+    """Sampler requests for one document (tagged with their Origin), or, where there is
+    nothing to sample, (Origin, Output) pairs to record directly."""
+    text, n = doc["text"], cfg.samples_per_doc
+    key = sample_stream(origin.doc_id)
     if not text.strip():
-        logging.warning("document %r at %s is empty", doc_id, doc["where"])
-        offset = None if cfg.method == "rephrase" else 0
-        return [(s, offset, "", EMPTY_DOCUMENT) for s in range(n)]
+        logging.warning("document %r at %s is empty", origin.doc_id, doc["where"])
+        at = origin if cfg.method == "rephrase" else dataclasses.replace(origin, offset=0)
+        return [(at, Output(s, "", EMPTY_DOCUMENT)) for s in range(n)]
     if cfg.method == "rephrase":
         prompt = gen.encode_prompt(*template.render(document=text))
-        return [sampler_lib.Request(prompt, key, num_samples=n, tag=(*tag, doc_id, None))]
+        return [sampler_lib.Request(prompt, key, num_samples=n, tag=origin)]
     return [sampler_lib.Request(
         gen.encode_prompt(*template.render(prefix=text[:offset], suffix=text[offset:])), key,
-        first_sample=i, tag=(*tag, doc_id, offset))
+        first_sample=i, tag=dataclasses.replace(origin, offset=offset))
         for i, offset in enumerate(split.split_offsets(gen.tokenizer, text, n))]
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -188,12 +188,25 @@ def _prefill(config, params, tokens_PxL, lens_P):
     return cache, llama.output_logits(config, params, last_PxH[:, None])[:, 0]
 
 
+class Admission(NamedTuple):
+    """Prompts to prefill (P rows) and the B slots their samples start in: sample sample_B[b]
+    of prompt rows_B[b] goes to slot slots_B[b] with budget_B[b] new tokens, drawn from the
+    stream request_key_B[b]; a slot equal to the batch size marks a padding entry."""
+    tokens_PxL: np.ndarray
+    lens_P: np.ndarray
+    rows_B: np.ndarray
+    slots_B: np.ndarray
+    budget_B: np.ndarray
+    request_key_B: np.ndarray
+    sample_B: np.ndarray
+
+
 @functools.partial(jax.jit, static_argnums=(0, 1, 2), donate_argnums=(4,))
-def _insert(config, settings, mesh, params, state, tokens_PxL, lens_P, rows_B, slots_B, budget_B,
-            seed, request_key_B, sample_B):
-    """Prefill the prompts, then start sample b of prompt rows_B[b] in slot slots_B[b] (its
-    cache rows copied, its first token drawn); entries with slot == batch_size are padding and
-    change nothing. One jit for both: one compile per admission shape."""
+def _insert(config, settings, mesh, params, state, admission: Admission, seed):
+    """Prefill the prompts, then start each admitted sample in its slot (its cache rows copied,
+    its first token drawn); padding entries change nothing. One jit for both: one compile per
+    admission shape."""
+    tokens_PxL, lens_P, rows_B, slots_B, budget_B, request_key_B, sample_B = admission
     prefill_cache, logits_PxV = _prefill(config, params, tokens_PxL, lens_P)
     prefill_len = tokens_PxL.shape[1]
     root = jax.random.wrap_key_data(jax.random.key_data(jax.random.PRNGKey(seed)))
@@ -399,9 +412,9 @@ class Sampler:
                 occupant[slot] = (req, sample)
                 self._pos[slot] = len(req.prompt)
                 j += 1
+        admission = Admission(tokens, lens, rows, slots, budgets, request_keys, samples)
         self._state = self._call(_insert, self.config, self.settings, self.mesh, self.params,
-                                 self._state, tokens, lens, rows, slots, budgets,
-                                 np.uint32(self.seed & 0xFFFFFFFF), request_keys, samples)
+                                 self._state, admission, np.uint32(self.seed & 0xFFFFFFFF))
 
     def _harvest(self, occupant: list) -> Iterator[Completion]:
         active, self._pos[:] = jax.device_get((self._state["active"], self._state["pos"]))
