@@ -182,8 +182,8 @@ def _prefill(config, params, tokens_PxL, lens_P):
     num_prompts, prefill_len = tokens_PxL.shape
     positions_PxL = jnp.broadcast_to(jnp.arange(prefill_len, dtype=jnp.int32), tokens_PxL.shape)
     cache = llama.init_cache(config, num_prompts, prefill_len)
-    hidden_PxLxH, cache = llama.hidden_states(config, params, tokens_PxL, positions=positions_PxL,
-                                              cache=cache)
+    hidden_PxLxH, cache = llama.cached_hidden_states(config, params, tokens_PxL, positions_PxL,
+                                                     cache)
     last_PxH = hidden_PxLxH[jnp.arange(num_prompts), lens_P - 1]
     return cache, llama.output_logits(config, params, last_PxH[:, None])[:, 0]
 
