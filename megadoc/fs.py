@@ -32,6 +32,13 @@ def is_gcs(path: str) -> bool:
     return str(path).startswith(GCS_PREFIX)
 
 
+def storage_path(path: str) -> str:
+    """What orbax, tensorstore and jax need for a path the user gave: an absolute local path
+    (they refuse or misplace relative ones), or the gs:// URL unchanged. Only handed to those
+    layers; what megadoc records (store metadata, run configs) keeps the path as written."""
+    return str(path) if is_gcs(path) else os.path.abspath(os.path.expanduser(str(path)))
+
+
 def join(base: str, *parts: str) -> str:
     if is_gcs(base):
         out = str(base).rstrip("/")
@@ -198,7 +205,7 @@ def tensorstore_kvstore(path: str) -> dict:
     if is_gcs(path):
         bucket, key = gcs.split(str(path))
         return {"driver": "gcs", "bucket": bucket, "path": key.rstrip("/") + "/" if key else ""}
-    return {"driver": "file", "path": os.path.abspath(path) + "/"}
+    return {"driver": "file", "path": storage_path(path) + "/"}
 
 
 def commit(directory: str, info: dict | None = None) -> None:

@@ -27,7 +27,7 @@ def manager(workdir: str, keep: int | None = None,
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, create=not read_only, read_only=read_only,
         enable_async_checkpointing=not read_only, cleanup_tmp_directories=not read_only)
-    return ocp.CheckpointManager(directory(workdir), options=options,
+    return ocp.CheckpointManager(fs.storage_path(directory(workdir)), options=options,
                                  item_names=("state", "run", "loader"))
 
 
