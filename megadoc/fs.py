@@ -80,6 +80,15 @@ def glob(pattern: str) -> list[str]:
             if fnmatch.fnmatch(n, name_pat)]
 
 
+def version(path: str) -> dict:
+    """What changes when a file's content does, without reading it: its size and, locally, its
+    modification time (on GCS, the object's crc32c)."""
+    if is_gcs(path):
+        return gcs.version(path)
+    st = os.stat(path)
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
 def read_bytes(path: str) -> bytes:
     if is_gcs(path):
         return gcs.read_bytes(path)

@@ -214,6 +214,13 @@ def download_file(path: str, local_path: str) -> None:
     retrying(path, lambda: blob(path).download_to_filename(local_path, retry=None))
 
 
+def version(path: str) -> dict:
+    """The object's size and crc32c (which a copy keeps); FileNotFoundError when missing."""
+    b = blob(path)
+    retrying(path, lambda: b.reload(retry=None))
+    return {"size": b.size, "crc32c": b.crc32c}
+
+
 def is_object(path: str) -> bool:
     bucket, key = split(path)
     if not key:

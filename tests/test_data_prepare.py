@@ -137,6 +137,7 @@ def test_command_line_reads_every_flag(inputs, tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     assert "tokens/s" in run.stdout and "docs" in run.stdout
     meta = json.loads((out / store.METADATA).read_text())
+    assert [f["file"] for f in meta["settings"].pop("inputs")] == [args[0][7:], args[1][14:]]
     assert meta["settings"] == dict(docs=args[0][7:], generations=args[1][14:], recipe="stitched",
                                     real_position="first", include_real=True, tokenizer=inputs["tok"].path,
                                     seq_len=12, seed=5, output=str(out))

@@ -66,10 +66,30 @@ class PrepareConfig:
             raise ValueError("--seq_len, --workers and --buckets must be >= 1")
 
     def settings(self) -> dict:
-        """What determines the store's contents (workers and buckets do not)."""
+        """What determines the store's contents (workers and buckets do not), with the size and
+        version of every input file, so that a store over changed inputs is never reused."""
         out = dataclasses.asdict(self)
         del out["workers"], out["buckets"]
+        files = docs_lib.expand(self.docs) + (docs_lib.expand(self.generations)
+                                              if self.generations else [])
+        out["inputs"] = [dict(file=f, **fs.version(f)) for f in files]
         return out
+
+
+def differing_settings(old: dict, new: dict) -> list[str]:
+    """Settings that differ, each as "name: old -> new"; the --output's own location and the
+    spelling of a local path (`./x` is `x`) do not count."""
+    def comparable(settings: dict) -> dict:
+        out = {k: v for k, v in settings.items() if k != "output"}
+        for k in ("docs", "generations", "tokenizer"):
+            if out.get(k) and not fs.is_gcs(out[k]):
+                out[k] = os.path.normpath(out[k])
+        out["inputs"] = [dict(f, file=f["file"] if fs.is_gcs(f["file"])
+                              else os.path.normpath(f["file"])) for f in out.get("inputs") or []]
+        return out
+    a, b = comparable(old), comparable(new)
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
+            if a.get(k) != b.get(k)]
 
 
 def doc_key(seed: int, doc_id: str) -> int:
@@ -80,9 +100,11 @@ def prepare(config: PrepareConfig) -> dict:
     config.check()
     if store_lib.is_complete(config.output):
         existing = store_lib.open(config.output).metadata
-        if existing.get("settings") != config.settings():
-            raise ValueError(f"{config.output}: holds a complete store prepared with other settings "
-                             f"{existing.get('settings')}; remove it or choose another --output")
+        changed = differing_settings(existing.get("settings") or {}, config.settings())
+        if changed:
+            raise ValueError(f"{config.output}: holds a complete store prepared with other "
+                             f"settings ({'; '.join(changed)}); remove it or choose another "
+                             f"--output")
         print(f"[prepare] {config.output} is already complete; nothing to do", flush=True)
         return existing
     fs.check_writable(config.output)  # a missing or read-only bucket fails now, not at the end
@@ -240,6 +262,11 @@ def _write(config, tokenizer, doc_buckets, gen_buckets, bad, counts) -> dict:
         if pool:
             pool.close()
             pool.join()
+    if config.recipe in SYNTHETIC_RECIPES and not counts["generations_used"]:
+        raise ValueError(
+            f"{config.generations}: none of its {counts['generations_read']} generations can be "
+            f"used with the documents of {config.docs} (skipped: {dict(bad.counts) or 'none'}); "
+            f"a {config.recipe} store would hold real text only")
     if writer.num_windows == 0:
         raise ValueError(f"{config.docs}: {windower.num_tokens} tokens in all, fewer than "
                          f"seq_len+1={config.seq_len + 1}: no window can be made")
@@ -279,7 +306,8 @@ def _read_progress(config, tokenizer) -> dict | None:
     if not fs.exists(path):
         return None
     progress = json.loads(fs.read_text(path))
-    same = (progress["settings"] == config.settings() and progress["buckets"] == config.buckets
+    same = (not differing_settings(progress["settings"], config.settings())
+            and progress["buckets"] == config.buckets
             and progress["tokenizer_fingerprint"] == tokenizer.fingerprint)
     if not same:
         print(f"[prepare] {config.output}: partial store from other settings; starting afresh",
