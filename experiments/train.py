@@ -14,6 +14,8 @@ import sys
 
 from absl import app, flags
 
+from experiments import cli
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("preset", "tiny", "training preset: tiny | 150m | 300m | 600m | 1.5b")
 flags.DEFINE_string("workdir", None, "output directory (local or gs://): checkpoints, metrics")
@@ -68,12 +70,13 @@ def build_config(f=FLAGS):
     return config.TrainConfig(
         model=model,
         data=config.DataConfig(real=f.real, synthetic=f.synthetic, mix=f.mix, epochs=f.epochs,
-                               seed=f.seed, global_batch=f.global_batch or p.global_batch),
+                               seed=f.seed, global_batch=(p.global_batch if f.global_batch is None
+                                                          else f.global_batch)),
         optimizer=config.OptimizerConfig(
             lr=p.lr if f.lr is None else f.lr,
             weight_decay=p.weight_decay if f.weight_decay is None else f.weight_decay,
             warmup_frac=f.warmup),
-        workdir=f.workdir, microbatches=f.microbatches or p.microbatches,
+        workdir=f.workdir, microbatches=p.microbatches if f.microbatches is None else f.microbatches,
         mesh=tuple(int(x) for x in f.mesh), val=tuple(val), eval_every=f.eval_every,
         eval_batch_size=f.eval_batch_size, checkpoint_every_steps=f.checkpoint_every_steps,
         checkpoint_every_minutes=f.checkpoint_every_minutes, keep_checkpoints=f.keep_checkpoints,
@@ -105,7 +108,7 @@ def run_experiment(defaults: dict, synthetic_recipe: str | None) -> None:
         check_recipe(synthetic_recipe)
         main(argv)
 
-    app.run(experiment_main)
+    cli.run(experiment_main)
 
 
 def check_recipe(recipe: str | None, f=FLAGS) -> None:
@@ -123,4 +126,4 @@ def check_recipe(recipe: str | None, f=FLAGS) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

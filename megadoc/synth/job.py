@@ -72,6 +72,10 @@ class JobConfig:
         for name in ("generations", "splits", "batch_size", "shard_size", "tensor_parallel"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if not self.temperature >= 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
 
     @property
     def samples_per_doc(self) -> int:
@@ -160,7 +164,8 @@ def run(cfg: JobConfig) -> dict:
     num_shards = math.ceil(num_docs / cfg.shard_size)
     mesh = sharding.make_mesh(tensor=cfg.tensor_parallel, devices=jax.local_devices())
     gen = generator_lib.load(cfg.generator, mesh)
-    max_new = cfg.max_new_tokens or PAPER_MAX_NEW_TOKENS[cfg.method]
+    max_new = (PAPER_MAX_NEW_TOKENS[cfg.method] if cfg.max_new_tokens is None
+               else cfg.max_new_tokens)
     fs.makedirs(fs.join(cfg.output, "_job"))
     _check_job_config(fs.join(cfg.output, "_job", "config.json"), {
         "method": cfg.method, "generator": gen.name, "template": template.name, "seed": cfg.seed,

@@ -35,8 +35,6 @@ def open_stores(cfg: config_lib.TrainConfig) -> dict:
     to fit the model."""
     real = store_lib.open(cfg.data.real)
     synthetic = store_lib.open(cfg.data.synthetic) if cfg.data.synthetic else None
-    if cfg.data.mix > 0 and synthetic is None:
-        raise ValueError(f"mix={cfg.data.mix} needs a synthetic store (--synthetic)")
     val = {name: store_lib.open(path) for name, path in cfg.val}
     fingerprint = real.metadata.get("tokenizer_fingerprint")
     for s in [synthetic, *val.values()]:
