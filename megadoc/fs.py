@@ -112,6 +112,21 @@ def write_bytes(path: str, data: bytes) -> None:
             os.fsync(f.fileno())
 
 
+def create_exclusive(path: str, data: bytes) -> bool:
+    """Writes `data` at `path` only if nothing is there yet (one winner among racing writers);
+    False when something already is."""
+    if is_gcs(path):
+        return gcs.create_exclusive(path, data)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, _FILE_MODE)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    return True
+
+
 def write_text(path: str, text: str) -> None:
     write_bytes(path, text.encode("utf-8"))
 

@@ -7,6 +7,7 @@ metrics, so it never waits on the device except at saves and evals.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import signal
 import time
@@ -25,6 +26,7 @@ from megadoc.train import config as config_lib
 from megadoc.train import optimizer as optimizer_lib
 from megadoc.train import state as state_lib
 from megadoc.train import step as step_lib
+from megadoc.train import workdir_lock
 
 STORE_IDENTITY = ("tokenizer_fingerprint", "vocab_size", "seq_len", "num_windows", "num_tokens",
                   "recipe")
@@ -140,8 +142,14 @@ def _restore_or_init(cfg, mgr, optimizer, mesh, run: dict) -> tuple[dict, int]:
 
 def train(cfg: config_lib.TrainConfig) -> dict:
     """Train (or resume) the run `cfg` describes; returns the summary also written to
-    summary.json, or {"status": "preempted", "step": k} after a SIGTERM save."""
+    summary.json, or {"status": "preempted", "step": k} after a SIGTERM save. One job per
+    workdir: a second one refuses to start (workdir_lock)."""
     check_writable(cfg.workdir)
+    with workdir_lock.held(cfg.workdir, enabled=jax.process_index() == 0):
+        return _train(cfg)
+
+
+def _train(cfg: config_lib.TrainConfig) -> dict:
     stores = open_stores(cfg)
     mesh = make_mesh(cfg.mesh)
     synthetic = stores["synthetic"]
@@ -159,6 +167,11 @@ def train(cfg: config_lib.TrainConfig) -> dict:
 
     mgr = checkpoint.manager(cfg.workdir, keep=cfg.keep_checkpoints)
     state, start = _restore_or_init(cfg, mgr, optimizer, mesh, run)
+    summary_path = fs.join(cfg.workdir, "summary.json")
+    if start == num_steps and fs.exists(summary_path):  # a rerun of a finished run
+        mgr.close()
+        print(f"[train] {cfg.workdir}: finished before at step {start}; nothing to do", flush=True)
+        return json.loads(fs.read_text(summary_path))
     checkpoint.save_json(fs.join(cfg.workdir, "config.json"), run)
 
     writer = metrics.Writer(cfg.workdir, num_steps, cfg.log_every)
@@ -249,5 +262,5 @@ def train(cfg: config_lib.TrainConfig) -> dict:
     summary = {"status": "finished", "config": run, "final_step": num_steps,
                "eval": evals, "params_sha256": params_sha256(state["params"]),
                "num_params": llama.num_params(cfg.model), "tokens": num_steps * tokens_per_step}
-    checkpoint.save_json(fs.join(cfg.workdir, "summary.json"), summary)
+    checkpoint.save_json(summary_path, summary)
     return summary
