@@ -50,6 +50,8 @@ def run(f=FLAGS) -> dict:
     if not paths:
         raise app.UsageError(f"pass at least one of --{', --'.join(benchmarks.READERS)}")
     tokenizer = tokenizer_lib.load(f.tokenizer)
+    for workdir in f.workdirs:
+        checkpoint.check_tokenizer(workdir, tokenizer)
     if len(f.workdirs) == 1:
         config, params = checkpoint.load_params(f.workdirs[0], f.step)
         average = None

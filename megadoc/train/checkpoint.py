@@ -81,6 +81,30 @@ def load_params(workdir: str, step: int | None = None) -> tuple[llama.LlamaConfi
     return model_config, restored["state"]["params"]
 
 
+def tokenizer_fingerprint(workdir: str) -> str | None:
+    """The fingerprint of the tokenizer the run's training data was prepared with, from its
+    newest checkpoint's run record (None when the run recorded none)."""
+    mgr = manager(workdir, read_only=True)
+    try:
+        step = mgr.latest_step()
+        if step is None:
+            raise FileNotFoundError(f"{directory(workdir)}: no complete checkpoint")
+        stores = read_run(mgr, step).get("stores") or {}
+    finally:
+        mgr.close()
+    return (stores.get("real") or {}).get("tokenizer_fingerprint")
+
+
+def check_tokenizer(workdir: str, tokenizer) -> None:
+    """Refuse to score a run with a tokenizer other than its training data's: same vocab size
+    or not, the token ids would mean other strings and every accuracy would be wrong."""
+    want = tokenizer_fingerprint(workdir)
+    if want is not None and want != tokenizer.fingerprint:
+        raise ValueError(f"{getattr(tokenizer, 'path', 'tokenizer')}: fingerprint "
+                         f"{tokenizer.fingerprint}, but {workdir} was trained on data tokenized "
+                         f"with {want}; pass the tokenizer its stores were prepared with")
+
+
 def model_config_from_dict(d: dict) -> llama.LlamaConfig:
     d = dict(d)
     if d.get("rope_scaling") is not None:
