@@ -60,6 +60,36 @@ def restore_state(mgr: ocp.CheckpointManager, step: int, target: dict) -> dict:
     return restored["state"]
 
 
+def restore_newest(mgr: ocp.CheckpointManager, target: dict, check) -> tuple[dict, int] | None:
+    """(state, step) of the newest checkpoint that restores, after `check(its run record)`
+    (which raises to refuse another run's checkpoints); None when there is none. An unreadable
+    one (a save cut short by a full disk, a truncated or deleted file) is reported, deleted so
+    that the run can save that step again, and the next older one tried."""
+    skipped = []
+    for step in sorted(mgr.all_steps(), reverse=True):
+        try:
+            run = read_run(mgr, step)
+        except Exception as e:  # noqa: BLE001 — orbax raises many kinds on damaged files
+            skipped.append(_skip(mgr, step, e))
+            continue
+        check(run)
+        try:
+            return restore_state(mgr, step, target), step
+        except Exception as e:  # noqa: BLE001
+            skipped.append(_skip(mgr, step, e))
+    if skipped:
+        raise ValueError(f"{mgr.directory}: no checkpoint restores ({'; '.join(skipped)}); "
+                         f"use a new --workdir or remove the checkpoints to start afresh")
+    return None
+
+
+def _skip(mgr: ocp.CheckpointManager, step: int, error: Exception) -> str:
+    reason = f"checkpoint {step}: {type(error).__name__}: {str(error).splitlines()[0][:300]}"
+    print(f"[train] {mgr.directory}: skipping unreadable {reason}; deleting it", flush=True)
+    mgr.delete(step)
+    return reason
+
+
 def load_params(workdir: str, step: int | None = None) -> tuple[llama.LlamaConfig, dict]:
     """(model_config, params) of the newest complete checkpoint in `workdir` (or of `step`).
     Params come back replicated on the local devices' default placement."""

@@ -129,13 +129,12 @@ def _agree(flag: bool) -> bool:
 def _restore_or_init(cfg, mgr, optimizer, mesh, run: dict) -> tuple[dict, int]:
     """(state, completed steps): the newest complete checkpoint laid out on this mesh, after
     checking it belongs to this run; or a fresh state."""
-    start = mgr.latest_step()
-    if start is None:
-        return state_lib.create(cfg.model, optimizer, mesh, jax.random.key(cfg.data.seed)), 0
     where = checkpoint.directory(cfg.workdir)
-    checkpoint.check_run(checkpoint.read_run(mgr, start), run, where)
-    target = state_lib.abstract(cfg.model, optimizer, mesh)
-    state = checkpoint.restore_state(mgr, start, target)
+    restored = checkpoint.restore_newest(mgr, state_lib.abstract(cfg.model, optimizer, mesh),
+                                         lambda saved: checkpoint.check_run(saved, run, where))
+    if restored is None:
+        return state_lib.create(cfg.model, optimizer, mesh, jax.random.key(cfg.data.seed)), 0
+    state, start = restored
     print(f"[train] resumed from {where} at step {start}", flush=True)
     return state, start
 
@@ -206,17 +205,18 @@ def _train(cfg: config_lib.TrainConfig) -> dict:
         out = jax.device_get(out)
         now = time.perf_counter()
         dt, last["time"] = now - last["time"], now
-        loss = float(out["loss"])
-        if not math.isfinite(loss):
+        loss, grad_norm = float(out["loss"]), float(out["grad_norm"])
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
             save()
             mgr.wait_until_finished()
             writer.flush()
+            what = f"loss is {loss}" if not math.isfinite(loss) else f"grad_norm is {grad_norm}"
             raise FloatingPointError(
-                f"loss is {loss} at step {step}; the state before that update is saved as "
+                f"{what} at step {step}; the state before that update is saved as "
                 f"checkpoint {step - 1} in {checkpoint.directory(cfg.workdir)} (resuming "
                 f"reproduces the NaN)")
         writer.write({"step": step, "loss": loss, "lr": float(out["lr"]),
-                      "grad_norm": float(out["grad_norm"]),
+                      "grad_norm": grad_norm,
                       "tokens_per_s": tokens_per_step / dt, "mfu": flops_per_step / dt / peak,
                       "data_fingerprint": metrics.fingerprint_hex(out["data_fingerprint"])})
 
