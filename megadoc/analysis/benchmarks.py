@@ -31,7 +31,9 @@ class Question:
 
 
 def _rows(path: str) -> Iterator[tuple[int, dict]]:
-    for lineno, line in enumerate(fs.read_text(path).splitlines(), 1):
+    # JSON Lines ends records at "\n" only: splitlines() would also split at U+2028 and other
+    # separators that are valid inside a JSON string.
+    for lineno, line in enumerate(fs.read_text(path).split("\n"), 1):
         if not line.strip():
             continue
         try:

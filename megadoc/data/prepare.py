@@ -110,12 +110,36 @@ def prepare(config: PrepareConfig) -> dict:
     fs.check_writable(config.output)  # a missing or read-only bucket fails now, not at the end
     tokenizer = tokenizer_lib.load(config.tokenizer)
     bad = docs_lib.BadRecords()
-    spill = tempfile.mkdtemp(prefix="megadoc-prepare-")
+    spill = _spill_directory()
     try:
         counts, doc_buckets, gen_buckets = _spill(config, spill, bad)
         return _write(config, tokenizer, doc_buckets, gen_buckets, bad, counts)
     finally:
         shutil.rmtree(spill, ignore_errors=True)
+
+
+_SPILL_PREFIX = "megadoc-prepare-"
+
+
+def _spill_directory() -> str:
+    """A fresh local spill directory named after this process; those of killed prepare jobs
+    (a full copy of their corpus each) are removed first."""
+    root = tempfile.gettempdir()
+    for name in os.listdir(root):
+        pid = name[len(_SPILL_PREFIX):].split("-")[0]
+        if name.startswith(_SPILL_PREFIX) and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+    return tempfile.mkdtemp(prefix=f"{_SPILL_PREFIX}{os.getpid()}-", dir=root)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # another user's live process
+    return True
 
 
 class _Buckets:

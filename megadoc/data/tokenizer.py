@@ -36,7 +36,10 @@ class SentencePieceTokenizer:
         import sentencepiece as spm
 
         self.path = path
-        self._sp = spm.SentencePieceProcessor(model_proto=model_bytes)
+        try:
+            self._sp = spm.SentencePieceProcessor(model_proto=model_bytes)
+        except (RuntimeError, TypeError) as e:
+            raise ValueError(f"{path}: not a sentencepiece model ({e})") from e
         self.fingerprint = "spm:" + hashlib.sha256(model_bytes).hexdigest()[:16]
         self.vocab_size = self._sp.vocab_size()
         if self._sp.eos_id() < 0:
@@ -62,7 +65,10 @@ class HFTokenizer:
         import tokenizers
 
         self.path = path
-        self._tok = tokenizers.Tokenizer.from_str(tokenizer_json)
+        try:
+            self._tok = tokenizers.Tokenizer.from_str(tokenizer_json)
+        except Exception as e:  # noqa: BLE001 — tokenizers raises a bare Exception
+            raise ValueError(f"{path}: not a valid tokenizer.json ({e})") from e
         # Text that spells a special token ("<|end_of_text|>" in a web page) stays text; callers
         # that want a special token ask for its id (special_token_id).
         self._tok.encode_special_tokens = True
@@ -103,6 +109,8 @@ def load(path: str) -> Tokenizer:
     if path.endswith(".model"):
         return SentencePieceTokenizer(fs.read_bytes(path), path)
     names = fs.listdir(path)
+    if not names and not fs.exists(path):
+        raise FileNotFoundError(f"{path}: no such tokenizer file or directory")
     if "tokenizer.json" in names:
         config = fs.join(path, "tokenizer_config.json") if "tokenizer_config.json" in names else None
         return _load_hf(fs.join(path, "tokenizer.json"), config)
@@ -116,7 +124,10 @@ def load(path: str) -> Tokenizer:
 
 
 def _load_hf(path: str, config_path: str | None) -> HFTokenizer:
-    config = json.loads(fs.read_text(config_path)) if config_path else None
+    try:
+        config = json.loads(fs.read_text(config_path)) if config_path else None
+    except ValueError as e:
+        raise ValueError(f"{config_path}: not valid JSON ({e})") from e
     return HFTokenizer(fs.read_text(path), path, config)
 
 
