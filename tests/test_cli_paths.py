@@ -21,12 +21,16 @@ SENTENCES = ["The river floods every spring and the farmers plant after it reced
              "The committee met on 12 March 1998 and approved the budget."]
 
 
-def _env():
-    return dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
+def _env(cwd):
+    """The test's own code, and one compilation cache for the killed and the resumed trainer."""
+    return dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu",
+                JAX_COMPILATION_CACHE_DIR=str(cwd / ".jax_cache"),
+                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
 
 
 def _run(cwd, module, *argv, timeout=300):
-    proc = subprocess.run([sys.executable, "-m", module, *argv], cwd=cwd, env=_env(),
+    proc = subprocess.run([sys.executable, "-m", module, *argv], cwd=cwd, env=_env(cwd),
                           capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout + proc.stderr
@@ -64,7 +68,7 @@ def test_prepare_train_kill_resume_synthesize_with_relative_paths(tmp_path):
     train = [sys.executable, "-m", "experiments.train", "--workdir=runs/a", "--real=stores/real",
              "--epochs=20", "--checkpoint_every_steps=5", "--checkpoint_every_minutes=0",
              "--log_every=1"]
-    first = subprocess.Popen(train, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE,
+    first = subprocess.Popen(train, cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 240
     while not [s for s in _checkpoints(tmp_path) if s >= 5]:
