@@ -1,7 +1,6 @@
 """Faults during training: a gradient gone infinite never reaches the saved parameters; a
 damaged newest checkpoint is skipped (named, with the reason) for the newest intact one; a
 rerun of a finished run adds nothing to its metrics."""
-import json
 import os
 import shutil
 
@@ -37,7 +36,8 @@ def finished(data):
 def test_rerun_of_a_finished_run_writes_nothing(data, finished):
     workdir, summary = finished
     before = open(os.path.join(workdir, "metrics.jsonl")).read()
-    assert loop.train(train_config(argv(data, workdir)))["params_sha256"] == summary["params_sha256"]
+    again = loop.train(train_config(argv(data, workdir)))
+    assert again["params_sha256"] == summary["params_sha256"]
     assert open(os.path.join(workdir, "metrics.jsonl")).read() == before
 
 
