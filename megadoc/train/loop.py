@@ -168,9 +168,12 @@ def _train(cfg: config_lib.TrainConfig) -> dict:
     state, start = _restore_or_init(cfg, mgr, optimizer, mesh, run)
     summary_path = fs.join(cfg.workdir, "summary.json")
     if start == num_steps and fs.exists(summary_path):  # a rerun of a finished run
-        mgr.close()
-        print(f"[train] {cfg.workdir}: finished before at step {start}; nothing to do", flush=True)
-        return json.loads(fs.read_text(summary_path))
+        finished = json.loads(fs.read_text(summary_path))
+        if set(finished.get("eval") or {}) == {name for name, _ in cfg.val}:  # no new --val
+            mgr.close()
+            print(f"[train] {cfg.workdir}: finished before at step {start}; nothing to do",
+                  flush=True)
+            return finished
     checkpoint.save_json(fs.join(cfg.workdir, "config.json"), run)
 
     writer = metrics.Writer(cfg.workdir, num_steps, cfg.log_every)
