@@ -249,7 +249,8 @@ def train(cfg: config_lib.TrainConfig) -> dict:
         writer.flush()
         mgr.close()
     summary = {"status": "finished", "config": run, "final_step": num_steps,
-               "eval": evals, "params_sha256": params_sha256(state["params"]),
+               "eval": evals, **{f"val/{k}": v for k, v in evals.items()},
+               "windows": schedule.counts(), "params_sha256": params_sha256(state["params"]),
                "num_params": llama.num_params(cfg.model), "tokens": num_steps * tokens_per_step}
     checkpoint.save_json(fs.join(cfg.workdir, "summary.json"), summary)
     return summary
