@@ -16,7 +16,8 @@ class OptimizerConfig:
     b2: float = 0.95
     eps: float = 1e-8
     clip_norm: float = 1.0
-    no_decay: tuple[str, ...] = ("norm",)  # substrings of param paths that get no weight decay
+    # substrings of param paths that get no weight decay: Levanter's default (embedding, norms)
+    no_decay: tuple[str, ...] = ("embed", "norm")
 
 
 @dataclasses.dataclass(frozen=True)
