@@ -23,15 +23,20 @@ def test_schedule_warms_up_linearly_then_cosines_to_zero_at_the_last_step():
     np.testing.assert_allclose(lrs[100], 1.0, atol=1e-6)  # half-way through the cosine
 
 
-def test_adamw_decays_matrices_by_lr_times_wd_but_not_norms():
+def test_adamw_decays_linear_weights_by_lr_times_wd_but_not_embedding_or_norms():
+    """Levanter's reasonable_default: the token embedding and norms are not decayed; the untied
+    output layer and every other linear weight are."""
     cfg = config.OptimizerConfig(lr=0.5, weight_decay=0.2, warmup_frac=0.0)
     opt = optimizer.make(cfg, 10**6)
-    params = {"layers": {"attn_norm": jnp.ones((2, 3)), "q": jnp.ones((2, 3))}, "embed": jnp.ones(3)}
+    params = {"layers": {"attn_norm": jnp.ones((2, 3)), "q": jnp.ones((2, 3))}, "embed": jnp.ones((4, 3)),
+              "final_norm": jnp.ones(3), "lm_head": jnp.ones((3, 4))}
     zero_grads = jax.tree.map(jnp.zeros_like, params)
     updates, _ = opt.update(zero_grads, opt.init(params), params)
+    for name in ("embed", "final_norm"):
+        assert float(jnp.abs(updates[name]).max()) == 0.0, name
     assert float(updates["layers"]["attn_norm"][0, 0]) == 0.0
     np.testing.assert_allclose(updates["layers"]["q"], -0.5 * 0.2, rtol=1e-5)  # decoupled, × lr
-    np.testing.assert_allclose(updates["embed"], -0.5 * 0.2, rtol=1e-5)  # embeddings decay
+    np.testing.assert_allclose(updates["lm_head"], -0.5 * 0.2, rtol=1e-5)  # the output layer decays
 
 
 def test_clip_by_global_norm_one():
