@@ -19,6 +19,7 @@ from megadoc import fs
 from megadoc.data import loader as loader_lib
 from megadoc.data import schedule as schedule_lib
 from megadoc.data import store as store_lib
+from megadoc.data import validation
 from megadoc.models import llama, sharding
 from megadoc.train import checkpoint, evaluate, metrics
 from megadoc.train import config as config_lib
@@ -37,7 +38,7 @@ def open_stores(cfg: config_lib.TrainConfig) -> dict:
     synthetic = store_lib.open(cfg.data.synthetic) if cfg.data.synthetic else None
     if cfg.data.mix > 0 and synthetic is None:
         raise ValueError(f"mix={cfg.data.mix} needs a synthetic store (--synthetic)")
-    val = {name: store_lib.open(path) for name, path in cfg.val}
+    val = validation.open_sets(cfg.val, real)
     fingerprint = real.metadata.get("tokenizer_fingerprint")
     for s in [synthetic, *val.values()]:
         if s is not None and s.metadata.get("tokenizer_fingerprint") != fingerprint:
