@@ -97,17 +97,27 @@ def main(argv):
         sys.exit(143)  # 128 + SIGTERM: the scheduler sees a preempted, resumable job
 
 
-def run_experiment(defaults: dict, synthetic_recipe: str | None) -> None:
-    """Entry point of a paper-experiment module: its defaults, any flag still overridable, and a
-    check that --synthetic holds the recipe the experiment is about."""
+def run_experiment(defaults: dict, synthetic_recipe: str | None,
+                   by_preset: dict[str, dict] | None = None) -> None:
+    """Entry point of a paper-experiment module: its defaults (and, for the --preset chosen, those
+    of `by_preset`), any flag still overridable, and a check that --synthetic holds the recipe
+    the experiment is about."""
     for name, value in defaults.items():
         FLAGS.set_default(name, value)
 
     def experiment_main(argv):
+        apply_preset_defaults(by_preset or {})
         check_recipe(synthetic_recipe)
         main(argv)
 
     app.run(experiment_main)
+
+
+def apply_preset_defaults(by_preset: dict[str, dict], f=FLAGS) -> None:
+    """Sets the chosen preset's values for the flags the command line did not give."""
+    for name, value in by_preset.get(f.preset, {}).items():
+        if not f[name].present:
+            f[name].value = value
 
 
 def check_recipe(recipe: str | None, f=FLAGS) -> None:
