@@ -2,9 +2,8 @@
 at the split points (store prepared with --recipe=latent).
 
 Defaults: the megadocs paper's best 300m latent point with 16 thoughts per document, mix 0.75,
-16 epochs, lr 3e-3, wd 0.4 (the same point as stitched ×16, Marin
-experiments/data_efficiency/synth_data_eval_models.py), with cross-document attention and batch
-64 × 4096.
+16 epochs, lr 3e-3, wd 0.4 (the same point as stitched ×16), with cross-document attention and
+batch 64 × 4096.
 
 On a TPU VM (e.g. v4-8; add --distributed on every host of a multi-host slice):
     python -m experiments.latent_thoughts --preset=300m --workdir=gs://BUCKET/runs/latent-300m \\
