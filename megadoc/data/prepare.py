@@ -167,8 +167,9 @@ def _spill_stream_documents(config, spill: str, doc_buckets, gen_buckets, bad, c
     return streams
 
 
-def _bucket_documents(config, docs: list[dict], gens: list[dict], bad, counts) -> list:
-    """(document id, stream document) for this bucket's documents."""
+def _bucket_documents(config, docs: list[dict], gens: list[dict], bad,
+                      counts) -> list[tuple[str, megadocs.StreamDocument]]:
+    """(document id, stream document) for this bucket's documents, checked against each other."""
     by_id: dict[str, dict] = {}
     for d in sorted(docs, key=lambda d: d["order"]):
         if d["id"] in by_id:
@@ -191,7 +192,7 @@ def _bucket_documents(config, docs: list[dict], gens: list[dict], bad, counts) -
             seen.add(identity)
             grouped[g["doc_id"]].append(g)
     out = []
-    for doc in sorted(by_id.values(), key=lambda d: (doc_key(config.seed, d["id"]), d["id"])):
+    for doc in by_id.values():
         generations = grouped.get(doc["id"], [])
         counts["docs_used"] += 1
         counts["generations_used"] += len(generations)
