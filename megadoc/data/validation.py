@@ -55,6 +55,9 @@ def open_sets(val: tuple[tuple[str, str], ...], real: store_lib.WindowStore) -> 
             out[name] = store_lib.open(path)
             continue
         if tokenizer is None:
+            if not real.metadata.get("tokenizer_path"):
+                raise ValueError(f"--val={name}={path}: documents need the training tokenizer, "
+                                 f"but {real.path} names none; pass a window store instead")
             tokenizer = tokenizer_lib.load(real.metadata["tokenizer_path"])
             store_lib.check_tokenizer(real, tokenizer)
         out.update(document_sets(name, path, tokenizer, real.seq_len))
