@@ -37,7 +37,7 @@ flags.DEFINE_integer("global_batch", None, "windows per step (default: the prese
 flags.DEFINE_integer("microbatches", None, "gradient-accumulation slices per step (default: preset's)",
                      flag_values=FLAGS)
 flags.DEFINE_list("mesh", ["1", "-1", "1"], "mesh shape data,fsdp,tensor (-1: remaining devices)", flag_values=FLAGS)
-flags.DEFINE_multi_string("val", [], "NAME=STORE validation set, evaluated at the end", flag_values=FLAGS)
+flags.DEFINE_multi_string("val", [], "NAME=PATH validation set (store or documents), evaluated at the end", flag_values=FLAGS)
 flags.DEFINE_integer("checkpoint_every_steps", 200, "checkpoint every N steps (0 = at the end and on "
                      "SIGTERM only)", flag_values=FLAGS)
 flags.DEFINE_integer("log_every", 10, "progress line every N steps", flag_values=FLAGS)

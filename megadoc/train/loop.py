@@ -20,6 +20,7 @@ from megadoc import fs
 from megadoc.data import loader as loader_lib
 from megadoc.data import schedule as schedule_lib
 from megadoc.data import store as store_lib
+from megadoc.data import validation
 from megadoc.models import llama, sharding
 from megadoc.train import checkpoint, evaluate, metrics
 from megadoc.train import config as config_lib
@@ -37,7 +38,7 @@ def open_stores(cfg: config_lib.TrainConfig) -> dict:
     to fit the model."""
     real = store_lib.open(cfg.data.real)
     synthetic = store_lib.open(cfg.data.synthetic) if cfg.data.synthetic else None
-    val = {name: store_lib.open(path) for name, path in cfg.val}
+    val = validation.open_sets(cfg.val, real)
     fingerprint = real.metadata.get("tokenizer_fingerprint")
     for s in [synthetic, *val.values()]:
         if s is not None and s.metadata.get("tokenizer_fingerprint") != fingerprint:
@@ -263,7 +264,8 @@ def _train(cfg: config_lib.TrainConfig) -> dict:
         writer.flush()
         mgr.close()
     summary = {"status": "finished", "config": run, "final_step": num_steps,
-               "eval": evals, "params_sha256": params_sha256(state["params"]),
+               "eval": evals, **{f"val/{k}": v for k, v in evals.items()},
+               "windows": schedule.counts(), "params_sha256": params_sha256(state["params"]),
                "num_params": llama.num_params(cfg.model), "tokens": num_steps * tokens_per_step}
     checkpoint.save_json(summary_path, summary)
     return summary
