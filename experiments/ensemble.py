@@ -143,4 +143,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=cli.parser(FLAGS))
+    cli.run(main, flags_parser=cli.parser(FLAGS))

@@ -8,7 +8,7 @@
 
 The store's metadata.json (written last) records settings, counts and skipped records.
 """
-from absl import app, flags
+from absl import flags
 
 from megadoc import cli
 from megadoc.data import megadocs
@@ -30,4 +30,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -85,4 +85,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=cli.parser(FLAGS))
+    cli.run(main, flags_parser=cli.parser(FLAGS))

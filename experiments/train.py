@@ -2,7 +2,7 @@
 
     python -m experiments.train --preset=tiny --workdir=/tmp/run --real=STORE \\
         [--synthetic=STORE --mix=0.75] --epochs=4 --lr=3e-3 --weight_decay=0.8 \\
-        --val=iid=VAL_STORE [--val=long=STORE ...]
+        --val=iid=VAL_DOCS.jsonl [--val=arxiv=DOCS_OR_STORE ...]
 
 Rerunning the same command resumes from the newest complete checkpoint in --workdir. Multi-host
 (TPU pod slice): run the same command on every host with --distributed.
@@ -88,17 +88,27 @@ def main(argv):
         sys.exit(143)  # 128 + SIGTERM: the scheduler sees a preempted, resumable job
 
 
-def run_experiment(defaults: dict, synthetic_recipe: str | None) -> None:
-    """Entry point of a paper-experiment module: its defaults, any flag still overridable, and a
-    check that --synthetic holds the recipe the experiment is about."""
+def run_experiment(defaults: dict, synthetic_recipe: str | None,
+                   by_preset: dict[str, dict] | None = None) -> None:
+    """Entry point of a paper-experiment module: its defaults (and, for the --preset chosen, those
+    of `by_preset`), any flag still overridable, and a check that --synthetic holds the recipe
+    the experiment is about."""
     for name, value in defaults.items():
         FLAGS.set_default(name, value)
 
     def experiment_main(argv):
+        apply_preset_defaults(by_preset or {})
         check_recipe(synthetic_recipe)
         main(argv)
 
-    app.run(experiment_main)
+    cli.run(experiment_main)
+
+
+def apply_preset_defaults(by_preset: dict[str, dict], f=FLAGS) -> None:
+    """Sets the chosen preset's values for the flags the command line did not give."""
+    for name, value in by_preset.get(f.preset, {}).items():
+        if not f[name].present:
+            f[name].value = value
 
 
 def check_recipe(recipe: str | None, f=FLAGS) -> None:
@@ -116,4 +126,4 @@ def check_recipe(recipe: str | None, f=FLAGS) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

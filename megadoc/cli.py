@@ -6,12 +6,16 @@ under it; its default is the field's, or None where the experiment fills it in (
 store's metadata). A flag that predates the convention stays as an alias of the generated one.
 
 Experiment modules that keep their own `absl.flags.FlagValues` (so several, which define flags
-of the same names, can share a process, as the tests do) parse them with `parser`.
+of the same names, can share a process, as the tests do) parse them with `parser`. Every
+experiment module runs through `run`: absl's `app.run`, with the errors a user can fix (bad
+input, a missing, unreadable or unwritable path, a full disk) reported as one line
+`error: ...` and exit code 2 instead of a traceback; other exceptions keep theirs (bugs).
 """
 from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import inspect
 import sys
 import textwrap
@@ -19,6 +23,9 @@ import types
 import typing
 
 from absl import app, flags
+
+USER_ERRORS = (ValueError, OSError)  # FileNotFoundError, PermissionError, StorageError: OSErrors
+EXIT_USER_ERROR = 2
 
 
 def field_docs(cls) -> dict[str, str]:
@@ -144,3 +151,22 @@ def parser(flag_values: flags.FlagValues):
         flags.FLAGS.mark_as_parsed()
         return rest
     return parse
+
+
+def plain_errors(main):
+    @functools.wraps(main)
+    def wrapped(argv):
+        try:
+            return main(argv)
+        except USER_ERRORS as e:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            sys.exit(EXIT_USER_ERROR)
+    return wrapped
+
+
+def run(main, flags_parser=None) -> None:
+    """`app.run(main)` (with `flags_parser` when the module keeps its own flag namespace)."""
+    if flags_parser is None:
+        app.run(plain_errors(main))
+    else:
+        app.run(plain_errors(main), flags_parser=flags_parser)

@@ -42,10 +42,9 @@ def analysis_numbers(val_store: str) -> dict:
     store = store_lib.open(val_store)
     out = {f"ensemble_{avg}": ensemble.ensemble_loss(CONFIG, stacked, store, 4, average=avg)
            for avg in ensemble.AVERAGES}
-    single = benchmarks.token_loglikelihoods(CONFIG, members()[0], requests(), prefix_token=0,
-                                             batch_size=4)
-    pooled = benchmarks.token_loglikelihoods(CONFIG, stacked, requests(), prefix_token=0,
-                                             batch_size=4, ensemble_average="probs")
+    single = benchmarks.token_loglikelihoods(CONFIG, members()[0], requests(), batch_size=4)
+    pooled = benchmarks.token_loglikelihoods(CONFIG, stacked, requests(), batch_size=4,
+                                             ensemble_average="probs")
     return out | {"benchmark_single": single.tolist(), "benchmark_ensemble": pooled.tolist()}
 
 
