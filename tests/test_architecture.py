@@ -37,6 +37,29 @@ def test_data_imports_nothing_from_models_train_synth_or_analysis():
     assert not {k: v for k, v in found.items() if v}
 
 
+# ARCHITECTURE.md's table: the megadoc parts each package may import.
+ALLOWED = {
+    "cli.py": set(),
+    "fs.py": {"gcs"},
+    "data": {"fs", "gcs", "data"},
+    "models": {"fs", "gcs", "models"},
+    "train": {"fs", "gcs", "data", "models", "train"},
+    "synth": {"fs", "gcs", "data", "models", "synth"},
+}
+
+
+@pytest.mark.parametrize("part", sorted(ALLOWED))
+def test_each_package_imports_only_the_layers_below_it(part):
+    paths = [ROOT / "megadoc" / part] if part.endswith(".py") else sources(f"megadoc/{part}")
+    found = {}
+    for path in paths:
+        used = {m.split(".")[1].removesuffix(".py") for m in imported_modules(path)
+                if m.startswith("megadoc.")}
+        if used - ALLOWED[part]:
+            found[rel(path)] = sorted(used - ALLOWED[part])
+    assert not found
+
+
 def test_sharding_imports_no_other_model_module():
     found = {m for m in imported_modules(ROOT / "megadoc/models/sharding.py")
              if m.startswith("megadoc.")}
