@@ -4,6 +4,7 @@ package: metadata fields by key, tensors dequantized to float32. Shared by the m
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import tempfile
 from typing import Any, Iterator
@@ -22,20 +23,32 @@ def is_gguf(path: str) -> bool:
 
 @contextlib.contextmanager
 def open_reader(path: str) -> Iterator[Any]:
-    """A `gguf.GGUFReader` over the file (memory-mapped; a gs:// file is copied locally first)."""
-    with contextlib.ExitStack() as stack:
-        local = path
-        if fs.is_gcs(path):
-            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="megadoc-gguf-"))
+    """A `gguf.GGUFReader` over the file (memory-mapped; a gs:// file is copied locally first).
+    Parsing the metadata of a large vocabulary takes seconds, so a local file's reader is kept
+    for the next caller (the tokenizer and the weights of one generator)."""
+    if fs.is_gcs(path):
+        with tempfile.TemporaryDirectory(prefix="megadoc-gguf-") as tmp:
             local = os.path.join(tmp, "model.gguf")
             fs.get_file(path, local)
-        elif not os.path.exists(path):
-            raise FileNotFoundError(f"{path}: GGUF file not found")
-        try:
-            reader = gguf.GGUFReader(local)
-        except (ValueError, KeyError) as e:
-            raise ValueError(f"{path}: not a readable GGUF file ({e})") from None
-        yield reader
+            yield _parse(path, local)
+        return
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: GGUF file not found")
+    stat = os.stat(path)
+    yield _local_reader(os.path.abspath(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=2)
+def _local_reader(path: str, mtime_ns: int, size: int):
+    del mtime_ns, size  # in the cache key only: a rewritten file is parsed again
+    return _parse(path, path)
+
+
+def _parse(path: str, local: str):
+    try:
+        return gguf.GGUFReader(local)
+    except (ValueError, KeyError) as e:
+        raise ValueError(f"{path}: not a readable GGUF file ({e})") from None
 
 
 def field(reader, key: str, default: Any = _MISSING, *, path: str = "") -> Any:

@@ -54,9 +54,10 @@ def config_from_metadata(reader, path: str) -> llama.LlamaConfig:
     rope_dims = get("rope.dimension_count", head_dim)
     if rope_dims != head_dim:
         raise ValueError(f"{path}: partial RoPE ({rope_dims} of {head_dim} dims) is not supported")
-    tokens = gguf_file.field(reader, "tokenizer.ggml.tokens", [], path=path)
     embed = next((t for t in reader.tensors if t.name == "token_embd.weight"), None)
-    vocab = get("vocab_size", len(tokens) or (int(embed.shape[-1]) if embed is not None else 0))
+    if embed is None:
+        raise ValueError(f"{path}: tensor 'token_embd.weight' missing")
+    vocab = get("vocab_size", int(embed.shape[-1]))  # GGUF dims: [hidden, vocab]
     return llama.LlamaConfig(
         vocab_size=int(vocab), hidden=int(hidden), ffn=int(get("feed_forward_length")),
         layers=int(get("block_count")), heads=int(heads),
