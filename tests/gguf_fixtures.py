@@ -82,7 +82,7 @@ def write(path, *, tied=False, vocab="gpt2", tmp_dir=None, seed=0, architecture=
     w.add_eos_token_id(eos)
     v = len(tokens)
     w.add_block_count(SHAPE["layers"])
-    w.add_context_length(128)
+    w.add_context_length(1024)
     w.add_embedding_length(h)
     w.add_feed_forward_length(f)
     w.add_head_count(n)

@@ -152,3 +152,48 @@ def test_smollm2_gguf_equals_transformers(tmp_path):
     tokens = np.asarray([ids[:48]], np.int32)
     np.testing.assert_allclose(_logits(config, params, tokens), _torch_logits(model, tokens),
                                atol=1e-3, rtol=0)
+
+
+def _rephrase(generator, docs, output, **overrides):
+    from megadoc.data import docs as docs_lib
+    from megadoc.synth import job
+
+    docs_lib.write_jsonl(str(docs), [{"id": f"doc{i}", "text": t} for i, t in enumerate(DOCS)])
+    cfg = job.JobConfig(method="rephrase", generator=generator, docs=str(docs),
+                        output=str(output), **dict(dict(
+                            generations=1, temperature=0.7, top_p=0.9, seed=0, batch_size=2,
+                            shard_size=4), **overrides))
+    job.run(cfg)
+    with open(os.path.join(output, "shard-00000.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+DOCS = ["The honey bee lives in a colony with one queen, thousands of female workers and a few "
+        "hundred male drones. Workers gather nectar and pollen from flowers, build wax comb and "
+        "feed the larvae; the queen lays up to two thousand eggs a day in spring.",
+        "A volcano forms where molten rock, called magma, rises through the crust. When pressure "
+        "builds, the volcano erupts, throwing out lava, ash and gas; the lava cools into new "
+        "rock, and repeated eruptions build the mountain's cone."]
+
+
+def test_rephrase_job_with_a_gguf_generator(gguf_dir, tmp_path):
+    records = _rephrase(str(gguf_dir / "untied.gguf"), tmp_path / "docs.jsonl", tmp_path / "out",
+                        max_new_tokens=8)
+    assert [r["doc_id"] for r in records] == ["doc0", "doc1"]
+    for r in records:
+        assert r["generator"] == "untied.gguf" and r["finish_reason"] in ("eos", "length")
+        assert r["sampling"] == {"temperature": 0.7, "top_p": 0.9, "top_k": 0,
+                                 "max_new_tokens": 8}
+
+
+@pytest.mark.slow
+def test_smollm2_rephrases_stay_on_topic(tmp_path):
+    directory, name = _smollm2()
+    records = _rephrase(os.path.join(directory, name), tmp_path / "docs.jsonl", tmp_path / "out",
+                        max_new_tokens=64)
+    topics = [("bee", "queen", "flower", "nectar", "honey"), ("volcano", "lava", "magma", "erupt")]
+    for r, words in zip(records, topics):
+        text = r["text"].lower()
+        assert r["finish_reason"] in ("eos", "length") and len(text.split()) >= 10, r
+        assert sum(w in text for w in words) >= 2, r["text"]
+        assert "<|im_" not in text and "<|endoftext|>" not in text, r["text"]

@@ -50,13 +50,15 @@ PROGRESS_EVERY_S = 10.0
 @dataclasses.dataclass(frozen=True)
 class JobConfig:
     method: str  # "rephrase" | "latent_thoughts"
-    generator: str  # HF Llama directory with its tokenizer
+    generator: str  # HF Llama directory with its tokenizer, or a Llama-architecture .gguf file
     docs: str
     output: str
     generations: int = 1  # rephrase: samples per document
     splits: int = 1  # latent thoughts: split points per document
     max_new_tokens: int | None = None  # None: the papers' value for the method
     temperature: float = 1.0
+    top_p: float = 1.0  # 1: no nucleus filter
+    top_k: int = 0  # 0: no top-k filter
     seed: int = 0
     batch_size: int = 64
     shard_size: int = 256
@@ -165,7 +167,8 @@ def run(cfg: JobConfig) -> dict:
     _check_job_config(fs.join(cfg.output, "_job", "config.json"), {
         "method": cfg.method, "generator": gen.name, "template": template.name, "seed": cfg.seed,
         "samples_per_doc": cfg.samples_per_doc, "max_new_tokens": max_new,
-        "temperature": cfg.temperature, "shard_size": cfg.shard_size, "num_docs": num_docs})
+        "temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": cfg.top_k,
+        "shard_size": cfg.shard_size, "num_docs": num_docs})
 
     mine = owned_shards(num_shards, process_index, process_count)
     todo = [j for j in mine if not fs.exists(marker_path(cfg.output, j))]
@@ -175,7 +178,9 @@ def run(cfg: JobConfig) -> dict:
     shards = _Shards(cfg.output, {j: min(cfg.shard_size, num_docs - j * cfg.shard_size)
                                   * cfg.samples_per_doc for j in todo})
     settings = sampler_lib.Settings(max_new_tokens=max_new, temperature=cfg.temperature,
-                                    stop_tokens=gen.stop_tokens)
+                                    top_p=cfg.top_p, top_k=cfg.top_k, stop_tokens=gen.stop_tokens)
+    sampling = {"temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": cfg.top_k,
+                "max_new_tokens": max_new}
     sampler = sampler_lib.Sampler(gen.config, gen.params, settings, batch_size=cfg.batch_size,
                                   seed=cfg.seed, mesh=mesh)
     outstanding: dict[tuple, int] = {}  # (shard, position) -> records still to come
@@ -184,7 +189,7 @@ def run(cfg: JobConfig) -> dict:
     def emit(shard, pos, doc_id, sample, offset, text, reason, tokens=0):
         record = dict(doc_id=doc_id, method=method, sample=sample, offset=offset, text=text,
                       finish_reason=reason, seed=cfg.seed, generator=gen.name,
-                      template=template.name)
+                      template=template.name, sampling=sampling)
         outstanding[shard, pos] -= 1
         if not outstanding[shard, pos]:
             del outstanding[shard, pos]
