@@ -41,7 +41,7 @@ class Scale:
     rephrases: int
     splits: int
     rephrase_tokens: int
-    thought_tokens: int
+    thought_tokens: int  # = rephrase_tokens: the latent stage reuses the rephrase's compiles
     synth_batch: int
     synth_docs: int  # training documents that get generations (0 = all); their megadocs form
     #                  the synthetic streams
@@ -53,13 +53,13 @@ SCALES = {
                    generator=dict(hidden=64, ffn=192, layers=2, heads=4, kv_heads=2),
                    generator_epochs=2, student=dict(hidden=64, ffn=192, layers=2, heads=4, kv_heads=2),
                    student_epochs=1, mix=0.5, global_batch=16, rephrases=1, splits=1,
-                   rephrase_tokens=24, thought_tokens=16, synth_batch=32, synth_docs=16,
+                   rephrase_tokens=16, thought_tokens=16, synth_batch=32, synth_docs=16,
                    eval_every=0),
     "small": Scale(max_docs=0, max_doc_chars=2000, vocab_size=2048, seq_len=256,
                    generator=dict(hidden=256, ffn=768, layers=4, heads=8, kv_heads=4),
                    generator_epochs=3, student=dict(hidden=128, ffn=384, layers=4, heads=4, kv_heads=4),
                    student_epochs=2, mix=0.5, global_batch=16, rephrases=2, splits=2,
-                   rephrase_tokens=96, thought_tokens=48, synth_batch=32, synth_docs=48,
+                   rephrase_tokens=80, thought_tokens=80, synth_batch=32, synth_docs=32,
                    eval_every=20),
 }
 
