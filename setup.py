@@ -36,6 +36,7 @@ setup(
             "transformers>=5.0",
             "accelerate>=1.0",  # transformers loads GGUF files (gguf_file=) through it
             "gcp-storage-emulator>=2024.8",
+            "lm_eval==0.4.13",  # the harness the papers' benchmark numbers come from
         ],
     },
 )

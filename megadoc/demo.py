@@ -89,7 +89,8 @@ def _use_compilation_cache(workdir: str) -> None:
     import jax
 
     if not fs.is_gcs(workdir):
-        jax.config.update("jax_compilation_cache_dir", fs.join(workdir, "jax_cache"))
+        cache = fs.storage_path(fs.join(workdir, "jax_cache"))
+        jax.config.update("jax_compilation_cache_dir", cache)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
@@ -257,7 +258,7 @@ def _examples(workdir: str, count: int = 2) -> list[str]:
             break
     lines = []
     for doc, rephrase, thoughts in shown:
-        latent = megadocs.build_documents("latent", doc, thoughts)[0]
+        latent = megadocs.build_documents("latent", doc, thoughts)[0].pieces[0]
         lines += ["", f"### {doc['id']}", "", "Source document:", *_fenced(doc["text"]), "",
                   f"Rephrase (sample {rephrase['sample']}, {rephrase['finish_reason']}):",
                   *_fenced(rephrase["text"]), "", "Latent-thought megadoc (thoughts in "

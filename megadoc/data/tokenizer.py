@@ -2,7 +2,8 @@
 and the vocabulary inside a `.gguf` file.
 
 `encode` never adds BOS/EOS and never turns text into a special token; the prepare job joins
-documents with `eos_id` itself. `fingerprint`
+documents with `eos_id` itself. `encode_as_hf` is the other convention, Hugging Face's
+`tokenizer.encode(text)`, which lm-evaluation-harness's HF backend scores with. `fingerprint`
 hashes the model itself, so a window store can refuse a model trained with another vocabulary.
 A tokenizer may carry its model's chat template (`chat_template`, a Jinja string, with
 `template_tokens`, the special tokens' spellings it refers to); megadoc.synth.prompts renders it.
@@ -12,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 from typing import Iterable, Protocol
 
 from megadoc import fs
@@ -31,6 +33,8 @@ class Tokenizer(Protocol):
 
     def encode(self, text: str) -> list[int]: ...
 
+    def encode_as_hf(self, text: str) -> list[int]: ...
+
     def decode(self, ids: Iterable[int]) -> str: ...
 
     def special_token_id(self, name: str) -> int | None: ...
@@ -43,7 +47,10 @@ class SentencePieceTokenizer:
         import sentencepiece as spm
 
         self.path = path
-        self._sp = spm.SentencePieceProcessor(model_proto=model_bytes)
+        try:
+            self._sp = spm.SentencePieceProcessor(model_proto=model_bytes)
+        except (RuntimeError, TypeError) as e:
+            raise ValueError(f"{path}: not a sentencepiece model ({e})") from e
         self.fingerprint = "spm:" + hashlib.sha256(model_bytes).hexdigest()[:16]
         self.vocab_size = self._sp.vocab_size()
         if self._sp.eos_id() < 0:
@@ -53,6 +60,16 @@ class SentencePieceTokenizer:
 
     def encode(self, text: str) -> list[int]:
         return self._sp.encode(text)
+
+    def encode_as_hf(self, text: str) -> list[int]:
+        """BOS, then the text with its spellings of BOS/EOS read as those tokens, as Hugging
+        Face's sentencepiece Llama tokenizer splits text on its special tokens."""
+        specials = {self._sp.id_to_piece(i): i for i in (self.bos_id, self.eos_id) if i is not None}
+        pattern = "(" + "|".join(re.escape(p) for p in specials) + ")"
+        ids = [] if self.bos_id is None else [self.bos_id]
+        for chunk in re.split(pattern, text):
+            ids += [specials[chunk]] if chunk in specials else self._sp.encode(chunk) if chunk else []
+        return ids
 
     def decode(self, ids: Iterable[int]) -> str:
         return self._sp.decode([int(i) for i in ids])
@@ -72,11 +89,14 @@ class HFTokenizer:
         import tokenizers
 
         self.path = path
-        self._tok = tokenizers.Tokenizer.from_str(tokenizer_json)
+        try:
+            self._tok = tokenizers.Tokenizer.from_str(tokenizer_json)
+        except Exception as e:  # noqa: BLE001 — tokenizers raises a bare Exception
+            raise ValueError(f"{path}: not a valid tokenizer.json ({e})") from e
         # Text that spells a special token ("<|end_of_text|>" in a web page) stays text; callers
         # that want a special token ask for its id (special_token_id).
         self._tok.encode_special_tokens = True
-        self._tok_with_specials = tokenizers.Tokenizer.from_str(tokenizer_json)
+        self._hf_tok = tokenizers.Tokenizer.from_str(tokenizer_json)  # specials in text are specials
         spec = json.loads(tokenizer_json)
         self.special_tokens = tuple(t["content"] for t in spec.get("added_tokens") or ()
                                     if t.get("special"))
@@ -103,10 +123,15 @@ class HFTokenizer:
     def encode(self, text: str) -> list[int]:
         return self._tok.encode(text, add_special_tokens=False).ids
 
+    def encode_as_hf(self, text: str) -> list[int]:
+        """With the post-processor's tokens (BOS for Llama tokenizers), special-token spellings in
+        the text read as those tokens: what transformers' `tokenizer.encode(text)` returns."""
+        return self._hf_tok.encode(text, add_special_tokens=True).ids
+
     def encode_with_special_tokens(self, text: str) -> list[int]:
         """Ids of text in which the special tokens' spellings are those tokens (a rendered chat
-        template), as transformers' `apply_chat_template` tokenizes it."""
-        return self._tok_with_specials.encode(text, add_special_tokens=False).ids
+        template), as transformers' `apply_chat_template` tokenizes it (no post-processor)."""
+        return self._hf_tok.encode(text, add_special_tokens=False).ids
 
     def decode(self, ids: Iterable[int]) -> str:
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
@@ -144,6 +169,8 @@ def load(path: str) -> Tokenizer:
     if path.endswith(".model"):
         return SentencePieceTokenizer(fs.read_bytes(path), path)
     names = fs.listdir(path)
+    if not names and not fs.exists(path):
+        raise FileNotFoundError(f"{path}: no such tokenizer file or directory")
     if "tokenizer.json" in names:
         config = fs.join(path, "tokenizer_config.json") if "tokenizer_config.json" in names else None
         template = fs.join(path, CHAT_TEMPLATE_FILE) if CHAT_TEMPLATE_FILE in names else None
@@ -158,7 +185,10 @@ def load(path: str) -> Tokenizer:
 
 
 def _load_hf(path: str, config_path: str | None, template_path: str | None = None) -> HFTokenizer:
-    config = json.loads(fs.read_text(config_path)) if config_path else {}
+    try:
+        config = json.loads(fs.read_text(config_path)) if config_path else {}
+    except ValueError as e:
+        raise ValueError(f"{config_path}: not valid JSON ({e})") from e
     if template_path:  # newer checkpoints keep the template in its own file
         config["chat_template"] = fs.read_text(template_path)
     return HFTokenizer(fs.read_text(path), path, config)
