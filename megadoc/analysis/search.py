@@ -215,8 +215,7 @@ class TrainLauncher:
     val_set: str = "val"
 
     def workdir(self, point: Mapping) -> str:
-        name = "_".join(f"{k}={point[k]}" for k in sorted(point))
-        return fs.join(self.root, name)
+        return fs.join(self.root, point_name(point))
 
     def __call__(self, point: Mapping) -> float:
         workdir = self.workdir(point)
@@ -235,6 +234,11 @@ class TrainLauncher:
                                f"{dict(point)} in {workdir}:\n{proc.stderr[-2000:]}")
         summary = json.loads(fs.read_text(fs.join(workdir, "summary.json")))
         return final_eval_loss(summary, self.val_set)
+
+
+def point_name(point: Mapping) -> str:
+    """A point as a directory name: `epochs=16_lr=0.003_weight_decay=0.8` (axes sorted)."""
+    return "_".join(f"{k}={point[k]}" for k in sorted(point))
 
 
 def final_eval_loss(summary: Mapping, val_set: str) -> float:
