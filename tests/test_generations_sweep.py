@@ -34,7 +34,7 @@ def flags(inputs, workdir, *extra):
     sweep_exp.FLAGS(["prog", "--recipe=stitched", f"--docs={d / 'docs.jsonl'}",
                      f"--generations={d / 'gens.jsonl'}", f"--tokenizer={inputs['tok'].path}",
                      "--seq_len=32", f"--val=iid={d / 'val.jsonl'}", "--counts=0,1,2", "--preset=tiny",
-                     "--grid=toy", "--mesh=1,1,1", f"--workdir={workdir}", *extra])
+                     "--grid=toy", f"--workdir={workdir}", *extra])
     return sweep_exp.build_config()
 
 
