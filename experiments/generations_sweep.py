@@ -1,7 +1,8 @@
 """Loss against generations per document with searched hyper-parameters (the megadocs paper's
 Figures 1 and 5): for each count N, prepare the store of the first N generations of every
 document, run the certified search (one per count, each starting from the previous count's
-optimum, as the paper did; N = 0 is the real-only baseline, always run), and tabulate.
+optimum, as the paper did; N = 0 is the real-only baseline, always run, from the published
+optimum of the preset), and tabulate.
 
     python -m experiments.generations_sweep --recipe=stitched --docs=gs://b/dclm/train.jsonl \\
         --generations=gs://b/synth/rephrase --tokenizer=gs://b/llama-3.1-8b-instruct \\
@@ -194,13 +195,16 @@ def _search(cfg: SweepConfig, name: str, grid_name: str, start: dict, real: str,
 def run_sweep(cfg: SweepConfig) -> dict:
     """Prepare, search every count, and write the table and figure; returns sweep.json."""
     from megadoc.data import store as store_lib
-    from megadoc.train import config
+    from megadoc.train import config, published
 
     real_grid, synthetic_grid = GRIDS[cfg.grid]
     val = _val_stores(cfg)
     real = _prepare(cfg, "real")
     preset = config.preset(cfg.preset)
-    previous = {"lr": preset.lr, "weight_decay": preset.weight_decay, "epochs": 16}
+    if cfg.preset in published.REAL_ONLY:  # the published optimum is the first guess
+        previous = published.REAL_ONLY[cfg.preset].as_flags()
+    else:
+        previous = {"lr": preset.lr, "weight_decay": preset.weight_decay, "epochs": 16}
     tokens = store_lib.open(real).metadata["num_tokens"]
     previous = _search(cfg, BASELINE, real_grid, previous, real, None, val,
                        {"recipe": BASELINE, "generations": 0, "fraction": 1.0,
