@@ -94,8 +94,9 @@ def build_config(f=FLAGS) -> SweepConfig:
     if counts[0] < 0:
         raise app.UsageError(f"--counts={','.join(f.counts)}: counts are >= 0")
     fractions = tuple(float(x) for x in f.data_fractions)
-    if any(not 0 < x < 1 for x in fractions):
-        raise app.UsageError(f"--data_fractions={','.join(f.data_fractions)}: each in (0, 1)")
+    if any(not 0 < x < 1 for x in fractions) or len(fractions) == 1:
+        raise app.UsageError(f"--data_fractions={','.join(f.data_fractions)}: each in (0, 1), and "
+                             f"at least 2 (with the full data, 3 points fit A / D^B + C)")
     return SweepConfig(recipe=f.recipe, docs=f.docs, generations=f.generations,
                        tokenizer=f.tokenizer, seq_len=f.seq_len, val=tuple(val),
                        counts=tuple(counts), workdir=f.workdir, preset=f.preset, grid=f.grid,
@@ -108,9 +109,10 @@ def _prepare(cfg: SweepConfig, name: str, **settings) -> str:
     from megadoc.data import prepare
 
     output = fs.join(cfg.workdir, "stores", name)
-    prepare.prepare(prepare.PrepareConfig(**dict(
-        dict(docs=cfg.docs, recipe="real", tokenizer=cfg.tokenizer, seq_len=cfg.seq_len,
-             seed=cfg.seed, output=output), **settings)))
+    fields = dict(docs=cfg.docs, recipe="real", tokenizer=cfg.tokenizer, seq_len=cfg.seq_len,
+                  seed=cfg.seed, output=output)
+    fields.update(settings)
+    prepare.prepare(prepare.PrepareConfig(**fields))
     return output
 
 
@@ -235,15 +237,14 @@ def write_table(workdir: str) -> dict:
     found = [json.loads(fs.read_text(fs.join(searches, name, "search.json")))
              for name in fs.listdir(searches)
              if fs.exists(fs.join(searches, name, "search.json"))]
-    baselines = [f for f in found if f["recipe"] == BASELINE]
+    baselines = [f for f in found if f["recipe"] == BASELINE]  # the full data and fractions
+    law = sweep.data_law([(f["tokens"] / 1e9, f["best_loss"]) for f in baselines])
     full = [f for f in baselines if f["fraction"] == 1.0]
-    law = sweep.data_law([(f["tokens"] / 1e9, f["best_loss"]) for f in baselines]
-                         if len(baselines) >= 3 else [])
     baseline_loss = full[0]["best_loss"] if full else None
+    counted = [f for f in found if "generations" in f]  # not the fraction baselines
     rows = [sweep.row(f["recipe"], f["generations"], f, law, baseline_loss)
-            for f in sorted(found, key=lambda f: (f["recipe"] != BASELINE, f["recipe"],
-                                                  f.get("generations", 0)))
-            if "generations" in f]
+            for f in sorted(counted, key=lambda f: (f["recipe"] != BASELINE, f["recipe"],
+                                                    f["generations"]))]
     table = {"rows": rows, "data_law": law.as_dict()}
     fs.write_text(fs.join(workdir, "sweep.json"), json.dumps(table, indent=1) + "\n")
     fs.write_text(fs.join(workdir, "sweep.md"), sweep.markdown(rows, law))
