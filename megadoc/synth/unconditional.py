@@ -95,7 +95,8 @@ def sample_documents(config: llama.LlamaConfig, stacked: dict, tokenizer, keys: 
     max_new = min(max_new_tokens, config.max_seq_len - 1)  # the start token takes one slot
     start = tokenizer.eos_id if tokenizer.bos_id is None else tokenizer.bos_id
     root = jax.random.PRNGKey(seed)
-    keys_Bx2 = np.stack([np.asarray(jax.random.fold_in(root, k & 0xFFFFFFFF)) for k in keys])
+    keys_B = jnp.asarray(np.asarray(keys, np.int64) & 0xFFFFFFFF, jnp.uint32)
+    keys_Bx2 = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(root, keys_B)
     tokens_BxT, counts_B = jax.device_get(_draw(config, max_new, float(temperature),
                                                 tokenizer.eos_id, stacked, start, keys_Bx2))
     out = []
