@@ -31,7 +31,7 @@ from typing import Callable
 
 from absl import app, flags
 
-from experiments import own_flags
+from experiments import cli, own_flags
 
 FLAGS = flags.FlagValues()
 _IN = {"flag_values": FLAGS}
@@ -41,8 +41,8 @@ flags.DEFINE_string("generations", None, "generation records of one synthesis ru
                     "max(--counts) samples per document", **_IN)
 flags.DEFINE_string("tokenizer", None, "sentencepiece .model, tokenizer.json, or a dir with one", **_IN)
 flags.DEFINE_integer("seq_len", None, "window length of every store", **_IN)
-flags.DEFINE_multi_string("val", [], "NAME=PATH validation set: a window store, or documents to "
-                          "prepare into one (repeatable; the first is minimised)", **_IN)
+flags.DEFINE_multi_string("val", [], "NAME=PATH validation set: a window store or documents, as "
+                          "experiments.train takes it (repeatable; the first is minimised)", **_IN)
 flags.DEFINE_list("counts", ["0", "1", "2", "4", "8", "16", "32"], "generations per document; 0 "
                   "(the real-only baseline) is always run", **_IN)
 flags.DEFINE_string("preset", "300m", "training preset of every run: tiny | 150m | 300m | 600m | 1.5b",
@@ -114,14 +114,6 @@ def _prepare(cfg: SweepConfig, name: str, **settings) -> str:
     fields.update(settings)
     prepare.prepare(prepare.PrepareConfig(**fields))
     return output
-
-
-def _val_stores(cfg: SweepConfig) -> tuple[tuple[str, str], ...]:
-    """Each --val as a store: a complete store is used as is, documents are prepared."""
-    from megadoc.data import store
-
-    return tuple((name, path if store.is_complete(path) else
-                  _prepare(cfg, f"val-{name}", docs=path)) for name, path in cfg.val)
 
 
 def _fraction_docs(cfg: SweepConfig, fraction: float) -> str:
@@ -200,7 +192,7 @@ def run_sweep(cfg: SweepConfig) -> dict:
     from megadoc.train import config, published
 
     real_grid, synthetic_grid = GRIDS[cfg.grid]
-    val = _val_stores(cfg)
+    val = cfg.val
     real = _prepare(cfg, "real")
     preset = config.preset(cfg.preset)
     if cfg.preset in published.REAL_ONLY:  # the published optimum is the first guess
@@ -260,4 +252,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=own_flags.parser(FLAGS))
+    cli.run(main, flags_parser=own_flags.parser(FLAGS))
