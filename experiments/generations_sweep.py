@@ -36,17 +36,19 @@ from experiments import cli, own_flags
 FLAGS = flags.FlagValues()
 _IN = {"flag_values": FLAGS}
 flags.DEFINE_enum("recipe", None, ["simple", "stitched", "latent"], "the synthetic stream", **_IN)
-flags.DEFINE_string("docs", None, "real documents {id, text} (JSONL/Parquet file, dir or glob)", **_IN)
+flags.DEFINE_string("docs", None, "real documents {id, text} (JSONL/Parquet file, dir or glob)",
+                    **_IN)
 flags.DEFINE_string("generations", None, "generation records of one synthesis run with at least "
                     "max(--counts) samples per document", **_IN)
-flags.DEFINE_string("tokenizer", None, "sentencepiece .model, tokenizer.json, or a dir with one", **_IN)
+flags.DEFINE_string("tokenizer", None, "sentencepiece .model, tokenizer.json, or a dir with one",
+                    **_IN)
 flags.DEFINE_integer("seq_len", None, "window length of every store", **_IN)
 flags.DEFINE_multi_string("val", [], "NAME=PATH validation set: a window store or documents, as "
                           "experiments.train takes it (repeatable; the first is minimised)", **_IN)
 flags.DEFINE_list("counts", ["0", "1", "2", "4", "8", "16", "32"], "generations per document; 0 "
                   "(the real-only baseline) is always run", **_IN)
-flags.DEFINE_string("preset", "300m", "training preset of every run: tiny | 150m | 300m | 600m | 1.5b",
-                    **_IN)
+flags.DEFINE_string("preset", "300m", "training preset of every run: tiny | 150m | 300m | 600m | "
+                    "1.5b", **_IN)
 flags.DEFINE_enum("grid", "paper", ["paper", "toy"], "paper: the papers' grids (megadoc.analysis."
                   "search); toy: 2 values an axis", **_IN)
 flags.DEFINE_string("workdir", None, "stores, searches and the table (local or gs://)", **_IN)
@@ -54,7 +56,8 @@ flags.DEFINE_list("data_fractions", [], "also search real-only baselines on thes
                   "documents and fit the data law on them (e.g. 0.125,0.25,0.5)", **_IN)
 flags.DEFINE_enum("real_position", "last", ["last", "first", "none"], "stitched: where the real "
                   "document sits", **_IN)
-flags.DEFINE_integer("seed", 0, "seed of the stores' permutations, the data order and the init", **_IN)
+flags.DEFINE_integer("seed", 0, "seed of the stores' permutations, the data order and the init",
+                     **_IN)
 flags.DEFINE_list("mesh", ["1", "-1", "1"], "mesh shape data,fsdp,tensor of every run", **_IN)
 
 GRIDS = {"paper": ("real", "synthetic"), "toy": ("toy-real", "toy-synthetic")}
@@ -130,8 +133,8 @@ def _fraction_docs(cfg: SweepConfig, fraction: float) -> str:
     return path
 
 
-def train_point(cfg: SweepConfig, root: str, real: str, synthetic: str | None,
-                val) -> Callable[[dict], float]:
+def train_point(cfg: SweepConfig, root: str, real: str,
+                synthetic: str | None) -> Callable[[dict], float]:
     """The search's launcher: point -> final loss on the first validation set, training in this
     process (megadoc.train.loop) in <root>/runs/<point>, which a rerun resumes."""
     from megadoc import fs
@@ -154,7 +157,7 @@ def train_point(cfg: SweepConfig, root: str, real: str, synthetic: str | None,
                                    epochs=point["epochs"], seed=cfg.seed,
                                    global_batch=preset.global_batch),
             optimizer=config.OptimizerConfig(lr=point["lr"], weight_decay=point["weight_decay"]),
-            workdir=workdir, microbatches=preset.microbatches, mesh=cfg.mesh, val=val)
+            workdir=workdir, microbatches=preset.microbatches, mesh=cfg.mesh, val=cfg.val)
         try:
             summary = loop.train(train_cfg)
         except FloatingPointError as e:
@@ -162,13 +165,13 @@ def train_point(cfg: SweepConfig, root: str, real: str, synthetic: str | None,
             return math.nan
         if summary["status"] == "preempted":
             sys.exit(143)  # 128 + SIGTERM: rerun the sweep to continue
-        return search.final_eval_loss(summary, val[0][0])
+        return search.final_eval_loss(summary, cfg.val[0][0])
 
     return run
 
 
 def _search(cfg: SweepConfig, name: str, grid_name: str, start: dict, real: str,
-            synthetic: str | None, val, facts: dict) -> dict:
+            synthetic: str | None, facts: dict) -> dict:
     """One certified search in <workdir>/searches/<name>; returns its search.json."""
     from megadoc import fs
     from megadoc.analysis import plots, search, sweep
@@ -176,7 +179,7 @@ def _search(cfg: SweepConfig, name: str, grid_name: str, start: dict, real: str,
     root = fs.join(cfg.workdir, "searches", name)
     grid = search.grid_preset(grid_name)
     result = search.search(grid, sweep.start_point(grid, start),
-                           train_point(cfg, root, real, synthetic, val),
+                           train_point(cfg, root, real, synthetic),
                            fs.join(root, "results.jsonl"))
     found = dict(facts, best=result.best, best_loss=result.best_loss, certified=result.certified,
                  at_bound=list(result.at_bound), runs=len(result.results),
@@ -192,7 +195,6 @@ def run_sweep(cfg: SweepConfig) -> dict:
     from megadoc.train import config, published
 
     real_grid, synthetic_grid = GRIDS[cfg.grid]
-    val = cfg.val
     real = _prepare(cfg, "real")
     preset = config.preset(cfg.preset)
     if cfg.preset in published.REAL_ONLY:  # the published optimum is the first guess
@@ -200,13 +202,13 @@ def run_sweep(cfg: SweepConfig) -> dict:
     else:
         previous = {"lr": preset.lr, "weight_decay": preset.weight_decay, "epochs": 16}
     tokens = store_lib.open(real).metadata["num_tokens"]
-    previous = _search(cfg, BASELINE, real_grid, previous, real, None, val,
+    previous = _search(cfg, BASELINE, real_grid, previous, real, None,
                        {"recipe": BASELINE, "generations": 0, "fraction": 1.0,
                         "tokens": tokens})["best"]
     baseline_start = previous
     for fraction in cfg.data_fractions:
         store = _prepare(cfg, f"real-f{fraction}", docs=_fraction_docs(cfg, fraction))
-        _search(cfg, f"real-f{fraction}", real_grid, baseline_start, store, None, val,
+        _search(cfg, f"real-f{fraction}", real_grid, baseline_start, store, None,
                 {"recipe": BASELINE, "fraction": fraction,
                  "tokens": store_lib.open(store).metadata["num_tokens"]})
     for n in cfg.counts:
@@ -215,7 +217,7 @@ def run_sweep(cfg: SweepConfig) -> dict:
         name = f"{cfg.recipe}-n{n}"
         synthetic = _prepare(cfg, name, recipe=cfg.recipe, generations=cfg.generations,
                              max_generations=n, real_position=cfg.real_position)
-        previous = _search(cfg, name, synthetic_grid, previous, real, synthetic, val,
+        previous = _search(cfg, name, synthetic_grid, previous, real, synthetic,
                            {"recipe": cfg.recipe, "generations": n})["best"]
     return write_table(cfg.workdir)
 

@@ -29,7 +29,8 @@ _IN = {"flag_values": FLAGS}
 flags.DEFINE_enum("method", None, ["rephrase", "latent_thoughts", "unconditional"],
                   "what to generate", **_IN)
 flags.DEFINE_string("generator", None, "Hugging Face Llama dir with its tokenizer (local/gs://); "
-                    "unconditional: megadoc training workdirs, comma-separated (an ensemble)", **_IN)
+                    "unconditional: megadoc training workdirs, comma-separated (an ensemble)",
+                    **_IN)
 flags.DEFINE_string("tokenizer", None, "unconditional: the students' tokenizer", **_IN)
 flags.DEFINE_integer("num_documents", None, "unconditional: documents to draw", **_IN)
 flags.DEFINE_string("docs", None, "source docs {id, text}: JSONL(.gz)/Parquet file, dir or glob",
@@ -52,12 +53,13 @@ flags.DEFINE_integer("num_processes", None, "processes (default: jax.process_cou
 def build_unconditional_config(f=FLAGS):
     from megadoc.synth import unconditional
 
-    missing = [n for n in ("generator", "tokenizer", "num_documents", "output") if not getattr(f, n)]
+    missing = [f"--{n}" for n in ("generator", "tokenizer", "num_documents", "output")
+               if not getattr(f, n)]
     if missing:
-        raise app.UsageError(f"--method=unconditional needs {', '.join('--' + n for n in missing)}")
-    extra = [n for n in ("docs", "generations", "splits", "template") if f[n].present]
+        raise app.UsageError(f"--method=unconditional needs {', '.join(missing)}")
+    extra = [f"--{n}" for n in ("docs", "generations", "splits", "template") if f[n].present]
     if extra:
-        raise app.UsageError(f"--method=unconditional takes no {', '.join('--' + n for n in extra)}")
+        raise app.UsageError(f"--method=unconditional takes no {', '.join(extra)}")
     return unconditional.UnconditionalConfig(
         output=f.output, generator=f.generator, num_documents=f.num_documents,
         max_new_tokens=f.max_new_tokens or 1024, temperature=f.temperature, seed=f.seed,

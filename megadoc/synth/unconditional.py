@@ -141,7 +141,8 @@ def run(cfg: UnconditionalConfig, model_config: llama.LlamaConfig, stacked: dict
         fs.write_text(job_lib.marker_path(cfg.output, j), json.dumps(
             {"records": len(records), "finish_reason": dict(counts),
              "generated_tokens": sum(n for _, _, n in drawn)}))
-        print(f"[synth] shard {j + 1}/{num_shards} written ({time.time() - start:.0f}s)", flush=True)
+        print(f"[synth] shard {j + 1}/{num_shards} written ({time.time() - start:.0f}s)",
+              flush=True)
     summary = {"method": METHOD, "members": members, "shards_total": num_shards,
                "records": cfg.num_documents, "elapsed_s": round(time.time() - start, 1)}
     fs.write_text(fs.join(cfg.output, "summary.json"), json.dumps(summary, indent=1))
@@ -155,7 +156,7 @@ def _check_settings(path: str, settings: dict) -> None:
         return
     old = json.loads(fs.read_text(path))
     if old != settings:
-        changed = sorted(k for k in settings if old.get(k) != settings[k])
+        changed = ", ".join(f"{k}: {old.get(k)!r} -> {v!r}" for k, v in settings.items()
+                            if old.get(k) != v)
         raise ValueError(f"{path}: this output directory was written with other settings "
-                         f"({', '.join(f'{k}: {old.get(k)!r} -> {settings[k]!r}' for k in changed)});"
-                         f" use a new --output or the original settings")
+                         f"({changed}); use a new --output or the original settings")
