@@ -1,6 +1,16 @@
-"""Distil an ensemble of trained runs into one student (the infinite-compute paper's 8x-smaller
-student): KL(teacher ‖ student) to the members' averaged distribution, optionally mixed with the
-data loss.
+"""Distil trained runs into one student, in either of the papers' two ways:
+
+- --texts: train on documents a teacher sampled (experiments.synthesize --method=unconditional,
+  from one run: self-distillation, the megadocs paper's §5 baseline; from an ensemble: the
+  infinite-compute paper's ensemble distillation), mixed with the real stream at --mix, through
+  the ordinary training loop (megadoc.train.loop). The texts become a window store in
+  <workdir>/texts/ with the real store's tokenizer and window length;
+- --teachers: token-level KL(teacher ‖ student) to the members' averaged distribution,
+  optionally mixed with the data loss.
+
+    python -m experiments.distill --texts=gs://b/synth/self --preset=300m \\
+        --workdir=gs://b/distill/self --real=gs://b/stores/real --mix=0.75 --epochs=16 \\
+        --val=iid=gs://b/stores/val
 
     python -m experiments.distill --teachers=gs://b/ens/member_0,...,gs://b/ens/member_7 \\
         --preset=150m --workdir=gs://b/distill/150m --real=gs://b/stores/real --epochs=8 \\
@@ -21,6 +31,8 @@ from experiments import cli, own_flags
 
 # Own FlagValues: see experiments/ensemble.py.
 FLAGS = flags.FlagValues()
+flags.DEFINE_string("texts", None, "generation records to train the student on (with --mix of each "
+                    "batch; instead of --teachers)", flag_values=FLAGS)
 flags.DEFINE_list("teachers", [], "training runs whose newest checkpoints form the teacher", flag_values=FLAGS)
 flags.DEFINE_enum("teacher_average", "logits", ["logits", "probs"], "how members are combined", flag_values=FLAGS)
 flags.DEFINE_float("kl_weight", 1.0, "loss = w * KL(teacher || student) + (1 - w) * data loss", flag_values=FLAGS)
@@ -50,8 +62,8 @@ def build_config(f=FLAGS):
     from megadoc.models import llama
     from megadoc.train import config
 
-    if not f.workdir or not f.real or not f.teachers:
-        raise app.UsageError("--workdir, --real and --teachers are required")
+    if not f.workdir or not f.real or bool(f.teachers) == bool(f.texts):
+        raise app.UsageError("--workdir, --real and one of --teachers or --texts are required")
     p = config.preset(f.preset)
     real = store_lib.open(f.real)
     model = dataclasses.replace(llama.preset(p.model), vocab_size=int(real.metadata["vocab_size"]),
@@ -71,6 +83,41 @@ def build_config(f=FLAGS):
         log_every=f.log_every)
 
 
+def texts_store(texts: str, workdir: str, real: str, seed: int) -> str:
+    """The generation records at `texts` as a window store under <workdir>/texts: each record one
+    stream document, tokenized as the real store was."""
+    from megadoc import fs
+    from megadoc.data import docs, prepare
+    from megadoc.data import store as store_lib
+
+    bad = docs.BadRecords()
+    documents = fs.join(workdir, "texts", "docs.jsonl")
+    if not fs.exists(documents):
+        docs.write_jsonl(documents, ({"id": f"{g['doc_id']}/{g['method']}/{g['sample']}",
+                                      "text": g["text"]}
+                                     for g in docs.read_generations(texts, bad) if g["text"]))
+    real_store = store_lib.open(real)
+    output = fs.join(workdir, "texts", "store")
+    prepare.prepare(prepare.PrepareConfig(
+        docs=documents, recipe="real", tokenizer=real_store.metadata["tokenizer_path"],
+        seq_len=real_store.seq_len, seed=seed, output=output))
+    return output
+
+
+def train_on_texts(cfg):
+    """The student trained by the ordinary loop on --real mixed with the --texts store."""
+    from megadoc.train import config, loop
+
+    if not cfg.data.mix > 0:
+        raise app.UsageError("--texts needs --mix > 0: the fraction of each batch from the texts")
+    store = texts_store(FLAGS.texts, cfg.workdir, cfg.data.real, cfg.data.seed)
+    return loop.train(config.TrainConfig(
+        model=cfg.model, data=dataclasses.replace(cfg.data, synthetic=store),
+        optimizer=cfg.optimizer, workdir=cfg.workdir, microbatches=cfg.microbatches,
+        mesh=cfg.mesh, val=cfg.val, checkpoint_every_steps=cfg.checkpoint_every_steps,
+        log_every=cfg.log_every))
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -78,8 +125,11 @@ def main(argv):
     from megadoc.analysis import distill
 
     cfg = build_config()
-    teacher_config, teacher = load_members(list(cfg.teacher))
-    summary = distill.distill(cfg, teacher_config, teacher)
+    if FLAGS.texts:
+        summary = train_on_texts(cfg)
+    else:
+        teacher_config, teacher = load_members(list(cfg.teacher))
+        summary = distill.distill(cfg, teacher_config, teacher)
     if summary["status"] == "preempted":
         sys.exit(143)  # 128 + SIGTERM, as experiments.train: a preempted, resumable job
 

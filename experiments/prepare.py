@@ -4,7 +4,7 @@
         --tokenizer=gs://b/tok/tokenizer.json --seq_len=4096 --seed=0 --output=gs://b/stores/real
     python -m experiments.prepare --docs=gs://b/docs --generations=gs://b/rephrases \\
         --recipe=stitched --real_position=last --tokenizer=... --seq_len=4096 --seed=0 \\
-        --output=gs://b/stores/stitched
+        --output=gs://b/stores/stitched [--max_generations=8]
 
 The store's metadata.json (written last) records settings, counts and skipped records.
 """
@@ -21,6 +21,9 @@ flags.DEFINE_enum("recipe", None, list(megadocs.RECIPES), "Which stream to build
 flags.DEFINE_enum("real_position", "last", list(megadocs.REAL_POSITIONS),
                   "stitched only: where the real text sits in the megadoc.")
 flags.DEFINE_bool("include_real", True, "Also put the real document in the synthetic stream.")
+flags.DEFINE_integer("max_generations", None, "Use only samples 0..N-1 of each document (by "
+                     "`sample`; the split index for latent thoughts), so one synthesis run at "
+                     "N=32 gives the stores for every N <= 32. Default: all.")
 flags.DEFINE_string("tokenizer", None, "sentencepiece .model, tokenizer.json, or a dir with one.")
 flags.DEFINE_integer("seq_len", None, "Window length; windows hold seq_len+1 tokens.")
 flags.DEFINE_integer("seed", 0, "Seed of the document permutation.")
@@ -35,6 +38,7 @@ def config_from_flags() -> PrepareConfig:
     return PrepareConfig(
         docs=FLAGS.docs, generations=FLAGS.generations, recipe=FLAGS.recipe,
         real_position=FLAGS.real_position, include_real=FLAGS.include_real,
+        max_generations=FLAGS.max_generations,
         tokenizer=FLAGS.tokenizer, seq_len=FLAGS.seq_len, seed=FLAGS.seed, output=FLAGS.output,
         workers=FLAGS.workers, buckets=FLAGS.buckets)
 
