@@ -45,7 +45,7 @@ SMOL_SHAPE = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num
 # batch -> prompt tokens; batch 64 takes shorter prompts so its prefill fits a bench run.
 SMOL_PROMPTS = {8: 256, 64: 64}
 SMOL_NEW_TOKENS = 64
-SMOL_ROUNDS = 2
+SMOL_ROUNDS = 1
 SMOL_VS_TORCH_BATCH = 8
 
 
