@@ -1,13 +1,23 @@
-"""Distil an ensemble of trained runs into one student (the infinite-compute paper's 8x-smaller
-student): KL(teacher ‖ student) to the members' averaged distribution, optionally mixed with the
-data loss.
+"""Distil trained runs into one student, in either of the papers' two ways:
+
+- --texts: train on documents a teacher sampled (experiments.synthesize --method=unconditional,
+  from one run: self-distillation, the megadocs paper's §5 baseline; from an ensemble: the
+  infinite-compute paper's ensemble distillation), mixed with the real stream at --mix, through
+  the ordinary training loop (megadoc.train.loop). The texts become a window store in
+  <workdir>/texts/ with the real store's tokenizer and window length;
+- --teachers: token-level KL(teacher ‖ student) to the members' averaged distribution,
+  optionally mixed with the data loss.
+
+    python -m experiments.distill --texts=gs://b/synth/self --preset=300m \\
+        --workdir=gs://b/distill/self --real=gs://b/stores/real --mix=0.75 --epochs=16 \\
+        --val=iid=gs://b/stores/val
 
     python -m experiments.distill --teachers=gs://b/ens/member_0,...,gs://b/ens/member_7 \\
         --preset=150m --workdir=gs://b/distill/150m --real=gs://b/stores/real --epochs=8 \\
         --lr=3e-3 --weight_decay=0.8 --kl_weight=1.0 --val=iid=gs://b/stores/val
 
 Rerunning the same command resumes from the newest checkpoint in --workdir. Every
-experiments.train flag applies (the run is a training run whose loss is the teacher's), including
+experiments.train flag applies (either way the run is megadoc.train.loop's), including
 --distributed; the student's model shape is the training preset's, its vocabulary and context
 come from --real.
 """
@@ -26,12 +36,14 @@ FLAGS = flags.FlagValues()
 train.define_flags(FLAGS)
 cli.define_fields(distill.DistillConfig, FLAGS, only=("teacher", "kl_weight", "teacher_average"),
                   choices={"teacher_average": distill.AVERAGES}, aliases={"teacher": "teachers"})
+flags.DEFINE_string("texts", None, "generation records to train the student on (with --mix of each "
+                    "batch; instead of --teachers)", flag_values=FLAGS)
 FLAGS.set_default("checkpoint_every_steps", 200)
 
 
 def build_config(f=FLAGS) -> distill.DistillConfig:
-    if not f.teacher:
-        raise app.UsageError("--teachers is required (with --workdir and --real)")
+    if bool(f.teacher) == bool(f.texts):
+        raise app.UsageError("--workdir, --real and one of --teachers or --texts are required")
     return train.build_config(f, distill.DistillConfig)
 
 
@@ -42,8 +54,13 @@ def main(argv):
 
     train.initialize_distributed(FLAGS)
     cfg = build_config()
-    teacher_config, teacher = ensemble.load_members(list(cfg.teacher))
-    summary = distill.distill(cfg, teacher_config, teacher)
+    if FLAGS.texts:
+        if not cfg.data.mix > 0:
+            raise app.UsageError("--texts needs --mix > 0: the fraction of each batch from the texts")
+        summary = distill.train_on_texts(cfg, FLAGS.texts)
+    else:
+        teacher_config, teacher = ensemble.load_members(list(cfg.teacher))
+        summary = distill.distill(cfg, teacher_config, teacher)
     if summary["status"] == "preempted":
         sys.exit(143)  # 128 + SIGTERM, as experiments.train: a preempted, resumable job
 

@@ -4,7 +4,7 @@
         --tokenizer=gs://b/tok/tokenizer.json --seq_len=4096 --seed=0 --output=gs://b/stores/real
     python -m experiments.prepare --docs=gs://b/docs --generations=gs://b/rephrases \\
         --recipe=stitched --real_position=last --tokenizer=... --seq_len=4096 --seed=0 \\
-        --output=gs://b/stores/stitched
+        --output=gs://b/stores/stitched [--max_generations=8]
 
 The store's metadata.json (written last) records settings, counts and skipped records.
 """

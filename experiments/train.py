@@ -92,12 +92,15 @@ def run_experiment(defaults: dict, synthetic_recipe: str | None,
                    by_preset: dict[str, dict] | None = None) -> None:
     """Entry point of a paper-experiment module: its defaults (and, for the --preset chosen, those
     of `by_preset`), any flag still overridable, and a check that --synthetic holds the recipe
-    the experiment is about."""
+    the experiment is about. A synthetic experiment also takes --generations=N: the published
+    optimum for N generations per document."""
     for name, value in defaults.items():
         FLAGS.set_default(name, value)
 
     def experiment_main(argv):
         apply_preset_defaults(by_preset or {})
+        if synthetic_recipe:
+            apply_published(synthetic_recipe)
         check_recipe(synthetic_recipe)
         main(argv)
 
@@ -111,6 +114,30 @@ def apply_preset_defaults(by_preset: dict[str, dict], f=FLAGS) -> None:
             f[name].value = value
 
 
+def define_generations_flag() -> None:
+    """--generations, for the synthetic paper-experiment modules (defined once per process)."""
+    if "generations" not in FLAGS:
+        flags.DEFINE_integer(
+            "generations", None, "generations per document in --synthetic: --epochs, --lr, "
+            "--weight_decay and --mix not given take the published optimum for it "
+            "(megadoc.train.published), e.g. --generations=32 is the paper's best stitched run")
+
+
+def apply_published(recipe: str, f=FLAGS) -> None:
+    """--generations=N: the published point of (recipe, N) fills the flags not given."""
+    from megadoc.train import published
+
+    if f.generations is None:
+        return
+    try:
+        point = published.point(recipe, f.generations, f.preset)
+    except ValueError as e:
+        raise app.UsageError(str(e)) from e
+    for name, value in point.as_flags().items():
+        if not f[name].present:
+            f[name].value = value
+
+
 def check_recipe(recipe: str | None, f=FLAGS) -> None:
     from megadoc.data import store as store_lib
 
@@ -120,9 +147,14 @@ def check_recipe(recipe: str | None, f=FLAGS) -> None:
         return
     if not f.synthetic:
         raise app.UsageError(f"--synthetic=STORE (prepared with --recipe={recipe}) is required")
-    got = store_lib.open(f.synthetic).metadata.get("recipe")
-    if got != recipe:
-        raise app.UsageError(f"{f.synthetic}: recipe {got!r}, this experiment needs {recipe!r}")
+    metadata = store_lib.open(f.synthetic).metadata
+    if metadata.get("recipe") != recipe:
+        raise app.UsageError(f"{f.synthetic}: recipe {metadata.get('recipe')!r}, this experiment "
+                             f"needs {recipe!r}")
+    generations = f.generations if "generations" in f else None
+    if generations and metadata.get("max_generations") not in (None, generations):
+        raise app.UsageError(f"{f.synthetic}: prepared with --max_generations="
+                             f"{metadata['max_generations']}, but --generations={generations}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,6 @@
-"""Distil an ensemble into one (smaller) student, as in the infinite-compute paper.
+"""Distil trained runs into one (smaller) student, as in the infinite-compute paper: by
+token-level KL to an ensemble (`distill`), or by training on texts a teacher sampled
+(`train_on_texts`). Either way the run is `megadoc.train.loop.train`'s.
 
 The student minimises `kl_weight · KL(teacher ‖ student) + (1 − kl_weight) · next-token loss`
 per position, where the teacher is the ensemble's averaged next-token distribution (temperature 1).
@@ -16,7 +18,9 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from megadoc import fs
 from megadoc.analysis import ensemble
+from megadoc.data import docs, prepare
 from megadoc.data import store as store_lib
 from megadoc.models import llama
 from megadoc.train import config as config_lib
@@ -78,3 +82,29 @@ def distill(cfg: DistillConfig, teacher_config: llama.LlamaConfig, teacher_stack
         raise ValueError(f"teacher_average must be one of {AVERAGES}, got {cfg.teacher_average!r}")
     seq_len = store_lib.open(cfg.data.real).seq_len
     return loop.train(cfg, objective(cfg, teacher_config, teacher_stacked, seq_len))
+
+
+def texts_store(texts: str, workdir: str, real: str, seed: int) -> str:
+    """The generation records at `texts` as a window store under <workdir>/texts: each record one
+    stream document, tokenized as the real store was."""
+    bad = docs.BadRecords()
+    documents = fs.join(workdir, "texts", "docs.jsonl")
+    if not fs.exists(documents):
+        docs.write_jsonl(documents, ({"id": f"{g['doc_id']}/{g['method']}/{g['sample']}",
+                                      "text": g["text"]}
+                                     for g in docs.read_generations(texts, bad) if g["text"]))
+    real_store = store_lib.open(real)
+    output = fs.join(workdir, "texts", "store")
+    prepare.prepare(prepare.PrepareConfig(
+        docs=documents, recipe="real", tokenizer=real_store.metadata["tokenizer_path"],
+        seq_len=real_store.seq_len, seed=seed, output=output))
+    return output
+
+
+def train_on_texts(cfg: config_lib.TrainConfig, texts: str) -> dict:
+    """The student trained by the ordinary loop on the real store mixed (at `cfg.data.mix`)
+    with the texts at `texts` (e.g. experiments.synthesize --method=unconditional)."""
+    store = texts_store(texts, cfg.workdir, cfg.data.real, cfg.data.seed)
+    plain = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(config_lib.TrainConfig)}
+    return loop.train(config_lib.TrainConfig(
+        **plain | {"data": dataclasses.replace(cfg.data, synthetic=store)}))

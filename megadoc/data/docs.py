@@ -17,7 +17,7 @@ from typing import Iterable, Iterator
 from megadoc import fs
 
 SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet")
-METHODS = ("rephrase", "latent_thought")
+METHODS = ("rephrase", "latent_thought", "unconditional")
 
 
 class BadRecords:

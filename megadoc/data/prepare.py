@@ -66,6 +66,9 @@ class PrepareConfig:
     """stitched only: where the real text sits in the megadoc"""
     include_real: bool = True
     """also put the real document in the synthetic stream"""
+    max_generations: int | None = None
+    """use only samples 0..N-1 of each document (by `sample`; the split index for latent
+    thoughts), so one synthesis run at N=32 gives the stores for every N <= 32 (None: all)"""
     workers: int = 1
     """tokenizer processes"""
     buckets: int = 64
@@ -82,6 +85,9 @@ class PrepareConfig:
             raise ValueError("--real_position applies to --recipe=stitched only")
         if self.seq_len < 1 or self.workers < 1 or self.buckets < 1:
             raise ValueError("--seq_len, --workers and --buckets must be >= 1")
+        if self.max_generations is not None and (self.max_generations < 1 or not self.generations):
+            raise ValueError(f"--max_generations={self.max_generations}: needs --generations and "
+                             f"a count >= 1")
 
     def settings(self) -> dict:
         """What determines the store's contents (workers and buckets do not), with the size and
@@ -200,6 +206,9 @@ def _spill(config: PrepareConfig, spill: str, bad: docs_lib.BadRecords):
     if config.generations:
         for order, g in enumerate(docs_lib.read_generations(config.generations, bad)):
             counts["generations_read"] += 1
+            if config.max_generations is not None and g["sample"] >= config.max_generations:
+                counts["generations_beyond_max"] += 1  # a prefix of a larger run, by design
+                continue
             if not g["text"].strip():  # the job's records for prompts it could not serve
                 bad.add("generation_without_text", g["where"],
                         f"doc {g['doc_id']!r} sample {g['sample']}: "
@@ -340,6 +349,7 @@ def _write(config, tokenizer, stream_buckets, bad, counts) -> dict:
     metadata = {
         "settings": config.settings(),
         "recipe": config.recipe,
+        "max_generations": config.max_generations,
         "seed": config.seed,
         "tokenizer_path": config.tokenizer,
         "tokenizer_fingerprint": tokenizer.fingerprint,

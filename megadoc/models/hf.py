@@ -212,38 +212,48 @@ def load(path: str, mesh=None):
         raise ValueError(f"{path}: unexpected tensors for a Llama with {config.layers} layers: "
                          f"{unknown[:5]}")
 
-    def read(hf_name):
-        ours, layout, shape = expected[hf_name]
+    def read(hf_name, want):
         # A tied lm_head is the embedding table, which HF stores in the same [V, H] layout.
         source = "model.embed_tokens.weight" if tied and hf_name == "lm_head.weight" else hf_name
-        want = _hf_shape(layout, shape)
         if source not in tensors.where:
             raise ValueError(f"{path}: tensor {source!r} missing (expected shape {want})")
         array = tensors.read(source)
         if tuple(array.shape) != want:
             raise ValueError(f"{tensors.file(source)}: tensor {source!r} has shape "
                              f"{tuple(array.shape)}, expected {want} for {config_path}")
-        return _to_ours(array, layout, shape)
+        return array
 
+    return config, params_from_hf_tensors(config, read, mesh)
+
+
+def params_from_hf_tensors(config: llama.LlamaConfig, read, mesh=None) -> dict:
+    """Our params from HF-named, HF-layout tensors: `read(hf_name, expected_shape)` returns one
+    as a float32 numpy array (it checks the shape, to name the file in its error). Each tensor
+    goes straight into its sharding on `mesh` (else the default device)."""
+    expected = _expected_tensors(config)
     if mesh is None:
         target = jax.tree.map(lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]),
                               llama.param_shapes(config), is_leaf=lambda x: isinstance(x, tuple))
     else:
         target = llama.param_shardings(config, mesh)
 
-    def place(array, shard):
-        return jax.make_array_from_callback(array.shape, shard, lambda idx: array[idx])
+    def host(hf_name):
+        _, layout, shape = expected[hf_name]
+        return _to_ours(read(hf_name, _hf_shape(layout, shape)), layout, shape)
 
     params = {}
     for ours, (hf_name, _) in _TOP_TENSORS.items():
-        params[ours] = place(read(hf_name), target[ours])
+        array = host(hf_name)
+        params[ours] = jax.make_array_from_callback(array.shape, target[ours],
+                                                    lambda idx, a=array: a[idx])
     params["layers"] = {}
     for ours, (suffix, _) in _LAYER_TENSORS.items():
-        layers = [read(f"model.layers.{i}.{suffix}") for i in range(config.layers)]
+        # Stacked on the layer axis as each device's block is built: never whole on one device.
+        layers = [host(f"model.layers.{i}.{suffix}") for i in range(config.layers)]
         params["layers"][ours] = jax.make_array_from_callback(
             (config.layers, *layers[0].shape), target["layers"][ours],
             lambda idx, layers=layers: np.stack([x[idx[1:]] for x in layers[idx[0]]]))
-    return config, params
+    return params
 
 
 # ---------------------------------------------------------------------------------------------

@@ -51,9 +51,10 @@ PROGRESS_EVERY_S = 10.0
 class JobConfig:
     """One synthesis job: what to generate from which documents with which generator."""
     method: str
-    """what to generate: rephrase | latent_thoughts"""
+    """what to generate: rephrase | latent_thoughts (unconditional: see synth/unconditional.py)"""
     generator: str
-    """Hugging Face Llama dir with its tokenizer (local/gs://)"""
+    """Hugging Face Llama dir with its tokenizer, or a Llama-architecture .gguf file (local or
+    gs://); unconditional: megadoc training workdirs, comma-separated (an ensemble)"""
     docs: str
     """source docs {id, text}: JSONL(.gz)/Parquet file, dir or glob"""
     output: str
@@ -66,6 +67,10 @@ class JobConfig:
     """None: the papers' value for the method (1024 rephrase / 512 latent_thoughts)"""
     temperature: float = 1.0
     """sampling temperature (0: greedy)"""
+    top_p: float = 1.0
+    """nucleus sampling: smallest set of tokens with this mass (1: off)"""
+    top_k: int = 0
+    """sample among the k most likely tokens (0: off)"""
     seed: int = 0
     """seed of every (document, sample) random stream"""
     batch_size: int = 64
@@ -241,7 +246,8 @@ def run(cfg: JobConfig) -> dict:
     _check_job_config(fs.join(cfg.output, "_job", "config.json"), {
         "method": cfg.method, "generator": gen.name, "template": template.name, "seed": cfg.seed,
         "samples_per_doc": cfg.samples_per_doc, "max_new_tokens": max_new,
-        "temperature": cfg.temperature, "shard_size": cfg.shard_size, "num_docs": num_docs})
+        "temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": cfg.top_k,
+        "shard_size": cfg.shard_size, "num_docs": num_docs})
 
     mine = owned_shards(num_shards, process_index, process_count)
     finished = _finished_shards(cfg.output, mine)
@@ -252,7 +258,9 @@ def run(cfg: JobConfig) -> dict:
     shards = _Shards(cfg.output, {j: min(cfg.shard_size, num_docs - j * cfg.shard_size)
                                   * cfg.samples_per_doc for j in todo})
     settings = sampler_lib.Settings(max_new_tokens=max_new, temperature=cfg.temperature,
-                                    stop_tokens=gen.stop_tokens)
+                                    top_p=cfg.top_p, top_k=cfg.top_k, stop_tokens=gen.stop_tokens)
+    sampling = {"temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": cfg.top_k,
+                "max_new_tokens": max_new}
     sampler = sampler_lib.Sampler(gen.config, gen.params, settings, batch_size=cfg.batch_size,
                                   seed=cfg.seed, mesh=mesh)
     outstanding: dict[tuple, int] = {}  # (shard, position) -> records still to come
@@ -261,7 +269,8 @@ def run(cfg: JobConfig) -> dict:
     def emit(origin: Origin, out: Output, generated_tokens: int = 0):
         record = dict(doc_id=origin.doc_id, method=method, sample=out.sample,
                       offset=origin.offset, text=out.text, finish_reason=out.finish_reason,
-                      seed=cfg.seed, generator=gen.name, template=template.name)
+                      seed=cfg.seed, generator=gen.name, template=template.name,
+                      sampling=sampling)
         where = (origin.shard, origin.position)
         outstanding[where] -= 1
         if not outstanding[where]:

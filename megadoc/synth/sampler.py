@@ -280,6 +280,16 @@ def _decode(config, settings, mesh, params, state, max_steps, refill_at, attend_
 
 # ----------------------------------------------------------------------------- host loop
 
+def _compute_dtype_weights(config, params):
+    """Params with every weight matrix (not the norm scales) already in the compute dtype: the
+    model casts each weight before use anyway, so outputs are bit-identical, but a decode step
+    then reads 2 bytes per weight instead of reading 4 and writing 2 for the cast."""
+    def cast(path, x):
+        return x if path[-1].key.endswith("norm") else x.astype(config.compute_dtype)
+
+    return jax.tree_util.tree_map_with_path(cast, params)
+
+
 class Sampler:
     """Continuous-batching sampler over `batch_size` slots; see the module docstring.
 
@@ -289,7 +299,8 @@ class Sampler:
 
     def __init__(self, config: llama.LlamaConfig, params, settings: Settings, *, batch_size: int,
                  seed: int = 0, mesh: jax.sharding.Mesh | None = None, steps_per_sync: int = 32):
-        self.config, self.params, self.settings = config, params, settings
+        self.config, self.settings = config, settings
+        self.params = _compute_dtype_weights(config, params)
         self.batch_size, self.seed, self.mesh = batch_size, seed, mesh
         self.steps_per_sync = steps_per_sync
         self.refill_at = max(1, batch_size // 8)
