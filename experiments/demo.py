@@ -31,7 +31,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     from absl import logging
 
-    from megadoc import demo
+    from megadoc.analysis import demo
 
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
 
