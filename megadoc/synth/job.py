@@ -68,13 +68,15 @@ class JobConfig:
     temperature: float = 1.0
     """sampling temperature (0: greedy)"""
     top_p: float = 1.0
-    """nucleus sampling: smallest set of tokens with this mass (1: off)"""
+    """nucleus sampling: draw from the smallest set of tokens holding this much probability
+    mass (1: off)"""
     top_k: int = 0
     """sample among the k most likely tokens (0: off)"""
     seed: int = 0
     """seed of every (document, sample) random stream"""
     batch_size: int = 64
-    """sequences decoded together (slots)"""
+    """sequences decoded together (the sampler's slots; a finished one is refilled with the
+    next prompt)"""
     shard_size: int = 256
     """documents per output shard"""
     template: str | None = None

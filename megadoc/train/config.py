@@ -79,13 +79,15 @@ class TrainConfig:
     eval_every: int = 0
     """evaluate every N steps (and at the end); 0 = at the end only"""
     eval_batch_size: int = 0
-    """eval windows per batch (0 = the global batch)"""
+    """eval windows per batch (0 = the global batch); rounded up to fill every batch shard of
+    the mesh"""
     checkpoint_every_steps: int = 0
     """checkpoint every N steps (0 = off)"""
     checkpoint_every_minutes: float = 30.0
     """checkpoint every N minutes (0 = off)"""
     keep_checkpoints: int = 2
-    """checkpoints kept (the newest)"""
+    """checkpoints kept (the newest); a damaged newest one is skipped for the newest intact
+    one, so keeping 2 or more leaves one to fall back on"""
     log_every: int = 10
     """progress line every N steps (metrics.jsonl gets every step)"""
     peak_flops: float = 0.0
