@@ -38,13 +38,14 @@ def build_unconditional_config(f=FLAGS):
                if not getattr(f, n)]
     if missing:
         raise app.UsageError(f"--method=unconditional needs {', '.join(missing)}")
-    extra = [f"--{n}" for n in ("docs", "generations", "splits", "template") if f[n].present]
+    extra = [f"--{n}" for n in ("docs", "generations", "splits", "template", "top_p", "top_k")
+             if f[n].present]
     if extra:
         raise app.UsageError(f"--method=unconditional takes no {', '.join(extra)}")
     return unconditional.UnconditionalConfig(
         output=f.output, generator=f.generator, num_documents=f.num_documents,
-        max_new_tokens=1024 if f.max_new_tokens is None else f.max_new_tokens, temperature=f.temperature, seed=f.seed,
-        batch_size=f.batch_size, shard_size=f.shard_size)
+        max_new_tokens=1024 if f.max_new_tokens is None else f.max_new_tokens,
+        temperature=f.temperature, seed=f.seed, batch_size=f.batch_size, shard_size=f.shard_size)
 
 
 def build_config(f=FLAGS):
