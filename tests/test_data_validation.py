@@ -45,7 +45,7 @@ def test_document_set_and_its_halves_by_tokenized_length(inputs):
 
 
 @pytest.mark.slow
-def test_run_summary_carries_every_named_set(inputs, tmp_path):
+def test_run_summary_carries_every_named_set(inputs, tmp_path, capsys):
     workdir = str(tmp_path / "run")
     cfg = train_config(["--preset=tiny", f"--workdir={workdir}", f"--real={inputs['real']}",
                         "--epochs=1", "--lr=3e-3", "--weight_decay=0.1", "--checkpoint_every_minutes=0",
@@ -56,3 +56,6 @@ def test_run_summary_carries_every_named_set(inputs, tmp_path):
     for name in ("iid", "iid_short", "iid_long", "arxiv", "arxiv_short", "arxiv_long", "store"):
         assert np.isfinite(summary[f"val/{name}"]), name
     assert summary["windows"]["synthetic_windows"] == 0 and summary["windows"]["steps"] == summary["final_step"]
+    capsys.readouterr()
+    assert loop.train(cfg) == summary  # a rerun finds every set, halves included, evaluated
+    assert "nothing to do" in capsys.readouterr().out

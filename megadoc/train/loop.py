@@ -172,7 +172,7 @@ def _train(cfg: config_lib.TrainConfig, objective: step_lib.Objective) -> dict:
     summary_path = fs.join(cfg.workdir, "summary.json")
     if start == num_steps and fs.exists(summary_path):  # a rerun of a finished run
         finished = json.loads(fs.read_text(summary_path))
-        if set(finished.get("eval") or {}) == {name for name, _ in cfg.val}:  # no new --val
+        if set(finished.get("eval") or {}) == set(stores["val"]):  # no new --val (or halves)
             mgr.close()
             print(f"[train] {cfg.workdir}: finished before at step {start}; nothing to do",
                   flush=True)
