@@ -3,6 +3,11 @@
     python -m experiments.train --preset=tiny --workdir=/tmp/run --real=STORE \\
         [--synthetic=STORE --mix=0.75] --epochs=4 --lr=3e-3 --weight_decay=0.8 \\
         --val=iid=VAL_STORE [--val=long=STORE ...]
+    python -m experiments.train --init=SmolLM2-135M-Instruct.gguf --workdir=/tmp/cpt \\
+        --real=SYNTHETIC_STORE --epochs=2 [--lr=5e-6 --weight_decay=0.01]   # preset cpt
+
+With --init, training continues from a pre-trained model with its architecture (stores must be
+prepared with its tokenizer: prepare --tokenizer=<the same .gguf or directory>).
 
 Rerunning the same command resumes from the newest complete checkpoint in --workdir. Multi-host
 (TPU pod slice): run the same command on every host with --distributed.
@@ -15,7 +20,10 @@ import sys
 from absl import app, flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("preset", "tiny", "training preset: tiny | 150m | 300m | 600m | 1.5b")
+flags.DEFINE_string("preset", None, "training preset: tiny | 150m | 300m | 600m | 1.5b | cpt "
+                    "(default: cpt with --init, else tiny)")
+flags.DEFINE_string("init", None, "continued pre-training: start from this .gguf file, Hugging "
+                    "Face Llama directory or megadoc workdir, with its architecture")
 flags.DEFINE_string("workdir", None, "output directory (local or gs://): checkpoints, metrics")
 flags.DEFINE_string("real", None, "window store of real documents")
 flags.DEFINE_string("synthetic", None, "window store of synthetic documents (megadocs)")
@@ -24,7 +32,8 @@ flags.DEFINE_integer("epochs", 1, "passes over the real store")
 flags.DEFINE_integer("seed", 0, "seed of the data order and the model init")
 flags.DEFINE_float("lr", None, "peak learning rate (default: the preset's)")
 flags.DEFINE_float("weight_decay", None, "decoupled weight decay, times lr (default: preset's)")
-flags.DEFINE_float("warmup", 0.01, "fraction of the steps spent in linear warmup")
+flags.DEFINE_float("warmup", None, "fraction of the steps spent in linear warmup (default: "
+                   "the preset's)")
 flags.DEFINE_integer("global_batch", None, "windows per step (default: the preset's)")
 flags.DEFINE_integer("microbatches", None, "gradient-accumulation slices per step (default: "
                      "the preset's)")
@@ -53,12 +62,20 @@ def build_config(f=FLAGS):
 
     if not f.workdir or not f.real:
         raise app.UsageError("--workdir and --real are required")
-    p = config.preset(f.preset)
+    p = config.preset(f.preset or ("cpt" if f.init else "tiny"))
     real = store_lib.open(f.real)
-    model = dataclasses.replace(
-        llama.preset(p.model), vocab_size=int(real.metadata["vocab_size"]),
-        max_seq_len=real.seq_len, remat=f.remat or p.remat,
-        cross_document_attention=f.cross_document_attention)
+    if f.init:  # the source's architecture, vocabulary and context; the loop checks the stores
+        from megadoc.train import pretrained
+
+        model = dataclasses.replace(pretrained.load_config(f.init), remat=f.remat or p.remat,
+                                    cross_document_attention=f.cross_document_attention)
+    elif p.model is None:
+        raise app.UsageError(f"--preset={f.preset} continues pre-training: it needs --init")
+    else:
+        model = dataclasses.replace(
+            llama.preset(p.model), vocab_size=int(real.metadata["vocab_size"]),
+            max_seq_len=real.seq_len, remat=f.remat or p.remat,
+            cross_document_attention=f.cross_document_attention)
     val = []
     for item in f.val:
         name, sep, path = item.partition("=")
@@ -72,12 +89,12 @@ def build_config(f=FLAGS):
         optimizer=config.OptimizerConfig(
             lr=p.lr if f.lr is None else f.lr,
             weight_decay=p.weight_decay if f.weight_decay is None else f.weight_decay,
-            warmup_frac=f.warmup),
+            warmup_frac=p.warmup_frac if f.warmup is None else f.warmup),
         workdir=f.workdir, microbatches=f.microbatches or p.microbatches,
         mesh=tuple(int(x) for x in f.mesh), val=tuple(val), eval_every=f.eval_every,
         eval_batch_size=f.eval_batch_size, checkpoint_every_steps=f.checkpoint_every_steps,
         checkpoint_every_minutes=f.checkpoint_every_minutes, keep_checkpoints=f.keep_checkpoints,
-        log_every=f.log_every, peak_flops=f.peak_flops)
+        log_every=f.log_every, peak_flops=f.peak_flops, init=f.init)
 
 
 def main(argv):

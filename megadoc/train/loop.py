@@ -23,6 +23,7 @@ from megadoc.models import llama, sharding
 from megadoc.train import checkpoint, evaluate, metrics
 from megadoc.train import config as config_lib
 from megadoc.train import optimizer as optimizer_lib
+from megadoc.train import pretrained
 from megadoc.train import state as state_lib
 from megadoc.train import step as step_lib
 
@@ -130,6 +131,10 @@ def _restore_or_init(cfg, mgr, optimizer, mesh, run: dict) -> tuple[dict, int]:
     """(state, completed steps): the newest complete checkpoint laid out on this mesh, after
     checking it belongs to this run; or a fresh state."""
     start = mgr.latest_step()
+    if start is None and cfg.init:
+        print(f"[train] continued pre-training from {cfg.init}", flush=True)
+        _, params = pretrained.load(cfg.init, mesh)
+        return state_lib.from_params(cfg.model, optimizer, mesh, params), 0
     if start is None:
         return state_lib.create(cfg.model, optimizer, mesh, jax.random.key(cfg.data.seed)), 0
     where = checkpoint.directory(cfg.workdir)
