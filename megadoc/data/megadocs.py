@@ -1,9 +1,9 @@
 """Megadoc recipes: pure functions from one document and its generations to stream documents.
 
     real      [text]
-    simple    each rephrase its own document (sample order), then the real text as its own
-              document when include_real
-    stitched  one megadoc: the rephrases in sample order joined by SEPARATOR, with the real text
+    simple    each generation its own document (by method, then sample order), then the real
+              text as its own document when include_real
+    stitched  one megadoc: the generations in that order joined by SEPARATOR, with the real text
               last | first | absent (real_position); with "none" and include_real the real text
               is added as its own document instead
     latent    one megadoc: the real text with each thought inserted at its character offset as
@@ -23,6 +23,8 @@ _THINK_SPAN = re.compile(re.escape(THINK_OPEN) + ".*?" + re.escape(THINK_CLOSE),
 
 def build_documents(recipe: str, doc: dict, generations: list[dict], *,
                     real_position: str = "last", include_real: bool = True) -> list[str]:
+    """Any generation method but latent thoughts feeds simple and stitched: rephrases, QA
+    pairs, focal rewrites and EntiGraph texts alike."""
     if recipe not in RECIPES:
         raise ValueError(f"recipe {recipe!r}: expected one of {RECIPES}")
     if real_position not in REAL_POSITIONS:
@@ -37,8 +39,8 @@ def build_documents(recipe: str, doc: dict, generations: list[dict], *,
         thoughts = sorted((g for g in generations if g["method"] == "latent_thought"),
                           key=lambda g: (g["offset"], g["sample"]))
         return [insert_thoughts(text, thoughts, doc_id=doc["id"])]
-    rephrases = [g["text"] for g in
-                 sorted((g for g in generations if g["method"] == "rephrase"), key=lambda g: g["sample"])]
+    rephrases = [g["text"] for g in sorted((g for g in generations if g["method"] != "latent_thought"),
+                                           key=lambda g: (g["method"], g["sample"]))]
     if recipe == "simple":
         return rephrases + ([text] if include_real else [])
     if real_position == "none":

@@ -16,6 +16,8 @@ Every (document, sample) yields exactly one record. Records that carry no genera
 `finish_reason`, with empty text: "empty_document", "prompt_too_long" (the prompt does not fit in
 the generator's context; never truncated), "error" (logged with the document's location).
 For latent thoughts `sample` is the split index (0..k-1) and `offset` the split's character offset.
+The knowledge methods (qa, focal_rewrite, entigraph_entities, entigraph_relations) add their
+parsed fields to the record and give malformed output a status: megadoc/synth/knowledge.py.
 """
 from __future__ import annotations
 
@@ -34,13 +36,18 @@ from megadoc import fs
 from megadoc.data import docs as docs_lib
 from megadoc.models import sharding
 from megadoc.synth import generator as generator_lib
+from megadoc.synth import knowledge
 from megadoc.synth import prompts
 from megadoc.synth import sampler as sampler_lib
 from megadoc.synth import split
 
 # Job method (flag value) -> record method; and the papers' max new tokens for each.
-RECORD_METHOD = {"rephrase": "rephrase", "latent_thoughts": "latent_thought"}
-PAPER_MAX_NEW_TOKENS = {"rephrase": 1024, "latent_thoughts": 512}
+RECORD_METHOD = {"rephrase": "rephrase", "latent_thoughts": "latent_thought", "qa": "qa",
+                 "focal_rewrite": "focal_rewrite", "entigraph_entities": "entigraph_entities",
+                 "entigraph_relations": "entigraph_relation"}
+PAPER_MAX_NEW_TOKENS = {"rephrase": 1024, "latent_thoughts": 512, "qa": 256,
+                        "focal_rewrite": 1024, "entigraph_entities": 512,
+                        "entigraph_relations": 1024}
 
 EMPTY_DOCUMENT = "empty_document"
 ERROR = "error"
@@ -49,14 +56,19 @@ PROGRESS_EVERY_S = 10.0
 
 @dataclasses.dataclass(frozen=True)
 class JobConfig:
-    method: str  # "rephrase" | "latent_thoughts"
+    method: str  # a key of RECORD_METHOD
     generator: str  # HF Llama directory with its tokenizer
     docs: str
     output: str
-    generations: int = 1  # rephrase: samples per document
+    generations: int = 1  # rephrase, qa: samples per document; focal_rewrite: per question
     splits: int = 1  # latent thoughts: split points per document
+    questions: str | None = None  # focal_rewrite: records carrying a `question` (e.g. qa output)
+    entities: str | None = None  # entigraph_relations: records carrying `entities` (stage 1)
+    pairs: int = 0  # entigraph_relations: entity pairs per document
+    triples: int = 0  # entigraph_relations: entity triples per document
     max_new_tokens: int | None = None  # None: the papers' value for the method
     temperature: float = 1.0
+    top_p: float = 1.0
     seed: int = 0
     batch_size: int = 64
     shard_size: int = 256
@@ -72,10 +84,29 @@ class JobConfig:
         for name in ("generations", "splits", "batch_size", "shard_size", "tensor_parallel"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if (self.method == "focal_rewrite") != bool(self.questions):
+            raise ValueError("questions (records with a question per document) go with "
+                             "method focal_rewrite, and only with it")
+        if (self.method == "entigraph_relations") != bool(self.entities):
+            raise ValueError("entities (entigraph_entities output) go with method "
+                             "entigraph_relations, and only with it")
+        if self.method == "entigraph_relations" and (min(self.pairs, self.triples) < 0
+                                                     or self.pairs + self.triples < 1):
+            raise ValueError(f"entigraph_relations needs pairs + triples >= 1, got "
+                             f"{self.pairs} + {self.triples}")
 
-    @property
-    def samples_per_doc(self) -> int:
-        return self.generations if self.method == "rephrase" else self.splits
+    def samples(self, doc: dict, inputs: dict) -> int:
+        """Records the job writes for `doc`, given the per-document inputs (questions or
+        entities) of the methods that take them."""
+        if self.method == "latent_thoughts":
+            return self.splits
+        if self.method == "focal_rewrite":
+            return len(inputs.get(doc["id"], ())) * self.generations or 1
+        if self.method == "entigraph_relations":
+            return self.pairs + self.triples
+        if self.method == "entigraph_entities":
+            return 1
+        return self.generations
 
 
 def doc_key(doc_id: str) -> int:
@@ -156,7 +187,11 @@ def run(cfg: JobConfig) -> dict:
     method = RECORD_METHOD[cfg.method]
     template = prompts.load_template(cfg.template or prompts.builtin_template(method), method)
     bad = docs_lib.BadRecords()
-    num_docs = sum(1 for _ in docs_lib.read_docs(cfg.docs, bad))
+    inputs = (knowledge.read_field(cfg.questions, "question") if cfg.questions else
+              knowledge.read_field(cfg.entities, "entities") if cfg.entities else {})
+    inputs = {doc_id: values[-1] if cfg.entities else values for doc_id, values in inputs.items()}
+    doc_samples = [cfg.samples(doc, inputs) for doc in docs_lib.read_docs(cfg.docs, bad)]
+    num_docs = len(doc_samples)
     num_shards = math.ceil(num_docs / cfg.shard_size)
     mesh = sharding.make_mesh(tensor=cfg.tensor_parallel, devices=jax.local_devices())
     gen = generator_lib.load(cfg.generator, mesh)
@@ -164,27 +199,29 @@ def run(cfg: JobConfig) -> dict:
     fs.makedirs(fs.join(cfg.output, "_job"))
     _check_job_config(fs.join(cfg.output, "_job", "config.json"), {
         "method": cfg.method, "generator": gen.name, "template": template.name, "seed": cfg.seed,
-        "samples_per_doc": cfg.samples_per_doc, "max_new_tokens": max_new,
-        "temperature": cfg.temperature, "shard_size": cfg.shard_size, "num_docs": num_docs})
+        "samples": sum(doc_samples), "generations": cfg.generations, "splits": cfg.splits,
+        "questions": cfg.questions, "entities": cfg.entities, "pairs": cfg.pairs,
+        "triples": cfg.triples, "max_new_tokens": max_new,
+        "temperature": cfg.temperature, "top_p": cfg.top_p, "shard_size": cfg.shard_size, "num_docs": num_docs})
 
     mine = owned_shards(num_shards, process_index, process_count)
     todo = [j for j in mine if not fs.exists(marker_path(cfg.output, j))]
     print(f"[synth] {num_docs} docs in {num_shards} shards; process {process_index}/"
           f"{process_count} owns {len(mine)}, {len(mine) - len(todo)} already done", flush=True)
     docs_todo = sum(min(cfg.shard_size, num_docs - j * cfg.shard_size) for j in todo)
-    shards = _Shards(cfg.output, {j: min(cfg.shard_size, num_docs - j * cfg.shard_size)
-                                  * cfg.samples_per_doc for j in todo})
+    shards = _Shards(cfg.output, {j: sum(doc_samples[j * cfg.shard_size:(j + 1) * cfg.shard_size])
+                                  for j in todo})
     settings = sampler_lib.Settings(max_new_tokens=max_new, temperature=cfg.temperature,
-                                    stop_tokens=gen.stop_tokens)
+                                    top_p=cfg.top_p, stop_tokens=gen.stop_tokens)
     sampler = sampler_lib.Sampler(gen.config, gen.params, settings, batch_size=cfg.batch_size,
                                   seed=cfg.seed, mesh=mesh)
     outstanding: dict[tuple, int] = {}  # (shard, position) -> records still to come
     progress = _Progress(cfg.output, process_index, docs_todo, sampler)
 
-    def emit(shard, pos, doc_id, sample, offset, text, reason, tokens=0):
+    def emit(shard, pos, doc_id, sample, offset, text, reason, fields=None, tokens=0):
         record = dict(doc_id=doc_id, method=method, sample=sample, offset=offset, text=text,
                       finish_reason=reason, seed=cfg.seed, generator=gen.name,
-                      template=template.name)
+                      template=template.name, **(fields or {}))
         outstanding[shard, pos] -= 1
         if not outstanding[shard, pos]:
             del outstanding[shard, pos]
@@ -197,13 +234,13 @@ def run(cfg: JobConfig) -> dict:
             shard, pos = divmod(i, cfg.shard_size)
             if shard not in todo_set:
                 continue
-            outstanding[shard, pos] = cfg.samples_per_doc
+            outstanding[shard, pos] = doc_samples[i]
             try:
-                reqs = _doc_requests(cfg, gen, template, doc, (shard, pos))
+                reqs = _doc_requests(cfg, gen, template, doc, (shard, pos), inputs)
             except Exception as e:  # one bad document never stops the others
                 logging.error("document %r at %s failed: %s\n%s", doc["id"], doc["where"], e,
                               traceback.format_exc())
-                reqs = [(s, None, "", ERROR) for s in range(cfg.samples_per_doc)]
+                reqs = [(s, None, "", ERROR) for s in range(doc_samples[i])]
             for r in reqs:
                 if isinstance(r, sampler_lib.Request):
                     yield r
@@ -212,9 +249,13 @@ def run(cfg: JobConfig) -> dict:
             progress.maybe_report()
 
     for c in sampler.run(requests()):
-        shard, pos, doc_id, offset = c.request.tag
+        shard, pos, doc_id, offset, fields = c.request.tag
         text = gen.tokenizer.decode(c.tokens) if c.tokens else ""
-        emit(shard, pos, doc_id, c.sample, offset, text, c.finish_reason, len(c.tokens))
+        if c.tokens:
+            text, reason, fields = knowledge.finish(method, text, c.finish_reason, fields)
+        else:
+            reason = c.finish_reason
+        emit(shard, pos, doc_id, c.sample, offset, text, reason, fields, len(c.tokens))
         progress.maybe_report()
 
     summary = _summary(cfg.output, num_shards, {
@@ -227,20 +268,36 @@ def run(cfg: JobConfig) -> dict:
     return summary
 
 
-def _doc_requests(cfg: JobConfig, gen, template, doc: dict, tag: tuple) -> list:
-    """Sampler requests for one document, or direct (sample, offset, text, reason) records."""
-    text, doc_id, n = doc["text"], doc["id"], cfg.samples_per_doc
+def _doc_requests(cfg: JobConfig, gen, template, doc: dict, tag: tuple, inputs: dict) -> list:
+    """Sampler requests for one document, or direct (sample, offset, text, reason[, fields])
+    records."""
+    text, doc_id, n = doc["text"], doc["id"], cfg.samples(doc, inputs)
     key = doc_key(doc_id)
     if not text.strip():
         logging.warning("document %r at %s is empty", doc_id, doc["where"])
-        offset = None if cfg.method == "rephrase" else 0
+        offset = 0 if cfg.method == "latent_thoughts" else None
         return [(s, offset, "", EMPTY_DOCUMENT) for s in range(n)]
-    if cfg.method == "rephrase":
+    if cfg.method in ("rephrase", "qa", "entigraph_entities"):
         prompt = gen.encode_prompt(*template.render(document=text))
-        return [sampler_lib.Request(prompt, key, num_samples=n, tag=(*tag, doc_id, None))]
+        return [sampler_lib.Request(prompt, key, num_samples=n, tag=(*tag, doc_id, None, None))]
+    if cfg.method == "focal_rewrite":
+        if doc_id not in inputs:
+            return [(0, None, "", knowledge.NO_QUESTIONS)]
+        return [sampler_lib.Request(
+            gen.encode_prompt(*template.render(document=text, question=q)), key,
+            num_samples=cfg.generations, first_sample=i * cfg.generations,
+            tag=(*tag, doc_id, None, {"question": q})) for i, q in enumerate(inputs[doc_id])]
+    if cfg.method == "entigraph_relations":
+        groups = knowledge.entity_groups(inputs.get(doc_id, []), cfg.pairs, cfg.triples,
+                                         cfg.seed, key)
+        reason = knowledge.TOO_FEW_ENTITIES if doc_id in inputs else knowledge.NO_ENTITIES
+        return [sampler_lib.Request(
+            gen.encode_prompt(*template.render(document=text, entities="; ".join(g))), key,
+            first_sample=i, tag=(*tag, doc_id, None, {"entities": list(g)}))
+            if g else (i, None, "", reason) for i, g in enumerate(groups)]
     return [sampler_lib.Request(
         gen.encode_prompt(*template.render(prefix=text[:offset], suffix=text[offset:])), key,
-        first_sample=i, tag=(*tag, doc_id, offset))
+        first_sample=i, tag=(*tag, doc_id, offset, None))
         for i, offset in enumerate(split.split_offsets(gen.tokenizer, text, n))]
 
 

@@ -2,7 +2,8 @@
 
 A template file holds a `[system]` section and a `[user]` section, each marker alone on its line;
 a file without markers is all user message. Placeholders are `{name}` (literal braces: `{{`, `}}`):
-`rephrase` templates take {document}, `latent_thought` templates take {prefix} and {suffix}.
+`rephrase` templates take {document}, `latent_thought` templates take {prefix} and {suffix};
+the knowledge methods' fields are in METHOD_FIELDS.
 """
 from __future__ import annotations
 
@@ -13,7 +14,10 @@ import string
 
 from megadoc import fs
 
-METHOD_FIELDS = {"rephrase": ("document",), "latent_thought": ("prefix", "suffix")}
+METHOD_FIELDS = {"rephrase": ("document",), "latent_thought": ("prefix", "suffix"),
+                 "qa": ("document",), "focal_rewrite": ("document", "question"),
+                 "entigraph_entities": ("document",),
+                 "entigraph_relation": ("document", "entities")}
 _SECTIONS = ("[system]", "[user]")
 _TEMPLATE_DIR = os.path.join(os.path.dirname(__file__), "templates")
 
