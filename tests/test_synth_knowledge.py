@@ -85,7 +85,7 @@ def setup(tmp_path_factory):
 def _records(output):
     out = []
     for name in sorted(os.listdir(output)):
-        if name.endswith(".jsonl"):
+        if name.endswith(".jsonl") and not name.startswith("."):  # not a killed write's temp
             with open(os.path.join(output, name)) as f:
                 out += [json.loads(line) for line in f]
     return out
@@ -209,12 +209,12 @@ def test_sigkill_then_restart_gives_each_record_exactly_once(setup, tmp_path, me
                              stderr=subprocess.STDOUT)
     job_dir = output / "_job"
     deadline = time.time() + 300
-    while (not job_dir.exists() or not list(job_dir.glob("*.done"))) and first.poll() is None \
+    while (not job_dir.exists() or not list(job_dir.glob("shard-*.done"))) and first.poll() is None \
             and time.time() < deadline:
         time.sleep(0.02)
     first.send_signal(signal.SIGKILL)
     first.wait()
-    done_before = list(job_dir.glob("*.done"))
+    done_before = list(job_dir.glob("shard-*.done"))
     assert done_before, first.stdout.read().decode()[-2000:]
     num_docs = sum(len(a.text.split("\n\n")) for a in articles)
     assert len(done_before) < num_docs, "the job finished before it could be killed"
@@ -229,3 +229,12 @@ def test_sigkill_then_restart_gives_each_record_exactly_once(setup, tmp_path, me
     want = {"qa": lambda d: 3, "entigraph_relations": lambda d: 5,
             "focal_rewrite": lambda d: {"fixture-vell-0": 4, "fixture-orrin-1": 2}.get(d, 1)}
     assert all(n == want[method](d) for d, n in per_doc.items())
+
+
+def test_a_killed_writes_temp_file_is_not_read_as_generations(tmp_path):
+    from megadoc.data import docs as docs_lib
+
+    (tmp_path / "shard-00000.jsonl").write_text(json.dumps(
+        {"doc_id": "a", "method": "qa", "sample": 0, "text": "Question: q\nAnswer: a"}) + "\n")
+    (tmp_path / ".tmp-x1y2-shard-00000.jsonl").write_text("half a reco")
+    assert [r["doc_id"] for r in docs_lib.read_generations(str(tmp_path))] == ["a"]
