@@ -14,12 +14,14 @@ from megadoc.data import megadocs
 from megadoc.data.prepare import PrepareConfig, prepare
 
 flags.DEFINE_string("docs", None, "Source documents {id, text}: JSONL(.gz)/Parquet file, dir or glob.")
-flags.DEFINE_string("generations", None, "Generation records (synthetic recipes only).")
+flags.DEFINE_string("generations", None, "Generation records (synthetic recipes only): files, "
+                    "dirs or globs, comma-separated (e.g. qa,focal: any methods mixed).")
 flags.DEFINE_enum("recipe", None, list(megadocs.RECIPES), "Which stream to build.")
 flags.DEFINE_enum("real_position", "last", list(megadocs.REAL_POSITIONS),
                   "stitched only: where the real text sits in the megadoc.")
 flags.DEFINE_bool("include_real", True, "Also put the real document in the synthetic stream.")
-flags.DEFINE_string("tokenizer", None, "sentencepiece .model, tokenizer.json, or a dir with one.")
+flags.DEFINE_string("tokenizer", None, "sentencepiece .model, tokenizer.json, a dir with one, or "
+                    "the base model's .gguf / HF dir (continued pre-training).")
 flags.DEFINE_integer("seq_len", None, "Window length; windows hold seq_len+1 tokens.")
 flags.DEFINE_integer("seed", 0, "Seed of the document permutation.")
 flags.DEFINE_string("output", None, "Store directory (local or gs://).")

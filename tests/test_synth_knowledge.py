@@ -238,3 +238,26 @@ def test_a_killed_writes_temp_file_is_not_read_as_generations(tmp_path):
         {"doc_id": "a", "method": "qa", "sample": 0, "text": "Question: q\nAnswer: a"}) + "\n")
     (tmp_path / ".tmp-x1y2-shard-00000.jsonl").write_text("half a reco")
     assert [r["doc_id"] for r in docs_lib.read_generations(str(tmp_path))] == ["a"]
+
+
+def test_prepare_mixes_generation_directories_of_any_method(setup, tmp_path):
+    from megadoc.data import prepare as prepare_lib
+    from megadoc.data import store as store_lib
+
+    dirs = []
+    for method, texts in [("qa", ["Question: Where is Vell?\nAnswer: On a shelf of rock."]),
+                          ("focal_rewrite", ["Vell lies where the Marrow River meets the sea.",
+                                             ""])]:
+        d = tmp_path / method
+        d.mkdir()
+        with open(d / "shard-00000.jsonl", "w") as f:
+            for i, text in enumerate(texts):
+                f.write(json.dumps({"doc_id": "fixture-vell-0", "method": method, "sample": i,
+                                    "text": text, "finish_reason": "eos" if text else
+                                    "malformed"}) + "\n")
+        dirs.append(str(d))
+    meta = prepare_lib.prepare(prepare_lib.PrepareConfig(
+        docs=setup["docs"], generations=",".join(dirs), recipe="simple", tokenizer=setup["model"],
+        seq_len=16, seed=0, output=str(tmp_path / "store")))
+    assert meta["counts"]["generations_used"] == 2 and meta["counts"]["docs_used"] == 6
+    assert store_lib.open(str(tmp_path / "store")).metadata["recipe"] == "simple"

@@ -2,9 +2,9 @@
 
 A path is a file, a directory (its *.jsonl, *.jsonl.gz, *.parquet files, sorted, dot files
 skipped), a glob in the last path component, or a comma-separated list of these; local or gs://.
-A record that cannot be
-used (invalid UTF-8, malformed JSON, a missing or mistyped field) is never dropped silently: it
-is logged with file and line and counted in `bad`, a `BadRecords` the caller passes and reports.
+A record that cannot be used (invalid UTF-8, malformed JSON, a missing or mistyped field) is
+never dropped silently: it is logged with file and line and counted in `bad`, a `BadRecords`
+the caller passes and reports.
 A file that cannot be read at all (a truncated gzip, a corrupt Parquet footer) is an error.
 """
 from __future__ import annotations
