@@ -9,8 +9,8 @@ and plot accuracy against synthetic tokens.
 The corpus is the QuALITY file's articles (default: the fixture megadoc ships). Synthesis runs
 once at the largest volume: `qa` writes V question–answer pairs per article and
 `focal_rewrite` one rewrite per question; `entigraph` writes 2·V entity pairs and V triples.
-Volume v trains on the records with sample < v (pairs and triples scaled alike), so smaller
-volumes are exact subsets of larger ones. Each volume gets a `simple` store (the articles and every generation) and a CPT run from
+Volume v trains on the QA pairs with sample < v and the rewrites of their questions (2·v pairs
+and v triples for EntiGraph), so smaller volumes are exact subsets of larger ones. Each volume gets a `simple` store (the articles and every generation) and a CPT run from
 --base (default: the generator); --replay=STORE mixes generic text at --replay_mix (10% in both
 papers). Rerunning resumes every stage. Writes <workdir>/results.json and accuracy.png.
 """
@@ -64,7 +64,7 @@ def _synthesize(f, docs: str, synth_dir: str, max_volume: int) -> dict[str, str]
         job.run(job.JobConfig(method="focal_rewrite", output=out["focal_rewrite"],
                               questions=out["qa"], temperature=0.7, top_p=0.95, **common))
     if "entigraph" in f.methods:
-        entities = fs.join(synth_dir, "entigraph_entities")
+        entities = out["entigraph_entities"] = fs.join(synth_dir, "entigraph_entities")
         out["entigraph"] = fs.join(synth_dir, "entigraph_relations")
         job.run(job.JobConfig(method="entigraph_entities", output=entities, **common))
         job.run(job.JobConfig(method="entigraph_relations", output=out["entigraph"],
@@ -76,13 +76,22 @@ def _synthesize(f, docs: str, synth_dir: str, max_volume: int) -> dict[str, str]
     return out
 
 
-def _in_volume(record: dict, volume: int, max_volume: int) -> bool:
-    """Volume v keeps samples < v of qa; rewrites of the first v questions; the first 2v pairs
-    and first v triples of EntiGraph's seeded order."""
-    s = record["sample"]
-    if record["method"] == "entigraph_relation":
-        return s < 2 * volume or 2 * max_volume <= s < 2 * max_volume + volume
-    return s < volume
+def _volume(records: list[dict], volume: int, max_volume: int) -> list[dict]:
+    """The records of volume v: qa samples < v; the focal rewrites of those QA pairs'
+    questions; the first 2v pairs and first v triples of EntiGraph's seeded order, and every
+    stage-1 summary."""
+    qa = [r for r in records if r["method"] == "qa" and r["sample"] < volume]
+    questions = {(r["doc_id"], r.get("question")) for r in qa}
+
+    def kept(r):
+        s = r["sample"]
+        if r["method"] == "focal_rewrite":
+            return (r["doc_id"], r.get("question")) in questions
+        if r["method"] == "entigraph_relation":
+            return s < 2 * volume or 2 * max_volume <= s < 2 * max_volume + volume
+        return r["method"] == "entigraph_entities"
+
+    return qa + [r for r in records if r["method"] != "qa" and kept(r)]
 
 
 def run(f=FLAGS) -> dict:
@@ -120,7 +129,7 @@ def run(f=FLAGS) -> dict:
     for v in volumes:
         gens = fs.join(f.workdir, "generations", f"volume-{v}.jsonl")
         kept = [{k: x for k, x in r.items() if k != "where"}
-                for r in records if _in_volume(r, v, volumes[-1])]
+                for r in _volume(records, v, volumes[-1])]
         docs_lib.write_jsonl(gens, kept)
         tokens = sum(len(tokenizer.encode(r["text"])) + 1 for r in kept if r["text"])
         store = fs.join(f.workdir, "stores", f"volume-{v}")

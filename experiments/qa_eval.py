@@ -7,8 +7,11 @@
 
 --model is a .gguf file, a Hugging Face Llama directory or a megadoc workdir (newest
 checkpoint); its tokenizer comes with it (a workdir's: the one its stores were prepared with)
-unless --tokenizer says otherwise. Each option is scored by log-likelihood (megadoc.analysis.
-quality). Writes {"accuracy", "n", "attempt_rate", "questions": [...], ...} to --output.
+unless --tokenizer says otherwise. --scoring=loglikelihood (default) scores each option by its
+log-likelihood; --scoring=generate parses the answer letter from a chain-of-thought generation
+after worked examples (EntiGraph's protocol, temperature 0.1) through the model's chat format
+(megadoc.analysis.quality). Writes {"accuracy", "n", "attempt_rate", "questions": [...], ...}
+to --output.
 """
 from __future__ import annotations
 
@@ -26,6 +29,11 @@ flags.DEFINE_string("quality", None, "QuALITY-format JSONL (article, questions, 
 flags.DEFINE_enum("mode", "closed_book", ["closed_book", "rag"], "without the article, or with "
                   "its top-k BM25 chunks", **_IN)
 flags.DEFINE_integer("top_k", 8, "rag: chunks of 1,024 characters put in the prompt", **_IN)
+flags.DEFINE_enum("scoring", "loglikelihood", ["loglikelihood", "generate"], "option "
+                  "log-likelihoods, or the letter parsed from a generation", **_IN)
+flags.DEFINE_float("temperature", 0.1, "generate: sampling temperature (0: greedy)", **_IN)
+flags.DEFINE_integer("max_new_tokens", 256, "generate: tokens per answer", **_IN)
+flags.DEFINE_integer("seed", 0, "generate: sampling seed", **_IN)
 flags.DEFINE_string("tokenizer", None, "default: the model's own", **_IN)
 flags.DEFINE_integer("batch_size", 16, "sequences per forward pass", **_IN)
 flags.DEFINE_string("output", None, "JSON results path (local or gs://)", **_IN)
@@ -36,6 +44,7 @@ def run(f=FLAGS) -> dict:
     from megadoc.analysis import benchmarks, quality
     from megadoc.data import tokenizer as tokenizer_lib
     from megadoc.models import sharding
+    from megadoc.synth import prompts, sampler
     from megadoc.train import pretrained
 
     missing = [n for n in ("model", "quality", "output") if not getattr(f, n)]
@@ -50,9 +59,20 @@ def run(f=FLAGS) -> dict:
     if tokenizer.vocab_size > config.vocab_size:
         raise ValueError(f"{f.model}: tokenizer vocab {tokenizer.vocab_size} exceeds the "
                          f"model's {config.vocab_size}")
-    loglikelihood = benchmarks.model_loglikelihood(config, params, tokenizer,
-                                                   batch_size=f.batch_size, mesh=mesh)
-    results = quality.evaluate(articles, f.mode, loglikelihood, top_k=f.top_k)
+    if f.scoring == "loglikelihood":
+        loglikelihood = benchmarks.model_loglikelihood(config, params, tokenizer,
+                                                       batch_size=f.batch_size, mesh=mesh)
+        results = quality.evaluate(articles, f.mode, loglikelihood, top_k=f.top_k)
+    else:
+        def generate(texts):
+            ids = sampler.generate(config, params, [prompts.encode(tokenizer, None, t)
+                                                    for t in texts],
+                                   max_new_tokens=f.max_new_tokens, temperature=f.temperature,
+                                   seed=f.seed, stop_tokens=prompts.stop_tokens(tokenizer),
+                                   batch_size=f.batch_size, mesh=mesh)
+            return [tokenizer.decode(t) for t in ids]
+
+        results = quality.evaluate_generated(articles, f.mode, generate, top_k=f.top_k)
     results.update(model=f.model, quality=f.quality)
     fs.write_text(f.output, json.dumps(results, indent=1) + "\n")
     print(f"[qa_eval] {f.mode}: accuracy {results['accuracy']:.4f} (n={results['n']}, "

@@ -120,3 +120,46 @@ def test_qa_eval_matches_hand_computed_option_loglikelihoods(model_dir, by_hand,
         assert row["predicted_label"] == int(np.argmax(row["option_loglikelihoods"])) + 1
         correct += row["predicted_label"] == q.gold + 1
     assert results["accuracy"] == correct / 12
+
+
+def test_answer_letter_parsing():
+    assert quality.parse_letter("Reasoning: it is 8:30.\nAnswer: B") == 1
+    assert quality.parse_letter("Answer: A ... no wait.\nAnswer: (D)") == 3
+    for bad in ("I think B", "Answer: E", "Answer: Because"):
+        assert quality.parse_letter(bad) is None
+
+
+def test_generation_scoring_counts_unanswered_questions_as_wrong():
+    articles = quality.read_quality(quality.FIXTURE)
+    golds = [q.gold for a in articles for q in a.questions]
+    seen = []
+
+    def generate(prompts):  # right on the first 6, a wrong letter on 3, no letter on 3
+        seen.extend(prompts)
+        letters = [quality.LETTERS[g] for g in golds[:6]] + \
+            [quality.LETTERS[(g + 1) % 4] for g in golds[6:9]]
+        return [f"Reasoning: ...\nAnswer: {x}" for x in letters] + ["I am not sure"] * 3
+
+    results = quality.evaluate_generated(articles, "closed_book", generate)
+    assert (results["accuracy"], results["attempt_rate"], results["n"]) == (0.5, 0.75, 12)
+    assert [r["predicted_label"] for r in results["questions"][9:]] == [None] * 3
+    assert all(p.startswith(quality.COT_INSTRUCTION) and p.endswith("Reasoning:")
+               and "Answer: B" in p for p in seen)  # the worked examples come first
+
+
+def test_qa_eval_generate_runs_through_the_chat_prompt(model_dir, tmp_path):
+    from experiments import qa_eval
+
+    out = tmp_path / "gen.json"
+    qa_eval.FLAGS.unparse_flags()
+    qa_eval.FLAGS(["qa_eval", f"--model={model_dir}", f"--quality={quality.FIXTURE}",
+                   "--scoring=generate", "--max_new_tokens=4", "--batch_size=12",
+                   f"--output={out}"])
+    try:
+        qa_eval.run()
+    finally:
+        qa_eval.FLAGS.unparse_flags()
+    results = json.loads(out.read_text())
+    assert results["scoring"] == "generate" and results["n"] == 12
+    assert results["attempt_rate"] == sum(r["predicted_label"] is not None
+                                          for r in results["questions"]) / 12

@@ -187,9 +187,8 @@ def run(cfg: JobConfig) -> dict:
     method = RECORD_METHOD[cfg.method]
     template = prompts.load_template(cfg.template or prompts.builtin_template(method), method)
     bad = docs_lib.BadRecords()
-    inputs = (knowledge.read_field(cfg.questions, "question") if cfg.questions else
-              knowledge.read_field(cfg.entities, "entities") if cfg.entities else {})
-    inputs = {doc_id: values[-1] if cfg.entities else values for doc_id, values in inputs.items()}
+    inputs = (knowledge.read_questions(cfg.questions) if cfg.questions else
+              knowledge.read_entities(cfg.entities) if cfg.entities else {})
     doc_samples = [cfg.samples(doc, inputs) for doc in docs_lib.read_docs(cfg.docs, bad)]
     num_docs = len(doc_samples)
     num_shards = math.ceil(num_docs / cfg.shard_size)
@@ -202,7 +201,8 @@ def run(cfg: JobConfig) -> dict:
         "samples": sum(doc_samples), "generations": cfg.generations, "splits": cfg.splits,
         "questions": cfg.questions, "entities": cfg.entities, "pairs": cfg.pairs,
         "triples": cfg.triples, "max_new_tokens": max_new,
-        "temperature": cfg.temperature, "top_p": cfg.top_p, "shard_size": cfg.shard_size, "num_docs": num_docs})
+        "temperature": cfg.temperature, "top_p": cfg.top_p, "shard_size": cfg.shard_size,
+        "num_docs": num_docs})
 
     mine = owned_shards(num_shards, process_index, process_count)
     todo = [j for j in mine if not fs.exists(marker_path(cfg.output, j))]

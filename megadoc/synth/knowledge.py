@@ -90,12 +90,22 @@ def entity_groups(entities: list[str], pairs: int, triples: int, seed: int,
     return out
 
 
-def read_field(path: str, field: str) -> dict[str, list]:
-    """doc_id -> values of `field` (non-empty) in records under `path`, in (sample, file) order;
-    records of other kinds, or malformed ones, are skipped."""
+def _read_field(path: str, field: str) -> dict[str, list]:
+    """doc_id -> non-empty values of `field` in the records under `path`, in sample order;
+    records without it (or malformed ones) are skipped."""
     found = collections.defaultdict(list)
     for r in docs_lib.read_generations(path):
         value = r.get(field)
         if value and r.get("finish_reason") != MALFORMED:
             found[r["doc_id"]].append((r["sample"], value))
     return {d: [v for _, v in sorted(vs, key=lambda x: x[0])] for d, vs in found.items()}
+
+
+def read_questions(path: str) -> dict[str, list[str]]:
+    """doc_id -> its questions (qa output, or any records with a `question`)."""
+    return _read_field(path, "question")
+
+
+def read_entities(path: str) -> dict[str, list[str]]:
+    """doc_id -> its entity list (entigraph_entities output; the last sample if several)."""
+    return {d: lists[-1] for d, lists in _read_field(path, "entities").items()}
