@@ -66,3 +66,15 @@ def test_first_step_loss_is_the_models_own_and_training_lowers_it(setup):
     assert losses[0] == pytest.approx(own_loss, rel=1e-2)  # bf16 compute against fp32
     assert summary["status"] == "finished" and len(losses) == sched.num_steps
     assert np.mean(losses[-3:]) < losses[0] - 0.3
+
+
+def test_a_workdir_is_recognised_before_its_run_record_config(setup, tmp_path):
+    from megadoc.train import pretrained
+
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "config.json").write_text("{}")
+    assert pretrained.kind(str(tmp_path)) == "workdir"
+    assert pretrained.kind(setup["model"]) == "hf"
+    assert pretrained.kind("x/model.Q4_1.gguf") == "gguf"
+    with pytest.raises(FileNotFoundError, match="expected a .gguf file"):
+        pretrained.kind(str(tmp_path / "nothing"))

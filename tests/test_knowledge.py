@@ -13,7 +13,7 @@ from knowledge_fixtures import make_hf_model
 def test_knowledge_end_to_end(tmp_path, monkeypatch):
     from experiments import knowledge as driver
 
-    model = make_hf_model(str(tmp_path / "model"), max_seq_len=1024)
+    model = make_hf_model(str(tmp_path / "model"), max_seq_len=2048)  # whole articles fit
     # A random model never writes "Question: …\nAnswer: …"; accept its text as the answer so
     # the focal stage has questions to rewrite for.
     monkeypatch.setattr(knowledge, "parse_qa",

@@ -18,10 +18,10 @@ def kind(path: str) -> str:
     path = str(path).rstrip("/")
     if path.endswith(".gguf"):
         return "gguf"
+    if fs.exists(checkpoint.directory(path)):  # a workdir's config.json is its run record
+        return "workdir"
     if fs.exists(fs.join(path, hf.CONFIG)):
         return "hf"
-    if fs.exists(checkpoint.directory(path)):
-        return "workdir"
     raise FileNotFoundError(f"{path}: expected a .gguf file, a Hugging Face directory (with "
                             f"{hf.CONFIG}) or a megadoc workdir (with checkpoints/)")
 
