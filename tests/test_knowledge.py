@@ -14,10 +14,9 @@ def test_knowledge_end_to_end(tmp_path, monkeypatch):
     from experiments import knowledge as driver
 
     model = make_hf_model(str(tmp_path / "model"), max_seq_len=2048)  # whole articles fit
-    # A random model never writes "Question: …\nAnswer: …"; accept its text as the answer so
-    # the focal stage has questions to rewrite for.
-    monkeypatch.setattr(knowledge, "parse_qa",
-                        lambda text: ("What does the article say?", text.strip() or "-"))
+    # A random model never writes "Question: …\nAnswer: …"; take its text as the question
+    # (one per sample) so the focal stage has questions to rewrite for.
+    monkeypatch.setattr(knowledge, "parse_qa", lambda text: (f"Why {text.strip()}?", "-"))
     workdir = tmp_path / "k"
     driver.FLAGS.unparse_flags()
     driver.FLAGS(["knowledge", f"--generator={model}", f"--workdir={workdir}", "--volumes=1,2",
