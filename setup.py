@@ -33,6 +33,7 @@ setup(
             "torch==2.13.0",
             "transformers>=5.0",
             "gcp-storage-emulator>=2024.8",
+            "lm_eval==0.4.13",  # the harness the papers' benchmark numbers come from
         ],
     },
 )

@@ -1,14 +1,18 @@
-"""Multiple-choice accuracy (PIQA, SciQ, ARC-Easy; lm-eval-harness scoring) of a trained run,
-or of an ensemble of runs (several --workdirs: members' logits averaged).
+"""Multiple-choice accuracy (PIQA, SciQ, ARC-Easy; lm-eval-harness scoring) of a model: a
+megadoc training run or a Hugging Face Llama directory (--model), or an ensemble of runs
+(several --workdirs: members' logits averaged).
 
-    python -m experiments.benchmarks --workdirs=gs://b/runs/stitched --tokenizer=gs://b/tok \\
+    python -m experiments.benchmarks --model=gs://b/runs/stitched --tokenizer=gs://b/tok \\
         --piqa=piqa_validation.jsonl --sciq=sciq_test.jsonl --arc_easy=arc_easy_test.jsonl
+    python -m experiments.benchmarks --model=gs://b/llama-hf --piqa=... --output=gs://b/llama.json
     python -m experiments.benchmarks --workdirs=gs://b/ens/member_0,...,gs://b/ens/member_7 \\
         --tokenizer=gs://b/tok --piqa=... --sciq=... --arc_easy=... --output=gs://b/ens/benchmarks.json
 
 Each file is local JSONL in the dataset's own layout (as exported from Hugging Face datasets).
-Choices are scored after the tokenizer's EOS, the document separator the students train with.
-Prints and writes {"piqa": {"acc", "acc_norm", "n"}, ..., "average": {"acc", "acc_norm"}}.
+Scoring matches lm-evaluation-harness's HF backend: float32 by default, the tokenizer's BOS
+before each context, special-token text read as lm-eval reads it (megadoc.analysis.benchmarks).
+Prints and writes {"piqa": {"acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "n"}, ...,
+"average": {"acc", "acc_norm"}}.
 """
 from __future__ import annotations
 
@@ -16,22 +20,34 @@ import json
 
 from absl import app, flags
 
-from experiments import own_flags
+from experiments import cli, own_flags
 
 # Own FlagValues: see experiments/ensemble.py.
 FLAGS = flags.FlagValues()
+flags.DEFINE_string("model", None, "a megadoc training run (its newest checkpoint) or a Hugging Face "
+                    "Llama directory", flag_values=FLAGS)
 flags.DEFINE_list("workdirs", [], "training run(s) whose newest checkpoints are scored; several = "
                   "an ensemble", flag_values=FLAGS)
+flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "compute dtype of the scoring "
+                  "forward pass (lm-eval scores in float32)", flag_values=FLAGS)
 flags.DEFINE_integer("step", None, "checkpoint step of a single run (default: the newest)", flag_values=FLAGS)
 flags.DEFINE_enum("average", "logits", ["logits", "probs"], "how ensemble members are combined",
                   flag_values=FLAGS)
-flags.DEFINE_string("tokenizer", None, "the run's tokenizer (.model, tokenizer.json or a dir)", flag_values=FLAGS)
+flags.DEFINE_string("tokenizer", None, "the model's tokenizer (.model, tokenizer.json or a dir); "
+                    "default for a Hugging Face --model: its directory", flag_values=FLAGS)
 flags.DEFINE_string("piqa", None, "PIQA JSONL {goal, sol1, sol2, label}", flag_values=FLAGS)
 flags.DEFINE_string("sciq", None, "SciQ JSONL {question, distractor1-3, correct_answer, support}", flag_values=FLAGS)
 flags.DEFINE_string("arc_easy", None, "ARC-Easy JSONL (nested or flat Hugging Face layout)", flag_values=FLAGS)
 flags.DEFINE_integer("batch_size", 16, "sequences per forward pass", flag_values=FLAGS)
 flags.DEFINE_string("output", None, "JSON results path (default for one run: <workdir>/benchmarks.json)",
                     flag_values=FLAGS)
+
+
+def is_hf_dir(path: str) -> bool:
+    from megadoc import fs
+
+    return any(n.endswith(".safetensors") or n.endswith(".safetensors.index.json")
+               for n in fs.listdir(path))
 
 
 def run(f=FLAGS) -> dict:
@@ -42,27 +58,45 @@ def run(f=FLAGS) -> dict:
     from megadoc.models import sharding
     from megadoc.train import checkpoint
 
-    if not f.workdirs or not f.tokenizer:
-        raise app.UsageError("--workdirs and --tokenizer are required")
-    if len(f.workdirs) > 1 and (f.step is not None or not f.output):
+    import dataclasses
+
+    from megadoc.models import hf
+
+    if bool(f.model) == bool(f.workdirs):
+        raise app.UsageError("pass --model (a run or a Hugging Face directory) or --workdirs")
+    hf_model = bool(f.model) and is_hf_dir(f.model)
+    tokenizer_path = f.tokenizer or (f.model if hf_model else None)
+    if not tokenizer_path:
+        raise app.UsageError("--tokenizer is required for a megadoc run")
+    workdirs = [f.model] if f.model else list(f.workdirs)
+    if len(workdirs) > 1 and (f.step is not None or not f.output):
         raise app.UsageError("an ensemble (several --workdirs) takes --output and no --step")
+    if hf_model and (f.step is not None or not f.output):
+        raise app.UsageError("a Hugging Face --model takes --output and no --step")
     paths = {task: getattr(f, task) for task in benchmarks.READERS if getattr(f, task)}
     if not paths:
         raise app.UsageError(f"pass at least one of --{', --'.join(benchmarks.READERS)}")
-    tokenizer = tokenizer_lib.load(f.tokenizer)
-    if len(f.workdirs) == 1:
-        config, params = checkpoint.load_params(f.workdirs[0], f.step)
-        average = None
+    tokenizer = tokenizer_lib.load(tokenizer_path)
+    if not hf_model:
+        for workdir in workdirs:
+            checkpoint.check_tokenizer(workdir, tokenizer)
+    average = None
+    if hf_model:
+        config, params = hf.load(f.model)
+    elif len(workdirs) == 1:
+        config, params = checkpoint.load_params(workdirs[0], f.step)
     else:
-        config, params = load_members(f.workdirs)
+        config, params = load_members(workdirs)
         average = f.average
+    config = dataclasses.replace(config, dtype=f.dtype)
     if tokenizer.vocab_size > config.vocab_size:
         raise ValueError(f"{f.tokenizer}: vocab {tokenizer.vocab_size} exceeds the model's {config.vocab_size}")
     loglikelihood = benchmarks.model_loglikelihood(config, params, tokenizer, batch_size=f.batch_size,
                                                    mesh=sharding.make_mesh(), ensemble_average=average)
     results = benchmarks.evaluate(paths, loglikelihood)
-    results["workdirs"], results["step"] = list(f.workdirs), f.step
-    fs.write_text(f.output or fs.join(f.workdirs[0], "benchmarks.json"), json.dumps(results, indent=1) + "\n")
+    results["model"], results["workdirs"], results["step"] = f.model, workdirs, f.step
+    results["dtype"] = f.dtype
+    fs.write_text(f.output or fs.join(workdirs[0], "benchmarks.json"), json.dumps(results, indent=1) + "\n")
     return results
 
 
@@ -73,4 +107,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=own_flags.parser(FLAGS))
+    cli.run(main, flags_parser=own_flags.parser(FLAGS))

@@ -10,6 +10,8 @@ import os
 
 from absl import app, flags
 
+from experiments import cli
+
 flags.DEFINE_string("workdir", "workdir/demo", "where every stage writes (local or gs://)")
 flags.DEFINE_enum("scale", "small", ["smoke", "small"], "smoke: ~2 min; small: the demo, ~15 min")
 flags.DEFINE_integer("seed", 0, "seed of the split, the data order and every model")
@@ -30,4 +32,4 @@ def main(argv):
 
 if __name__ == "__main__":
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    app.run(main)
+    cli.run(main)

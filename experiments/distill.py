@@ -17,7 +17,7 @@ import sys
 
 from absl import app, flags
 
-from experiments import own_flags
+from experiments import cli, own_flags
 
 # Own FlagValues: see experiments/ensemble.py.
 FLAGS = flags.FlagValues()
@@ -37,7 +37,7 @@ flags.DEFINE_integer("global_batch", None, "windows per step (default: the prese
 flags.DEFINE_integer("microbatches", None, "gradient-accumulation slices per step (default: preset's)",
                      flag_values=FLAGS)
 flags.DEFINE_list("mesh", ["1", "-1", "1"], "mesh shape data,fsdp,tensor (-1: remaining devices)", flag_values=FLAGS)
-flags.DEFINE_multi_string("val", [], "NAME=STORE validation set, evaluated at the end", flag_values=FLAGS)
+flags.DEFINE_multi_string("val", [], "NAME=PATH validation set (store or documents), evaluated at the end", flag_values=FLAGS)
 flags.DEFINE_integer("checkpoint_every_steps", 200, "checkpoint every N steps (0 = at the end and on "
                      "SIGTERM only)", flag_values=FLAGS)
 flags.DEFINE_integer("log_every", 10, "progress line every N steps", flag_values=FLAGS)
@@ -59,13 +59,14 @@ def build_config(f=FLAGS):
     return distill.DistillConfig(
         model=model,
         data=config.DataConfig(real=f.real, synthetic=f.synthetic, mix=f.mix, epochs=f.epochs,
-                               seed=f.seed, global_batch=f.global_batch or p.global_batch),
+                               seed=f.seed, global_batch=(p.global_batch if f.global_batch is None
+                                                          else f.global_batch)),
         optimizer=config.OptimizerConfig(
             lr=p.lr if f.lr is None else f.lr,
             weight_decay=p.weight_decay if f.weight_decay is None else f.weight_decay),
         workdir=f.workdir, teacher=tuple(f.teachers), kl_weight=f.kl_weight,
         teacher_average=f.teacher_average, mesh=tuple(int(x) for x in f.mesh),
-        microbatches=f.microbatches or p.microbatches,
+        microbatches=p.microbatches if f.microbatches is None else f.microbatches,
         val=tuple(parse_val(f.val).items()), checkpoint_every_steps=f.checkpoint_every_steps,
         log_every=f.log_every)
 
@@ -84,4 +85,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=own_flags.parser(FLAGS))
+    cli.run(main, flags_parser=own_flags.parser(FLAGS))

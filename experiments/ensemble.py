@@ -23,7 +23,7 @@ import sys
 
 from absl import app, flags
 
-from experiments import own_flags
+from experiments import cli, own_flags
 
 # Flags live in their own FlagValues so this module can share a process (tests) with other
 # experiment modules that define flags of the same names.
@@ -172,4 +172,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=own_flags.parser(FLAGS))
+    cli.run(main, flags_parser=own_flags.parser(FLAGS))

@@ -8,7 +8,9 @@
 
 The store's metadata.json (written last) records settings, counts and skipped records.
 """
-from absl import app, flags
+from absl import flags
+
+from experiments import cli
 
 from megadoc.data import megadocs
 from megadoc.data.prepare import PrepareConfig, prepare
@@ -45,4 +47,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

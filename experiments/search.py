@@ -17,7 +17,7 @@ import shlex
 
 from absl import app, flags
 
-from experiments import own_flags
+from experiments import cli, own_flags
 
 # Own FlagValues: see experiments/ensemble.py.
 FLAGS = flags.FlagValues()
@@ -85,4 +85,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=own_flags.parser(FLAGS))
+    cli.run(main, flags_parser=own_flags.parser(FLAGS))

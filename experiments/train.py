@@ -2,7 +2,7 @@
 
     python -m experiments.train --preset=tiny --workdir=/tmp/run --real=STORE \\
         [--synthetic=STORE --mix=0.75] --epochs=4 --lr=3e-3 --weight_decay=0.8 \\
-        --val=iid=VAL_STORE [--val=long=STORE ...]
+        --val=iid=VAL_DOCS.jsonl [--val=arxiv=DOCS_OR_STORE ...]
     python -m experiments.train --init=SmolLM2-135M-Instruct.gguf --workdir=/tmp/cpt \\
         --real=SYNTHETIC_STORE --epochs=2 [--lr=5e-6 --weight_decay=0.01]   # preset cpt
 
@@ -18,6 +18,8 @@ import dataclasses
 import sys
 
 from absl import app, flags
+
+from experiments import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("preset", None, "training preset: tiny | 150m | 300m | 600m | 1.5b | cpt "
@@ -40,7 +42,9 @@ flags.DEFINE_integer("microbatches", None, "gradient-accumulation slices per ste
 flags.DEFINE_enum("remat", None, ["none", "full", "dots"], "rematerialisation (default: preset's)")
 flags.DEFINE_bool("cross_document_attention", True, "attend across document boundaries in a window")
 flags.DEFINE_list("mesh", ["1", "-1", "1"], "mesh shape data,fsdp,tensor (-1: remaining devices)")
-flags.DEFINE_multi_string("val", [], "NAME=STORE validation set (repeatable)")
+flags.DEFINE_multi_string("val", [], "NAME=PATH validation set (repeatable): a window store, or "
+                          "JSONL/Parquet documents (also scored as NAME_short / NAME_long halves "
+                          "by tokenized length)")
 flags.DEFINE_integer("eval_every", 0, "evaluate every N steps (and at the end); 0 = end only")
 flags.DEFINE_integer("eval_batch_size", 0, "eval windows per batch (0 = global batch)")
 flags.DEFINE_integer("checkpoint_every_steps", 0, "checkpoint every N steps (0 = off)")
@@ -80,17 +84,19 @@ def build_config(f=FLAGS):
     for item in f.val:
         name, sep, path = item.partition("=")
         if not sep or not name or not path:
-            raise app.UsageError(f"--val={item!r}: expected NAME=STORE")
+            raise app.UsageError(f"--val={item!r}: expected NAME=PATH")
         val.append((name, path))
     return config.TrainConfig(
         model=model,
         data=config.DataConfig(real=f.real, synthetic=f.synthetic, mix=f.mix, epochs=f.epochs,
-                               seed=f.seed, global_batch=f.global_batch or p.global_batch),
+                               seed=f.seed, global_batch=(p.global_batch if f.global_batch is None
+                                                          else f.global_batch)),
         optimizer=config.OptimizerConfig(
             lr=p.lr if f.lr is None else f.lr,
             weight_decay=p.weight_decay if f.weight_decay is None else f.weight_decay,
             warmup_frac=p.warmup_frac if f.warmup is None else f.warmup),
-        workdir=f.workdir, microbatches=f.microbatches or p.microbatches,
+        workdir=f.workdir,
+        microbatches=p.microbatches if f.microbatches is None else f.microbatches,
         mesh=tuple(int(x) for x in f.mesh), val=tuple(val), eval_every=f.eval_every,
         eval_batch_size=f.eval_batch_size, checkpoint_every_steps=f.checkpoint_every_steps,
         checkpoint_every_minutes=f.checkpoint_every_minutes, keep_checkpoints=f.keep_checkpoints,
@@ -112,17 +118,27 @@ def main(argv):
         sys.exit(143)  # 128 + SIGTERM: the scheduler sees a preempted, resumable job
 
 
-def run_experiment(defaults: dict, synthetic_recipe: str | None) -> None:
-    """Entry point of a paper-experiment module: its defaults, any flag still overridable, and a
-    check that --synthetic holds the recipe the experiment is about."""
+def run_experiment(defaults: dict, synthetic_recipe: str | None,
+                   by_preset: dict[str, dict] | None = None) -> None:
+    """Entry point of a paper-experiment module: its defaults (and, for the --preset chosen, those
+    of `by_preset`), any flag still overridable, and a check that --synthetic holds the recipe
+    the experiment is about."""
     for name, value in defaults.items():
         FLAGS.set_default(name, value)
 
     def experiment_main(argv):
+        apply_preset_defaults(by_preset or {})
         check_recipe(synthetic_recipe)
         main(argv)
 
-    app.run(experiment_main)
+    cli.run(experiment_main)
+
+
+def apply_preset_defaults(by_preset: dict[str, dict], f=FLAGS) -> None:
+    """Sets the chosen preset's values for the flags the command line did not give."""
+    for name, value in by_preset.get(f.preset, {}).items():
+        if not f[name].present:
+            f[name].value = value
 
 
 def check_recipe(recipe: str | None, f=FLAGS) -> None:
@@ -140,4 +156,4 @@ def check_recipe(recipe: str | None, f=FLAGS) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

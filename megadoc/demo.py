@@ -62,7 +62,8 @@ def _use_compilation_cache(workdir: str) -> None:
     import jax
 
     if not fs.is_gcs(workdir):
-        jax.config.update("jax_compilation_cache_dir", fs.join(workdir, "jax_cache"))
+        cache = fs.storage_path(fs.join(workdir, "jax_cache"))
+        jax.config.update("jax_compilation_cache_dir", cache)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 

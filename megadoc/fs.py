@@ -32,6 +32,13 @@ def is_gcs(path: str) -> bool:
     return str(path).startswith(GCS_PREFIX)
 
 
+def storage_path(path: str) -> str:
+    """What orbax, tensorstore and jax need for a path the user gave: an absolute local path
+    (they refuse or misplace relative ones), or the gs:// URL unchanged. Only handed to those
+    layers; what megadoc records (store metadata, run configs) keeps the path as written."""
+    return str(path) if is_gcs(path) else os.path.abspath(os.path.expanduser(str(path)))
+
+
 def join(base: str, *parts: str) -> str:
     if is_gcs(base):
         out = str(base).rstrip("/")
@@ -73,6 +80,15 @@ def glob(pattern: str) -> list[str]:
             if fnmatch.fnmatch(n, name_pat)]
 
 
+def version(path: str) -> dict:
+    """What changes when a file's content does, without reading it: its size and, locally, its
+    modification time (on GCS, the object's crc32c)."""
+    if is_gcs(path):
+        return gcs.version(path)
+    st = os.stat(path)
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
 def read_bytes(path: str) -> bytes:
     if is_gcs(path):
         return gcs.read_bytes(path)
@@ -94,6 +110,21 @@ def write_bytes(path: str, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+
+
+def create_exclusive(path: str, data: bytes) -> bool:
+    """Writes `data` at `path` only if nothing is there yet (one winner among racing writers);
+    False when something already is."""
+    if is_gcs(path):
+        return gcs.create_exclusive(path, data)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, _FILE_MODE)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    return True
 
 
 def write_text(path: str, text: str) -> None:
@@ -198,7 +229,7 @@ def tensorstore_kvstore(path: str) -> dict:
     if is_gcs(path):
         bucket, key = gcs.split(str(path))
         return {"driver": "gcs", "bucket": bucket, "path": key.rstrip("/") + "/" if key else ""}
-    return {"driver": "file", "path": os.path.abspath(path) + "/"}
+    return {"driver": "file", "path": storage_path(path) + "/"}
 
 
 def commit(directory: str, info: dict | None = None) -> None:

@@ -205,6 +205,22 @@ def write_bytes(path: str, data: bytes) -> None:
     retrying(path, lambda: blob(path).upload_from_string(data, retry=None))
 
 
+def create_exclusive(path: str, data: bytes) -> bool:
+    """Uploads the object only if none exists (a precondition GCS checks atomically); False when
+    one already does. The existence check first spares an upload in the common case (and
+    keeps servers that ignore preconditions, such as the test emulator, right when unraced)."""
+    if is_object(path):
+        return False
+    try:
+        retrying(path, lambda: blob(path).upload_from_string(data, if_generation_match=0,
+                                                             retry=None))
+    except StorageError as e:
+        if e.errno != errno.ESTALE:
+            raise
+        return False
+    return True
+
+
 def upload_file(local_path: str, path: str) -> None:
     """One object from a local file (resumable in 100 MiB chunks when large; a retry restarts it)."""
     retrying(path, lambda: blob(path).upload_from_filename(local_path, retry=None))
@@ -212,6 +228,13 @@ def upload_file(local_path: str, path: str) -> None:
 
 def download_file(path: str, local_path: str) -> None:
     retrying(path, lambda: blob(path).download_to_filename(local_path, retry=None))
+
+
+def version(path: str) -> dict:
+    """The object's size and crc32c (which a copy keeps); FileNotFoundError when missing."""
+    b = blob(path)
+    retrying(path, lambda: b.reload(retry=None))
+    return {"size": b.size, "crc32c": b.crc32c}
 
 
 def is_object(path: str) -> bool:

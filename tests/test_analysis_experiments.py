@@ -139,3 +139,22 @@ def test_search_experiment_parses_the_grid_and_writes_its_summary(tmp_path):
     assert (tmp_path / "search.png").exists() and (tmp_path / "results.jsonl").exists()
     with pytest.raises(Exception, match="NAME=V1"):
         search_exp.build_grid("real", ["momentum=1,2"])
+
+
+def test_benchmarks_refuse_a_tokenizer_other_than_the_runs(runs, tmp_path):
+    workdir = str(tmp_path / "run")
+    mgr = checkpoint.manager(workdir)
+    params = jax.jit(llama.init, static_argnums=0)(runs["config"], jax.random.key(0))
+    record = {"model": config_lib.to_dict(runs["config"]),
+              "stores": {"real": {"tokenizer_fingerprint": "spm:0123456789abcdef"}}}
+    checkpoint.save(mgr, {"step": jnp.int32(1), "params": params}, record, {"next_step": 1})
+    mgr.wait_until_finished()
+    mgr.close()
+    piqa = tmp_path / "piqa.jsonl"
+    piqa.write_text(json.dumps({"goal": "g", "sol1": "a", "sol2": "b", "label": 0}) + "\n")
+    parse(benchmarks_exp, f"--workdirs={workdir}", f"--tokenizer={runs['tokenizer']}",
+          f"--piqa={piqa}")
+    with pytest.raises(ValueError, match=r"tok.model: fingerprint spm:\w+, but .*run was trained "
+                                         r"on data tokenized with spm:0123456789abcdef"):
+        benchmarks_exp.run()
+    assert not (tmp_path / "run" / "benchmarks.json").exists()

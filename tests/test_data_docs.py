@@ -5,7 +5,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from data_fixtures import corpus, train_tokenizer
 from megadoc import fs
 from megadoc.data import docs, megadocs
 
@@ -81,28 +80,24 @@ REPHRASES = [gen("rephrase", 1, "Rephrase one."), gen("rephrase", 0, "Rephrase z
 
 
 def test_recipes():
-    assert megadocs.build_documents("real", DOC, REPHRASES) == [DOC["text"]]
-    assert megadocs.build_documents("simple", DOC, REPHRASES) == ["Rephrase zero.", "Rephrase one.", DOC["text"]]
-    assert megadocs.build_documents("simple", DOC, REPHRASES, include_real=False) == ["Rephrase zero.", "Rephrase one."]
-    sep = megadocs.SEPARATOR
+    D = megadocs.StreamDocument
+    real = D("", (DOC["text"],))
+    assert megadocs.build_documents("real", DOC, REPHRASES) == [real]
+    simple = [D("rephrase 0", ("Rephrase zero.",)), D("rephrase 1", ("Rephrase one.",))]
+    assert megadocs.build_documents("simple", DOC, REPHRASES) == simple + [real]
+    assert megadocs.build_documents("simple", DOC, REPHRASES, include_real=False) == simple
+    assert megadocs.build_documents("stitched", DOC, REPHRASES) == [
+        D("", ("Rephrase zero.", "Rephrase one.", DOC["text"]))]
     assert megadocs.build_documents("stitched", DOC, REPHRASES, real_position="first") == [
-        sep.join([DOC["text"], "Rephrase zero.", "Rephrase one."])]
+        D("", (DOC["text"], "Rephrase zero.", "Rephrase one."))]
     assert megadocs.build_documents("stitched", DOC, REPHRASES, real_position="none") == [
-        sep.join(["Rephrase zero.", "Rephrase one."]), DOC["text"]]
+        D("rephrases", ("Rephrase zero.", "Rephrase one.")), real]
     assert megadocs.build_documents("stitched", DOC, REPHRASES, real_position="none", include_real=False) == [
-        sep.join(["Rephrase zero.", "Rephrase one."])]
+        D("rephrases", ("Rephrase zero.", "Rephrase one."))]
     with pytest.raises(ValueError, match="real_position='none'"):
         megadocs.build_documents("stitched", DOC, REPHRASES, include_real=False)
     with pytest.raises(ValueError, match="recipe"):
         megadocs.build_documents("shuffled", DOC, REPHRASES)
-
-
-def test_stitched_megadoc_decodes_to_rephrases_then_real_text(tmp_path):
-    tok = train_tokenizer(str(tmp_path / "t.model"), [d["text"] for d in corpus(100)] + [DOC["text"]])
-    [megadoc] = megadocs.build_documents("stitched", DOC, REPHRASES)
-    decoded = tok.decode(tok.encode(megadoc))
-    assert decoded == "Rephrase zero." + megadocs.SEPARATOR + "Rephrase one." + megadocs.SEPARATOR + DOC["text"]
-    assert decoded.endswith(DOC["text"])
 
 
 def test_latent_thoughts_sit_at_offsets_and_removing_them_restores_the_text():
@@ -110,7 +105,8 @@ def test_latent_thoughts_sit_at_offsets_and_removing_them_restores_the_text():
     thoughts = [gen("latent_thought", 0, "why B", 16), gen("latent_thought", 0, "why C", 28),
                 gen("latent_thought", 1, "why B again", 16), gen("latent_thought", 0, "at end", len(text)),
                 gen("rephrase", 0, "ignored")]
-    [megadoc] = megadocs.build_documents("latent", DOC, thoughts)
+    [stream_doc] = megadocs.build_documents("latent", DOC, thoughts)
+    [megadoc] = stream_doc.pieces
     assert megadoc.startswith("First sentence. <think>why B</think><think>why B again</think>Second one.\n")
     assert megadoc.endswith("digits.<think>at end</think>")
     assert megadocs.remove_thoughts(megadoc) == text

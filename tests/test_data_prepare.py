@@ -21,7 +21,7 @@ def inputs(tmp_path_factory):
     docs.write_jsonl(str(d / "docs.jsonl"), source)
     gens = [{"doc_id": x["id"], "method": "rephrase", "sample": s, "offset": None,
              "text": f"Rephrase {s} of {x['id']}.", "finish_reason": "eos", "seed": s,
-             "generator": "g", "template": "t"} for x in source for s in (1, 0)]
+             "generator": "g", "template": "t"} for x in source for s in (2, 1, 0)]
     gens += [{"doc_id": x["id"], "method": "latent_thought", "sample": 0, "offset": len(x["text"]) // 2,
               "text": f"thought on {x['id']}", "finish_reason": "length"} for x in source]
     docs.write_jsonl(str(d / "gens.jsonl.gz"), gens)
@@ -42,9 +42,53 @@ def stream(s):
 
 
 def documents(s, tok):
+    """The decoded EOS-terminated pieces of the stream, and the unfinished tail."""
     tokens, _ = stream(s)
     cuts = np.flatnonzero(tokens == tok.eos_id)
     return [tok.decode(p) for p in np.split(tokens, cuts + 1)[:-1]], tokens[cuts[-1] + 1:]
+
+
+def stream_documents(s, tok):
+    """The stream cut at BOS: each stream document as its list of decoded EOS-terminated pieces
+    (the first and last may be cut by the store's edges)."""
+    tokens, _ = stream(s)
+    out = []
+    for doc in np.split(tokens, np.flatnonzero(tokens == tok.bos_id))[1:]:
+        assert doc[0] == tok.bos_id and (doc[1:] != tok.bos_id).all()
+        cuts = np.flatnonzero(doc == tok.eos_id)
+        out.append([tok.decode(p[p != tok.bos_id]) for p in np.split(doc, cuts + 1)[:-1]])
+    return out
+
+
+def sources(inputs):
+    """Decoded text -> the id of the source document it came from."""
+    out = {x["text"]: x["id"] for x in inputs["docs"]}
+    return out | {g["text"]: g["doc_id"] for g in inputs["gens"] if g["method"] == "rephrase"}
+
+
+def test_simple_stream_shuffles_every_rephrase_across_the_corpus(inputs, tmp_path):
+    prepare(config(inputs, tmp_path / "s", recipe="simple", generations=str(inputs["dir"] / "gens.jsonl.gz")))
+    docs_ = stream_documents(store.open(str(tmp_path / "s")), inputs["tok"])
+    assert all(len(d) == 1 for d in docs_[:-1])  # every rephrase and real doc is its own document
+    source = sources(inputs)
+    ids = [source[d[0]] for d in docs_[:-1]]
+    assert len(ids) > 230  # 60 docs x (3 rephrases + the real text), less the unfinished tail
+    same = np.mean([a == b for a, b in zip(ids, ids[1:])])
+    assert same < 0.1  # near 1/60, not the 3/4 of a source-by-source order
+
+
+@pytest.mark.parametrize("position", ["last", "first"])
+def test_stitched_stream_keeps_each_source_together_eos_separated(inputs, tmp_path, position):
+    prepare(config(inputs, tmp_path / "t", recipe="stitched", real_position=position,
+                   generations=str(inputs["dir"] / "gens.jsonl.gz")))
+    docs_ = stream_documents(store.open(str(tmp_path / "t")), inputs["tok"])
+    source = sources(inputs)
+    by_id = {x["id"]: x["text"] for x in inputs["docs"]}
+    for d in docs_[:-1]:  # one BOS per source; its pieces EOS-separated, rephrases in sample order
+        [doc_id] = {source[p] for p in d}
+        rephrases = [f"Rephrase {k} of {doc_id}." for k in range(3)]
+        assert d == (rephrases + [by_id[doc_id]] if position == "last" else [by_id[doc_id]] + rephrases)
+    assert len({source[d[0]] for d in docs_}) == len(docs_) > 50
 
 
 def test_real_stream_is_the_seeded_permutation_joined_with_eos(inputs, tmp_path):
@@ -56,8 +100,9 @@ def test_real_stream_is_the_seeded_permutation_joined_with_eos(inputs, tmp_path)
     texts, tail = documents(s, tok)
     assert texts == [x["text"] for x in order][:len(texts)]
     assert len(texts) >= len(order) - 2  # only the unfinished tail is missing ...
-    assert meta["dropped_tail_tokens"] == len(tail) + 0 <= SEQ  # ... and it is counted
-    assert meta["num_tokens"] == sum(len(tok.encode(x["text"])) + 1 for x in order)
+    assert len(tail) > 0 and meta["dropped_tail_tokens"] < SEQ  # ... and it is counted
+    assert meta["num_tokens"] == len(stream(s)[0]) + meta["dropped_tail_tokens"]
+    assert meta["num_tokens"] == sum(len(tok.encode(x["text"])) + 2 for x in order)  # BOS, EOS
     assert meta["counts"]["docs_used"] == 60 and meta["tokenizer_fingerprint"] == tok.fingerprint
     tokens, rows = stream(s)
     seg = rows["segment_ids"]
@@ -97,7 +142,7 @@ def test_bad_input_is_counted_and_recorded(inputs, tmp_path):
                        "unknown_doc_id": 1, "duplicate_generation": 1, "think_tag_in_generation": 1,
                        "generation_without_text": 1}
     assert meta["counts"]["docs_used"] == 20 and meta["counts"]["generations_used"] == 10
-    assert meta["counts"]["docs_without_generations"] == 15
+    assert meta["counts"]["docs_without_generations"] == 16
     assert any(f"{path}:21" in e for e in meta["skipped"]["examples"]["duplicate_id"])
     assert any(f"{gens}:11" in e for e in meta["skipped"]["examples"]["unknown_doc_id"])
 
@@ -137,6 +182,7 @@ def test_command_line_reads_every_flag(inputs, tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     assert "tokens/s" in run.stdout and "docs" in run.stdout
     meta = json.loads((out / store.METADATA).read_text())
+    assert [f["file"] for f in meta["settings"].pop("inputs")] == [args[0][7:], args[1][14:]]
     assert meta["settings"] == dict(docs=args[0][7:], generations=args[1][14:], recipe="stitched",
                                     real_position="first", include_real=True, tokenizer=inputs["tok"].path,
                                     seq_len=12, seed=5, output=str(out))
@@ -144,10 +190,9 @@ def test_command_line_reads_every_flag(inputs, tmp_path):
                             recipe="stitched", real_position="first", seq_len=12, seed=5, buckets=3))
     np.testing.assert_array_equal(stream(store.open(str(out)))[0],  # 2 tokenizer processes = 1
                                   stream(store.open(str(tmp_path / "inproc")))[0])
-    texts, _ = documents(store.open(str(out)), inputs["tok"])
-    doc = next(x for x in inputs["docs"] if texts[1].startswith(x["text"]))
-    sep = megadocs.SEPARATOR
-    assert texts[1] == sep.join([doc["text"], f"Rephrase 0 of {doc['id']}.", f"Rephrase 1 of {doc['id']}."])
+    second = stream_documents(store.open(str(out)), inputs["tok"])[1]
+    doc = next(x for x in inputs["docs"] if second[0] == x["text"])
+    assert second == [doc["text"]] + [f"Rephrase {k} of {doc['id']}." for k in range(3)]
     assert inproc["num_windows"] == meta["num_windows"]
 
 
@@ -156,15 +201,15 @@ def test_killed_job_resumes_after_its_last_finished_bucket(inputs, tmp_path, mon
 
     gens = str(inputs["dir"] / "gens.jsonl.gz")
     fresh = prepare(config(inputs, tmp_path / "fresh", recipe="simple", generations=gens, seq_len=8))
-    real_bucket_documents, calls = prepare_lib._bucket_documents, []
+    real_stream_documents, calls = prepare_lib._stream_documents, []
 
     def dies_in_bucket_3(*args):
         calls.append(1)
         if len(calls) == 3:
             raise KeyboardInterrupt("preempted")
-        return real_bucket_documents(*args)
+        return real_stream_documents(*args)
 
-    monkeypatch.setattr(prepare_lib, "_bucket_documents", dies_in_bucket_3)
+    monkeypatch.setattr(prepare_lib, "_stream_documents", dies_in_bucket_3)
     out = tmp_path / "resumed"
     with pytest.raises(KeyboardInterrupt):
         prepare(config(inputs, out, recipe="simple", generations=gens, seq_len=8))

@@ -84,3 +84,17 @@ def test_unusable_tokenizer_path_is_a_clear_error(tmp_path):
     (tmp_path / "README").write_text("x")
     with pytest.raises(ValueError, match="tokenizer.json"):
         tokenizer.load(str(tmp_path))
+
+
+def test_encode_as_hf_adds_bos_and_reads_special_spellings(spm, tmp_path):
+    """The Hugging Face convention lm-eval scores with, for both tokenizer kinds."""
+    text = "the cat <s> sat </s> on"
+    ids = spm.encode_as_hf(text)
+    assert ids[0] == spm.bos_id and ids.count(spm.bos_id) == 2 and spm.eos_id in ids
+    assert ids == [spm.bos_id] + spm.encode("the cat ") + [spm.bos_id] + spm.encode(" sat ") + \
+        [spm.eos_id] + spm.encode(" on")
+    write_llama3_style(str(tmp_path))
+    hf = tokenizer.load(str(tmp_path))
+    ids = hf.encode_as_hf("a page that says <|end_of_text|> here")
+    assert ids[0] == hf.bos_id and ids.count(hf.eos_id) == 1
+    assert hf.encode("a page") == hf.encode_as_hf("a page")[1:]

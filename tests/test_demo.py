@@ -1,5 +1,6 @@
-"""The main job at smoke scale: every stage runs, results are sane, and a killed run resumes
-without redoing finished stages."""
+"""The main job at smoke scale, as typed from a fresh directory (the default, relative
+--workdir=workdir/demo): every stage runs, results are sane, and a killed run resumes without
+redoing finished stages."""
 import json
 import math
 import os
@@ -8,20 +9,22 @@ import subprocess
 import sys
 import time
 
+import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _demo(workdir, **kwargs):
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+def _demo(cwd, **kwargs):
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"} | {"PYTHONPATH": REPO}
     return subprocess.Popen(
-        [sys.executable, "-m", "experiments.demo", "--scale=smoke", f"--workdir={workdir}"],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+        [sys.executable, "-m", "experiments.demo", "--scale=smoke"],
+        cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
 
 
+@pytest.mark.slow
 def test_smoke_demo_runs_every_stage_and_resumes_after_kill(tmp_path):
-    workdir = tmp_path / "demo"
-    first = _demo(workdir)
+    workdir = tmp_path / "workdir" / "demo"  # the default --workdir, relative to the cwd
+    first = _demo(tmp_path)
     marker = workdir / "stages" / "store_val.json"
     deadline = time.monotonic() + 240
     while not marker.exists():
@@ -31,7 +34,7 @@ def test_smoke_demo_runs_every_stage_and_resumes_after_kill(tmp_path):
     first.send_signal(signal.SIGKILL)  # mid-way through the generator's training
     first.wait()
 
-    second = _demo(workdir)
+    second = _demo(tmp_path)
     out, _ = second.communicate(timeout=600)
     assert second.returncode == 0, out
     for stage in ("corpus", "tokenizer", "store_real", "store_val"):

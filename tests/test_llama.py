@@ -53,6 +53,17 @@ def test_init_variance_scales_with_width():
     assert np.std(PARAMS["layers"]["gate"]) == pytest.approx(1 / 8, rel=0.05)
 
 
+def test_init_is_haliax_truncated_normal_with_embedding_over_hidden():
+    wide = dataclasses.replace(TINY, hidden=256, head_dim=None)
+    params = init(wide, jax.random.key(0))
+    truncated_std = 0.9866  # std of a standard normal truncated at ±3
+    for name, scale in (("embed", 1 / 256), ("lm_head", 1 / 16)):
+        w = np.asarray(params[name])
+        assert np.std(w) == pytest.approx(truncated_std * scale, rel=0.03), name
+        assert np.abs(w).max() <= 3 * scale * (1 + 1e-6), name
+    assert np.abs(params["layers"]["down"]).max() <= 3 / np.sqrt(wide.ffn) * (1 + 1e-6)
+
+
 def test_forward_is_hidden_states_then_output_logits_and_bf16_is_close():
     tokens = _tokens((2, 16))
     bf16 = llama.preset("tiny")

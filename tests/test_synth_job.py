@@ -232,3 +232,22 @@ def test_sigkill_mid_job_then_restart_gives_each_record_exactly_once(generator_d
     counts = collections.Counter((r["doc_id"], r["sample"]) for r in records)
     assert set(counts) == {(f"d{i}", s) for i in range(24) for s in range(3)}
     assert set(counts.values()) == {1}
+
+
+def test_rerun_verifies_finished_shards_and_redoes_damaged_ones(rephrased, tmp_path, capsys):
+    cfg, _ = rephrased
+    output = tmp_path / "out"
+    shutil.copytree(cfg.output, output)
+    want = _records(output)
+    shard0, shard1 = output / "shard-00000.jsonl", output / "shard-00001.jsonl"
+    shard0.write_bytes(shard0.read_bytes().replace(b"doc", b"dog", 1))  # corrupted, same count
+    shard1.unlink()  # deleted
+    kept = (output / "shard-00002.jsonl").stat().st_mtime_ns
+    capsys.readouterr()
+    summary = job.run(dataclasses.replace(cfg, output=str(output)))
+    out = capsys.readouterr().out
+    assert "shard 0 was finished but" in out and "does not match the checksum" in out
+    assert "shard 1 was finished but" in out and "shard-00001.jsonl is missing" in out
+    assert summary["shards_written_now"] == 2 and summary["records"] == len(want)
+    assert _records(output) == want
+    assert (output / "shard-00002.jsonl").stat().st_mtime_ns == kept

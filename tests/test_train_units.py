@@ -23,15 +23,20 @@ def test_schedule_warms_up_linearly_then_cosines_to_zero_at_the_last_step():
     np.testing.assert_allclose(lrs[100], 1.0, atol=1e-6)  # half-way through the cosine
 
 
-def test_adamw_decays_matrices_by_lr_times_wd_but_not_norms():
+def test_adamw_decays_linear_weights_by_lr_times_wd_but_not_embedding_or_norms():
+    """Levanter's reasonable_default: the token embedding and norms are not decayed; the untied
+    output layer and every other linear weight are."""
     cfg = config.OptimizerConfig(lr=0.5, weight_decay=0.2, warmup_frac=0.0)
     opt = optimizer.make(cfg, 10**6)
-    params = {"layers": {"attn_norm": jnp.ones((2, 3)), "q": jnp.ones((2, 3))}, "embed": jnp.ones(3)}
+    params = {"layers": {"attn_norm": jnp.ones((2, 3)), "q": jnp.ones((2, 3))}, "embed": jnp.ones((4, 3)),
+              "final_norm": jnp.ones(3), "lm_head": jnp.ones((3, 4))}
     zero_grads = jax.tree.map(jnp.zeros_like, params)
     updates, _ = opt.update(zero_grads, opt.init(params), params)
+    for name in ("embed", "final_norm"):
+        assert float(jnp.abs(updates[name]).max()) == 0.0, name
     assert float(updates["layers"]["attn_norm"][0, 0]) == 0.0
     np.testing.assert_allclose(updates["layers"]["q"], -0.5 * 0.2, rtol=1e-5)  # decoupled, × lr
-    np.testing.assert_allclose(updates["embed"], -0.5 * 0.2, rtol=1e-5)  # embeddings decay
+    np.testing.assert_allclose(updates["lm_head"], -0.5 * 0.2, rtol=1e-5)  # the output layer decays
 
 
 def test_clip_by_global_norm_one():
@@ -163,12 +168,44 @@ def test_paper_experiment_modules_compose_the_train_flags(tmp_path, module, reci
         f(["x", f"--workdir={tmp_path}/w", f"--real={real}"] + ([f"--synthetic={syn}"] if recipe else []))
         train_main.check_recipe(recipe)
         c = train_main.build_config()
-        assert (c.model.hidden, c.data.epochs, c.data.mix) == (768, 16, mod.DEFAULTS["mix"])
-        assert (c.optimizer.lr, c.optimizer.weight_decay) == (3e-3, 0.8)
+        want = (768, mod.DEFAULTS["epochs"], mod.DEFAULTS["mix"], mod.DEFAULTS["lr"], mod.DEFAULTS["weight_decay"])
+        assert (c.model.hidden, c.data.epochs, c.data.mix, c.optimizer.lr, c.optimizer.weight_decay) == want
+        assert c.model.cross_document_attention and c.data.global_batch == 64
         f.unparse_flags()
         f(["x", f"--workdir={tmp_path}/w", f"--real={real}", f"--synthetic={wrong}"])
         with pytest.raises(app.UsageError, match="recipe 'real'" if recipe else "real data only"):
             train_main.check_recipe(recipe)
+    finally:
+        f.unparse_flags()
+        for k, v in old.items():
+            f.set_default(k, v)
+
+
+def test_paper_defaults_are_the_published_optima(tmp_path):
+    """Marin experiments/data_efficiency: synth_data_regularized_baselines.py (real only, per
+    size) and synth_data_eval_models.py (300m with synthetic data)."""
+    from experiments import baseline, latent_thoughts, simple_rephrase, stitched
+    from experiments import train as train_main
+    point = lambda m: (m.DEFAULTS["mix"], m.DEFAULTS["epochs"], m.DEFAULTS["lr"], m.DEFAULTS["weight_decay"])  # noqa: E731
+    assert point(simple_rephrase) == (0.75, 8, 3e-3, 0.8)
+    assert point(stitched) == point(latent_thoughts) == (0.75, 16, 3e-3, 0.4)
+    f = train_main.FLAGS
+    real = make_store(str(tmp_path / "real"), 8, seq_len=16)
+    old = {k: f[k].default for k in baseline.DEFAULTS}
+    try:
+        for k, v in baseline.DEFAULTS.items():
+            f.set_default(k, v)
+        for preset, want in [("150m", (16, 3e-3, 0.8)), ("300m", (16, 3e-3, 1.6)),
+                             ("600m", (8, 1e-3, 3.2)), ("1.5b", (8, 1e-3, 3.2))]:
+            f.unparse_flags()
+            f(["x", f"--workdir={tmp_path}/w", f"--real={real}", f"--preset={preset}"])
+            train_main.apply_preset_defaults(baseline.BY_PRESET)
+            c = train_main.build_config()
+            assert (c.data.epochs, c.optimizer.lr, c.optimizer.weight_decay) == want, preset
+        f.unparse_flags()
+        f(["x", f"--workdir={tmp_path}/w", f"--real={real}", "--preset=600m", "--epochs=4"])
+        train_main.apply_preset_defaults(baseline.BY_PRESET)
+        assert train_main.build_config().data.epochs == 4  # the command line wins
     finally:
         f.unparse_flags()
         for k, v in old.items():

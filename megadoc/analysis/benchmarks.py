@@ -1,8 +1,13 @@
-"""Multiple-choice benchmarks scored the lm-eval-harness way: PIQA, SciQ, ARC-Easy.
+"""Multiple-choice benchmarks scored as lm-evaluation-harness (0.4.13, HF backend) scores them:
+PIQA, SciQ, ARC-Easy.
 
 Each choice is scored by the summed log-probability of its continuation (" " + choice) given the
 question's prompt; `acc` takes the best-scoring choice, `acc_norm` the best score divided by the
-choice's length in characters. Questions come from local JSONL in each dataset's own layout.
+choice's length in characters; each comes with lm-eval's stderr (sample std / sqrt(n)). Text is
+encoded as lm-eval's HF backend encodes it (`Tokenizer.encode_as_hf`): the tokenizer's own
+prefix (BOS for Llama tokenizers) before the context, and special-token spellings in task text
+("<s>") read as those tokens. Questions come from local JSONL in each dataset's own layout,
+split into records on "\n" only (a U+2028 inside a question is text, as for lm-eval).
 """
 from __future__ import annotations
 
@@ -31,7 +36,9 @@ class Question:
 
 
 def jsonl_rows(path: str) -> Iterator[tuple[int, dict]]:
-    for lineno, line in enumerate(fs.read_text(path).splitlines(), 1):
+    # JSON Lines ends records at "\n" only: splitlines() would also split at U+2028 and other
+    # separators that are valid inside a JSON string.
+    for lineno, line in enumerate(fs.read_text(path).split("\n"), 1):
         if not line.strip():
             continue
         try:
@@ -113,33 +120,45 @@ READERS = {"piqa": read_piqa, "sciq": read_sciq, "arc_easy": read_arc}
 LogLikelihood = Callable[[Sequence[tuple[str, str]]], Sequence[float]]
 
 
+def _stderr(hits: list[float]) -> float | None:
+    """lm-eval's `mean_stderr`: sample standard deviation (n - 1) over sqrt(n)."""
+    return float(np.std(hits, ddof=1) / np.sqrt(len(hits))) if len(hits) > 1 else None
+
+
 def score(questions: Sequence[Question], loglikelihood: LogLikelihood) -> dict:
-    """{"acc", "acc_norm", "n"} over `questions`, all choices scored in one call."""
+    """{"acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "n"} over `questions`, all choices
+    scored in one call."""
     if not questions:
         raise ValueError("no questions to score")
     requests = [(q.context, TARGET_DELIMITER + c) for q in questions for c in q.choices]
     lls = np.asarray(loglikelihood(requests), dtype=np.float64)
     if lls.shape != (len(requests),):
         raise ValueError(f"loglikelihood returned shape {lls.shape} for {len(requests)} requests")
-    acc = acc_norm = 0
+    acc, acc_norm = [], []
     start = 0
     for q in questions:
         ll = lls[start:start + len(q.choices)]
         start += len(q.choices)
-        acc += int(np.argmax(ll)) == q.label
-        acc_norm += int(np.argmax(ll / np.array([len(c) for c in q.choices]))) == q.label
-    n = len(questions)
-    return {"acc": acc / n, "acc_norm": acc_norm / n, "n": n}
+        acc.append(float(int(np.argmax(ll)) == q.label))
+        acc_norm.append(float(int(np.argmax(ll / np.array([float(len(c)) for c in q.choices])))
+                              == q.label))
+    return {"acc": float(np.mean(acc)), "acc_stderr": _stderr(acc),
+            "acc_norm": float(np.mean(acc_norm)), "acc_norm_stderr": _stderr(acc_norm),
+            "n": len(questions)}
 
 
 def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
-    """Tokens of context and continuation, split as lm-eval does: trailing whitespace of the
-    context moves to the continuation, and the continuation is what encoding the whole adds after
-    the context, so a token spanning the boundary is not double counted."""
+    """Tokens of context (with the tokenizer's prefix) and continuation, split as lm-eval does:
+    trailing whitespace of the context moves to the continuation, and the continuation is what
+    encoding the whole adds after the context, so a token spanning the boundary is not double
+    counted. A context that encodes to nothing gets lm-eval's prefix token (BOS, else EOS)."""
     stripped = context.rstrip()
     continuation = context[len(stripped):] + continuation
-    context_ids = tokenizer.encode(stripped)
-    whole = tokenizer.encode(stripped + continuation)
+    context_ids = tokenizer.encode_as_hf(stripped)
+    whole = tokenizer.encode_as_hf(stripped + continuation)
+    if not context_ids:
+        prefix = tokenizer.eos_id if tokenizer.bos_id is None else tokenizer.bos_id
+        return [prefix], whole
     return context_ids, whole[len(context_ids):]
 
 
@@ -159,14 +178,12 @@ def _bucket(length: int, max_len: int) -> int:
 
 
 def token_loglikelihoods(config: llama.LlamaConfig, params,
-                         pairs: Sequence[tuple[list[int], list[int]]], *, prefix_token: int,
-                         batch_size: int, mesh=None,
-                         ensemble_average: str | None = None) -> np.ndarray:
-    """Summed log-prob of each continuation's tokens after `prefix_token` + its context tokens.
+                         pairs: Sequence[tuple[list[int], list[int]]], *, batch_size: int,
+                         mesh=None, ensemble_average: str | None = None) -> np.ndarray:
+    """Summed log-prob of each continuation's tokens after its context tokens.
 
     Requests run longest first in batches of `batch_size`, right-padded to a power-of-two length
     (one compile per length bucket); sequences longer than the model's context keep their end.
-    `prefix_token` is the document separator the model was trained with (EOS for megadoc stores).
     With a mesh, params and batch are sharded over it (batch_size rounded up to fill its shards).
     With `ensemble_average` ("logits" | "probs"), `params` are an ensemble's stacked members
     (`ensemble.stack_params`) and the ensemble's distribution is scored.
@@ -176,7 +193,9 @@ def token_loglikelihoods(config: llama.LlamaConfig, params,
     for i, (ctx, cont) in enumerate(pairs):
         if not cont:
             raise ValueError(f"request {i}: the continuation encodes to no tokens")
-        seqs.append(([prefix_token] + list(ctx) + list(cont))[-(max_len + 1):])
+        if not ctx:
+            raise ValueError(f"request {i}: the context encodes to no tokens")
+        seqs.append((list(ctx) + list(cont))[-(max_len + 1):])
     order = sorted(range(len(pairs)), key=lambda i: -len(seqs[i]))
     out = np.zeros(len(pairs), np.float64)
     if mesh is None:
@@ -215,16 +234,12 @@ def token_loglikelihoods(config: llama.LlamaConfig, params,
 
 
 def model_loglikelihood(config: llama.LlamaConfig, params, tokenizer, *, batch_size: int,
-                        prefix_token: int | None = None, mesh=None,
-                        ensemble_average: str | None = None) -> LogLikelihood:
-    """A `LogLikelihood` backed by a model (or, with `ensemble_average`, by stacked members);
-    the prefix defaults to the tokenizer's EOS."""
-    prefix = tokenizer.eos_id if prefix_token is None else prefix_token
+                        mesh=None, ensemble_average: str | None = None) -> LogLikelihood:
+    """A `LogLikelihood` backed by a model (or, with `ensemble_average`, by stacked members)."""
 
     def loglikelihood(requests):
         pairs = [encode_pair(tokenizer, ctx, cont) for ctx, cont in requests]
-        return token_loglikelihoods(config, params, pairs, prefix_token=prefix,
-                                    batch_size=batch_size, mesh=mesh,
+        return token_loglikelihoods(config, params, pairs, batch_size=batch_size, mesh=mesh,
                                     ensemble_average=ensemble_average)
 
     return loglikelihood

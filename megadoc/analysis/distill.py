@@ -22,6 +22,7 @@ from megadoc.analysis import ensemble
 from megadoc.data import loader as loader_lib
 from megadoc.data import schedule as schedule_lib
 from megadoc.data import store as store_lib
+from megadoc.data import validation
 from megadoc.models import llama, sharding
 from megadoc.train import checkpoint, evaluate, metrics
 from megadoc.train import config as config_lib
@@ -127,7 +128,7 @@ def distill(cfg: DistillConfig, teacher_config: llama.LlamaConfig, teacher_stack
     loop_lib.check_writable(cfg.workdir)
     real = store_lib.open(cfg.data.real)
     synthetic = store_lib.open(cfg.data.synthetic) if cfg.data.synthetic else None
-    val = {name: store_lib.open(path) for name, path in cfg.val}
+    val = validation.open_sets(cfg.val, real)
     schedule = schedule_lib.MixSchedule(
         len(real), len(synthetic) if synthetic else 0, cfg.data.global_batch, cfg.data.mix,
         cfg.data.epochs, cfg.data.seed)
@@ -199,6 +200,7 @@ def distill(cfg: DistillConfig, teacher_config: llama.LlamaConfig, teacher_stack
         print("[distill] eval: " + ", ".join(f"{n} {v:.4f}" for n, v in evals.items()), flush=True)
     writer.flush()
     summary = {"status": "finished", "config": run, "final_step": num_steps, "eval": evals,
+               **{f"val/{k}": v for k, v in evals.items()}, "windows": schedule.counts(),
                "teacher_members": members, "num_params": llama.num_params(cfg.model)}
     checkpoint.save_json(fs.join(cfg.workdir, "summary.json"), summary)
     return summary

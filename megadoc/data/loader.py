@@ -91,7 +91,7 @@ def _batch_shards(sharding) -> int:
 def _check_stores(schedule, real, synthetic) -> None:
     if len(real) != schedule.num_real:
         raise ValueError(f"{real.path}: {len(real)} windows, schedule expects {schedule.num_real}")
-    if schedule.synthetic_per_batch == 0:
+    if schedule.mix == 0:
         return
     if synthetic is None or len(synthetic) != schedule.num_synthetic:
         raise ValueError(f"synthetic store {getattr(synthetic, 'path', None)}: expected "

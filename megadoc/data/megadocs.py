@@ -1,28 +1,40 @@
 """Megadoc recipes: pure functions from one document and its generations to stream documents.
 
-    real      [text]
-    simple    each generation its own document (by method, then sample order), then the real
-              text as its own document when include_real
-    stitched  one megadoc: the generations in that order joined by SEPARATOR, with the real text
-              last | first | absent (real_position); with "none" and include_real the real text
-              is added as its own document instead
-    latent    one megadoc: the real text with each thought inserted at its character offset as
-              <think>thought</think> (offset order, then sample order); deleting the think spans
+A stream document is what the prepare job permutes, tokenizes and packs as one unit: its pieces
+are each followed by EOS in the stream, and the whole starts with BOS when the tokenizer has one
+(papers §3.1 / §4.1, Appendix H).
+
+    real      one stream document: the real text
+    simple    every generation its own stream document (by method, then sample order), and the
+              real text its own when include_real: each is shuffled independently across the
+              whole corpus ("shuffled as independent short documents", §1)
+    stitched  one stream document per source: its generations in that order and the real text,
+              joined with EOS ("all rephrases and the real doc (with EOS)", §4.1), the real text
+              last | first | absent (real_position); with "none" and include_real the real text is
+              its own stream document instead
+    latent    one stream document: the real text with each thought inserted at its character offset
+              as <think>thought</think> (offset order, then sample order); deleting the think spans
               gives back the real text exactly
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 
 RECIPES = ("real", "simple", "stitched", "latent")
 REAL_POSITIONS = ("last", "first", "none")
-SEPARATOR = "\n\n"
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 _THINK_SPAN = re.compile(re.escape(THINK_OPEN) + ".*?" + re.escape(THINK_CLOSE), re.DOTALL)
 
 
+@dataclasses.dataclass(frozen=True)
+class StreamDocument:
+    part: str  # which part of its source this is: "" for the source's main document, else e.g. "rephrase 3"
+    pieces: tuple[str, ...]  # each followed by EOS in the stream
+
+
 def build_documents(recipe: str, doc: dict, generations: list[dict], *,
-                    real_position: str = "last", include_real: bool = True) -> list[str]:
+                    real_position: str = "last", include_real: bool = True) -> list[StreamDocument]:
     """Any generation method but latent thoughts feeds simple and stitched: rephrases, QA
     pairs, focal rewrites and EntiGraph texts alike."""
     if recipe not in RECIPES:
@@ -30,26 +42,27 @@ def build_documents(recipe: str, doc: dict, generations: list[dict], *,
     if real_position not in REAL_POSITIONS:
         raise ValueError(f"real_position {real_position!r}: expected one of {REAL_POSITIONS}")
     text = doc["text"]
+    real = [StreamDocument("", (text,))] if include_real else []
     if recipe == "real":
-        return [text]
+        return [StreamDocument("", (text,))]
     if recipe == "latent":
         if not include_real:
             raise ValueError("a latent megadoc is the real text with thoughts in it: "
                              "include_real=False has no meaning for it")
         thoughts = sorted((g for g in generations if g["method"] == "latent_thought"),
                           key=lambda g: (g["offset"], g["sample"]))
-        return [insert_thoughts(text, thoughts, doc_id=doc["id"])]
-    rephrases = [g["text"] for g in sorted((g for g in generations if g["method"] != "latent_thought"),
-                                           key=lambda g: (g["method"], g["sample"]))]
+        return [StreamDocument("", (insert_thoughts(text, thoughts, doc_id=doc["id"]),))]
+    rephrases = sorted((g for g in generations if g["method"] != "latent_thought"),
+                       key=lambda g: (g["method"], g["sample"]))
     if recipe == "simple":
-        return rephrases + ([text] if include_real else [])
+        return [StreamDocument(f"{g['method']} {g['sample']}", (g["text"],)) for g in rephrases] + real
+    texts = tuple(g["text"] for g in rephrases)
     if real_position == "none":
-        return [SEPARATOR.join(rephrases)] + ([text] if include_real else [])
+        return ([StreamDocument("rephrases", texts)] if texts else []) + real
     if not include_real:
         raise ValueError(f"real_position={real_position!r} puts the real text in the megadoc; "
                          f"use real_position='none' to leave it out")
-    pieces = rephrases + [text] if real_position == "last" else [text] + rephrases
-    return [SEPARATOR.join(pieces)]
+    return [StreamDocument("", texts + (text,) if real_position == "last" else (text,) + texts)]
 
 
 def insert_thoughts(text: str, thoughts: list[dict], *, doc_id: str = "?") -> str:

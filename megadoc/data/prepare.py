@@ -1,16 +1,22 @@
 """The prepare job: documents (+ generations) → one tokenized, permuted window store.
 
-Memory stays bounded by one bucket, not the corpus: pass 1 streams the inputs into `buckets`
-local spill files by a seeded hash of the document id, so a document and its generations land in
-the same bucket; pass 2 takes the buckets in order, sorts each by that hash (together: a seeded
-permutation of the documents that does not depend on input order or file layout), builds the
-recipe's documents, tokenizes them in a process pool, joins them with EOS and writes windows as
-they fill. Skipped records are counted by reason, logged with file and line, and recorded in the
-store's metadata.
+A store is the paper's stream (§3.1, §4.1, Appendix H): a seeded random permutation of its
+*stream documents* (megadocs.StreamDocument), each BOS (when the tokenizer has one) + pieces each
+followed by EOS, concatenated and cut into windows; the trainer permutes the windows once.
 
-Restart: a complete store with the same settings is kept as is. After each bucket the job
-records a resume point (prepare_progress.json: windows written, the unfinished tail, counts);
-a restarted job with the same settings redoes the cheap spill pass and continues after the last
+Memory stays bounded by one bucket, not the corpus. Pass 1 streams the inputs into `buckets`
+local spill files by a seeded hash of the document id, so a document and its generations land in
+the same bucket. Pass 2 takes those buckets one at a time, checks the generations against their
+document, builds the recipe's stream documents and spills each by its own key: a seeded hash of
+(document id, part), so `simple`'s rephrases scatter across the whole corpus while a megadoc
+stays one unit. Pass 3 takes the stream buckets in order, sorts each by key (together: a seeded
+permutation that does not depend on input order or file layout), tokenizes in a process pool and
+writes windows as they fill. Skipped records are counted by reason, logged with file and line,
+and recorded in the store's metadata.
+
+Restart: a complete store with the same settings is kept as is. After each pass-3 bucket the job
+records a resume point (prepare_progress.json: windows written, the unfinished tail, counts); a
+restarted job with the same settings redoes the cheap passes 1 and 2 and continues after the last
 finished bucket, so its store is identical to an uninterrupted run. Any other partial store is
 rewritten from scratch.
 """
@@ -66,34 +72,83 @@ class PrepareConfig:
             raise ValueError("--seq_len, --workers and --buckets must be >= 1")
 
     def settings(self) -> dict:
-        """What determines the store's contents (workers and buckets do not)."""
+        """What determines the store's contents (workers and buckets do not), with the size and
+        version of every input file, so that a store over changed inputs is never reused."""
         out = dataclasses.asdict(self)
         del out["workers"], out["buckets"]
+        files = docs_lib.expand(self.docs) + (docs_lib.expand(self.generations)
+                                              if self.generations else [])
+        out["inputs"] = [dict(file=f, **fs.version(f)) for f in files]
         return out
 
 
-def doc_key(seed: int, doc_id: str) -> int:
-    return int.from_bytes(hashlib.blake2b(f"{seed}\0{doc_id}".encode(), digest_size=8).digest(), "big")
+def differing_settings(old: dict, new: dict) -> list[str]:
+    """Settings that differ, each as "name: old -> new"; the --output's own location and the
+    spelling of a local path (`./x` is `x`) do not count."""
+    def comparable(settings: dict) -> dict:
+        out = {k: v for k, v in settings.items() if k != "output"}
+        for k in ("docs", "generations", "tokenizer"):
+            if out.get(k) and not fs.is_gcs(out[k]):
+                out[k] = os.path.normpath(out[k])
+        out["inputs"] = [dict(f, file=f["file"] if fs.is_gcs(f["file"])
+                              else os.path.normpath(f["file"])) for f in out.get("inputs") or []]
+        return out
+    a, b = comparable(old), comparable(new)
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
+            if a.get(k) != b.get(k)]
+
+
+def doc_key(seed: int, doc_id: str, part: str = "") -> int:
+    """The permutation key of a document's stream document `part` ("" for its main one)."""
+    name = f"{doc_id}\0{part}" if part else doc_id
+    return int.from_bytes(hashlib.blake2b(f"{seed}\0{name}".encode(), digest_size=8).digest(), "big")
 
 
 def prepare(config: PrepareConfig) -> dict:
     config.check()
     if store_lib.is_complete(config.output):
         existing = store_lib.open(config.output).metadata
-        if existing.get("settings") != config.settings():
-            raise ValueError(f"{config.output}: holds a complete store prepared with other settings "
-                             f"{existing.get('settings')}; remove it or choose another --output")
+        changed = differing_settings(existing.get("settings") or {}, config.settings())
+        if changed:
+            raise ValueError(f"{config.output}: holds a complete store prepared with other "
+                             f"settings ({'; '.join(changed)}); remove it or choose another "
+                             f"--output")
         print(f"[prepare] {config.output} is already complete; nothing to do", flush=True)
         return existing
     fs.check_writable(config.output)  # a missing or read-only bucket fails now, not at the end
     tokenizer = tokenizer_lib.load(config.tokenizer)
     bad = docs_lib.BadRecords()
-    spill = tempfile.mkdtemp(prefix="megadoc-prepare-")
+    spill = _spill_directory()
     try:
         counts, doc_buckets, gen_buckets = _spill(config, spill, bad)
-        return _write(config, tokenizer, doc_buckets, gen_buckets, bad, counts)
+        stream_buckets = _spill_stream_documents(config, spill, doc_buckets, gen_buckets, bad, counts)
+        return _write(config, tokenizer, stream_buckets, bad, counts)
     finally:
         shutil.rmtree(spill, ignore_errors=True)
+
+
+_SPILL_PREFIX = "megadoc-prepare-"
+
+
+def _spill_directory() -> str:
+    """A fresh local spill directory named after this process; those of killed prepare jobs
+    (a full copy of their corpus each) are removed first."""
+    root = tempfile.gettempdir()
+    for name in os.listdir(root):
+        pid = name[len(_SPILL_PREFIX):].split("-")[0]
+        if name.startswith(_SPILL_PREFIX) and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+    return tempfile.mkdtemp(prefix=f"{_SPILL_PREFIX}{os.getpid()}-", dir=root)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # another user's live process
+    return True
 
 
 class _Buckets:
@@ -146,8 +201,21 @@ def _spill(config: PrepareConfig, spill: str, bad: docs_lib.BadRecords):
     return counts, docs, gens
 
 
-def _bucket_documents(config, docs: list[dict], gens: list[dict], bad, counts) -> list[str]:
-    """This bucket's stream documents, in permutation order."""
+def _spill_stream_documents(config, spill: str, doc_buckets, gen_buckets, bad, counts) -> _Buckets:
+    streams = _Buckets(spill, "streams", config.buckets)
+    for b in range(config.buckets):
+        for doc_id, stream_doc in _bucket_documents(config, doc_buckets.read(b), gen_buckets.read(b),
+                                                    bad, counts):
+            key = doc_key(config.seed, doc_id, stream_doc.part)
+            streams.write(key, {"key": key, "doc_id": doc_id, "part": stream_doc.part,
+                                "pieces": stream_doc.pieces})
+    streams.close()
+    return streams
+
+
+def _bucket_documents(config, docs: list[dict], gens: list[dict], bad,
+                      counts) -> list[tuple[str, megadocs.StreamDocument]]:
+    """(document id, stream document) for this bucket's documents, checked against each other."""
     by_id: dict[str, dict] = {}
     for d in sorted(docs, key=lambda d: d["order"]):
         if d["id"] in by_id:
@@ -170,7 +238,7 @@ def _bucket_documents(config, docs: list[dict], gens: list[dict], bad, counts) -
             seen.add(identity)
             grouped[g["doc_id"]].append(g)
     out = []
-    for doc in sorted(by_id.values(), key=lambda d: (doc_key(config.seed, d["id"]), d["id"])):
+    for doc in by_id.values():
         generations = grouped.get(doc["id"], [])
         counts["docs_used"] += 1
         counts["generations_used"] += len(generations)
@@ -178,12 +246,16 @@ def _bucket_documents(config, docs: list[dict], gens: list[dict], bad, counts) -
             counts[f"finish_reason/{g.get('finish_reason')}"] += 1
         if config.recipe in SYNTHETIC_RECIPES and not generations:
             counts["docs_without_generations"] += 1
-        texts = megadocs.build_documents(config.recipe, doc, generations,
-                                         real_position=config.real_position,
-                                         include_real=config.include_real)
-        counts["empty_built_documents"] += sum(1 for t in texts if not t)
-        out += [t for t in texts if t]
+        out += [(doc["id"], d) for d in megadocs.build_documents(
+            config.recipe, doc, generations, real_position=config.real_position,
+            include_real=config.include_real)]
     return out
+
+
+def _stream_documents(streams: _Buckets, b: int) -> list[list[str]]:
+    """Bucket b's stream documents (their pieces), in permutation order."""
+    records = sorted(streams.read(b), key=lambda r: (r["key"], r["doc_id"], r["part"]))
+    return [r["pieces"] for r in records]
 
 
 _worker_tokenizer = None
@@ -194,15 +266,21 @@ def _init_worker(path: str) -> None:
     _worker_tokenizer = tokenizer_lib.load(path)
 
 
-def _encode_document(tokenizer, text: str) -> np.ndarray:
-    return np.asarray(tokenizer.encode(text) + [tokenizer.eos_id], np.int32)
+def encode_document(tokenizer, pieces) -> np.ndarray:
+    """BOS + piece + EOS + piece + EOS ...: Levanter's `BatchTokenizer` enforces BOS and EOS on
+    every document (src/levanter/data/text.py), as Llama 3's tokenizer adds <|begin_of_text|>;
+    a tokenizer without BOS gets none."""
+    ids = [] if tokenizer.bos_id is None else [tokenizer.bos_id]
+    for piece in pieces:
+        ids += tokenizer.encode(piece) + [tokenizer.eos_id]
+    return np.asarray(ids, np.int32)
 
 
-def _encode(text: str) -> np.ndarray:
-    return _encode_document(_worker_tokenizer, text)
+def _encode(pieces) -> np.ndarray:
+    return encode_document(_worker_tokenizer, pieces)
 
 
-def _write(config, tokenizer, doc_buckets, gen_buckets, bad, counts) -> dict:
+def _write(config, tokenizer, stream_buckets, bad, counts) -> dict:
     resume = _read_progress(config, tokenizer)
     windower = Windower(config.seq_len)
     if resume:
@@ -222,12 +300,11 @@ def _write(config, tokenizer, doc_buckets, gen_buckets, bad, counts) -> dict:
         pool = multiprocessing.get_context("spawn").Pool(
             config.workers, initializer=_init_worker, initargs=(config.tokenizer,))
     encode = (lambda texts: pool.imap(_encode, texts, chunksize=16)) if pool else (
-        lambda texts: (_encode_document(tokenizer, t) for t in texts))
+        lambda texts: (encode_document(tokenizer, t) for t in texts))
     rate = _Rate(counts["docs_used"], windower.num_tokens)
     try:
         for b in range(first_bucket, config.buckets):
-            texts = _bucket_documents(config, doc_buckets.read(b), gen_buckets.read(b), bad, counts)
-            for ids in encode(texts):
+            for ids in encode(_stream_documents(stream_buckets, b)):
                 counts["documents"] += 1
                 for block in windower.add(ids):
                     writer.append(*block)
@@ -240,6 +317,11 @@ def _write(config, tokenizer, doc_buckets, gen_buckets, bad, counts) -> dict:
         if pool:
             pool.close()
             pool.join()
+    if config.recipe in SYNTHETIC_RECIPES and not counts["generations_used"]:
+        raise ValueError(
+            f"{config.generations}: none of its {counts['generations_read']} generations can be "
+            f"used with the documents of {config.docs} (skipped: {dict(bad.counts) or 'none'}); "
+            f"a {config.recipe} store would hold real text only")
     if writer.num_windows == 0:
         raise ValueError(f"{config.docs}: {windower.num_tokens} tokens in all, fewer than "
                          f"seq_len+1={config.seq_len + 1}: no window can be made")
@@ -251,6 +333,7 @@ def _write(config, tokenizer, doc_buckets, gen_buckets, bad, counts) -> dict:
         "tokenizer_fingerprint": tokenizer.fingerprint,
         "vocab_size": tokenizer.vocab_size,
         "eos_id": tokenizer.eos_id,
+        "bos_id": tokenizer.bos_id,
         "num_tokens": windower.num_tokens,
         "dropped_tail_tokens": windower.leftover_tokens,
         "counts": dict(sorted(counts.items())),
@@ -279,7 +362,8 @@ def _read_progress(config, tokenizer) -> dict | None:
     if not fs.exists(path):
         return None
     progress = json.loads(fs.read_text(path))
-    same = (progress["settings"] == config.settings() and progress["buckets"] == config.buckets
+    same = (not differing_settings(progress["settings"], config.settings())
+            and progress["buckets"] == config.buckets
             and progress["tokenizer_fingerprint"] == tokenizer.fingerprint)
     if not same:
         print(f"[prepare] {config.output}: partial store from other settings; starting afresh",

@@ -13,6 +13,7 @@ truncated shard is an error, never a batch of zeros.
 from __future__ import annotations
 
 import json
+import os
 from typing import Sequence
 
 import numpy as np
@@ -24,6 +25,9 @@ FORMAT = "megadoc.windows/1"
 METADATA = "metadata.json"
 ARRAYS = ("tokens", "segment_ids")
 _FILL = {"tokens": -1, "segment_ids": 0}
+# What a store directory may hold (prepare keeps its resume point beside the arrays): only a
+# directory holding nothing else is ever replaced by a new store.
+OWN_ENTRIES = (*ARRAYS, METADATA, "prepare_progress.json")
 _SHARD_BYTES = 8 << 20
 
 
@@ -51,6 +55,7 @@ class StoreWriter:
         self._pending: list[dict[str, np.ndarray]] = []
         self._pending_rows = 0
         if resume_at is None:
+            check_replaceable(path)
             if fs.exists(path):
                 fs.rmtree(path)
             fs.makedirs(path)
@@ -130,6 +135,19 @@ class StoreWriter:
                         num_windows=self.num_windows, shard_windows=self.shard_windows)
         fs.write_text(fs.join(self.path, METADATA), json.dumps(metadata, indent=1, sort_keys=True))
         return metadata
+
+
+def check_replaceable(path: str) -> None:
+    """Refuses to start a store where something other than a window store (complete or in
+    progress) lives: a mistyped --output must never delete a user's files."""
+    if not fs.is_gcs(path) and os.path.isfile(path):
+        raise FileExistsError(f"{path}: is a file, not a window store; choose another --output")
+    foreign = [n for n in fs.listdir(path)
+               if n not in OWN_ENTRIES and not n.startswith((".tmp-", ".write-probe"))]
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        raise FileExistsError(f"{path}: holds files that are not a window store ({shown}); "
+                              f"refusing to replace it: choose an empty or new --output")
 
 
 class WindowStore:

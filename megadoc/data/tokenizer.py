@@ -1,7 +1,8 @@
 """Tokenizers behind one small interface: sentencepiece `.model` and Hugging Face `tokenizer.json`.
 
 `encode` never adds BOS/EOS and never turns text into a special token; the prepare job joins
-documents with `eos_id` itself. `fingerprint`
+documents with `eos_id` itself. `encode_as_hf` is the other convention, Hugging Face's
+`tokenizer.encode(text)`, which lm-evaluation-harness's HF backend scores with. `fingerprint`
 hashes the model itself, so a window store can refuse a model trained with another vocabulary.
 """
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 from typing import Iterable, Protocol
 
 from megadoc import fs
@@ -26,6 +28,8 @@ class Tokenizer(Protocol):
 
     def encode(self, text: str) -> list[int]: ...
 
+    def encode_as_hf(self, text: str) -> list[int]: ...
+
     def decode(self, ids: Iterable[int]) -> str: ...
 
     def special_token_id(self, name: str) -> int | None: ...
@@ -36,7 +40,10 @@ class SentencePieceTokenizer:
         import sentencepiece as spm
 
         self.path = path
-        self._sp = spm.SentencePieceProcessor(model_proto=model_bytes)
+        try:
+            self._sp = spm.SentencePieceProcessor(model_proto=model_bytes)
+        except (RuntimeError, TypeError) as e:
+            raise ValueError(f"{path}: not a sentencepiece model ({e})") from e
         self.fingerprint = "spm:" + hashlib.sha256(model_bytes).hexdigest()[:16]
         self.vocab_size = self._sp.vocab_size()
         if self._sp.eos_id() < 0:
@@ -46,6 +53,16 @@ class SentencePieceTokenizer:
 
     def encode(self, text: str) -> list[int]:
         return self._sp.encode(text)
+
+    def encode_as_hf(self, text: str) -> list[int]:
+        """BOS, then the text with its spellings of BOS/EOS read as those tokens, as Hugging
+        Face's sentencepiece Llama tokenizer splits text on its special tokens."""
+        specials = {self._sp.id_to_piece(i): i for i in (self.bos_id, self.eos_id) if i is not None}
+        pattern = "(" + "|".join(re.escape(p) for p in specials) + ")"
+        ids = [] if self.bos_id is None else [self.bos_id]
+        for chunk in re.split(pattern, text):
+            ids += [specials[chunk]] if chunk in specials else self._sp.encode(chunk) if chunk else []
+        return ids
 
     def decode(self, ids: Iterable[int]) -> str:
         return self._sp.decode([int(i) for i in ids])
@@ -62,10 +79,14 @@ class HFTokenizer:
         import tokenizers
 
         self.path = path
-        self._tok = tokenizers.Tokenizer.from_str(tokenizer_json)
+        try:
+            self._tok = tokenizers.Tokenizer.from_str(tokenizer_json)
+        except Exception as e:  # noqa: BLE001 — tokenizers raises a bare Exception
+            raise ValueError(f"{path}: not a valid tokenizer.json ({e})") from e
         # Text that spells a special token ("<|end_of_text|>" in a web page) stays text; callers
         # that want a special token ask for its id (special_token_id).
         self._tok.encode_special_tokens = True
+        self._hf_tok = tokenizers.Tokenizer.from_str(tokenizer_json)  # specials in text are specials
         spec = json.loads(tokenizer_json)
         canonical = json.dumps([spec["model"], spec.get("added_tokens")], sort_keys=True)
         self.fingerprint = "hf:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
@@ -88,6 +109,11 @@ class HFTokenizer:
     def encode(self, text: str) -> list[int]:
         return self._tok.encode(text, add_special_tokens=False).ids
 
+    def encode_as_hf(self, text: str) -> list[int]:
+        """With the post-processor's tokens (BOS for Llama tokenizers), special-token spellings in
+        the text read as those tokens: what transformers' `tokenizer.encode(text)` returns."""
+        return self._hf_tok.encode(text, add_special_tokens=True).ids
+
     def decode(self, ids: Iterable[int]) -> str:
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
 
@@ -103,6 +129,8 @@ def load(path: str) -> Tokenizer:
     if path.endswith(".model"):
         return SentencePieceTokenizer(fs.read_bytes(path), path)
     names = fs.listdir(path)
+    if not names and not fs.exists(path):
+        raise FileNotFoundError(f"{path}: no such tokenizer file or directory")
     if "tokenizer.json" in names:
         config = fs.join(path, "tokenizer_config.json") if "tokenizer_config.json" in names else None
         return _load_hf(fs.join(path, "tokenizer.json"), config)
@@ -116,7 +144,10 @@ def load(path: str) -> Tokenizer:
 
 
 def _load_hf(path: str, config_path: str | None) -> HFTokenizer:
-    config = json.loads(fs.read_text(config_path)) if config_path else None
+    try:
+        config = json.loads(fs.read_text(config_path)) if config_path else None
+    except ValueError as e:
+        raise ValueError(f"{config_path}: not valid JSON ({e})") from e
     return HFTokenizer(fs.read_text(path), path, config)
 
 

@@ -121,7 +121,9 @@ def num_params(config: LlamaConfig) -> int:
                                                      is_leaf=lambda x: isinstance(x, tuple)))
 
 
-# Fan-in of each weight: init std is 1/sqrt(fan_in), i.e. variance ∝ 1/hidden for every matrix.
+# Haliax's initialisers (src/haliax/nn/linear.py, nn/embedding.py at f41e7d4), which the papers'
+# Levanter runs used: every linear weight, the untied output layer included, is truncated-normal(±3)
+# × 1/sqrt(fan_in); the token embedding is truncated-normal(±3) × 1/hidden; norm scales are 1.
 def _fan_in(name, config):
     return {"o": config.heads * config.head_dim, "down": config.ffn}.get(name, config.hidden)
 
@@ -135,9 +137,9 @@ def init(config: LlamaConfig, key: jax.Array) -> dict:
         name = path[-1].key
         if name.endswith("norm"):
             leaves.append(jnp.ones(shape, jnp.float32))
-        else:
-            std = 1.0 / math.sqrt(_fan_in(name, config))
-            leaves.append(std * jax.random.normal(k, shape, jnp.float32))
+            continue
+        scale = 1.0 / config.hidden if name == "embed" else 1.0 / math.sqrt(_fan_in(name, config))
+        leaves.append(scale * jax.random.truncated_normal(k, -3.0, 3.0, shape, jnp.float32))
     return jax.tree.unflatten(treedef, leaves)
 
 

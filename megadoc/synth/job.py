@@ -84,6 +84,10 @@ class JobConfig:
         for name in ("generations", "splits", "batch_size", "shard_size", "tensor_parallel"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if not self.temperature >= 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if (self.method == "focal_rewrite") != bool(self.questions):
             raise ValueError("questions (records with a question per document) go with "
                              "method focal_rewrite, and only with it")
@@ -156,11 +160,47 @@ class _Shards:
         entries = sorted(self.records.pop(shard), key=lambda x: x[0])
         rows = [r for _, r, _ in entries]
         docs_lib.write_jsonl(shard_path(self.output, shard), rows)
+        written = fs.read_bytes(shard_path(self.output, shard))
         counts = collections.Counter(r["finish_reason"] for r in rows)
         fs.write_text(marker_path(self.output, shard), json.dumps(
-            {"records": len(rows), "finish_reason": dict(counts),
-             "generated_tokens": sum(n for _, _, n in entries)}))
+            {"records": len(rows), "sha256": hashlib.sha256(written).hexdigest(),
+             "finish_reason": dict(counts), "generated_tokens": sum(n for _, _, n in entries)}))
         self.written.append(shard)
+
+
+def shard_problem(output: str, shard: int) -> str | None:
+    """Why a shard with a done marker cannot be trusted (missing, truncated, changed), or None
+    when its file still has the records and checksum its marker recorded."""
+    try:
+        marker = json.loads(fs.read_text(marker_path(output, shard)))
+        data = fs.read_bytes(shard_path(output, shard))
+    except FileNotFoundError as e:
+        return f"{e.filename} is missing"
+    except ValueError as e:
+        return f"{marker_path(output, shard)} is corrupt ({e})"
+    records = data.count(b"\n")
+    if records != marker.get("records"):
+        return (f"{shard_path(output, shard)} holds {records} records, its marker says "
+                f"{marker.get('records')}")
+    if "sha256" in marker and hashlib.sha256(data).hexdigest() != marker["sha256"]:
+        return f"{shard_path(output, shard)} does not match the checksum in its marker"
+    return None
+
+
+def _finished_shards(output: str, shards: list[int]) -> set[int]:
+    """The shards whose markers are backed by intact files; a failing one loses its marker and
+    is redone."""
+    done = set()
+    for j in shards:
+        if not fs.exists(marker_path(output, j)):
+            continue
+        problem = shard_problem(output, j)
+        if problem is None:
+            done.add(j)
+        else:
+            print(f"[synth] shard {j} was finished but {problem}; redoing it", flush=True)
+            fs.remove(marker_path(output, j))
+    return done
 
 
 def _summary(output: str, num_shards: int, extra: dict) -> dict:
@@ -194,7 +234,8 @@ def run(cfg: JobConfig) -> dict:
     num_shards = math.ceil(num_docs / cfg.shard_size)
     mesh = sharding.make_mesh(tensor=cfg.tensor_parallel, devices=jax.local_devices())
     gen = generator_lib.load(cfg.generator, mesh)
-    max_new = cfg.max_new_tokens or PAPER_MAX_NEW_TOKENS[cfg.method]
+    max_new = (PAPER_MAX_NEW_TOKENS[cfg.method] if cfg.max_new_tokens is None
+               else cfg.max_new_tokens)
     fs.makedirs(fs.join(cfg.output, "_job"))
     _check_job_config(fs.join(cfg.output, "_job", "config.json"), {
         "method": cfg.method, "generator": gen.name, "template": template.name, "seed": cfg.seed,
@@ -205,7 +246,8 @@ def run(cfg: JobConfig) -> dict:
         "num_docs": num_docs})
 
     mine = owned_shards(num_shards, process_index, process_count)
-    todo = [j for j in mine if not fs.exists(marker_path(cfg.output, j))]
+    finished = _finished_shards(cfg.output, mine)
+    todo = [j for j in mine if j not in finished]
     print(f"[synth] {num_docs} docs in {num_shards} shards; process {process_index}/"
           f"{process_count} owns {len(mine)}, {len(mine) - len(todo)} already done", flush=True)
     docs_todo = sum(min(cfg.shard_size, num_docs - j * cfg.shard_size) for j in todo)

@@ -27,7 +27,7 @@ def manager(workdir: str, keep: int | None = None,
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, create=not read_only, read_only=read_only,
         enable_async_checkpointing=not read_only, cleanup_tmp_directories=not read_only)
-    return ocp.CheckpointManager(directory(workdir), options=options,
+    return ocp.CheckpointManager(fs.storage_path(directory(workdir)), options=options,
                                  item_names=("state", "run", "loader"))
 
 
@@ -60,6 +60,36 @@ def restore_state(mgr: ocp.CheckpointManager, step: int, target: dict) -> dict:
     return restored["state"]
 
 
+def restore_newest(mgr: ocp.CheckpointManager, target: dict, check) -> tuple[dict, int] | None:
+    """(state, step) of the newest checkpoint that restores, after `check(its run record)`
+    (which raises to refuse another run's checkpoints); None when there is none. An unreadable
+    one (a save cut short by a full disk, a truncated or deleted file) is reported, deleted so
+    that the run can save that step again, and the next older one tried."""
+    skipped = []
+    for step in sorted(mgr.all_steps(), reverse=True):
+        try:
+            run = read_run(mgr, step)
+        except Exception as e:  # noqa: BLE001 — orbax raises many kinds on damaged files
+            skipped.append(_skip(mgr, step, e))
+            continue
+        check(run)
+        try:
+            return restore_state(mgr, step, target), step
+        except Exception as e:  # noqa: BLE001
+            skipped.append(_skip(mgr, step, e))
+    if skipped:
+        raise ValueError(f"{mgr.directory}: no checkpoint restores ({'; '.join(skipped)}); "
+                         f"use a new --workdir or remove the checkpoints to start afresh")
+    return None
+
+
+def _skip(mgr: ocp.CheckpointManager, step: int, error: Exception) -> str:
+    reason = f"checkpoint {step}: {type(error).__name__}: {str(error).splitlines()[0][:300]}"
+    print(f"[train] {mgr.directory}: skipping unreadable {reason}; deleting it", flush=True)
+    mgr.delete(step)
+    return reason
+
+
 def load_params(workdir: str, step: int | None = None) -> tuple[llama.LlamaConfig, dict]:
     """(model_config, params) of the newest complete checkpoint in `workdir` (or of `step`).
     Params come back replicated on the local devices' default placement."""
@@ -79,6 +109,30 @@ def load_params(workdir: str, step: int | None = None) -> tuple[llama.LlamaConfi
                                              target)})))
     mgr.close()
     return model_config, restored["state"]["params"]
+
+
+def tokenizer_fingerprint(workdir: str) -> str | None:
+    """The fingerprint of the tokenizer the run's training data was prepared with, from its
+    newest checkpoint's run record (None when the run recorded none)."""
+    mgr = manager(workdir, read_only=True)
+    try:
+        step = mgr.latest_step()
+        if step is None:
+            raise FileNotFoundError(f"{directory(workdir)}: no complete checkpoint")
+        stores = read_run(mgr, step).get("stores") or {}
+    finally:
+        mgr.close()
+    return (stores.get("real") or {}).get("tokenizer_fingerprint")
+
+
+def check_tokenizer(workdir: str, tokenizer) -> None:
+    """Refuse to score a run with a tokenizer other than its training data's: same vocab size
+    or not, the token ids would mean other strings and every accuracy would be wrong."""
+    want = tokenizer_fingerprint(workdir)
+    if want is not None and want != tokenizer.fingerprint:
+        raise ValueError(f"{getattr(tokenizer, 'path', 'tokenizer')}: fingerprint "
+                         f"{tokenizer.fingerprint}, but {workdir} was trained on data tokenized "
+                         f"with {want}; pass the tokenizer its stores were prepared with")
 
 
 def model_config_from_dict(d: dict) -> llama.LlamaConfig:

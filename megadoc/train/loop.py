@@ -7,6 +7,7 @@ metrics, so it never waits on the device except at saves and evals.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import signal
 import time
@@ -19,6 +20,7 @@ from megadoc import fs
 from megadoc.data import loader as loader_lib
 from megadoc.data import schedule as schedule_lib
 from megadoc.data import store as store_lib
+from megadoc.data import validation
 from megadoc.models import llama, sharding
 from megadoc.train import checkpoint, evaluate, metrics
 from megadoc.train import config as config_lib
@@ -26,6 +28,7 @@ from megadoc.train import optimizer as optimizer_lib
 from megadoc.train import pretrained
 from megadoc.train import state as state_lib
 from megadoc.train import step as step_lib
+from megadoc.train import workdir_lock
 
 STORE_IDENTITY = ("tokenizer_fingerprint", "vocab_size", "seq_len", "num_windows", "num_tokens",
                   "recipe")
@@ -36,9 +39,7 @@ def open_stores(cfg: config_lib.TrainConfig) -> dict:
     to fit the model."""
     real = store_lib.open(cfg.data.real)
     synthetic = store_lib.open(cfg.data.synthetic) if cfg.data.synthetic else None
-    if cfg.data.mix > 0 and synthetic is None:
-        raise ValueError(f"mix={cfg.data.mix} needs a synthetic store (--synthetic)")
-    val = {name: store_lib.open(path) for name, path in cfg.val}
+    val = validation.open_sets(cfg.val, real)
     fingerprint = real.metadata.get("tokenizer_fingerprint")
     for s in [synthetic, *val.values()]:
         if s is not None and s.metadata.get("tokenizer_fingerprint") != fingerprint:
@@ -130,25 +131,30 @@ def _agree(flag: bool) -> bool:
 def _restore_or_init(cfg, mgr, optimizer, mesh, run: dict) -> tuple[dict, int]:
     """(state, completed steps): the newest complete checkpoint laid out on this mesh, after
     checking it belongs to this run; or a fresh state."""
-    start = mgr.latest_step()
-    if start is None and cfg.init:
+    where = checkpoint.directory(cfg.workdir)
+    restored = checkpoint.restore_newest(mgr, state_lib.abstract(cfg.model, optimizer, mesh),
+                                         lambda saved: checkpoint.check_run(saved, run, where))
+    if restored is None and cfg.init:
         print(f"[train] continued pre-training from {cfg.init}", flush=True)
         _, params = pretrained.load(cfg.init, mesh)
         return state_lib.from_params(cfg.model, optimizer, mesh, params), 0
-    if start is None:
+    if restored is None:
         return state_lib.create(cfg.model, optimizer, mesh, jax.random.key(cfg.data.seed)), 0
-    where = checkpoint.directory(cfg.workdir)
-    checkpoint.check_run(checkpoint.read_run(mgr, start), run, where)
-    target = state_lib.abstract(cfg.model, optimizer, mesh)
-    state = checkpoint.restore_state(mgr, start, target)
+    state, start = restored
     print(f"[train] resumed from {where} at step {start}", flush=True)
     return state, start
 
 
 def train(cfg: config_lib.TrainConfig) -> dict:
     """Train (or resume) the run `cfg` describes; returns the summary also written to
-    summary.json, or {"status": "preempted", "step": k} after a SIGTERM save."""
+    summary.json, or {"status": "preempted", "step": k} after a SIGTERM save. One job per
+    workdir: a second one refuses to start (workdir_lock)."""
     check_writable(cfg.workdir)
+    with workdir_lock.held(cfg.workdir, enabled=jax.process_index() == 0):
+        return _train(cfg)
+
+
+def _train(cfg: config_lib.TrainConfig) -> dict:
     stores = open_stores(cfg)
     mesh = make_mesh(cfg.mesh)
     synthetic = stores["synthetic"]
@@ -166,6 +172,14 @@ def train(cfg: config_lib.TrainConfig) -> dict:
 
     mgr = checkpoint.manager(cfg.workdir, keep=cfg.keep_checkpoints)
     state, start = _restore_or_init(cfg, mgr, optimizer, mesh, run)
+    summary_path = fs.join(cfg.workdir, "summary.json")
+    if start == num_steps and fs.exists(summary_path):  # a rerun of a finished run
+        finished = json.loads(fs.read_text(summary_path))
+        if set(finished.get("eval") or {}) == {name for name, _ in cfg.val}:  # no new --val
+            mgr.close()
+            print(f"[train] {cfg.workdir}: finished before at step {start}; nothing to do",
+                  flush=True)
+            return finished
     checkpoint.save_json(fs.join(cfg.workdir, "config.json"), run)
 
     writer = metrics.Writer(cfg.workdir, num_steps, cfg.log_every)
@@ -200,17 +214,18 @@ def train(cfg: config_lib.TrainConfig) -> dict:
         out = jax.device_get(out)
         now = time.perf_counter()
         dt, last["time"] = now - last["time"], now
-        loss = float(out["loss"])
-        if not math.isfinite(loss):
+        loss, grad_norm = float(out["loss"]), float(out["grad_norm"])
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
             save()
             mgr.wait_until_finished()
             writer.flush()
+            what = f"loss is {loss}" if not math.isfinite(loss) else f"grad_norm is {grad_norm}"
             raise FloatingPointError(
-                f"loss is {loss} at step {step}; the state before that update is saved as "
+                f"{what} at step {step}; the state before that update is saved as "
                 f"checkpoint {step - 1} in {checkpoint.directory(cfg.workdir)} (resuming "
                 f"reproduces the NaN)")
         writer.write({"step": step, "loss": loss, "lr": float(out["lr"]),
-                      "grad_norm": float(out["grad_norm"]),
+                      "grad_norm": grad_norm,
                       "tokens_per_s": tokens_per_step / dt, "mfu": flops_per_step / dt / peak,
                       "data_fingerprint": metrics.fingerprint_hex(out["data_fingerprint"])})
 
@@ -254,7 +269,8 @@ def train(cfg: config_lib.TrainConfig) -> dict:
         writer.flush()
         mgr.close()
     summary = {"status": "finished", "config": run, "final_step": num_steps,
-               "eval": evals, "params_sha256": params_sha256(state["params"]),
+               "eval": evals, **{f"val/{k}": v for k, v in evals.items()},
+               "windows": schedule.counts(), "params_sha256": params_sha256(state["params"]),
                "num_params": llama.num_params(cfg.model), "tokens": num_steps * tokens_per_step}
-    checkpoint.save_json(fs.join(cfg.workdir, "summary.json"), summary)
+    checkpoint.save_json(summary_path, summary)
     return summary

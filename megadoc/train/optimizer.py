@@ -2,9 +2,10 @@
 
 Weight decay follows optax semantics (decay term multiplied by the learning rate), so the large
 values the papers tune (0.1 … 3.2) mean the same thing here as there. The decay mask excludes
-parameters whose path contains any of `no_decay` (norm scales by default). Embedding and output
-matrices ARE decayed: the papers' Levanter runs decay every matrix, and with untied embeddings
-the output head is an ordinary projection.
+parameters whose path contains any of `no_decay`: by default the token embedding and the norm
+scales, as Levanter's `reasonable_default` mask does (src/levanter/optim/config.py: no decay for
+Embedding, LayerNorm/RMSNorm and biases — megadoc's Llama has no biases). The untied output layer
+is an ordinary linear weight and is decayed, like every other matrix.
 """
 from __future__ import annotations
 

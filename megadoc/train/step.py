@@ -61,18 +61,20 @@ def grads_and_loss(model_config, params, batch, microbatches, mesh):
 def make_train_step(model_config, optimizer, schedule, state_shardings, mesh, microbatches=1):
     """`train_step(state, batch, step) -> (state, metrics)`; state is donated.
 
-    An update happens only when the loss is finite and `state["step"] == step`; otherwise the
-    state passes through unchanged, so after a NaN the loop still holds the state that caused it
-    (the step dispatched after the NaN one is skipped too)."""
+    An update happens only when the loss and the gradient norm are finite and
+    `state["step"] == step`; otherwise the state passes through unchanged, so after a NaN the
+    loop still holds the state that caused it (the step dispatched after the NaN one is skipped
+    too), never parameters an infinite gradient already poisoned."""
 
     def train_step(state, batch, step):
         loss, grads = grads_and_loss(model_config, state["params"], batch, microbatches, mesh)
         updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
-        ok = jnp.isfinite(loss) & (state["step"] == step)
+        grad_norm = optax.global_norm(grads)
+        ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & (state["step"] == step)
         new = {"step": state["step"] + 1, "params": params, "opt_state": opt_state}
         new = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, state)
-        out = {"loss": loss, "grad_norm": optax.global_norm(grads), "lr": schedule(step),
+        out = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(step),
                "data_fingerprint": metrics.batch_fingerprint(batch["tokens"])}
         return new, out
 
