@@ -163,7 +163,7 @@ def run(f=FLAGS) -> dict:
     results["fits"] = plots.plot_accuracy_vs_tokens(
         curves, results["base"], fs.join(f.workdir, "accuracy.png"),
         title=f"{'+'.join(f.methods)} on {len(articles)} articles")
-    results.update(generator=f.generator, base=base, quality=path, methods=list(f.methods))
+    results.update(generator=f.generator, base_model=base, quality=path, methods=list(f.methods))
     fs.write_text(fs.join(f.workdir, "results.json"), json.dumps(results, indent=1) + "\n")
     print("[knowledge] " + json.dumps({k: results[k] for k in ("base", "volumes")}), flush=True)
     return results
