@@ -69,17 +69,18 @@ def model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def by_hand(model_dir):
-    """Summed log-softmax of an option's tokens after EOS + prompt, from the model's logits
-    (float64 softmax in numpy; one jitted forward on a right-padded sequence)."""
+    """Summed log-softmax of an option's tokens after the prompt (encoded as lm-eval's HF
+    backend does: the tokenizer's BOS first), from the model's logits (float64 softmax in
+    numpy; one jitted forward on a right-padded sequence)."""
     tok = tokenizer_lib.load(model_dir)
     config, params = hf.load(model_dir)
     forward = jax.jit(lambda t: llama.forward(config, params, t))
 
     def option_loglikelihood(prompt, option):
-        context = tok.encode(prompt)
-        whole = tok.encode(prompt + " " + option)
-        assert whole[:len(context)] == context
-        seq = ([tok.eos_id] + whole)[-(config.max_seq_len + 1):]
+        context = tok.encode_as_hf(prompt)
+        whole = tok.encode_as_hf(prompt + " " + option)
+        assert context and whole[:len(context)] == context
+        seq = whole[-(config.max_seq_len + 1):]
         inputs = np.zeros((1, config.max_seq_len), np.int32)
         inputs[0, :len(seq) - 1] = seq[:-1]
         logits = np.asarray(forward(inputs)[0, :len(seq) - 1], np.float64)
