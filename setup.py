@@ -20,6 +20,8 @@ setup(
         "gcsfs>=2024.2",  # orbax/etils reach gs:// through fsspec when tensorflow is absent
         "absl-py>=2.0",
         "tokenizers>=0.21",
+        "gguf>=0.17",  # GGUF models and vocabularies (llama.cpp's format)
+        "jinja2>=3.1",  # models' own chat templates
         "safetensors>=0.5",
         "pyarrow>=18",
         "scipy>=1.13",
@@ -32,6 +34,7 @@ setup(
             "pytest>=8",
             "torch==2.13.0",
             "transformers>=5.0",
+            "accelerate>=1.0",  # transformers loads GGUF files (gguf_file=) through it
             "gcp-storage-emulator>=2024.8",
             "lm_eval==0.4.13",  # the harness the papers' benchmark numbers come from
         ],

@@ -33,7 +33,7 @@ def _make_store(path: str, seq_len: int, vocab: int, seed: int) -> store.WindowS
 
 def _loader(real, synthetic, mesh):
     schedule = MixSchedule(len(real), len(synthetic), BATCH, 0.5, 4, seed=0)
-    return loader.BatchLoader(schedule, real, synthetic, mesh)
+    return loader.BatchLoader(schedule, real, synthetic, sharding.batch_sharding(mesh))
 
 
 def _timed(fn, steps: int) -> float:

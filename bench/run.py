@@ -11,7 +11,7 @@ import sys
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-SECTIONS = ["bench.loader", "bench.train_step", "bench.sampler"]
+SECTIONS = ["bench.loader", "bench.train_step", "bench.sampler", "bench.gpu"]
 
 
 def main() -> None:
@@ -34,6 +34,9 @@ def main() -> None:
             continue
         print(f"[bench] {name} ...", flush=True)
         section = module.run()
+        if section is None:
+            print(f"[bench] {name}: does not apply on this machine, skipped", flush=True)
+            continue
         print(section, flush=True)
         parts += [section, ""]
     with open("BENCH.md", "w") as f:

@@ -12,15 +12,12 @@ On a TPU VM (e.g. v4-8; add --distributed on every host of a multi-host slice):
         --real=gs://BUCKET/stores/dclm-real --val=iid=gs://BUCKET/dclm/val.jsonl
 """
 from experiments import train
+from megadoc.train import published
 
-# Marin experiments/data_efficiency/synth_data_regularized_baselines.py (standard-mode centres).
-BY_PRESET = {
-    "150m": {"epochs": 16, "lr": 3e-3, "weight_decay": 0.8},
-    "300m": {"epochs": 16, "lr": 3e-3, "weight_decay": 1.6},
-    "600m": {"epochs": 8, "lr": 1e-3, "weight_decay": 3.2},
-    "1.5b": {"epochs": 8, "lr": 1e-3, "weight_decay": 3.2},
-}
-DEFAULTS = {"preset": "300m", **BY_PRESET["300m"], "mix": 0.0}
+# Marin experiments/data_efficiency/synth_data_regularized_baselines.py (standard-mode centres),
+# named in megadoc/train/published.py.
+BY_PRESET = {name: point.as_flags() for name, point in published.REAL_ONLY.items()}
+DEFAULTS = {"preset": "300m", **BY_PRESET["300m"]}
 
 if __name__ == "__main__":
     train.run_experiment(DEFAULTS, synthetic_recipe=None, by_preset=BY_PRESET)

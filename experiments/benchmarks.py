@@ -20,7 +20,7 @@ import json
 
 from absl import app, flags
 
-from experiments import cli, own_flags
+from megadoc import cli
 
 # Own FlagValues: see experiments/ensemble.py.
 FLAGS = flags.FlagValues()
@@ -51,9 +51,8 @@ def is_hf_dir(path: str) -> bool:
 
 
 def run(f=FLAGS) -> dict:
-    from experiments.ensemble import load_members
     from megadoc import fs
-    from megadoc.analysis import benchmarks
+    from megadoc.analysis import benchmarks, ensemble
     from megadoc.data import tokenizer as tokenizer_lib
     from megadoc.models import sharding
     from megadoc.train import checkpoint
@@ -86,7 +85,7 @@ def run(f=FLAGS) -> dict:
     elif len(workdirs) == 1:
         config, params = checkpoint.load_params(workdirs[0], f.step)
     else:
-        config, params = load_members(workdirs)
+        config, params = ensemble.load_members(workdirs)
         average = f.average
     config = dataclasses.replace(config, dtype=f.dtype)
     if tokenizer.vocab_size > config.vocab_size:
@@ -107,4 +106,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cli.run(main, flags_parser=own_flags.parser(FLAGS))
+    cli.run(main, flags_parser=cli.parser(FLAGS))

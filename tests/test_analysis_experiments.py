@@ -126,8 +126,10 @@ def test_distill_experiment_builds_the_student_from_the_flags(runs, tmp_path):
 
 
 def test_search_experiment_parses_the_grid_and_writes_its_summary(tmp_path):
-    grid = search_exp.build_grid("real", ["epochs=1,2,4"])
-    assert dict(grid.axes)["epochs"] == (1, 2, 4) and dict(grid.axes)["lr"] == (1e-3, 3e-3, 1e-2)
+    grid = search_exp.build_grid("real", ["epochs=1,2,4,8"])
+    assert dict(grid.axes)["epochs"] == (1, 2, 4, 8)
+    assert dict(grid.axes)["lr"] == (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
+    assert dict(grid.axes)["weight_decay"][-2:] == (3.2, 6.4)  # Marin's 600M/1.5B sit at 3.2
     start = search_exp.parse_point("lr=3e-3,weight_decay=0.4,epochs=2")
     assert start == {"lr": 0.003, "weight_decay": 0.4, "epochs": 2} and isinstance(start["epochs"], int)
 
@@ -135,8 +137,14 @@ def test_search_experiment_parses_the_grid_and_writes_its_summary(tmp_path):
         return abs(math.log10(p["lr"]) + 3) + abs(p["weight_decay"] - 0.8) + abs(p["epochs"] - 4)
 
     summary = search_exp.run_search(grid, start, str(tmp_path), objective, parallel=2)
-    assert summary["best"] == {"lr": 1e-3, "weight_decay": 0.8, "epochs": 4} and summary["certified"]
+    assert summary["best"] == {"lr": 1e-3, "weight_decay": 0.8, "epochs": 4}
+    assert summary["certified"] and summary["at_bound"] == []
     assert (tmp_path / "search.png").exists() and (tmp_path / "results.jsonl").exists()
+    edge = search_exp.run_search(search_exp.build_grid("real", ["epochs=1,2,4"]), start,
+                                 str(tmp_path / "edge"), objective)
+    assert edge["best"]["epochs"] == 4 and not edge["certified"] and edge["at_bound"] == ["epochs"]
+    on_disk = json.loads((tmp_path / "edge" / "search.json").read_text())
+    assert on_disk["at_bound"] == ["epochs"] and on_disk["certified"] is False
     with pytest.raises(Exception, match="NAME=V1"):
         search_exp.build_grid("real", ["momentum=1,2"])
 

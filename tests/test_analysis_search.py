@@ -51,6 +51,25 @@ def test_search_finds_the_known_optimum_running_each_point_once(tmp_path):
     assert_certified(result)
 
 
+def test_an_interior_optimum_is_certified_and_one_on_the_grids_edge_is_not(tmp_path):
+    interior = dict(OPTIMUM, mix=0.75)
+    result = search.search(GRID, START, _bowl_at(interior), str(tmp_path / "a.jsonl"))
+    assert result.best == interior and result.certified and result.at_bound == ()
+
+    edge = search.search(GRID, START, bowl, str(tmp_path / "b.jsonl"))  # OPTIMUM has mix=0.9
+    assert edge.best == OPTIMUM and edge.at_bound == ("mix",) and not edge.certified
+    assert_certified(edge)  # every neighbour run and none better: only the bound is missing
+
+    corner = search.search(GRID, START, _bowl_at(START), str(tmp_path / "c.jsonl"))
+    assert corner.at_bound == ("lr", "weight_decay", "epochs", "mix") and not corner.certified
+    assert corner.new_runs == 5  # the start and its one neighbour on each axis
+
+
+def _bowl_at(optimum):
+    j = GRID.index(optimum)
+    return lambda p: 3.0 + sum((a - b) ** 2 for a, b in zip(GRID.index(p), j))
+
+
 def test_parallel_search_runs_neighbours_together_and_ends_at_the_same_point(tmp_path):
     lock, running, peak = threading.Lock(), [0], [0]
     run = Counting(bowl)

@@ -25,7 +25,7 @@ def stores(tmp_path_factory):
 def make_loader(stores, mesh, start_step=0):
     real, syn = stores
     schedule = MixSchedule(len(real), len(syn), BATCH, MIX, EPOCHS, SEED)
-    return loader.BatchLoader(schedule, real, syn, mesh, start_step=start_step)
+    return loader.BatchLoader(schedule, real, syn, sharding.batch_sharding(mesh), start_step=start_step)
 
 
 def expected_labels(schedule, step):
@@ -98,4 +98,4 @@ def test_batch_that_does_not_split_over_the_mesh_is_refused(stores):
     real, syn = stores
     schedule = MixSchedule(len(real), len(syn), 12, MIX, EPOCHS, SEED)
     with pytest.raises(ValueError, match="does not split over the mesh's 8 batch shards"):
-        loader.BatchLoader(schedule, real, syn, sharding.make_mesh())
+        loader.BatchLoader(schedule, real, syn, sharding.batch_sharding(sharding.make_mesh()))

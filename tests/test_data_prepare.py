@@ -9,7 +9,7 @@ import pytest
 from data_fixtures import corpus, train_tokenizer
 from megadoc import fs
 from megadoc.data import docs, megadocs, store
-from megadoc.data.prepare import PrepareConfig, doc_key, prepare
+from megadoc.data.prepare import PrepareConfig, prepare, shuffle_key
 
 SEQ = 16
 
@@ -96,7 +96,7 @@ def test_real_stream_is_the_seeded_permutation_joined_with_eos(inputs, tmp_path)
     meta = prepare(config(inputs, tmp_path / "real"))
     s = store.open(str(tmp_path / "real"))
     store.check_tokenizer(s, tok)
-    order = sorted(inputs["docs"], key=lambda x: doc_key(3, x["id"]))
+    order = sorted(inputs["docs"], key=lambda x: shuffle_key(3, x["id"]))
     texts, tail = documents(s, tok)
     assert texts == [x["text"] for x in order][:len(texts)]
     assert len(texts) >= len(order) - 2  # only the unfinished tail is missing ...
@@ -185,7 +185,7 @@ def test_command_line_reads_every_flag(inputs, tmp_path):
     assert [f["file"] for f in meta["settings"].pop("inputs")] == [args[0][7:], args[1][14:]]
     assert meta["settings"] == dict(docs=args[0][7:], generations=args[1][14:], recipe="stitched",
                                     real_position="first", include_real=True, tokenizer=inputs["tok"].path,
-                                    seq_len=12, seed=5, output=str(out))
+                                    seq_len=12, seed=5, output=str(out), max_generations=None)
     inproc = prepare(config(inputs, tmp_path / "inproc", generations=str(inputs["dir"] / "gens.jsonl.gz"),
                             recipe="stitched", real_position="first", seq_len=12, seed=5, buckets=3))
     np.testing.assert_array_equal(stream(store.open(str(out)))[0],  # 2 tokenizer processes = 1
@@ -194,6 +194,35 @@ def test_command_line_reads_every_flag(inputs, tmp_path):
     doc = next(x for x in inputs["docs"] if second[0] == x["text"])
     assert second == [doc["text"]] + [f"Rephrase {k} of {doc['id']}." for k in range(3)]
     assert inproc["num_windows"] == meta["num_windows"]
+
+
+def test_max_generations_keeps_samples_below_n_for_every_method(inputs, tmp_path):
+    tok = inputs["tok"]
+    source = inputs["docs"][:12]
+    path = str(tmp_path / "three.jsonl")
+    gens = [{"doc_id": x["id"], "method": "rephrase", "sample": s, "offset": None,
+             "text": f"Rephrase {s} of {x['id']}.", "finish_reason": "eos"}
+            for x in source for s in (2, 0, 1)]
+    gens += [{"doc_id": x["id"], "method": "latent_thought", "sample": s,
+              "offset": len(x["text"]) * (s + 1) // 4, "text": f"thought {s}", "finish_reason": "eos"}
+             for x in source for s in (0, 1, 2)]
+    docs.write_jsonl(path, gens)
+    docs_path = str(tmp_path / "docs.jsonl")
+    docs.write_jsonl(docs_path, source)
+    for recipe in ("simple", "stitched", "latent"):
+        meta = prepare(config(inputs, tmp_path / recipe, docs=docs_path, generations=path,
+                              recipe=recipe, max_generations=2))
+        assert meta["max_generations"] == 2 and meta["settings"]["max_generations"] == 2
+        assert meta["counts"]["generations_used"] == 2 * 2 * 12, recipe  # samples 0, 1 of both
+        assert meta["counts"]["generations_beyond_max"] == 2 * 12  # both methods' sample 2
+        text = "".join(documents(store.open(str(tmp_path / recipe)), tok)[0])
+        if recipe == "latent":
+            assert "thought 0" in text and "thought 1" in text and "thought 2" not in text
+        else:
+            assert "Rephrase 0 of" in text and "Rephrase 1 of" in text
+            assert "Rephrase 2 of" not in text
+    with pytest.raises(ValueError, match="needs --generations"):
+        prepare(config(inputs, tmp_path / "r", max_generations=2))
 
 
 def test_killed_job_resumes_after_its_last_finished_bucket(inputs, tmp_path, monkeypatch, capsys):

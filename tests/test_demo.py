@@ -17,7 +17,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _demo(cwd, **kwargs):
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"} | {"PYTHONPATH": REPO}
     return subprocess.Popen(
-        [sys.executable, "-m", "experiments.demo", "--scale=smoke"],
+        [sys.executable, "-m", "experiments.demo", "--scale=smoke", "--generator=tiny"],
         cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
 
 
@@ -47,5 +47,7 @@ def test_smoke_demo_runs_every_stage_and_resumes_after_kill(tmp_path):
     assert all(math.isfinite(r["val_loss"]) for r in rows.values())
     assert len({r["tokens"] for r in rows.values()}) == 1  # the same budget for every student
     assert rows["real"]["val_loss"] < results["untrained_val_loss"]
-    assert (workdir / "results.md").read_text().count("|") > 20
+    results_md = (workdir / "results.md").read_text()
+    assert results_md.count("|") > 20 and "Generator: tiny" in results_md
+    assert "What it does not show" in results_md and "## Two documents" in results_md
     assert (workdir / "val_loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -27,6 +27,8 @@ from megadoc.synth import job
 from megadoc.train import checkpoint, evaluate, loop
 from train_fixtures import train_config
 
+pytestmark = pytest.mark.slow  # every test here runs the pipeline in subprocesses
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SENTENCES = ["The river floods every spring and the farmers plant after it recedes.",
              "A prime number has exactly two divisors: one and itself.",

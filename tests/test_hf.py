@@ -91,7 +91,7 @@ def test_load_shards_into_mesh(tmp_path):
     assert (tmp_path / "hf" / "model.safetensors.index.json").exists()
     mesh = sharding.make_mesh(2, 2, 2)
     config, params = hf.load(str(tmp_path / "hf"), mesh=mesh)
-    want = sharding.param_shardings(config, mesh)
+    want = llama.param_shardings(config, mesh)
     for got, expected in zip(jax.tree.leaves(params), jax.tree.leaves(want)):
         assert got.sharding.is_equivalent_to(expected, got.ndim)
     assert params["layers"]["q"].sharding.spec == jax.sharding.PartitionSpec(

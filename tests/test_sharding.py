@@ -8,6 +8,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from megadoc.models import llama, sharding
+from megadoc.train import state
 
 TINY = dataclasses.replace(llama.preset("tiny"), dtype="float32")
 TOKENS = np.random.default_rng(0).integers(0, TINY.vocab_size, (8, 33)).astype(np.int32)
@@ -28,11 +29,11 @@ def reference():
 @pytest.mark.parametrize("shape", [(8, 1, 1), (2, 4, 1), (2, 2, 2)])
 def test_same_loss_and_grads_on_every_mesh(reference, shape):
     mesh = sharding.make_mesh(*shape)
-    params = sharding.init_sharded(TINY, jax.random.key(0), mesh)
+    params = state.init_params(TINY, jax.random.key(0), mesh)
     tokens = jax.device_put(TOKENS, sharding.batch_sharding(mesh))
     with jax.set_mesh(mesh):
         loss, grads = jax.jit(jax.value_and_grad(_loss),
-                              out_shardings=(None, sharding.param_shardings(TINY, mesh)))(
+                              out_shardings=(None, llama.param_shardings(TINY, mesh)))(
             params, tokens)
     ref_loss, ref_grads = reference
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
@@ -42,7 +43,7 @@ def test_same_loss_and_grads_on_every_mesh(reference, shape):
 
 def test_params_are_sharded_as_the_rules_say():
     mesh = sharding.make_mesh(2, 2, 2)
-    params = sharding.init_sharded(TINY, jax.random.key(0), mesh)
+    params = state.init_params(TINY, jax.random.key(0), mesh)
     expected = {  # full shape -> per-device shard shape
         "q": (P(None, "fsdp", "tensor", None), (2, 32, 2, 16)),
         "k": (P(None, "fsdp", "tensor", None), (2, 32, 1, 16)),

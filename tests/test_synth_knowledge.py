@@ -137,7 +137,7 @@ def test_entigraph_relations_for_seeded_pairs_and_triples(setup):
     assert all(len(rs) == 5 for rs in by_doc.values()) and len(by_doc) == 6
     vell = sorted(by_doc["fixture-vell-0"], key=lambda r: r["sample"])
     groups = knowledge.entity_groups(["Vell", "Marrow River", "salt lantern", "sea"], 3, 2, 0,
-                                     job.doc_key("fixture-vell-0"))
+                                     job.sample_stream("fixture-vell-0"))
     assert [tuple(r["entities"]) for r in vell] == groups
     assert all(r["finish_reason"] in ("eos", "length") and r["text"] for r in vell)
     tarrow = sorted(by_doc["fixture-tarrow-1"], key=lambda r: r["sample"])

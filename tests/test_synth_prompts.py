@@ -4,14 +4,10 @@ import pytest
 from megadoc.data import tokenizer as tokenizer_lib
 from megadoc.synth import prompts, split
 
-LLAMA3_SPECIALS = {"<|begin_of_text|>": 1000, "<|start_header_id|>": 1001,
-                   "<|end_header_id|>": 1002, "<|eot_id|>": 1003, "<|end_of_text|>": 1004}
-
-
 class ByteTokenizer:
     """One id per UTF-8 byte (like a byte-level BPE, a cut can fall inside a character)."""
 
-    eos_id, bos_id, vocab_size = 256, None, 257
+    eos_id, bos_id, vocab_size, chat_template = 256, None, 257, None
 
     def __init__(self, specials=None):
         self.specials = specials or {}
@@ -64,17 +60,7 @@ def test_template_without_markers_is_all_user_message(tmp_path):
     assert prompts.load_template(str(path), "latent_thought").name != t.name  # content-hashed
 
 
-def test_llama3_chat_format():
-    tok = ByteTokenizer(LLAMA3_SPECIALS)
-    ids = prompts.encode(tok, "SYS", "USER")
-    s, e, eot = 1001, 1002, 1003
-    expected = ([1000, s, *b"system", e, *b"\n\nSYS", eot, s, *b"user", e, *b"\n\nUSER", eot,
-                 s, *b"assistant", e, *b"\n\n"])
-    assert ids == expected
-    assert prompts.stop_tokens(tok) == (256, 1003, 1004)
-
-
-def test_plain_format_without_chat_tokens():
+def test_plain_format_without_a_chat_template():
     tok = ByteTokenizer()
     assert prompts.encode(tok, "SYS", "USER") == list(b"SYS\n\nUSER\n\n")
     assert prompts.encode(tok, None, "USER") == list(b"USER\n\n")

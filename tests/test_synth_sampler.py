@@ -73,7 +73,7 @@ def _sample_all(config, params, prompts, batch_size, mesh=None):
     settings = sampler.Settings(max_new_tokens=MAX_NEW, temperature=1.0, top_p=0.95, top_k=40,
                                 stop_tokens=tuple(range(0, 96, 8)))
     if mesh is not None:
-        params = jax.device_put(params, sharding.param_shardings(config, mesh))
+        params = jax.device_put(params, llama.param_shardings(config, mesh))
     s = sampler.Sampler(config, params, settings, batch_size=batch_size, seed=7, mesh=mesh)
     requests = [sampler.Request(p, key=1000 + i, num_samples=3, tag=i)
                 for i, p in enumerate(prompts)]
@@ -135,3 +135,16 @@ def test_kv_cache_bytes_per_token_match_the_formula(model):
     cache = llama.init_cache(config, 2, 16)
     per_token = sum(x.nbytes for x in cache.values()) / (2 * 16)
     assert per_token == 2 * config.layers * config.kv_heads * config.head_dim * 4
+
+
+def test_weights_cast_once_give_bit_identical_logits(model, prompts):
+    """The sampler holds its weights in the compute dtype (half the bytes a decode step reads);
+    the model would cast them before every use, so the logits are exactly the same."""
+    config, params, _ = model
+    config = dataclasses.replace(config, dtype="bfloat16")
+    cast = sampler._compute_dtype_weights(config, params)
+    assert cast["layers"]["up"].dtype == cast["lm_head"].dtype == jnp.bfloat16
+    assert cast["layers"]["mlp_norm"].dtype == cast["final_norm"].dtype == jnp.float32
+    tokens = jnp.asarray([p[:3] for p in prompts])
+    forward = jax.jit(lambda p: llama.forward(config, p, tokens))
+    np.testing.assert_array_equal(np.asarray(forward(cast)), np.asarray(forward(params)))

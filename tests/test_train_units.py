@@ -1,5 +1,6 @@
 """Optimizer, schedule, config checks, flags, fingerprint and TensorBoard records (no training)."""
 import dataclasses
+import json
 import importlib
 import struct
 
@@ -181,6 +182,39 @@ def test_paper_experiment_modules_compose_the_train_flags(tmp_path, module, reci
             f.set_default(k, v)
 
 
+def test_generations_flag_takes_the_published_optimum_and_explicit_flags_win(tmp_path):
+    from absl import app
+    from experiments import train as train_main
+    from megadoc.data import store as store_lib
+    f = train_main.FLAGS
+    train_main.define_generations_flag()
+    real = make_store(str(tmp_path / "real"), 8, seq_len=16)
+    syn = make_store(str(tmp_path / "syn"), 8, seq_len=16, recipe="stitched")
+    base = ["x", "--preset=300m", f"--workdir={tmp_path}/w", f"--real={real}", f"--synthetic={syn}"]
+    try:
+        f.unparse_flags()
+        f([*base, "--generations=32"])
+        train_main.apply_published("stitched")
+        c = train_main.build_config()
+        assert (c.data.epochs, c.optimizer.lr, c.optimizer.weight_decay, c.data.mix) == (32, 1e-3, 0.4, 0.9)
+        f.unparse_flags()
+        f([*base, "--generations=32", "--lr=3e-3"])
+        train_main.apply_published("stitched")
+        assert (f.lr, f.epochs, f.mix) == (3e-3, 32, 0.9)
+        f.unparse_flags()
+        f([*base, "--generations=3"])
+        with pytest.raises(app.UsageError, match="published: 300m with \\[2, 4, 8, 16, 32\\]"):
+            train_main.apply_published("stitched")
+        meta = store_lib.open(syn).metadata
+        (tmp_path / "syn" / store_lib.METADATA).write_text(json.dumps(dict(meta, max_generations=16)))
+        f.unparse_flags()
+        f([*base, "--generations=32"])
+        with pytest.raises(app.UsageError, match="max_generations=16, but --generations=32"):
+            train_main.check_recipe("stitched")
+    finally:
+        f.unparse_flags()
+
+
 def test_paper_defaults_are_the_published_optima(tmp_path):
     """Marin experiments/data_efficiency: synth_data_regularized_baselines.py (real only, per
     size) and synth_data_eval_models.py (300m with synthetic data)."""
@@ -220,10 +254,12 @@ def test_gradient_accumulation_matches_one_big_batch():
     tokens = jnp.asarray(np.random.default_rng(0).integers(0, 64, (8, 17)), jnp.int32)
     batch = {"tokens": tokens, "segment_ids": jnp.ones_like(tokens)}
     mesh = sharding.make_mesh(1, 2, 1, devices=jax.devices()[:2])
+    objective = step.language_model(model)
     out = {}
     for m in (1, 4):
         with jax.set_mesh(mesh):
-            out[m] = jax.jit(lambda p, b: step.grads_and_loss(model, p, b, m, mesh))(params, batch)
-    np.testing.assert_allclose(out[4][0], out[1][0], rtol=1e-5)
+            out[m] = jax.jit(lambda p, b: step.grads_and_loss(objective, p, None, b, m, mesh))(
+                params, batch)
+    np.testing.assert_allclose(out[4][0][0], out[1][0][0], rtol=1e-5)
     for a, b in zip(jax.tree.leaves(out[4][1]), jax.tree.leaves(out[1][1])):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

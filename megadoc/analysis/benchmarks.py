@@ -23,7 +23,9 @@ import numpy as np
 
 from megadoc import fs
 from megadoc.analysis import ensemble
+from megadoc.data import host_rows
 from megadoc.models import llama, sharding
+from megadoc.train import step as step_lib
 
 TARGET_DELIMITER = " "
 
@@ -162,14 +164,13 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
     return context_ids, whole[len(context_ids):]
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _continuation_logprob(config, average, params, tokens_BxT, targets_BxT, mask_BxT):
+def _continuation_logprob(config, average, params, rows):
+    tokens_BxT, targets_BxT, mask_BxT = rows
     if average is None:
         logits_BxTxV = llama.forward(config, params, tokens_BxT)
     else:
         logits_BxTxV = ensemble.ensemble_logits(config, params, tokens_BxT, average=average)
-    target_logit_BxT = jnp.take_along_axis(logits_BxTxV, targets_BxT[..., None], axis=-1)[..., 0]
-    logprob_BxT = target_logit_BxT - jax.nn.logsumexp(logits_BxTxV, axis=-1)
+    logprob_BxT = -step_lib.next_token_losses(logits_BxTxV, targets_BxT)
     return jnp.sum(jnp.where(mask_BxT, logprob_BxT, 0.0), axis=-1)
 
 
@@ -184,7 +185,8 @@ def token_loglikelihoods(config: llama.LlamaConfig, params,
 
     Requests run longest first in batches of `batch_size`, right-padded to a power-of-two length
     (one compile per length bucket); sequences longer than the model's context keep their end.
-    With a mesh, params and batch are sharded over it (batch_size rounded up to fill its shards).
+    Params and batch are sharded over `mesh` (default: every device on the batch axis), each
+    process placing only its rows; batch_size is rounded up to fill the batch shards.
     With `ensemble_average` ("logits" | "probs"), `params` are an ensemble's stacked members
     (`ensemble.stack_params`) and the ensemble's distribution is scored.
     """
@@ -198,13 +200,15 @@ def token_loglikelihoods(config: llama.LlamaConfig, params,
         seqs.append((list(ctx) + list(cont))[-(max_len + 1):])
     order = sorted(range(len(pairs)), key=lambda i: -len(seqs[i]))
     out = np.zeros(len(pairs), np.float64)
-    if mesh is None:
-        params = jax.device_put(params)
-    else:
-        params = jax.device_put(params, ensemble.stacked_shardings(config, mesh) if ensemble_average
-                                else sharding.param_shardings(config, mesh))
-        shards = mesh.shape["data"] * mesh.shape["fsdp"]
-        batch_size = -(-batch_size // shards) * shards
+    mesh = sharding.make_mesh() if mesh is None else mesh
+    param_sh = (ensemble.stacked_shardings(config, mesh) if ensemble_average
+                else llama.param_shardings(config, mesh))
+    params = jax.device_put(params, param_sh)
+    rows_sh = sharding.batch_sharding(mesh)
+    batch_size = host_rows.round_up(batch_size, host_rows.num_shards(rows_sh))
+    rows = host_rows.HostRows(rows_sh, batch_size)
+    scorer = step_lib.make_row_scorer(
+        functools.partial(_continuation_logprob, config, ensemble_average), param_sh, mesh)
     last_log = time.time()
     for start in range(0, len(order), batch_size):
         if time.time() - last_log > 30:
@@ -220,15 +224,8 @@ def token_loglikelihoods(config: llama.LlamaConfig, params,
             n = len(seq) - 1
             tokens[row, :n], targets[row, :n] = seq[:-1], seq[1:]
             mask[row, n - min(len(pairs[i][1]), n):n] = True
-        batch = (tokens, targets, mask)
-        if mesh is not None:
-            batch_sh = sharding.batch_sharding(mesh)
-            batch = [jax.make_array_from_callback(x.shape, batch_sh, lambda i, x=x: x[i])
-                     for x in batch]
-            with jax.set_mesh(mesh):
-                lls = _continuation_logprob(config, ensemble_average, params, *batch)
-        else:
-            lls = _continuation_logprob(config, ensemble_average, params, *batch)
+        batch = tuple(rows.to_global(x[rows.local_rows]) for x in (tokens, targets, mask))
+        lls = scorer(params, batch)
         out[idx] = np.asarray(lls)[:len(idx)]
     return out
 

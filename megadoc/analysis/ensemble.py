@@ -7,8 +7,8 @@ bounds the batch at the papers' vocabulary of 128k.
 """
 from __future__ import annotations
 
+import functools
 import math
-import time
 from typing import Sequence
 
 import jax
@@ -17,6 +17,8 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from megadoc.models import llama, sharding
+from megadoc.train import checkpoint, evaluate
+from megadoc.train import step as step_lib
 
 AVERAGES = ("logits", "probs")
 
@@ -42,6 +44,20 @@ def stack_params(members: Sequence[dict], names: Sequence[str] | None = None) ->
     # Stacked on the host: the caller places the K-fold tree straight into its sharding
     # (`stacked_shardings`), never whole on one device.
     return jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *members)
+
+
+def load_members(workdirs: Sequence[str]) -> tuple[llama.LlamaConfig, dict]:
+    """(model config, stacked params on the host) of the newest checkpoint of each training run;
+    every member must have the same config."""
+    configs, params = [], []
+    for workdir in workdirs:
+        config, p = checkpoint.load_params(workdir)
+        if configs and config != configs[0]:
+            raise ValueError(f"ensemble member {workdir}: model config {config} differs from "
+                             f"{workdirs[0]}: {configs[0]}")
+        configs.append(config)
+        params.append(jax.tree.map(np.asarray, p))  # to host: K members never share one device
+    return configs[0], stack_params(params, names=workdirs)
 
 
 def num_members(stacked: dict) -> int:
@@ -73,58 +89,23 @@ def token_losses(config, stacked, tokens_BxW, segment_ids_BxW, average="logits")
     """The ensemble's next-token loss per position, fp32 [B, W-1]; windows hold seq_len+1 tokens."""
     logits_BxTxV = ensemble_logits(config, stacked, tokens_BxW[:, :-1], segment_ids_BxW[:, :-1],
                                    average=average)
-    target_BxT = jnp.take_along_axis(logits_BxTxV, tokens_BxW[:, 1:, None], axis=-1)[..., 0]
-    return jax.nn.logsumexp(logits_BxTxV, axis=-1) - target_BxT
+    return step_lib.next_token_losses(logits_BxTxV, tokens_BxW[:, 1:])
 
 
 def stacked_shardings(config: llama.LlamaConfig, mesh) -> dict:
     """Each member laid out as a single model would be; the member axis is not split."""
     return jax.tree.map(lambda s: NamedSharding(mesh, P(None, *s.spec)),
-                        sharding.param_shardings(config, mesh))
-
-
-def _global_batch(x: np.ndarray, sh: NamedSharding) -> jax.Array:
-    # Every process holds the whole (small) eval batch and hands each device its block.
-    return jax.make_array_from_callback(x.shape, sh, lambda index: x[index])
+                        llama.param_shardings(config, mesh))
 
 
 def ensemble_loss(config: llama.LlamaConfig, stacked: dict, store, batch_size: int, mesh=None,
                   *, average: str = "logits") -> float:
-    """Mean next-token loss of the ensemble over every window of a store (as
-    `megadoc.train.evaluate.eval_loss` is for one model); members and batch sharded over `mesh`,
-    `batch_size` rounded up to a multiple of the mesh's batch shards."""
+    """Mean next-token loss of the ensemble over every window of a store, by the evaluator that
+    `megadoc.train.evaluate.eval_loss` uses for one model: members and batch sharded over `mesh`,
+    each process reading only its rows, `batch_size` rounded up to fill the batch shards."""
     mesh = sharding.make_mesh() if mesh is None else mesh
-    batch_sh = sharding.batch_sharding(mesh)
-    shards = mesh.shape["data"] * mesh.shape["fsdp"]
-    batch_size = -(-batch_size // shards) * shards  # rounded up to fill every batch shard
-    if len(store) == 0:
-        raise ValueError("ensemble_loss: the store has no windows")
-    stacked = jax.device_put(stacked, stacked_shardings(config, mesh))
-    weight_sh = NamedSharding(mesh, P(batch_sh.spec[0]))
-
-    @jax.jit
-    def batch_loss(stacked, tokens_BxW, segment_ids_BxW, weights_B):
-        losses_BxT = token_losses(config, stacked, tokens_BxW, segment_ids_BxW, average)
-        per_window_B = jnp.mean(losses_BxT, axis=-1)
-        return jnp.sum(per_window_B * weights_B)
-
-    total = 0.0
-    n = len(store)
-    t0 = last_log = time.time()
-    for start in range(0, n, batch_size):
-        idx = np.arange(start, min(start + batch_size, n))
-        rows = store.read(idx)
-        pad = batch_size - len(idx)
-        tokens = np.pad(rows["tokens"], ((0, pad), (0, 0)))
-        segs = np.pad(rows["segment_ids"], ((0, pad), (0, 0)))
-        weights = np.array([1.0] * len(idx) + [0.0] * pad, np.float32)
-        with jax.set_mesh(mesh):
-            total += float(batch_loss(
-                stacked, _global_batch(tokens, batch_sh), _global_batch(segs, batch_sh),
-                _global_batch(weights, weight_sh)))
-        done = start + len(idx)
-        if time.time() - last_log > 30 or done == n:
-            last_log, rate = time.time(), done / max(time.time() - t0, 1e-9)
-            print(f"[ensemble] {done}/{n} windows, {rate * tokens.shape[1]:.0f} tokens/s, "
-                  f"ETA {(n - done) / rate:.0f}s", flush=True)
-    return total / n
+    member_sh = stacked_shardings(config, mesh)
+    evaluator = evaluate.Evaluator(
+        config, mesh, batch_size, param_shardings=member_sh,
+        token_losses=functools.partial(token_losses, config, average=average))
+    return evaluator(jax.device_put(stacked, member_sh), store)

@@ -92,6 +92,31 @@ def plot_search(grid: search.Grid, results: Sequence[tuple[dict, float]], path: 
     _save(fig, path)
 
 
+def plot_generations(rows: Sequence[Mapping], path: str, *, baseline_recipe: str = "real") -> None:
+    """Loss against generations per document, one line per recipe, the real-only baseline as a
+    horizontal line (the megadocs paper's Figure 5). Hollow markers: points not certified."""
+    fig = Figure(figsize=(6.4, 4.4))
+    ax = fig.add_subplot()
+    recipes = sorted({r["recipe"] for r in rows} - {baseline_recipe})
+    for i, recipe in enumerate(recipes):
+        mine = sorted((r for r in rows if r["recipe"] == recipe), key=lambda r: r["generations"])
+        x = [r["generations"] for r in mine]
+        ax.plot(x, [r["loss"] for r in mine], "-", color=f"C{i}", label=recipe)
+        for r in mine:
+            ax.plot(r["generations"], r["loss"], "o", color=f"C{i}",
+                    markerfacecolor=f"C{i}" if r["certified"] else "none")
+    for r in rows:
+        if r["recipe"] == baseline_recipe:
+            ax.axhline(r["loss"], color="k", linestyle="--", label="real only")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("generations per document")
+    ax.set_ylabel("validation loss")
+    ax.set_title("best loss per count (hollow: not certified)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
 def plot_accuracy_vs_tokens(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]],
                             baselines: Mapping[str, float], path: str, *,
                             title: str = "") -> dict[str, tuple[float, float]]:

@@ -1,6 +1,7 @@
 """The data path, one module per step: docs → megadocs → windows → store → schedule → loader.
 
-tokenizer  sentencepiece / HF tokenizer.json behind one interface
+tokenizer  sentencepiece / HF tokenizer.json / GGUF vocabulary behind one interface
+gguf_vocab the tokenizer a GGUF file describes, rebuilt with `tokenizers`
 docs       source documents and generation records (JSONL, gzip, Parquet; local or gs://)
 megadocs   the recipes: real, simple, stitched, latent
 windows    concat-and-chunk into seq_len+1 windows with segment ids

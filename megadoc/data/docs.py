@@ -18,8 +18,8 @@ from typing import Iterable, Iterator
 from megadoc import fs
 
 SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet")
-METHODS = ("rephrase", "latent_thought", "qa", "focal_rewrite", "entigraph_entities",
-           "entigraph_relation")
+METHODS = ("rephrase", "latent_thought", "unconditional", "qa", "focal_rewrite",
+           "entigraph_entities", "entigraph_relation")
 
 
 class BadRecords:

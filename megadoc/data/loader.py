@@ -14,31 +14,26 @@ import grain
 import jax
 import numpy as np
 
+from megadoc.data import host_rows
 from megadoc.data import store as store_lib
 from megadoc.data.schedule import REAL, SYNTHETIC, MixSchedule
-from megadoc.models import sharding as sharding_lib
 
 
 class BatchLoader:
     def __init__(self, schedule: MixSchedule, real_store: store_lib.WindowStore,
-                 synthetic_store: store_lib.WindowStore | None, mesh: jax.sharding.Mesh,
-                 start_step: int = 0, prefetch: int = 4, num_threads: int = 2):
+                 synthetic_store: store_lib.WindowStore | None,
+                 batch_sharding: jax.sharding.NamedSharding, start_step: int = 0,
+                 prefetch: int = 4, num_threads: int = 2):
+        """`batch_sharding`: how a [global_batch, seq_len + 1] batch splits over the mesh
+        (`models.sharding.batch_sharding(mesh)`)."""
         _check_stores(schedule, real_store, synthetic_store)
         self.schedule = schedule
         self.stores = {REAL: real_store, SYNTHETIC: synthetic_store}
-        self.sharding = sharding_lib.batch_sharding(mesh)
-        shards = _batch_shards(self.sharding)
-        if schedule.global_batch % shards:
-            raise ValueError(f"global batch {schedule.global_batch} does not split over the mesh's "
-                             f"{shards} batch shards (data x fsdp)")
+        self.rows = host_rows.HostRows(batch_sharding, schedule.global_batch)
+        self.local_rows = self.rows.local_rows  # the global batch rows this process reads
         self.shape = (schedule.global_batch, real_store.seq_len + 1)
         self.prefetch = prefetch
         self.num_threads = num_threads
-        index_map = self.sharding.addressable_devices_indices_map(self.shape)
-        rows = sorted({r for idx in index_map.values() for r in range(*idx[0].indices(self.shape[0]))})
-        self.local_rows = np.asarray(rows, np.int64)  # the global batch rows this process reads
-        self._position = np.full(self.shape[0], -1, np.int64)
-        self._position[self.local_rows] = np.arange(len(rows))
         self.set_state({"next_step": start_step})
 
     def read_local(self, step: int) -> dict[str, np.ndarray]:
@@ -54,19 +49,13 @@ class BatchLoader:
                     out[k][mask] = block[k]
         return out
 
-    def _global(self, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-        def array(rows_WxL):
-            return jax.make_array_from_callback(
-                self.shape, self.sharding, lambda idx: rows_WxL[self._position[idx[0]]])
-        return {k: array(v) for k, v in local.items()}
-
     def __iter__(self) -> Iterator[tuple[int, dict[str, jax.Array]]]:
         return self
 
     def __next__(self) -> tuple[int, dict[str, jax.Array]]:
         step, local = next(self._iterator)
         self._next_step = step + 1
-        return step, self._global(local)
+        return step, {k: self.rows.to_global(v) for k, v in local.items()}
 
     def get_state(self) -> dict:
         return {"next_step": self._next_step}
@@ -80,12 +69,6 @@ class BatchLoader:
             lambda s: (s, self.read_local(s)))
         options = grain.ReadOptions(num_threads=self.num_threads, prefetch_buffer_size=self.prefetch)
         self._iterator = iter(dataset.to_iter_dataset(options))
-
-
-def _batch_shards(sharding) -> int:
-    axes = sharding.spec[0]
-    axes = axes if isinstance(axes, tuple) else (axes,)
-    return int(np.prod([sharding.mesh.shape[a] for a in axes if a is not None]))
 
 
 def _check_stores(schedule, real, synthetic) -> None:

@@ -47,17 +47,32 @@ PROGRESS = "prepare_progress.json"
 
 @dataclasses.dataclass(frozen=True)
 class PrepareConfig:
+    """One window store: which documents, which recipe, which tokenizer and window length."""
     docs: str
+    """source documents {id, text}: JSONL(.gz)/Parquet file, dir or glob"""
     recipe: str
+    """which stream to build"""
     tokenizer: str
+    """sentencepiece .model, tokenizer.json, or a dir with one"""
     seq_len: int
+    """window length; windows hold seq_len+1 tokens"""
     seed: int
+    """seed of the document permutation"""
     output: str
+    """store directory (local or gs://)"""
     generations: str | None = None
+    """generation records (synthetic recipes only)"""
     real_position: str = "last"
+    """stitched only: where the real text sits in the megadoc"""
     include_real: bool = True
+    """also put the real document in the synthetic stream"""
+    max_generations: int | None = None
+    """use only samples 0..N-1 of each document (by `sample`; the split index for latent
+    thoughts), so one synthesis run at N=32 gives the stores for every N <= 32 (None: all)"""
     workers: int = 1
+    """tokenizer processes"""
     buckets: int = 64
+    """spill buckets; memory holds one bucket (~corpus/buckets)"""
 
     def check(self) -> None:
         if self.recipe not in megadocs.RECIPES:
@@ -70,6 +85,9 @@ class PrepareConfig:
             raise ValueError("--real_position applies to --recipe=stitched only")
         if self.seq_len < 1 or self.workers < 1 or self.buckets < 1:
             raise ValueError("--seq_len, --workers and --buckets must be >= 1")
+        if self.max_generations is not None and (self.max_generations < 1 or not self.generations):
+            raise ValueError(f"--max_generations={self.max_generations}: needs --generations and "
+                             f"a count >= 1")
 
     def settings(self) -> dict:
         """What determines the store's contents (workers and buckets do not), with the size and
@@ -98,7 +116,7 @@ def differing_settings(old: dict, new: dict) -> list[str]:
             if a.get(k) != b.get(k)]
 
 
-def doc_key(seed: int, doc_id: str, part: str = "") -> int:
+def shuffle_key(seed: int, doc_id: str, part: str = "") -> int:
     """The permutation key of a document's stream document `part` ("" for its main one)."""
     name = f"{doc_id}\0{part}" if part else doc_id
     return int.from_bytes(hashlib.blake2b(f"{seed}\0{name}".encode(), digest_size=8).digest(), "big")
@@ -182,12 +200,15 @@ def _spill(config: PrepareConfig, spill: str, bad: docs_lib.BadRecords):
         if not doc["text"].strip():
             bad.add("empty_doc", doc["where"], f"id {doc['id']!r}")
             continue
-        docs.write(doc_key(config.seed, doc["id"]), dict(doc, order=order))
+        docs.write(shuffle_key(config.seed, doc["id"]), dict(doc, order=order))
     docs.close()
     gens = _Buckets(spill, "generations", config.buckets)
     if config.generations:
         for order, g in enumerate(docs_lib.read_generations(config.generations, bad)):
             counts["generations_read"] += 1
+            if config.max_generations is not None and g["sample"] >= config.max_generations:
+                counts["generations_beyond_max"] += 1  # a prefix of a larger run, by design
+                continue
             if not g["text"].strip():  # the job's records for prompts it could not serve
                 bad.add("generation_without_text", g["where"],
                         f"doc {g['doc_id']!r} sample {g['sample']}: "
@@ -196,7 +217,7 @@ def _spill(config: PrepareConfig, spill: str, bad: docs_lib.BadRecords):
             if megadocs.THINK_OPEN in g["text"] or megadocs.THINK_CLOSE in g["text"]:
                 bad.add("think_tag_in_generation", g["where"], f"doc {g['doc_id']!r}")
                 continue
-            gens.write(doc_key(config.seed, g["doc_id"]), dict(g, order=order))
+            gens.write(shuffle_key(config.seed, g["doc_id"]), dict(g, order=order))
     gens.close()
     return counts, docs, gens
 
@@ -206,7 +227,7 @@ def _spill_stream_documents(config, spill: str, doc_buckets, gen_buckets, bad, c
     for b in range(config.buckets):
         for doc_id, stream_doc in _bucket_documents(config, doc_buckets.read(b), gen_buckets.read(b),
                                                     bad, counts):
-            key = doc_key(config.seed, doc_id, stream_doc.part)
+            key = shuffle_key(config.seed, doc_id, stream_doc.part)
             streams.write(key, {"key": key, "doc_id": doc_id, "part": stream_doc.part,
                                 "pieces": stream_doc.pieces})
     streams.close()
@@ -328,6 +349,7 @@ def _write(config, tokenizer, stream_buckets, bad, counts) -> dict:
     metadata = {
         "settings": config.settings(),
         "recipe": config.recipe,
+        "max_generations": config.max_generations,
         "seed": config.seed,
         "tokenizer_path": config.tokenizer,
         "tokenizer_fingerprint": tokenizer.fingerprint,

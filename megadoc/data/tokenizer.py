@@ -1,9 +1,12 @@
-"""Tokenizers behind one small interface: sentencepiece `.model` and Hugging Face `tokenizer.json`.
+"""Tokenizers behind one small interface: sentencepiece `.model`, Hugging Face `tokenizer.json`
+and the vocabulary inside a `.gguf` file.
 
 `encode` never adds BOS/EOS and never turns text into a special token; the prepare job joins
 documents with `eos_id` itself. `encode_as_hf` is the other convention, Hugging Face's
 `tokenizer.encode(text)`, which lm-evaluation-harness's HF backend scores with. `fingerprint`
 hashes the model itself, so a window store can refuse a model trained with another vocabulary.
+A tokenizer may carry its model's chat template (`chat_template`, a Jinja string, with
+`template_tokens`, the special tokens' spellings it refers to); megadoc.synth.prompts renders it.
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import re
 from typing import Iterable, Protocol
 
 from megadoc import fs
+from megadoc import gguf_file
 
 # Tried in order when the tokenizer directory carries no tokenizer_config.json naming them.
 _EOS_NAMES = ("<|end_of_text|>", "</s>", "<|endoftext|>", "<eos>")
@@ -25,6 +29,7 @@ class Tokenizer(Protocol):
     bos_id: int | None
     vocab_size: int
     fingerprint: str
+    chat_template: str | None
 
     def encode(self, text: str) -> list[int]: ...
 
@@ -36,6 +41,8 @@ class Tokenizer(Protocol):
 
 
 class SentencePieceTokenizer:
+    chat_template = None
+
     def __init__(self, model_bytes: bytes, path: str = "<bytes>"):
         import sentencepiece as spm
 
@@ -75,6 +82,9 @@ class SentencePieceTokenizer:
 
 
 class HFTokenizer:
+    """A `tokenizers` tokenizer; `config` holds tokenizer_config.json's fields (eos_token,
+    bos_token, chat_template, ...)."""
+
     def __init__(self, tokenizer_json: str, path: str = "<str>", config: dict | None = None):
         import tokenizers
 
@@ -88,6 +98,8 @@ class HFTokenizer:
         self._tok.encode_special_tokens = True
         self._hf_tok = tokenizers.Tokenizer.from_str(tokenizer_json)  # specials in text are specials
         spec = json.loads(tokenizer_json)
+        self.special_tokens = tuple(t["content"] for t in spec.get("added_tokens") or ()
+                                    if t.get("special"))
         canonical = json.dumps([spec["model"], spec.get("added_tokens")], sort_keys=True)
         self.fingerprint = "hf:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
         self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
@@ -96,10 +108,12 @@ class HFTokenizer:
         if self.eos_id is None:
             raise ValueError(f"{path}: no EOS token found (looked for {_EOS_NAMES})")
         self.bos_id = self._named_id(config.get("bos_token"), _BOS_NAMES)
+        self.chat_template = _default_template(config.get("chat_template"))
+        self.template_tokens = {name: _content(config.get(name)) for name in _TEMPLATE_TOKENS
+                                if config.get(name)}
 
     def _named_id(self, configured, defaults) -> int | None:
-        if isinstance(configured, dict):  # {"content": "<s>", ...} in older configs
-            configured = configured.get("content")
+        configured = _content(configured)
         for name in ([configured] if configured else []) + list(defaults):
             i = self._tok.token_to_id(name)
             if i is not None:
@@ -114,6 +128,11 @@ class HFTokenizer:
         the text read as those tokens: what transformers' `tokenizer.encode(text)` returns."""
         return self._hf_tok.encode(text, add_special_tokens=True).ids
 
+    def encode_with_special_tokens(self, text: str) -> list[int]:
+        """Ids of text in which the special tokens' spellings are those tokens (a rendered chat
+        template), as transformers' `apply_chat_template` tokenizes it (no post-processor)."""
+        return self._hf_tok.encode(text, add_special_tokens=False).ids
+
     def decode(self, ids: Iterable[int]) -> str:
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
 
@@ -121,9 +140,30 @@ class HFTokenizer:
         return self._tok.token_to_id(name)
 
 
+# Special tokens a chat template may refer to by name (transformers passes the same).
+_TEMPLATE_TOKENS = ("bos_token", "eos_token", "unk_token", "pad_token")
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
+
+
+def _content(token) -> str | None:
+    """A token as tokenizer_config.json spells it: a string or {"content": ..., ...}."""
+    return token.get("content") if isinstance(token, dict) else token
+
+
+def _default_template(template) -> str | None:
+    """tokenizer_config.json's chat_template: one string, or named ones (we use "default")."""
+    if isinstance(template, list):
+        named = {t.get("name"): t.get("template") for t in template}
+        return named.get("default")
+    return template or None
+
+
 def load(path: str) -> Tokenizer:
-    """A sentencepiece `.model`, a `tokenizer.json`, or a directory holding one of them."""
+    """A sentencepiece `.model`, a `tokenizer.json`, a directory holding one of them (with its
+    tokenizer_config.json and chat_template.jinja when present), or a `.gguf` file."""
     path = str(path).rstrip("/")
+    if gguf_file.is_gguf(path):
+        return _load_gguf(path)
     if path.endswith(".json"):
         return _load_hf(path, config_path=None)
     if path.endswith(".model"):
@@ -133,22 +173,32 @@ def load(path: str) -> Tokenizer:
         raise FileNotFoundError(f"{path}: no such tokenizer file or directory")
     if "tokenizer.json" in names:
         config = fs.join(path, "tokenizer_config.json") if "tokenizer_config.json" in names else None
-        return _load_hf(fs.join(path, "tokenizer.json"), config)
+        template = fs.join(path, CHAT_TEMPLATE_FILE) if CHAT_TEMPLATE_FILE in names else None
+        return _load_hf(fs.join(path, "tokenizer.json"), config, template)
     models = [n for n in names if n.endswith(".model")]
     if len(models) == 1:
         return SentencePieceTokenizer(fs.read_bytes(fs.join(path, models[0])), fs.join(path, models[0]))
     raise ValueError(
-        f"{path}: expected a sentencepiece .model, a tokenizer.json, or a directory holding exactly "
-        f"one of them; found {names[:20]}"
+        f"{path}: expected a sentencepiece .model, a tokenizer.json, a .gguf file, or a directory "
+        f"holding exactly one of the first two; found {names[:20]}"
     )
 
 
-def _load_hf(path: str, config_path: str | None) -> HFTokenizer:
+def _load_hf(path: str, config_path: str | None, template_path: str | None = None) -> HFTokenizer:
     try:
-        config = json.loads(fs.read_text(config_path)) if config_path else None
+        config = json.loads(fs.read_text(config_path)) if config_path else {}
     except ValueError as e:
         raise ValueError(f"{config_path}: not valid JSON ({e})") from e
+    if template_path:  # newer checkpoints keep the template in its own file
+        config["chat_template"] = fs.read_text(template_path)
     return HFTokenizer(fs.read_text(path), path, config)
+
+
+def _load_gguf(path: str) -> HFTokenizer:
+    from megadoc.data import gguf_vocab
+
+    tokenizer_json, config = gguf_vocab.tokenizer_from_gguf(path)
+    return HFTokenizer(tokenizer_json, path, config)
 
 
 def train_sentencepiece(texts: Iterable[str], vocab_size: int, output_path: str) -> str:

@@ -11,6 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
+from megadoc.models import sharding
+
 IMPLEMENTATIONS = ("auto", "xla", "splash", "cudnn")
 _SPLASH_BLOCK = 128
 
@@ -115,7 +117,6 @@ def splash_attention(q_BxTxNxDh, k_BxTxKxDh, v_BxTxKxDh, segment_ids_BxT=None, *
     batch and heads split. T must be a multiple of 128. `interpret` runs the Pallas kernel in
     the interpreter, which is how CPU tests check it."""
     from jax.experimental.pallas.ops.tpu import splash_attention as sa
-    from megadoc.models import sharding  # not at the top: sharding -> llama -> this module
 
     B, T, N, Dh = q_BxTxNxDh.shape
     if segment_ids_BxT is None:

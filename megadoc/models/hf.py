@@ -13,14 +13,12 @@ import struct
 import tempfile
 
 import jax
-import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 from jax.experimental import multihost_utils
 
 from megadoc import fs
 from megadoc.models import llama
-from megadoc.models import sharding
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
@@ -199,10 +197,6 @@ def _expected_tensors(config):
     return out
 
 
-def _stack(*layers):
-    return jnp.stack(layers)
-
-
 def load(path: str, mesh=None):
     """(config, params) from an HF Llama directory; params in `param_shardings(config, mesh)`
     when a mesh is given, else on the default device. Compute dtype is the LlamaConfig default."""
@@ -218,40 +212,48 @@ def load(path: str, mesh=None):
         raise ValueError(f"{path}: unexpected tensors for a Llama with {config.layers} layers: "
                          f"{unknown[:5]}")
 
-    def read(hf_name):
-        ours, layout, shape = expected[hf_name]
+    def read(hf_name, want):
         # A tied lm_head is the embedding table, which HF stores in the same [V, H] layout.
         source = "model.embed_tokens.weight" if tied and hf_name == "lm_head.weight" else hf_name
-        want = _hf_shape(layout, shape)
         if source not in tensors.where:
             raise ValueError(f"{path}: tensor {source!r} missing (expected shape {want})")
         array = tensors.read(source)
         if tuple(array.shape) != want:
             raise ValueError(f"{tensors.file(source)}: tensor {source!r} has shape "
                              f"{tuple(array.shape)}, expected {want} for {config_path}")
-        return _to_ours(array, layout, shape)
+        return array
 
+    return config, params_from_hf_tensors(config, read, mesh)
+
+
+def params_from_hf_tensors(config: llama.LlamaConfig, read, mesh=None) -> dict:
+    """Our params from HF-named, HF-layout tensors: `read(hf_name, expected_shape)` returns one
+    as a float32 numpy array (it checks the shape, to name the file in its error). Each tensor
+    goes straight into its sharding on `mesh` (else the default device)."""
+    expected = _expected_tensors(config)
     if mesh is None:
         target = jax.tree.map(lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]),
                               llama.param_shapes(config), is_leaf=lambda x: isinstance(x, tuple))
     else:
-        target = sharding.param_shardings(config, mesh)
+        target = llama.param_shardings(config, mesh)
 
-    def place(array, shard):
-        return jax.make_array_from_callback(array.shape, shard, lambda idx: array[idx])
+    def host(hf_name):
+        _, layout, shape = expected[hf_name]
+        return _to_ours(read(hf_name, _hf_shape(layout, shape)), layout, shape)
 
     params = {}
     for ours, (hf_name, _) in _TOP_TENSORS.items():
-        params[ours] = place(read(hf_name), target[ours])
+        array = host(hf_name)
+        params[ours] = jax.make_array_from_callback(array.shape, target[ours],
+                                                    lambda idx, a=array: a[idx])
     params["layers"] = {}
     for ours, (suffix, _) in _LAYER_TENSORS.items():
-        stacked_sharding = target["layers"][ours]
-        layer_sharding = stacked_sharding if mesh is None else jax.sharding.NamedSharding(
-            mesh, jax.sharding.PartitionSpec(*stacked_sharding.spec[1:]))
-        per_layer = [place(read(f"model.layers.{i}.{suffix}"), layer_sharding)
-                     for i in range(config.layers)]
-        params["layers"][ours] = jax.jit(_stack, out_shardings=stacked_sharding)(*per_layer)
-    return config, params
+        # Stacked on the layer axis as each device's block is built: never whole on one device.
+        layers = [host(f"model.layers.{i}.{suffix}") for i in range(config.layers)]
+        params["layers"][ours] = jax.make_array_from_callback(
+            (config.layers, *layers[0].shape), target["layers"][ours],
+            lambda idx, layers=layers: np.stack([x[idx[1:]] for x in layers[idx[0]]]))
+    return params
 
 
 # ---------------------------------------------------------------------------------------------
@@ -264,11 +266,6 @@ def _host(array) -> np.ndarray:
     return np.asarray(jax.device_get(array), np.float32)
 
 
-@jax.jit
-def _layer_slice(stacked, i):
-    return stacked[i]
-
-
 def _hf_tensors(config, params):
     """(HF name, shape, producer of the fp32 numpy array) in file order."""
     for ours, (hf_name, layout) in _TOP_TENSORS.items():
@@ -278,7 +275,7 @@ def _hf_tensors(config, params):
         for ours, (suffix, layout) in _LAYER_TENSORS.items():
             stacked = params["layers"][ours]
             yield f"model.layers.{i}.{suffix}", _hf_shape(layout, stacked.shape[1:]), \
-                lambda s=stacked, i=i, l=layout: _to_hf(_host(_layer_slice(s, i)), l)
+                lambda s=stacked, i=i, l=layout: _to_hf(_host(s[i]), l)
 
 
 def save(config: llama.LlamaConfig, params: dict, path: str) -> None:

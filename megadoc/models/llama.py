@@ -16,6 +16,7 @@ import math
 import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
+from jax.sharding import NamedSharding
 
 from megadoc.models import attention
 from megadoc.models import matmul
@@ -40,20 +41,35 @@ class LlamaConfig:
     when replacing `hidden` or `heads` of a derived config, pass head_dim=None too)."""
 
     vocab_size: int
+    """tokens in the vocabulary"""
     hidden: int
+    """width of the residual stream"""
     ffn: int
+    """width of the SwiGLU feed-forward layer"""
     layers: int
+    """transformer blocks"""
     heads: int
+    """query heads"""
     kv_heads: int
+    """key/value heads (grouped-query attention)"""
     head_dim: int | None = None
+    """width of a head (None: hidden // heads)"""
     max_seq_len: int = 4096
+    """longest sequence the model takes"""
     rope_theta: float = 10000.0
+    """RoPE base"""
     rope_scaling: RopeScaling | None = None
+    """Llama 3.1 RoPE scaling, or none"""
     norm_eps: float = 1e-5
+    """RMSNorm epsilon"""
     dtype: str = "bfloat16"
+    """compute dtype (params stay fp32, logits are fp32)"""
     cross_document_attention: bool = True
+    """attend across document boundaries in a window"""
     remat: str = "none"
+    """rematerialisation of each layer in the backward pass: none | full | dots"""
     attention: str = "auto"
+    """attention implementation (see attention.IMPLEMENTATIONS)"""
 
     def __post_init__(self):
         if self.head_dim is None:
@@ -99,6 +115,31 @@ def preset(name: str) -> LlamaConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown model preset {name!r}; expected one of {sorted(PRESETS)}")
     return PRESETS[name]
+
+
+# Logical axes of each param, by leaf name (see the tree above); the rules in sharding.py map them to mesh axes.
+PARAM_AXES = {
+    "embed": ("embed_vocab", "embed"),
+    "lm_head": ("embed", "vocab"),
+    "final_norm": ("norm",),
+    "attn_norm": ("layers", "norm"),
+    "mlp_norm": ("layers", "norm"),
+    "q": ("layers", "embed", "heads", "head_dim"),
+    "k": ("layers", "embed", "kv_heads", "head_dim"),
+    "v": ("layers", "embed", "kv_heads", "head_dim"),
+    "o": ("layers", "heads", "head_dim", "embed"),
+    "gate": ("layers", "embed", "ffn"),
+    "up": ("layers", "embed", "ffn"),
+    "down": ("layers", "ffn", "embed"),
+}
+
+
+def param_shardings(config: LlamaConfig, mesh) -> dict:
+    """NamedShardings of every param, from its logical axes and the mesh's rules."""
+    return jax.tree.map_with_path(
+        lambda path, shape: NamedSharding(mesh, sharding.spec(PARAM_AXES[path[-1].key], shape,
+                                                                mesh)),
+        param_shapes(config), is_leaf=lambda x: isinstance(x, tuple))
 
 
 def param_shapes(config: LlamaConfig) -> dict:
@@ -243,58 +284,64 @@ def unstack_layers(stacked) -> tuple:
     return tuple(jax.tree.map(lambda x, i=i: x[i], stacked) for i in range(num_layers))
 
 
+def _embed(config: LlamaConfig, params: dict, tokens_BxT) -> jax.Array:
+    # Gather the (FSDP-sharded) table whole first, so the lookup is local to each batch shard.
+    embed_VxH = sharding.constrain(params["embed"].astype(config.compute_dtype),
+                                   sharding.GATHERED_EMBED)
+    return sharding.constrain(embed_VxH[tokens_BxT], sharding.ACT_EMBED)
+
+
 def hidden_states(config: LlamaConfig, params: dict, tokens: jax.Array, segment_ids=None, *,
-                  positions=None, cache=None):
-    """Trunk output after the final norm, [B, T, H] in the compute dtype (and the updated cache
-    when `cache` is given). Without a cache, attention is causal by index and `positions` (default
-    0..T-1) only sets RoPE. With a cache, `positions` [B, T] (distinct within a row) says where
-    each token sits in its row: its keys/values are written there and it attends to cache slots
-    0..position. The cache's "k"/"v" are stacked [layers, B, S, K, Dh] arrays (the layers run
-    under a scan) or tuples of per-layer [B, S, K, Dh] arrays (`unstack_layers`; the layers run
-    unrolled and the cache comes back per layer); `params["layers"]` may be unstacked too."""
+                  positions=None):
+    """Trunk output after the final norm, [B, T, H] in the compute dtype. Attention is causal by
+    index (and within documents when segment ids are given and cross-document attention is
+    off); `positions` (default 0..T-1) only sets RoPE. The layers run under one scan."""
     B, T = tokens.shape
-    dt = config.compute_dtype
-    if cache is not None and positions is None:
-        raise ValueError("hidden_states with a cache needs positions [batch, seq]")
-    if cache is not None and segment_ids is not None and not config.cross_document_attention:
-        raise ValueError("segment-id masking is not supported with a KV cache")
     if positions is None:
         positions = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
     rope = rope_angles(config, positions)
-    # Gather the (FSDP-sharded) table whole first, so the lookup is local to each batch shard.
-    embed_VxH = sharding.constrain(params["embed"].astype(dt), sharding.GATHERED_EMBED)
-    x_BxTxH = sharding.constrain(embed_VxH[tokens], sharding.ACT_EMBED)
+
+    def step(x, p):
+        return _layer(config, rope, x, p, positions, segment_ids)[0], None
+
+    x_BxTxH, _ = jax.lax.scan(_remat(step, config.remat), _embed(config, params, tokens),
+                              params["layers"])
+    return rms_norm(x_BxTxH, params["final_norm"], config.norm_eps)
+
+
+def cached_hidden_states(config: LlamaConfig, params: dict, tokens: jax.Array, positions,
+                         cache: dict):
+    """(trunk output [B, T, H], updated cache) for tokens at `positions` [B, T] (distinct within
+    a row): their keys/values are written there and each attends to cache slots 0..position.
+    The cache's "k"/"v" are stacked [layers, B, S, K, Dh] arrays (the layers run under a scan,
+    as for a prefill) or tuples of per-layer [B, S, K, Dh] arrays (`unstack_layers`; the layers
+    run unrolled and the cache comes back per layer, as a decode loop wants);
+    `params["layers"]` may be unstacked too."""
+    rope = rope_angles(config, positions)
+    x_BxTxH = _embed(config, params, tokens)
     layers = params["layers"]
-
-    if cache is None:
-        def step(x, p):
-            return _layer(config, rope, x, p, positions, segment_ids)[0], None
-
-        x_BxTxH, _ = jax.lax.scan(_remat(step, config.remat), x_BxTxH, layers)
+    per_layer = isinstance(cache["k"], (list, tuple))
+    slots_S = jnp.arange((cache["k"][0] if per_layer else cache["k"]).shape[-3])
+    mask_BxTxS = slots_S[None, None, :] <= positions[:, :, None]
+    if per_layer:
+        if not isinstance(layers, (list, tuple)):
+            layers = unstack_layers(layers)
+        new_k, new_v = [], []
+        for p, k, v in zip(layers, cache["k"], cache["v"]):
+            x_BxTxH, (k, v) = _layer(config, rope, x_BxTxH, p, positions, None,
+                                     (k, v, mask_BxTxS))
+            new_k.append(k)
+            new_v.append(v)
+        cache = {"k": tuple(new_k), "v": tuple(new_v)}
     else:
-        per_layer = isinstance(cache["k"], (list, tuple))
-        slots_S = jnp.arange((cache["k"][0] if per_layer else cache["k"]).shape[-3])
-        mask_BxTxS = slots_S[None, None, :] <= positions[:, :, None]
-        if per_layer:
-            if not isinstance(layers, (list, tuple)):
-                layers = unstack_layers(layers)
-            new_k, new_v = [], []
-            for p, k, v in zip(layers, cache["k"], cache["v"]):
-                x_BxTxH, (k, v) = _layer(config, rope, x_BxTxH, p, positions, None,
-                                         (k, v, mask_BxTxS))
-                new_k.append(k)
-                new_v.append(v)
-            cache = {"k": tuple(new_k), "v": tuple(new_v)}
-        else:
-            def step(x, layer_in):
-                p, k, v = layer_in
-                return _layer(config, rope, x, p, positions, None, (k, v, mask_BxTxS))
+        def step(x, layer_in):
+            p, k, v = layer_in
+            return _layer(config, rope, x, p, positions, None, (k, v, mask_BxTxS))
 
-            x_BxTxH, (k_LxBxSxKxDh, v_LxBxSxKxDh) = jax.lax.scan(
-                step, x_BxTxH, (layers, cache["k"], cache["v"]))
-            cache = {"k": k_LxBxSxKxDh, "v": v_LxBxSxKxDh}
-    x_BxTxH = rms_norm(x_BxTxH, params["final_norm"], config.norm_eps)
-    return x_BxTxH if cache is None else (x_BxTxH, cache)
+        x_BxTxH, (k_LxBxSxKxDh, v_LxBxSxKxDh) = jax.lax.scan(
+            step, x_BxTxH, (layers, cache["k"], cache["v"]))
+        cache = {"k": k_LxBxSxKxDh, "v": v_LxBxSxKxDh}
+    return rms_norm(x_BxTxH, params["final_norm"], config.norm_eps), cache
 
 
 def output_logits(config: LlamaConfig, params: dict, hidden_BxTxH: jax.Array) -> jax.Array:
@@ -305,9 +352,14 @@ def output_logits(config: LlamaConfig, params: dict, hidden_BxTxH: jax.Array) ->
 
 def forward(config: LlamaConfig, params: dict, tokens: jax.Array, segment_ids=None, *,
             positions=None, cache=None):
-    """Logits float32 [B, T, V]; `(logits, cache)` when a cache is given."""
-    out = hidden_states(config, params, tokens, segment_ids, positions=positions, cache=cache)
+    """Logits float32 [B, T, V]; `(logits, cache)` when a cache is given (then `positions` is
+    required and segment ids are not supported: see `cached_hidden_states`)."""
     if cache is None:
-        return output_logits(config, params, out)
-    hidden, cache = out
+        return output_logits(config, params, hidden_states(config, params, tokens, segment_ids,
+                                                           positions=positions))
+    if positions is None:
+        raise ValueError("forward with a cache needs positions [batch, seq]")
+    if segment_ids is not None and not config.cross_document_attention:
+        raise ValueError("segment-id masking is not supported with a KV cache")
+    hidden, cache = cached_hidden_states(config, params, tokens, positions, cache)
     return output_logits(config, params, hidden), cache

@@ -1,4 +1,5 @@
 """Mesh (data, fsdp, tensor) and the logical-axis rules that place every param and activation.
+This module knows no model: a model names the logical axes of its arrays (llama.PARAM_AXES).
 
 Each array dimension carries a logical name; RULES maps names to mesh axes, in order, and a mesh
 axis is used at most once per array and only where its size divides the dimension (so tiny test
@@ -6,13 +7,10 @@ shapes fall back to replication instead of failing). Params shard FSDP-style ove
 hidden dimension and tensor-parallel over "tensor" on heads/ffn/vocab; the batch splits over
 ("data", "fsdp").
 """
-import functools
 import math
 
 import jax
 from jax.sharding import NamedSharding, PartitionSpec as P
-
-from megadoc.models import llama
 
 AXES = ("data", "fsdp", "tensor")
 
@@ -24,22 +22,6 @@ RULES = (
     ("ffn", ("tensor",)),
     ("embed", ("fsdp",)),
 )
-
-# Logical axes of each param, by leaf name (see the tree in llama.py).
-PARAM_AXES = {
-    "embed": ("embed_vocab", "embed"),
-    "lm_head": ("embed", "vocab"),
-    "final_norm": ("norm",),
-    "attn_norm": ("layers", "norm"),
-    "mlp_norm": ("layers", "norm"),
-    "q": ("layers", "embed", "heads", "head_dim"),
-    "k": ("layers", "embed", "kv_heads", "head_dim"),
-    "v": ("layers", "embed", "kv_heads", "head_dim"),
-    "o": ("layers", "heads", "head_dim", "embed"),
-    "gate": ("layers", "embed", "ffn"),
-    "up": ("layers", "embed", "ffn"),
-    "down": ("layers", "ffn", "embed"),
-}
 
 # Activations: the residual stream keeps its hidden dim whole ("act_embed" has no rule).
 ACT_EMBED = ("batch", "seq", "act_embed")
@@ -94,18 +76,6 @@ def constrain(x, logical_axes):
     return jax.lax.with_sharding_constraint(x, spec(logical_axes, x.shape, mesh))
 
 
-def param_shardings(config, mesh):
-    shapes = llama.param_shapes(config)
-    return jax.tree.map_with_path(
-        lambda path, shape: NamedSharding(mesh, spec(PARAM_AXES[path[-1].key], shape, mesh)),
-        shapes, is_leaf=lambda x: isinstance(x, tuple))
-
-
 def batch_sharding(mesh) -> NamedSharding:
     return NamedSharding(mesh, P(("data", "fsdp"), None))
 
-
-def init_sharded(config, key, mesh):
-    """Params created directly in their sharding: no host ever holds the whole model."""
-    return jax.jit(functools.partial(llama.init, config),
-                   out_shardings=param_shardings(config, mesh))(key)

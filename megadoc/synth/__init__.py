@@ -1,8 +1,8 @@
 """Synthetic text from real documents with a generator LLM.
 
-prompts.py + templates/  prompt templates and the Llama 3 chat format
+prompts.py + templates/  prompt templates and the model's own chat template (Jinja)
 split.py                 latent-thought split points
 sampler.py               KV-cache sampler (continuous batching, on-device decode loop)
-generator.py             a generator loaded from a Hugging Face directory
+generator.py             a generator loaded from a Hugging Face directory or a GGUF file
 job.py                   the sharded, resumable job behind `python -m experiments.synthesize`
 """

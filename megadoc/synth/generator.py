@@ -1,11 +1,14 @@
-"""A generator model loaded from a Hugging Face Llama directory: weights, tokenizer, stop tokens."""
+"""A generator model loaded from a Hugging Face Llama directory or a GGUF file: weights,
+tokenizer (with its chat template), stop tokens."""
 from __future__ import annotations
 
 import dataclasses
 import json
 
 from megadoc import fs
+from megadoc import gguf_file
 from megadoc.data import tokenizer as tokenizer_lib
+from megadoc.models import gguf
 from megadoc.models import hf
 from megadoc.models import llama
 from megadoc.synth import prompts
@@ -13,7 +16,7 @@ from megadoc.synth import prompts
 
 @dataclasses.dataclass(frozen=True)
 class Generator:
-    name: str  # the directory's base name, recorded with each generation
+    name: str  # the directory's or file's base name, recorded with each generation
     config: llama.LlamaConfig
     params: dict
     tokenizer: tokenizer_lib.Tokenizer
@@ -28,10 +31,15 @@ def _has_tokenizer(names: list[str]) -> bool:
 
 
 def load(path: str, mesh=None) -> Generator:
-    """Tokenizer from tokenizer.json or a sentencepiece .model, weights via `hf.load` (in their
-    sharding on `mesh` when given). Stop tokens: the tokenizer's EOS and Llama 3 end-of-turn
-    tokens, plus the eos ids of generation_config.json when present."""
+    """A Hugging Face directory (tokenizer.json or a sentencepiece .model; weights via `hf.load`)
+    or a .gguf file (`gguf.load`), params in their sharding on `mesh` when given. Stop tokens:
+    the tokenizer's EOS and its chat template's end-of-turn token, plus the eos ids of a
+    directory's generation_config.json."""
     path = str(path).rstrip("/")
+    if gguf_file.is_gguf(path):
+        tokenizer = tokenizer_lib.load(path)
+        config, params = gguf.load(path, mesh)
+        return _generator(path, config, params, tokenizer, set())
     names = fs.listdir(path)
     if not names:
         raise FileNotFoundError(f"{path}: generator directory not found or empty")
@@ -40,12 +48,17 @@ def load(path: str, mesh=None) -> Generator:
                          f"or a sentencepiece .model next to config.json); found {names[:20]}")
     tokenizer = tokenizer_lib.load(path)
     config, params = hf.load(path, mesh)
-    if tokenizer.vocab_size > config.vocab_size:
-        raise ValueError(f"{path}: tokenizer has {tokenizer.vocab_size} ids but the model's "
-                         f"vocab_size is {config.vocab_size}")
-    stop = set(prompts.stop_tokens(tokenizer))
+    stop = set()
     if "generation_config.json" in names:
         eos = json.loads(fs.read_text(fs.join(path, "generation_config.json"))).get("eos_token_id")
         stop.update([eos] if isinstance(eos, int) else eos or [])
+    return _generator(path, config, params, tokenizer, stop)
+
+
+def _generator(path, config, params, tokenizer, extra_stop: set) -> Generator:
+    if tokenizer.vocab_size > config.vocab_size:
+        raise ValueError(f"{path}: tokenizer has {tokenizer.vocab_size} ids but the model's "
+                         f"vocab_size is {config.vocab_size}")
+    stop = extra_stop | set(prompts.stop_tokens(tokenizer))
     return Generator(name=path.rsplit("/", 1)[-1], config=config, params=params,
                      tokenizer=tokenizer, stop_tokens=tuple(sorted(stop)))

@@ -56,27 +56,54 @@ PROGRESS_EVERY_S = 10.0
 
 @dataclasses.dataclass(frozen=True)
 class JobConfig:
-    method: str  # a key of RECORD_METHOD
-    generator: str  # HF Llama directory with its tokenizer
+    """One synthesis job: what to generate from which documents with which generator."""
+    method: str
+    """what to generate: rephrase | latent_thoughts | qa | focal_rewrite | entigraph_entities |
+    entigraph_relations (unconditional: see synth/unconditional.py)"""
+    generator: str
+    """Hugging Face Llama dir with its tokenizer, or a Llama-architecture .gguf file (local or
+    gs://); unconditional: megadoc training workdirs, comma-separated (an ensemble)"""
     docs: str
+    """source docs {id, text}: JSONL(.gz)/Parquet file, dir or glob"""
     output: str
-    generations: int = 1  # rephrase, qa: samples per document; focal_rewrite: per question
-    splits: int = 1  # latent thoughts: split points per document
-    questions: str | None = None  # focal_rewrite: records carrying a `question` (e.g. qa output)
-    entities: str | None = None  # entigraph_relations: records carrying `entities` (stage 1)
-    pairs: int = 0  # entigraph_relations: entity pairs per document
-    triples: int = 0  # entigraph_relations: entity triples per document
-    max_new_tokens: int | None = None  # None: the papers' value for the method
+    """output directory (local or gs://)"""
+    generations: int = 1
+    """rephrase, qa: samples per document; focal_rewrite: rewrites per question"""
+    splits: int = 1
+    """latent_thoughts: split points per document (k+1 pieces)"""
+    questions: str | None = None
+    """focal_rewrite: records with a question per document (qa output)"""
+    entities: str | None = None
+    """entigraph_relations: records with an entity list per document (entigraph_entities)"""
+    pairs: int = 0
+    """entigraph_relations: entity pairs per document (a seeded sample)"""
+    triples: int = 0
+    """entigraph_relations: entity triples per document (a seeded sample)"""
+    max_new_tokens: int | None = None
+    """None: the papers' value for the method (1024 rephrase / 512 latent_thoughts)"""
     temperature: float = 1.0
+    """sampling temperature (0: greedy)"""
     top_p: float = 1.0
+    """nucleus sampling: draw from the smallest set of tokens holding this much probability
+    mass (1: off)"""
+    top_k: int = 0
+    """sample among the k most likely tokens (0: off)"""
     seed: int = 0
+    """seed of every (document, sample) random stream"""
     batch_size: int = 64
+    """sequences decoded together (the sampler's slots; a finished one is refilled with the
+    next prompt)"""
     shard_size: int = 256
-    template: str | None = None  # None: the template shipped for the method
+    """documents per output shard"""
+    template: str | None = None
+    """prompt template file (None: the one shipped for the method)"""
     tensor_parallel: int = 1
+    """devices each model copy is split over"""
     # Synthesis processes never talk to each other: each just takes its share of the shards.
-    process_id: int | None = None  # None: jax.process_index()
-    num_processes: int | None = None  # None: jax.process_count()
+    process_id: int | None = None
+    """this process's index (None: jax.process_index())"""
+    num_processes: int | None = None
+    """processes (None: jax.process_count())"""
 
     def __post_init__(self):
         if self.method not in RECORD_METHOD:
@@ -113,8 +140,29 @@ class JobConfig:
         return self.generations
 
 
-def doc_key(doc_id: str) -> int:
-    """32-bit PRNG stream id of a document: its text never depends on where it is processed."""
+@dataclasses.dataclass(frozen=True)
+class Origin:
+    """Where a generation comes from: the document's shard and position in it, its id, and
+    (latent thoughts) the character offset of the split point."""
+    shard: int
+    position: int
+    doc_id: str
+    offset: int | None = None
+    fields: dict | None = None  # focal: its question; EntiGraph: the entity group
+
+
+@dataclasses.dataclass(frozen=True)
+class Output:
+    """One generated sample of an origin and why it ended."""
+    sample: int
+    text: str
+    finish_reason: str
+    fields: dict | None = None  # the record fields a knowledge method parsed or was given
+
+
+def sample_stream(doc_id: str) -> int:
+    """32-bit id of a document's random stream: its samples never depend on where it is
+    processed."""
     return int.from_bytes(hashlib.sha256(doc_id.encode("utf-8")).digest()[:4], "little")
 
 
@@ -242,8 +290,8 @@ def run(cfg: JobConfig) -> dict:
         "samples": sum(doc_samples), "generations": cfg.generations, "splits": cfg.splits,
         "questions": cfg.questions, "entities": cfg.entities, "pairs": cfg.pairs,
         "triples": cfg.triples, "max_new_tokens": max_new,
-        "temperature": cfg.temperature, "top_p": cfg.top_p, "shard_size": cfg.shard_size,
-        "num_docs": num_docs})
+        "temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": cfg.top_k,
+        "shard_size": cfg.shard_size, "num_docs": num_docs})
 
     mine = owned_shards(num_shards, process_index, process_count)
     finished = _finished_shards(cfg.output, mine)
@@ -254,21 +302,25 @@ def run(cfg: JobConfig) -> dict:
     shards = _Shards(cfg.output, {j: sum(doc_samples[j * cfg.shard_size:(j + 1) * cfg.shard_size])
                                   for j in todo})
     settings = sampler_lib.Settings(max_new_tokens=max_new, temperature=cfg.temperature,
-                                    top_p=cfg.top_p, stop_tokens=gen.stop_tokens)
+                                    top_p=cfg.top_p, top_k=cfg.top_k, stop_tokens=gen.stop_tokens)
+    sampling = {"temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": cfg.top_k,
+                "max_new_tokens": max_new}
     sampler = sampler_lib.Sampler(gen.config, gen.params, settings, batch_size=cfg.batch_size,
                                   seed=cfg.seed, mesh=mesh)
     outstanding: dict[tuple, int] = {}  # (shard, position) -> records still to come
     progress = _Progress(cfg.output, process_index, docs_todo, sampler)
 
-    def emit(shard, pos, doc_id, sample, offset, text, reason, fields=None, tokens=0):
-        record = dict(doc_id=doc_id, method=method, sample=sample, offset=offset, text=text,
-                      finish_reason=reason, seed=cfg.seed, generator=gen.name,
-                      template=template.name, **(fields or {}))
-        outstanding[shard, pos] -= 1
-        if not outstanding[shard, pos]:
-            del outstanding[shard, pos]
+    def emit(origin: Origin, out: Output, generated_tokens: int = 0):
+        record = dict(doc_id=origin.doc_id, method=method, sample=out.sample,
+                      offset=origin.offset, text=out.text, finish_reason=out.finish_reason,
+                      seed=cfg.seed, generator=gen.name, template=template.name,
+                      sampling=sampling, **(out.fields or {}))
+        where = (origin.shard, origin.position)
+        outstanding[where] -= 1
+        if not outstanding[where]:
+            del outstanding[where]
             progress.doc_done()
-        shards.add(shard, (pos, sample), record, tokens)
+        shards.add(origin.shard, (origin.position, out.sample), record, generated_tokens)
 
     def requests():
         todo_set = set(todo)
@@ -277,27 +329,26 @@ def run(cfg: JobConfig) -> dict:
             if shard not in todo_set:
                 continue
             outstanding[shard, pos] = doc_samples[i]
+            origin = Origin(shard, pos, doc["id"])
             try:
-                reqs = _doc_requests(cfg, gen, template, doc, (shard, pos), inputs)
+                reqs = _doc_requests(cfg, gen, template, doc, origin, inputs)
             except Exception as e:  # one bad document never stops the others
                 logging.error("document %r at %s failed: %s\n%s", doc["id"], doc["where"], e,
                               traceback.format_exc())
-                reqs = [(s, None, "", ERROR) for s in range(doc_samples[i])]
+                reqs = [(origin, Output(s, "", ERROR)) for s in range(doc_samples[i])]
             for r in reqs:
                 if isinstance(r, sampler_lib.Request):
                     yield r
                 else:
-                    emit(shard, pos, doc["id"], *r)
+                    emit(*r)
             progress.maybe_report()
 
     for c in sampler.run(requests()):
-        shard, pos, doc_id, offset, fields = c.request.tag
         text = gen.tokenizer.decode(c.tokens) if c.tokens else ""
+        out = Output(c.sample, text, c.finish_reason, c.request.tag.fields)
         if c.tokens:
-            text, reason, fields = knowledge.finish(method, text, c.finish_reason, fields)
-        else:
-            reason = c.finish_reason
-        emit(shard, pos, doc_id, c.sample, offset, text, reason, fields, len(c.tokens))
+            out = Output(c.sample, *knowledge.finish(method, text, c.finish_reason, out.fields))
+        emit(c.request.tag, out, len(c.tokens))
         progress.maybe_report()
 
     summary = _summary(cfg.output, num_shards, {
@@ -310,36 +361,38 @@ def run(cfg: JobConfig) -> dict:
     return summary
 
 
-def _doc_requests(cfg: JobConfig, gen, template, doc: dict, tag: tuple, inputs: dict) -> list:
-    """Sampler requests for one document, or direct (sample, offset, text, reason[, fields])
-    records."""
-    text, doc_id, n = doc["text"], doc["id"], cfg.samples(doc, inputs)
-    key = doc_key(doc_id)
+def _doc_requests(cfg: JobConfig, gen, template, doc: dict, origin: Origin,
+                  inputs: dict) -> list:
+    """Sampler requests for one document (tagged with their Origin), or, where there is
+    nothing to sample, (Origin, Output) pairs to record directly."""
+    text, n, doc_id = doc["text"], cfg.samples(doc, inputs), origin.doc_id
+    key = sample_stream(doc_id)
     if not text.strip():
         logging.warning("document %r at %s is empty", doc_id, doc["where"])
-        offset = 0 if cfg.method == "latent_thoughts" else None
-        return [(s, offset, "", EMPTY_DOCUMENT) for s in range(n)]
+        at = origin if cfg.method != "latent_thoughts" else dataclasses.replace(origin, offset=0)
+        return [(at, Output(s, "", EMPTY_DOCUMENT)) for s in range(n)]
     if cfg.method in ("rephrase", "qa", "entigraph_entities"):
         prompt = gen.encode_prompt(*template.render(document=text))
-        return [sampler_lib.Request(prompt, key, num_samples=n, tag=(*tag, doc_id, None, None))]
+        return [sampler_lib.Request(prompt, key, num_samples=n, tag=origin)]
     if cfg.method == "focal_rewrite":
         if doc_id not in inputs:
-            return [(0, None, "", knowledge.NO_QUESTIONS)]
+            return [(origin, Output(0, "", knowledge.NO_QUESTIONS))]
         return [sampler_lib.Request(
             gen.encode_prompt(*template.render(document=text, question=q)), key,
             num_samples=cfg.generations, first_sample=i * cfg.generations,
-            tag=(*tag, doc_id, None, {"question": q})) for i, q in enumerate(inputs[doc_id])]
+            tag=dataclasses.replace(origin, fields={"question": q}))
+            for i, q in enumerate(inputs[doc_id])]
     if cfg.method == "entigraph_relations":
         groups = knowledge.entity_groups(inputs.get(doc_id, []), cfg.pairs, cfg.triples,
                                          cfg.seed, key)
         reason = knowledge.TOO_FEW_ENTITIES if doc_id in inputs else knowledge.NO_ENTITIES
         return [sampler_lib.Request(
             gen.encode_prompt(*template.render(document=text, entities="; ".join(g))), key,
-            first_sample=i, tag=(*tag, doc_id, None, {"entities": list(g)}))
-            if g else (i, None, "", reason) for i, g in enumerate(groups)]
+            first_sample=i, tag=dataclasses.replace(origin, fields={"entities": list(g)}))
+            if g else (origin, Output(i, "", reason)) for i, g in enumerate(groups)]
     return [sampler_lib.Request(
         gen.encode_prompt(*template.render(prefix=text[:offset], suffix=text[offset:])), key,
-        first_sample=i, tag=(*tag, doc_id, offset, None))
+        first_sample=i, tag=dataclasses.replace(origin, offset=offset))
         for i, offset in enumerate(split.split_offsets(gen.tokenizer, text, n))]
 
 

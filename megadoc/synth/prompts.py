@@ -1,16 +1,30 @@
-"""Prompt templates and how a rendered prompt becomes token ids.
+"""Prompt templates, and how a rendered prompt becomes token ids through the model's own chat
+template.
 
 A template file holds a `[system]` section and a `[user]` section, each marker alone on its line;
 a file without markers is all user message. Placeholders are `{name}` (literal braces: `{{`, `}}`):
 `rephrase` templates take {document}, `latent_thought` templates take {prefix} and {suffix};
 the knowledge methods' fields are in METHOD_FIELDS.
+
+Chat templates are the model's own Jinja template (a GGUF's `tokenizer.chat_template`, a Hugging
+Face directory's tokenizer_config.json or chat_template.jinja), rendered as transformers'
+`apply_chat_template` renders it: a sandboxed environment with trim_blocks and lstrip_blocks,
+`raise_exception`, `strftime_now`, the special tokens by name; the text is then tokenized with the
+special tokens' spellings as those tokens.
 """
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import functools
 import hashlib
+import json
 import os
 import string
+
+import jinja2
+import jinja2.ext
+import jinja2.sandbox
 
 from megadoc import fs
 
@@ -20,11 +34,6 @@ METHOD_FIELDS = {"rephrase": ("document",), "latent_thought": ("prefix", "suffix
                  "entigraph_relation": ("document", "entities")}
 _SECTIONS = ("[system]", "[user]")
 _TEMPLATE_DIR = os.path.join(os.path.dirname(__file__), "templates")
-
-# Llama 3 chat tokens; prompts use the chat format only when the tokenizer has all of them.
-_BEGIN, _START, _END, _EOT = ("<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
-                              "<|eot_id|>")
-
 
 def builtin_template(method: str) -> str:
     """Path of the template shipped for a method."""
@@ -95,28 +104,80 @@ def _split_sections(path: str, text: str) -> tuple[str | None, str]:
     return sections.get("[system]") or None, sections["[user]"]
 
 
-def uses_chat_format(tokenizer) -> bool:
-    return all(tokenizer.special_token_id(t) is not None for t in (_BEGIN, _START, _END, _EOT))
-
-
 def encode(tokenizer, system: str | None, user: str) -> list[int]:
-    """Prompt ids ending where the model's answer begins: the Llama 3 chat format (system and
-    user turns, then the assistant header) when the tokenizer has its special tokens, else the
-    plain text `system\\n\\nuser\\n\\n` after BOS (when the tokenizer has one)."""
-    if uses_chat_format(tokenizer):
-        start, end, eot = (tokenizer.special_token_id(t) for t in (_START, _END, _EOT))
-        ids = [tokenizer.special_token_id(_BEGIN)]
-        turns = ([("system", system)] if system else []) + [("user", user)]
-        for role, content in turns:
-            ids += [start, *tokenizer.encode(role), end, *tokenizer.encode("\n\n" + content), eot]
-        return ids + [start, *tokenizer.encode("assistant"), end, *tokenizer.encode("\n\n")]
+    """Prompt ids ending where the model's answer begins: the tokenizer's chat template over a
+    system (when given) and a user message, else the plain text `system\n\nuser\n\n` after
+    BOS (when the tokenizer has one)."""
+    if tokenizer.chat_template:
+        messages = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": user}]
+        return apply_chat_template(tokenizer, messages)
     bos = [] if tokenizer.bos_id is None else [tokenizer.bos_id]
     text = user if not system else system + "\n\n" + user
     return bos + tokenizer.encode(text + "\n\n")
 
 
+def apply_chat_template(tokenizer, messages: list[dict], add_generation_prompt: bool = True
+                        ) -> list[int]:
+    """Ids of `messages` ([{"role": ..., "content": ...}]) in the tokenizer's chat template, as
+    transformers' `apply_chat_template(..., tokenize=True)` gives them. A message that spells one
+    of the special tokens is a ValueError: in the rendered text it would become a control token."""
+    if not tokenizer.chat_template:
+        raise ValueError(f"{getattr(tokenizer, 'path', tokenizer)}: the tokenizer has no chat "
+                         "template (tokenizer.chat_template in a GGUF, chat_template in "
+                         "tokenizer_config.json, or chat_template.jinja)")
+    for i, message in enumerate(messages):
+        spelled = [t for t in tokenizer.special_tokens if t in message["content"]]
+        if spelled:
+            raise ValueError(f"message {i} ({message['role']}) contains the special token "
+                             f"{spelled[0]!r} as text; the chat template would turn it into that "
+                             "control token")
+    return tokenizer.encode_with_special_tokens(_render(tokenizer, messages, add_generation_prompt))
+
+
+def _render(tokenizer, messages, add_generation_prompt) -> str:
+    return _compiled(tokenizer.chat_template).render(
+        messages=messages, add_generation_prompt=add_generation_prompt, tools=None,
+        documents=None, **tokenizer.template_tokens)
+
+
+def _raise_exception(message):
+    raise jinja2.exceptions.TemplateError(message)
+
+
+def _tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
+                      sort_keys=sort_keys)
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled(template: str) -> jinja2.Template:
+    env = jinja2.sandbox.ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
+    env.filters["tojson"] = _tojson
+    env.globals["raise_exception"] = _raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.datetime.now().strftime(fmt)
+    return env.from_string(template)
+
+
+def end_of_turn_token(tokenizer) -> int | None:
+    """The special token the chat template writes right after an assistant message (ChatML's
+    <|im_end|>, Llama 3's <|eot_id|>), or None without a template or such a token."""
+    if not tokenizer.chat_template:
+        return None
+    probe = "megadoc-end-of-turn-probe"
+    try:
+        text = _render(tokenizer, [{"role": "user", "content": "x"},
+                                   {"role": "assistant", "content": probe}], False)
+    except jinja2.exceptions.TemplateError:
+        return None
+    after = text[text.index(probe) + len(probe):] if probe in text else ""
+    ids = tokenizer.encode_with_special_tokens(after)[:1]
+    special = {tokenizer.special_token_id(t) for t in tokenizer.special_tokens}
+    return ids[0] if ids and ids[0] in special else None
+
+
 def stop_tokens(tokenizer) -> tuple[int, ...]:
-    """EOS plus the Llama 3 end-of-turn/end-of-message tokens where the tokenizer has them."""
-    names = ("<|eot_id|>", "<|eom_id|>", "<|end_of_text|>")
-    ids = {tokenizer.eos_id} | {tokenizer.special_token_id(n) for n in names}
+    """The model's EOS plus the chat template's end-of-turn token."""
+    ids = {tokenizer.eos_id, end_of_turn_token(tokenizer)}
     return tuple(sorted(i for i in ids if i is not None))

@@ -10,15 +10,23 @@ from megadoc.models import llama
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
+    """AdamW with clipping and a cosine schedule (see optimizer.py)."""
     lr: float
+    """peak learning rate"""
     weight_decay: float
+    """decoupled weight decay, multiplied by the learning rate"""
     warmup_frac: float = 0.01
+    """fraction of the steps spent in linear warmup"""
     b1: float = 0.9
+    """Adam's first-moment decay"""
     b2: float = 0.95
+    """Adam's second-moment decay"""
     eps: float = 1e-8
+    """Adam's epsilon"""
     clip_norm: float = 1.0
-    # substrings of param paths that get no weight decay: Levanter's default (embedding, norms)
+    """global gradient-norm clip"""
     no_decay: tuple[str, ...] = ("embed", "norm")
+    """substrings of param paths that get no weight decay (Levanter's default: embedding, norms)"""
 
     def __post_init__(self):
         _check(self, lr=_positive, weight_decay=_non_negative, warmup_frac=_fraction,
@@ -27,12 +35,19 @@ class OptimizerConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
+    """The stores a run trains on and the order it reads them in."""
     real: str
+    """window store of real documents"""
     synthetic: str | None = None
-    mix: float = 0.0  # fraction of every global batch drawn from the synthetic stream
-    epochs: int = 1  # passes over the real stream
+    """window store of synthetic documents (megadocs)"""
+    mix: float = 0.0
+    """fraction of each global batch taken from the synthetic store"""
+    epochs: int = 1
+    """passes over the real store"""
     seed: int = 0
+    """seed of the data order and the model init"""
     global_batch: int = 64
+    """windows per step"""
 
     def __post_init__(self):
         _check(self, mix=_fraction, epochs=_at_least_one, global_batch=_at_least_one)
@@ -45,21 +60,41 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
+    """One training run: model, data, optimizer, and how it is laid out, saved and logged."""
     model: llama.LlamaConfig
+    """the model trained"""
     data: DataConfig
+    """what it trains on"""
     optimizer: OptimizerConfig
+    """how it is updated"""
     workdir: str
-    microbatches: int = 1  # gradient accumulation steps inside one train step
-    mesh: tuple[int, int, int] = (1, -1, 1)  # (data, fsdp, tensor); -1 = all remaining devices
-    val: tuple[tuple[str, str], ...] = ()  # (name, store path)
-    eval_every: int = 0  # steps; 0 = only at the end
-    eval_batch_size: int = 0  # 0 = the global batch
-    checkpoint_every_steps: int = 0  # 0 = never by step count
-    checkpoint_every_minutes: float = 30.0  # 0 = never by time
+    """output directory (local or gs://): checkpoints, metrics, summary"""
+    microbatches: int = 1
+    """gradient-accumulation slices per step"""
+    mesh: tuple[int, int, int] = (1, -1, 1)
+    """mesh shape data,fsdp,tensor (-1: the remaining devices)"""
+    val: tuple[tuple[str, str], ...] = ()
+    """validation sets: a name and a window store or JSONL/Parquet documents (documents are also
+    scored as NAME_short / NAME_long halves by tokenized length)"""
+    eval_every: int = 0
+    """evaluate every N steps (and at the end); 0 = at the end only"""
+    eval_batch_size: int = 0
+    """eval windows per batch (0 = the global batch); rounded up to fill every batch shard of
+    the mesh"""
+    checkpoint_every_steps: int = 0
+    """checkpoint every N steps (0 = off)"""
+    checkpoint_every_minutes: float = 30.0
+    """checkpoint every N minutes (0 = off)"""
     keep_checkpoints: int = 2
-    log_every: int = 10  # progress line every N steps (metrics.jsonl gets every step)
-    peak_flops: float = 0.0  # per device, for MFU; 0 = known accelerator peak or measured
-    init: str | None = None  # continued pre-training: a .gguf, HF directory or megadoc workdir
+    """checkpoints kept (the newest); a damaged newest one is skipped for the newest intact
+    one, so keeping 2 or more leaves one to fall back on"""
+    log_every: int = 10
+    """progress line every N steps (metrics.jsonl gets every step)"""
+    peak_flops: float = 0.0
+    """peak FLOP/s per device, for MFU (0 = the known accelerator peak, or measured)"""
+    init: str | None = None
+    """continued pre-training: start from this .gguf file, Hugging Face Llama directory or
+    megadoc workdir, with its architecture"""
 
     def __post_init__(self):
         _check(self, microbatches=_at_least_one, eval_every=_non_negative,

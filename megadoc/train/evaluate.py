@@ -1,10 +1,12 @@
-"""Validation loss over every window of a store."""
+"""Validation loss over every window of a store, for one model or any other scorer of tokens."""
 from __future__ import annotations
+
+import functools
 
 import jax
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
 
+from megadoc.data import host_rows
 from megadoc.data import store as store_lib
 from megadoc.models import llama, sharding
 from megadoc.train import step as step_lib
@@ -12,35 +14,31 @@ from megadoc.train import step as step_lib
 
 class Evaluator:
     """Mean next-token loss of a store, in batches laid out on the mesh (the last one padded
-    with zero-weight rows). Each process reads only the rows its devices hold."""
+    with zero-weight rows). Each process reads only the rows its devices hold.
 
-    def __init__(self, model_config: llama.LlamaConfig, mesh, batch_size: int):
-        shards = mesh.shape["data"] * mesh.shape["fsdp"]
-        self.batch_size = -(-batch_size // shards) * shards
-        self.rows_sh = sharding.batch_sharding(mesh)
-        self.weights_sh = NamedSharding(mesh, P(self.rows_sh.spec[0]))
-        index_map = self.rows_sh.addressable_devices_indices_map((self.batch_size, 1))
-        self.local_rows = sorted({r for idx in index_map.values()
-                                  for r in range(*idx[0].indices(self.batch_size))})
-        self._position = {r: i for i, r in enumerate(self.local_rows)}
-        param_sh = sharding.param_shardings(model_config, mesh)
-        self._step = step_lib.make_eval_step(model_config, param_sh, mesh)
+    By default the loss is the model's; `token_losses(params, tokens_BxW, segment_ids_BxW)`
+    (fp32 [B, W-1]) with `param_shardings` scores anything else, e.g. an ensemble."""
 
-    def _global(self, local_rows: np.ndarray, sh: NamedSharding) -> jax.Array:
-        shape = (self.batch_size,) + local_rows.shape[1:]
-        return jax.make_array_from_callback(shape, sh, lambda idx: local_rows[
-            [self._position[r] for r in range(*idx[0].indices(self.batch_size))]])
+    def __init__(self, model_config: llama.LlamaConfig, mesh, batch_size: int, *,
+                 token_losses=None, param_shardings=None):
+        rows_sh = sharding.batch_sharding(mesh)
+        self.batch_size = host_rows.round_up(batch_size, host_rows.num_shards(rows_sh))
+        self.rows = host_rows.HostRows(rows_sh, self.batch_size)
+        token_losses = token_losses or functools.partial(step_lib.token_losses, model_config)
+        if param_shardings is None:
+            param_shardings = llama.param_shardings(model_config, mesh)
+        self._step = step_lib.make_eval_step(token_losses, param_shardings, mesh)
 
     def __call__(self, params, store: store_lib.WindowStore) -> float:
+        if len(store) == 0:
+            raise ValueError(f"{getattr(store, 'path', 'store')}: no windows to evaluate")
         total, count = 0.0, 0.0
-        local = np.asarray(self.local_rows)
         for start in range(0, len(store), self.batch_size):
-            window_ids = start + local
+            window_ids = start + self.rows.local_rows
             valid = window_ids < len(store)
             read = store.read(np.where(valid, window_ids, 0))
-            batch = {k: self._global(v, self.rows_sh) for k, v in read.items()}
-            weights = self._global(valid.astype(np.float32), self.weights_sh)
-            s, c = self._step(params, batch, weights)
+            batch = {k: self.rows.to_global(v) for k, v in read.items()}
+            s, c = self._step(params, batch, self.rows.to_global(valid.astype(np.float32)))
             total, count = total + float(s), count + float(c)
         return total / count
 
@@ -50,5 +48,5 @@ def eval_loss(model_config: llama.LlamaConfig, params, store, batch_size: int, m
     if isinstance(store, str):
         store = store_lib.open(store)
     mesh = mesh or sharding.make_mesh()
-    params = jax.device_put(params, sharding.param_shardings(model_config, mesh))
+    params = jax.device_put(params, llama.param_shardings(model_config, mesh))
     return Evaluator(model_config, mesh, batch_size)(params, store)

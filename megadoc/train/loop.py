@@ -145,16 +145,18 @@ def _restore_or_init(cfg, mgr, optimizer, mesh, run: dict) -> tuple[dict, int]:
     return state, start
 
 
-def train(cfg: config_lib.TrainConfig) -> dict:
-    """Train (or resume) the run `cfg` describes; returns the summary also written to
-    summary.json, or {"status": "preempted", "step": k} after a SIGTERM save. One job per
-    workdir: a second one refuses to start (workdir_lock)."""
+def train(cfg: config_lib.TrainConfig, objective: step_lib.Objective | None = None) -> dict:
+    """Train (or resume) the run `cfg` describes, minimising `objective` (default: the
+    next-token loss); returns the summary also written to summary.json, or
+    {"status": "preempted", "step": k} after a SIGTERM save. One job per workdir: a second one
+    refuses to start (workdir_lock)."""
+    objective = objective or step_lib.language_model(cfg.model)
     check_writable(cfg.workdir)
     with workdir_lock.held(cfg.workdir, enabled=jax.process_index() == 0):
-        return _train(cfg)
+        return _train(cfg, objective)
 
 
-def _train(cfg: config_lib.TrainConfig) -> dict:
+def _train(cfg: config_lib.TrainConfig, objective: step_lib.Objective) -> dict:
     stores = open_stores(cfg)
     mesh = make_mesh(cfg.mesh)
     synthetic = stores["synthetic"]
@@ -168,7 +170,7 @@ def _train(cfg: config_lib.TrainConfig) -> dict:
     optimizer = optimizer_lib.make(cfg.optimizer, num_steps)
     lr = optimizer_lib.lr_schedule(cfg.optimizer, num_steps)
     shardings = state_lib.shardings(cfg.model, optimizer, mesh)
-    run = run_record(cfg, stores, num_steps)
+    run = run_record(cfg, stores, num_steps) | objective.record
 
     mgr = checkpoint.manager(cfg.workdir, keep=cfg.keep_checkpoints)
     state, start = _restore_or_init(cfg, mgr, optimizer, mesh, run)
@@ -186,12 +188,14 @@ def _train(cfg: config_lib.TrainConfig) -> dict:
     writer.truncate_after(start)
     seq_len = stores["real"].seq_len
     tokens_per_step = cfg.data.global_batch * seq_len
-    flops_per_step = metrics.flops_per_token(cfg.model, seq_len) * tokens_per_step
+    flops_per_step = (metrics.flops_per_token(cfg.model, seq_len)
+                      + objective.flops_per_token) * tokens_per_step
     peak = metrics.total_peak_flops(cfg.peak_flops)
     train_step = step_lib.make_train_step(cfg.model, optimizer, lr, shardings, mesh,
-                                          cfg.microbatches)
+                                          cfg.microbatches, objective)
     evaluator = evaluate.Evaluator(cfg.model, mesh, cfg.eval_batch_size or cfg.data.global_batch)
-    loader = loader_lib.BatchLoader(schedule, stores["real"], synthetic, mesh, start_step=start)
+    loader = loader_lib.BatchLoader(schedule, stores["real"], synthetic,
+                                   sharding.batch_sharding(mesh), start_step=start)
     stop = _Stop()
 
     def run_eval(step: int) -> dict:
@@ -226,6 +230,7 @@ def _train(cfg: config_lib.TrainConfig) -> dict:
                 f"reproduces the NaN)")
         writer.write({"step": step, "loss": loss, "lr": float(out["lr"]),
                       "grad_norm": grad_norm,
+                      **{name: float(out[name]) for name in objective.metric_names},
                       "tokens_per_s": tokens_per_step / dt, "mfu": flops_per_step / dt / peak,
                       "data_fingerprint": metrics.fingerprint_hex(out["data_fingerprint"])})
 

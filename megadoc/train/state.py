@@ -10,14 +10,14 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
-from megadoc.models import llama, sharding
+from megadoc.models import llama
 
 
 def shardings(model_config: llama.LlamaConfig, optimizer: optax.GradientTransformation, mesh):
     """NamedShardings for every leaf of the state: params per the model's rules, optimizer
     moments like their params, optimizer scalars replicated."""
     replicated = NamedSharding(mesh, PartitionSpec())
-    param_sh = sharding.param_shardings(model_config, mesh)
+    param_sh = llama.param_shardings(model_config, mesh)
     abstract_params = jax.eval_shape(lambda k: llama.init(model_config, k), jax.random.key(0))
     abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
     opt_sh = optax.tree_map_params(optimizer, lambda _, s: s, abstract_opt, param_sh,
@@ -35,6 +35,12 @@ def abstract(model_config, optimizer, mesh):
 def create_unsharded(model_config, optimizer, key):
     params = llama.init(model_config, key)
     return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": optimizer.init(params)}
+
+
+def init_params(model_config, key, mesh):
+    """Params created directly in their sharding: no host ever holds the whole model."""
+    return jax.jit(lambda k: llama.init(model_config, k),
+                   out_shardings=llama.param_shardings(model_config, mesh))(key)
 
 
 def create(model_config, optimizer, mesh, key):

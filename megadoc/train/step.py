@@ -1,13 +1,16 @@
-"""The jitted SPMD train and eval steps.
+"""The jitted SPMD train and eval steps, for any objective.
 
-Loss is fp32 `logsumexp(logits) - logit[target]` from `llama.hidden_states` + `output_logits`:
-~24% faster on CPU than integer-label cross-entropy, whose backward scatters over all logits.
-A global batch of B windows is split into `microbatches` slices accumulated under `lax.scan`, so
-the papers' 64 × 4096 batch fits a small slice; each slice stays spread over every device.
+An objective is a loss function of the params and a batch (see `Objective`); the language-model
+loss is the default and distillation is another. Token losses are fp32
+`logsumexp(logits) - logit[target]`: ~24% faster on CPU than integer-label cross-entropy, whose
+backward scatters over all logits. A global batch of B windows is split into `microbatches`
+slices accumulated under `lax.scan`, so the papers' 64 × 4096 batch fits a small slice; each
+slice stays spread over every device.
 """
 from __future__ import annotations
 
-import functools
+import dataclasses
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -18,17 +21,46 @@ from megadoc.models import llama, sharding
 from megadoc.train import metrics
 
 
-def token_losses(model_config, params, tokens_BxW, segment_ids_BxW):
-    """Next-token loss per position, fp32 [B, W-1]; windows hold W = seq_len + 1 tokens."""
-    inputs_BxT, targets_BxT = tokens_BxW[:, :-1], tokens_BxW[:, 1:]
-    hidden_BxTxH = llama.hidden_states(model_config, params, inputs_BxT, segment_ids_BxW[:, :-1])
-    logits_BxTxV = llama.output_logits(model_config, params, hidden_BxTxH)
+def next_token_losses(logits_BxTxV, targets_BxT):
+    """fp32 [B, T]: −log p(target) under `logits`, as logsumexp minus the target's logit."""
     target_BxT = jnp.take_along_axis(logits_BxTxV, targets_BxT[..., None], axis=-1)[..., 0]
     return jax.nn.logsumexp(logits_BxTxV, axis=-1) - target_BxT
 
 
+def token_losses(model_config, params, tokens_BxW, segment_ids_BxW):
+    """Next-token loss per position, fp32 [B, W-1]; windows hold W = seq_len + 1 tokens."""
+    hidden_BxTxH = llama.hidden_states(model_config, params, tokens_BxW[:, :-1],
+                                       segment_ids_BxW[:, :-1])
+    logits_BxTxV = llama.output_logits(model_config, params, hidden_BxTxH)
+    return next_token_losses(logits_BxTxV, tokens_BxW[:, 1:])
+
+
 def mean_loss(model_config, params, tokens_BxW, segment_ids_BxW):
     return jnp.mean(token_losses(model_config, params, tokens_BxW, segment_ids_BxW))
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    """What a run minimises.
+
+    `loss(params, frozen, tokens_BxW, segment_ids_BxW) -> (loss, {name: scalar})` is
+    differentiated in `params` only; `frozen` is a pytree the loss reads but never trains (a
+    teacher), placed as `frozen_shardings(mesh)` says and passed to every step. `record` joins the run's
+    identity (a resume with a different objective is refused); `flops_per_token` adds the
+    frozen part's compute to the MFU count."""
+    loss: Callable
+    metric_names: tuple[str, ...] = ()
+    frozen: Any = None
+    frozen_shardings: Callable | None = None
+    record: dict = dataclasses.field(default_factory=dict)
+    flops_per_token: float = 0.0
+
+
+def language_model(model_config) -> Objective:
+    """The next-token loss of the model on the batch."""
+    def loss(params, frozen, tokens_BxW, segment_ids_BxW):
+        return mean_loss(model_config, params, tokens_BxW, segment_ids_BxW), {}
+    return Objective(loss)
 
 
 def _split_microbatches(x_BxW, microbatches, mesh):
@@ -40,34 +72,36 @@ def _split_microbatches(x_BxW, microbatches, mesh):
     return jax.lax.with_sharding_constraint(x_MxBmxW, NamedSharding(mesh, spec))
 
 
-def grads_and_loss(model_config, params, batch, microbatches, mesh):
-    loss_and_grad = jax.value_and_grad(functools.partial(mean_loss, model_config))
+def grads_and_loss(objective, params, frozen, batch, microbatches, mesh):
+    """((loss, metrics), grads) averaged over the microbatches."""
+    loss_and_grad = jax.value_and_grad(objective.loss, has_aux=True)
     if microbatches == 1:
-        return loss_and_grad(params, batch["tokens"], batch["segment_ids"])
-    tokens = _split_microbatches(batch["tokens"], microbatches, mesh)
-    segs = _split_microbatches(batch["segment_ids"], microbatches, mesh)
+        return loss_and_grad(params, frozen, batch["tokens"], batch["segment_ids"])
+    slices = (_split_microbatches(batch["tokens"], microbatches, mesh),
+              _split_microbatches(batch["segment_ids"], microbatches, mesh))
 
-    def accumulate(carry, mb):
-        loss_sum, grad_sum = carry
-        loss, grads = loss_and_grad(params, *mb)
-        return (loss_sum + loss, jax.tree.map(jnp.add, grad_sum, grads)), None
+    def accumulate(total, mb):
+        return jax.tree.map(jnp.add, total, loss_and_grad(params, frozen, *mb)), None
 
-    zeros = jax.tree.map(jnp.zeros_like, params)
-    (loss_sum, grad_sum), _ = jax.lax.scan(accumulate, (jnp.zeros((), jnp.float32), zeros),
-                                           (tokens, segs))
-    return loss_sum / microbatches, jax.tree.map(lambda g: g / microbatches, grad_sum)
+    zeros = jax.eval_shape(loss_and_grad, params, frozen, *[s[0] for s in slices])
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zeros)
+    total, _ = jax.lax.scan(accumulate, zeros, slices)
+    return jax.tree.map(lambda x: x / microbatches, total)
 
 
-def make_train_step(model_config, optimizer, schedule, state_shardings, mesh, microbatches=1):
+def make_train_step(model_config, optimizer, schedule, state_shardings, mesh, microbatches=1,
+                    objective: Objective | None = None):
     """`train_step(state, batch, step) -> (state, metrics)`; state is donated.
 
     An update happens only when the loss and the gradient norm are finite and
     `state["step"] == step`; otherwise the state passes through unchanged, so after a NaN the
     loop still holds the state that caused it (the step dispatched after the NaN one is skipped
     too), never parameters an infinite gradient already poisoned."""
+    objective = objective or language_model(model_config)
 
-    def train_step(state, batch, step):
-        loss, grads = grads_and_loss(model_config, state["params"], batch, microbatches, mesh)
+    def train_step(state, frozen, batch, step):
+        (loss, extra), grads = grads_and_loss(objective, state["params"], frozen, batch,
+                                              microbatches, mesh)
         updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         grad_norm = optax.global_norm(grads)
@@ -75,30 +109,35 @@ def make_train_step(model_config, optimizer, schedule, state_shardings, mesh, mi
         new = {"step": state["step"] + 1, "params": params, "opt_state": opt_state}
         new = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, state)
         out = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(step),
-               "data_fingerprint": metrics.batch_fingerprint(batch["tokens"])}
+               "data_fingerprint": metrics.batch_fingerprint(batch["tokens"]), **extra}
         return new, out
 
+    frozen, frozen_sh = objective.frozen, None
+    if frozen is not None:
+        frozen_sh = objective.frozen_shardings(mesh)
+        frozen = jax.device_put(frozen, frozen_sh)
     batch_sh = sharding.batch_sharding(mesh)
     replicated = NamedSharding(mesh, P())
     jitted = jax.jit(train_step, donate_argnums=(0,),
-                     in_shardings=(state_shardings, {"tokens": batch_sh, "segment_ids": batch_sh},
-                                   replicated),
+                     in_shardings=(state_shardings, frozen_sh,
+                                   {"tokens": batch_sh, "segment_ids": batch_sh}, replicated),
                      out_shardings=(state_shardings, replicated))
 
     def run(state, batch, step):
         with jax.set_mesh(mesh):
-            return jitted(state, batch, jnp.int32(step))
+            return jitted(state, frozen, batch, jnp.int32(step))
 
     return run
 
 
-def make_eval_step(model_config, param_shardings, mesh):
+def make_eval_step(token_losses_fn, param_shardings, mesh):
     """`eval_step(params, batch, weights_B) -> (sum of weighted window losses, sum of weights)`;
-    weight 0 marks padding rows of the last batch."""
+    `token_losses_fn(params, tokens_BxW, segment_ids_BxW)` gives [B, W-1] losses; weight 0
+    marks padding rows of the last batch."""
 
     def eval_step(params, batch, weights_B):
         per_window_B = jnp.mean(
-            token_losses(model_config, params, batch["tokens"], batch["segment_ids"]), axis=-1)
+            token_losses_fn(params, batch["tokens"], batch["segment_ids"]), axis=-1)
         return jnp.sum(per_window_B * weights_B), jnp.sum(weights_B)
 
     batch_sh = sharding.batch_sharding(mesh)
@@ -111,3 +150,17 @@ def make_eval_step(model_config, param_shardings, mesh):
             return jitted(params, batch, weights_B)
 
     return run
+
+
+def make_row_scorer(score_fn, param_shardings, mesh):
+    """`scorer(params, rows) -> [B]`: a jitted `score_fn(params, rows) -> [B]` whose `rows` (a
+    tuple of [B, ...] arrays) are split as the batch is; the result is whole on every process."""
+    jitted = jax.jit(score_fn, in_shardings=(param_shardings, sharding.batch_sharding(mesh)),
+                     out_shardings=NamedSharding(mesh, P()))
+
+    def run(params, rows):
+        with jax.set_mesh(mesh):
+            return jitted(params, rows)
+
+    return run
+

@@ -1,0 +1,172 @@
+"""Command-line flags generated from the config dataclasses: one helper, one convention.
+
+The convention: a config field `name` is the flag `--name` (nested configs flatten: the field
+`mix` of DataConfig is `--mix`); its help is the field's docstring, the string literal written
+under it; its default is the field's, or None where the experiment fills it in (a preset, a
+store's metadata). A flag that predates the convention stays as an alias of the generated one.
+
+Experiment modules that keep their own `absl.flags.FlagValues` (so several, which define flags
+of the same names, can share a process, as the tests do) parse them with `parser`. Every
+experiment module runs through `run`: absl's `app.run`, with the errors a user can fix (bad
+input, a missing, unreadable or unwritable path, a full disk) reported as one line
+`error: ...` and exit code 2 instead of a traceback; other exceptions keep theirs (bugs).
+"""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import functools
+import inspect
+import sys
+import textwrap
+import types
+import typing
+
+from absl import app, flags
+
+USER_ERRORS = (ValueError, OSError)  # FileNotFoundError, PermissionError, StorageError: OSErrors
+EXIT_USER_ERROR = 2
+
+
+def field_docs(cls) -> dict[str, str]:
+    """{field: docstring} of a dataclass and its dataclass bases."""
+    docs = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        body = ast.parse(textwrap.dedent(inspect.getsource(klass))).body[0].body
+        for stmt, after in zip(body, body[1:]):
+            if (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)
+                    and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
+                    and isinstance(after.value.value, str)):
+                docs[stmt.target.id] = " ".join(after.value.value.split())
+    return docs
+
+
+def _base_type(hint):
+    """`X | None` → X; anything else as it is."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return hint
+
+
+def _is_named_paths(hint) -> bool:
+    """tuple[tuple[str, str], ...]: (name, path) pairs, given as repeated NAME=PATH."""
+    args = typing.get_args(hint)
+    return typing.get_origin(hint) is tuple and bool(args) and typing.get_origin(args[0]) is tuple
+
+
+def define_fields(cls, flag_values: flags.FlagValues = flags.FLAGS, *, only=None, skip=(),
+                  defaults=None, filled=None, choices=None, aliases=None) -> None:
+    """Define `--<field>` for the fields of dataclass `cls` (`only` these, none of `skip`), as
+    flags of the calling module. `defaults` overrides a field's default; `filled` names who
+    fills a field whose flag is left unset (its default becomes None); `choices` makes a str
+    field an enum; `aliases` maps a field to an older flag name that keeps working."""
+    defaults, filled = dict(defaults or {}), filled or {}
+    choices, aliases = choices or {}, aliases or {}
+    defaults.update(dict.fromkeys(filled))
+    module = sys._getframe(1).f_globals["__name__"]
+    module = sys.argv[0] if module == "__main__" else module  # as absl names the main module
+    hints, docs = typing.get_type_hints(cls), field_docs(cls)
+    for field in dataclasses.fields(cls):
+        name = field.name
+        if (only is not None and name not in only) or name in skip:
+            continue
+        if name not in docs:
+            raise ValueError(f"{cls.__module__}.{cls.__qualname__}.{name} has no docstring: "
+                             f"write one under the field, it is the flag's --help")
+        default = defaults.get(name, None if field.default is dataclasses.MISSING
+                               else field.default)
+        hint, doc = _base_type(hints[name]), docs[name]
+        doc += f" (default: {filled[name]})" if name in filled else ""
+        kw = {"flag_values": flag_values, "module_name": module}
+        if name in choices:
+            flags.DEFINE_enum(name, default, list(choices[name]), doc, **kw)
+        elif hint is bool:
+            flags.DEFINE_bool(name, default, doc, **kw)
+        elif hint is int:
+            flags.DEFINE_integer(name, default, doc, **kw)
+        elif hint is float:
+            flags.DEFINE_float(name, default, doc, **kw)
+        elif hint is str:
+            flags.DEFINE_string(name, default, doc, **kw)
+        elif _is_named_paths(hint):
+            flags.DEFINE_multi_string(name, [f"{k}={v}" for k, v in default or ()],
+                                      f"{doc} (NAME=PATH, repeatable)", **kw)
+        elif typing.get_origin(hint) is tuple:
+            flags.DEFINE_list(name, None if default is None else [str(x) for x in default],
+                              f"{doc} (comma-separated)", **kw)
+        else:
+            raise TypeError(f"{cls.__qualname__}.{name}: no flag type for {hint}")
+        if name in aliases:
+            flags.DEFINE_alias(aliases[name], name, flag_values=flag_values, module_name=module)
+
+
+def field_values(cls, flag_values: flags.FlagValues = flags.FLAGS) -> dict:
+    """{field: value} for the fields of `cls` that are flags with a value (not None), typed as
+    the field is."""
+    hints, out = typing.get_type_hints(cls), {}
+    for field in dataclasses.fields(cls):
+        if field.name not in flag_values or flag_values[field.name].value is None:
+            continue
+        value, hint = flag_values[field.name].value, _base_type(hints[field.name])
+        if _is_named_paths(hint):
+            value = tuple(parse_named(value, field.name).items())
+        elif typing.get_origin(hint) is tuple:
+            item = typing.get_args(hint)[0]
+            try:
+                value = tuple(item(x) for x in value)
+            except ValueError as e:
+                raise app.UsageError(f"--{field.name}={','.join(value)}: {e}") from e
+        out[field.name] = value
+    return out
+
+
+def parse_named(items, flag: str) -> dict[str, str]:
+    """{NAME: PATH} from repeated --flag=NAME=PATH values."""
+    out = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise app.UsageError(f"--{flag}={item!r}: expected NAME=PATH")
+        out[name] = path
+    return out
+
+
+def parser(flag_values: flags.FlagValues):
+    """An `app.run(..., flags_parser=)` that parses `flag_values` (answering --help itself, as
+    absl only does for the global namespace) and marks the global namespace parsed too
+    (libraries such as grain read absl flags and refuse unparsed ones)."""
+    def parse(argv):
+        if any(a in ("-h", "--help", "-help", "--helpfull") for a in argv[1:]):
+            print(sys.modules["__main__"].__doc__ or "")
+            print(flag_values.get_help())
+            sys.exit(0)
+        try:
+            rest = flag_values(argv)
+        except flags.Error as e:
+            sys.exit(f"{e}\nSee --help.")
+        flags.FLAGS.mark_as_parsed()
+        return rest
+    return parse
+
+
+def plain_errors(main):
+    @functools.wraps(main)
+    def wrapped(argv):
+        try:
+            return main(argv)
+        except USER_ERRORS as e:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            sys.exit(EXIT_USER_ERROR)
+    return wrapped
+
+
+def run(main, flags_parser=None) -> None:
+    """`app.run(main)` (with `flags_parser` when the module keeps its own flag namespace)."""
+    if flags_parser is None:
+        app.run(plain_errors(main))
+    else:
+        app.run(plain_errors(main), flags_parser=flags_parser)

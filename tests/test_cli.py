@@ -1,0 +1,73 @@
+"""Flags generated from the config dataclasses (megadoc.cli)."""
+import dataclasses
+
+import pytest
+from absl import app, flags
+
+from megadoc import cli
+from megadoc.train import config
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+    path: str
+    """where it goes"""
+    count: int = 3
+    """how many"""
+    ratio: float | None = None
+    """a fraction, or none"""
+    shape: tuple[int, int] = (1, -1)
+    """two sizes"""
+    sets: tuple[tuple[str, str], ...] = ()
+    """named paths"""
+    on: bool = True
+    """a switch"""
+
+
+def parsed(*argv, **define):
+    f = flags.FlagValues()
+    cli.define_fields(Example, f, **define)
+    f(["prog", *argv])
+    return f
+
+
+def test_each_field_is_a_flag_of_its_name_with_its_docstring_as_help():
+    f = parsed()
+    help_text = f.get_help()
+    for name, doc in cli.field_docs(Example).items():
+        assert f[name].help.startswith(doc) and f"--{name}" in help_text.replace("[no]", "")
+    assert cli.field_values(Example, f) == {"count": 3, "shape": (1, -1), "sets": (), "on": True}
+
+
+def test_values_come_back_typed_as_the_fields():
+    f = parsed("--path=p", "--count=5", "--ratio=0.5", "--shape=2,4", "--sets=a=A", "--sets=b=B",
+               "--noon")
+    assert Example(**cli.field_values(Example, f)) == Example(
+        "p", 5, 0.5, (2, 4), (("a", "A"), ("b", "B")), False)
+
+
+def test_aliases_filled_defaults_and_choices():
+    f = parsed("--n=7", aliases={"count": "n"}, filled={"ratio": "the preset's"},
+               choices={"path": ("x", "y")}, defaults={"path": "x"})
+    assert f.count == 7 and f.path == "x" and f.ratio is None
+    assert "(default: the preset's)" in f["ratio"].help
+    with pytest.raises(flags.IllegalFlagValueError):
+        f(["prog", "--path=z"])
+
+
+def test_bad_values_and_undocumented_fields_are_refused():
+    f = parsed("--sets=nameless")
+    with pytest.raises(app.UsageError, match="--sets='nameless': expected NAME=PATH"):
+        cli.field_values(Example, f)
+
+    @dataclasses.dataclass(frozen=True)
+    class Bare:
+        x: int = 0
+
+    with pytest.raises(ValueError, match="Bare.x has no docstring"):
+        cli.define_fields(Bare, flags.FlagValues())
+
+
+def test_every_config_field_has_a_docstring():
+    for cls in (config.TrainConfig, config.DataConfig, config.OptimizerConfig):
+        assert set(cli.field_docs(cls)) == {f.name for f in dataclasses.fields(cls)}
