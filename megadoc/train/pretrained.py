@@ -9,7 +9,7 @@ import jax
 from megadoc import fs
 from megadoc.data import store as store_lib
 from megadoc.data import tokenizer as tokenizer_lib
-from megadoc.models import hf, llama, sharding
+from megadoc.models import gguf, hf, llama
 from megadoc.train import checkpoint
 
 
@@ -32,13 +32,10 @@ def load(path: str, mesh=None) -> tuple[llama.LlamaConfig, dict]:
     if source == "hf":
         return hf.load(path, mesh)
     if source == "gguf":
-        from megadoc.models import gguf  # the GGUF reader lands with the real-generator issue
-
-        config, params = gguf.load(path)
-    else:
-        config, params = checkpoint.load_params(path)
+        return gguf.load(path, mesh)
+    config, params = checkpoint.load_params(path)
     if mesh is not None:
-        params = jax.device_put(params, sharding.param_shardings(config, mesh))
+        params = jax.device_put(params, llama.param_shardings(config, mesh))
     return config, params
 
 
