@@ -5,6 +5,12 @@
         --top_k=0 --seed=0]
     python -m experiments.synthesize --method=latent_thoughts --generator=MODEL --docs=DOCS \\
         --output=DIR --splits=8 [--max_new_tokens=512 ...]
+    python -m experiments.synthesize --method=qa --generator=MODEL --docs=DOCS --output=QA \\
+        --generations=8
+    python -m experiments.synthesize --method=focal_rewrite --questions=QA --generator=MODEL \\
+        --docs=DOCS --output=FOCAL --generations=2 --temperature=0.7 --top_p=0.95
+    python -m experiments.synthesize --method=entigraph --generator=MODEL --docs=DOCS \\
+        --output=EG --pairs=16 --triples=8     # EG/entities (stage 1), then EG/relations
     python -m experiments.synthesize --method=unconditional --generator=RUN[,RUN...] \\
         --tokenizer=TOKENIZER --output=DIR --num_documents=100000 [--max_new_tokens=1024 ...]
 
@@ -28,7 +34,8 @@ from megadoc.synth import job, unconditional
 
 # Its own flag namespace: other experiment modules define --seed, --docs, ... in the global one.
 FLAGS = flags.FlagValues()
-cli.define_fields(job.JobConfig, FLAGS, choices={"method": [*job.RECORD_METHOD, "unconditional"]})
+cli.define_fields(job.JobConfig, FLAGS,
+                  choices={"method": [*job.RECORD_METHOD, "entigraph", "unconditional"]})
 cli.define_fields(unconditional.UnconditionalConfig, FLAGS, only=("num_documents",))
 flags.DEFINE_string("tokenizer", None, "unconditional: the students' tokenizer", flag_values=FLAGS)
 
@@ -48,15 +55,49 @@ def build_unconditional_config(f=FLAGS):
         temperature=f.temperature, seed=f.seed, batch_size=f.batch_size, shard_size=f.shard_size)
 
 
-def build_config(f=FLAGS):
+# Flags that only some methods read; any other method refuses them. (The entigraph stages also
+# run alone: entigraph_entities, then entigraph_relations --entities=EG/entities, each with its
+# own --template.)
+_METHOD_FLAGS = {"generations": ("rephrase", "qa", "focal_rewrite"),
+                 "splits": ("latent_thoughts",), "questions": ("focal_rewrite",),
+                 "entities": ("entigraph_relations",),
+                 "pairs": ("entigraph", "entigraph_relations"),
+                 "triples": ("entigraph", "entigraph_relations")}
+
+
+def build_configs(f=FLAGS) -> list:
+    """The job(s) the flags describe: one, or EntiGraph's two stages in order."""
+    from megadoc import fs
+
     missing = [n for n in ("method", "generator", "docs", "output") if not getattr(f, n)]
     if missing:
         raise app.UsageError(f"missing required flags: {', '.join('--' + n for n in missing)}")
-    if f.method == "rephrase" and f["splits"].present:
-        raise app.UsageError("--splits is for --method=latent_thoughts; use --generations")
-    if f.method == "latent_thoughts" and f["generations"].present:
-        raise app.UsageError("--generations is for --method=rephrase; use --splits")
-    return job.JobConfig(**cli.field_values(job.JobConfig, f))
+    for name, methods in _METHOD_FLAGS.items():
+        if f[name].present and f.method not in methods:
+            raise app.UsageError(f"--{name} is for --method={'|'.join(methods)}, not "
+                                 f"--method={f.method}")
+    if f.method == "entigraph" and f.template:
+        raise app.UsageError("--method=entigraph uses the shipped templates; run its stages "
+                             "(entigraph_entities, entigraph_relations) to pass --template")
+    values = cli.field_values(job.JobConfig, f)
+    try:
+        if f.method != "entigraph":
+            return [job.JobConfig(**values)]
+        entities = fs.join(f.output, "entities")
+        stage1 = {k: v for k, v in values.items() if k not in ("pairs", "triples")}
+        return [job.JobConfig(**dict(stage1, method="entigraph_entities", output=entities)),
+                job.JobConfig(**dict(values, method="entigraph_relations", entities=entities,
+                                     output=fs.join(f.output, "relations")))]
+    except ValueError as e:
+        raise app.UsageError(str(e)) from None
+
+
+def build_config(f=FLAGS):
+    """The single job the flags describe (every method but entigraph, which has two)."""
+    configs = build_configs(f)
+    if len(configs) != 1:
+        raise app.UsageError(f"--method={f.method} runs {len(configs)} jobs")
+    return configs[0]
 
 
 def main(argv):
@@ -69,7 +110,8 @@ def main(argv):
         model_config, stacked = ensemble.load_members(cfg.generator.split(","))
         unconditional.run(cfg, model_config, stacked, tokenizer.load(FLAGS.tokenizer))
         return
-    job.run(build_config())
+    for cfg in build_configs():
+        job.run(cfg)
 
 
 if __name__ == "__main__":

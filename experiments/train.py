@@ -3,6 +3,12 @@
     python -m experiments.train --preset=tiny --workdir=/tmp/run --real=STORE \\
         [--synthetic=STORE --mix=0.75] --epochs=4 --lr=3e-3 --weight_decay=0.8 \\
         --val=iid=VAL_DOCS.jsonl [--val=arxiv=DOCS_OR_STORE ...]
+    python -m experiments.train --init=SmolLM2-135M-Instruct.gguf --workdir=/tmp/cpt \\
+        --real=SYNTHETIC_STORE --epochs=2 [--lr=5e-6 --weight_decay=0.01]   # preset cpt
+
+With --init, training continues from a pre-trained model with its architecture (stores must be
+prepared with its tokenizer: prepare --tokenizer=<the same .gguf or directory>); the preset
+defaults to cpt.
 
 Rerunning the same command resumes from the newest complete checkpoint in --workdir. Multi-host
 (TPU pod slice): run the same command on every host with --distributed.
@@ -24,15 +30,15 @@ FLAGS = flags.FLAGS
 def define_flags(flag_values: flags.FlagValues) -> None:
     """Every field of a TrainConfig as a flag (megadoc.cli's convention); lr, weight_decay,
     global_batch, microbatches and remat default to the preset's."""
-    flags.DEFINE_string("preset", "tiny", f"training preset: {' | '.join(config.PRESETS)}",
-                        flag_values=flag_values)
+    flags.DEFINE_string("preset", "tiny", f"training preset: {' | '.join(config.PRESETS)} "
+                        "(cpt when --init is given)", flag_values=flag_values)
     preset = "the preset's"
     cli.define_fields(config.TrainConfig, flag_values, skip=("model", "data", "optimizer"),
                       filled={"microbatches": preset})
     cli.define_fields(config.DataConfig, flag_values, filled={"global_batch": preset})
     cli.define_fields(config.OptimizerConfig, flag_values,
                       only=("lr", "weight_decay", "warmup_frac"), aliases={"warmup_frac": "warmup"},
-                      filled={"lr": preset, "weight_decay": preset})
+                      filled={"lr": preset, "weight_decay": preset, "warmup_frac": preset})
     cli.define_fields(llama.LlamaConfig, flag_values, only=("remat", "cross_document_attention"),
                       filled={"remat": preset}, choices={"remat": llama.REMAT_POLICIES})
     flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() (multi-host)",
@@ -55,14 +61,23 @@ def build_config(f=FLAGS, config_class=config.TrainConfig):
 
     if not f.workdir or not f.real:
         raise app.UsageError("--workdir and --real are required")
-    p = config.preset(f.preset)
+    p = config.preset("cpt" if f.init and not f["preset"].present else f.preset)
     real = store_lib.open(f.real)
-    model = dataclasses.replace(
-        llama.preset(p.model), vocab_size=int(real.metadata["vocab_size"]),
-        max_seq_len=real.seq_len, remat=f.remat or p.remat,
-        cross_document_attention=f.cross_document_attention)
+    if f.init:  # the source's architecture, vocabulary and context; the loop checks the stores
+        from megadoc.train import pretrained
+
+        model = dataclasses.replace(pretrained.load_config(f.init), remat=f.remat or p.remat,
+                                    cross_document_attention=f.cross_document_attention)
+    elif p.model is None:
+        raise app.UsageError(f"--preset={f.preset} continues pre-training: it needs --init")
+    else:
+        model = dataclasses.replace(
+            llama.preset(p.model), vocab_size=int(real.metadata["vocab_size"]),
+            max_seq_len=real.seq_len, remat=f.remat or p.remat,
+            cross_document_attention=f.cross_document_attention)
     data = {"global_batch": p.global_batch} | cli.field_values(config.DataConfig, f)
-    optimizer = {"lr": p.lr, "weight_decay": p.weight_decay} | cli.field_values(
+    optimizer = {"lr": p.lr, "weight_decay": p.weight_decay,
+                 "warmup_frac": p.warmup_frac} | cli.field_values(
         config.OptimizerConfig, f)
     run = {"microbatches": p.microbatches} | cli.field_values(config_class, f)
     return config_class(model=model, data=config.DataConfig(**data),

@@ -37,7 +37,7 @@ class Question:
     label: int  # index of the correct choice
 
 
-def _rows(path: str) -> Iterator[tuple[int, dict]]:
+def jsonl_rows(path: str) -> Iterator[tuple[int, dict]]:
     # JSON Lines ends records at "\n" only: splitlines() would also split at U+2028 and other
     # separators that are valid inside a JSON string.
     for lineno, line in enumerate(fs.read_text(path).split("\n"), 1):
@@ -64,7 +64,7 @@ def _need(path, lineno, row, fields, layout):
 def read_piqa(path: str) -> list[Question]:
     layout = 'PIQA {"goal": str, "sol1": str, "sol2": str, "label": 0|1}'
     out = []
-    for lineno, row in _rows(path):
+    for lineno, row in jsonl_rows(path):
         _need(path, lineno, row, {"goal": str, "sol1": str, "sol2": str, "label": int}, layout)
         if row["label"] not in (0, 1):
             raise ValueError(f"{path}:{lineno}: expected {layout}; label is {row['label']}")
@@ -78,7 +78,7 @@ def read_sciq(path: str) -> list[Question]:
               "correct_answer": str, "support": str}
     layout = "SciQ {" + ", ".join(f'"{f}": str' for f in fields) + "}"
     out = []
-    for lineno, row in _rows(path):
+    for lineno, row in jsonl_rows(path):
         _need(path, lineno, row, fields, layout)
         choices = tuple(row[k] for k in ("distractor1", "distractor2", "distractor3",
                                          "correct_answer"))
@@ -92,7 +92,7 @@ def read_arc(path: str) -> list[Question]:
     layout = ('ARC {"question": {"stem": str, "choices": [{"text", "label"}]}, "answerKey": str} '
               'or {"question": str, "choices": {"text": [...], "label": [...]}, "answerKey": str}')
     out = []
-    for lineno, row in _rows(path):
+    for lineno, row in jsonl_rows(path):
         _need(path, lineno, row, {"answerKey": str}, layout)
         q = row.get("question")
         try:

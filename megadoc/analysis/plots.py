@@ -115,3 +115,35 @@ def plot_generations(rows: Sequence[Mapping], path: str, *, baseline_recipe: str
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     _save(fig, path)
+
+
+def plot_accuracy_vs_tokens(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+                            baselines: Mapping[str, float], path: str, *,
+                            title: str = "") -> dict[str, tuple[float, float]]:
+    """Accuracy against synthetic tokens on a log axis, one series per name (e.g. closed-book,
+    RAG), each with its log-linear fit acc = a + b·log10(tokens) when it has 2+ points, and the
+    base model's accuracy per name as a dashed line. Returns the fits {name: (a, b)}."""
+    fig = Figure(figsize=(6.4, 4.4))
+    ax = fig.add_subplot()
+    fits = {}
+    for i, (name, (x, y)) in enumerate(curves.items()):
+        color = f"C{i}"
+        x, y = np.asarray(x, float), np.asarray(y, float)
+        x, y = x[x > 0], y[x > 0]  # a volume whose generations all failed has no log position
+        ax.plot(x, y, "o", color=color, label=name)
+        if len(set(x)) >= 2:
+            b, a = np.polyfit(np.log10(x), y, 1)
+            fits[name] = (float(a), float(b))
+            grid = np.geomspace(x.min(), x.max(), 50)
+            ax.plot(grid, a + b * np.log10(grid), "-", color=color, alpha=0.6,
+                    label=f"{name}: {a:.3f} + {b:.3f}·log10(tokens)")
+        if name in baselines:
+            ax.axhline(baselines[name], color=color, linestyle="--", alpha=0.6,
+                       label=f"{name}, base model")
+    ax.set_xscale("log")
+    ax.set_xlabel("synthetic training tokens")
+    ax.set_ylabel("accuracy")
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    _save(fig, path)
+    return fits

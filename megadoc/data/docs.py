@@ -1,9 +1,10 @@
 """Source documents {"id", "text"} and generation records, in JSONL (plain or .gz) or Parquet.
 
-A path is a file, a directory (its *.jsonl, *.jsonl.gz, *.parquet files, sorted), a glob in the
-last path component, or a comma-separated list of these; local or gs://. A record that cannot be
-used (invalid UTF-8, malformed JSON, a missing or mistyped field) is never dropped silently: it
-is logged with file and line and counted in `bad`, a `BadRecords` the caller passes and reports.
+A path is a file, a directory (its *.jsonl, *.jsonl.gz, *.parquet files, sorted, dot files
+skipped), a glob in the last path component, or a comma-separated list of these; local or gs://.
+A record that cannot be used (invalid UTF-8, malformed JSON, a missing or mistyped field) is
+never dropped silently: it is logged with file and line and counted in `bad`, a `BadRecords`
+the caller passes and reports.
 A file that cannot be read at all (a truncated gzip, a corrupt Parquet footer) is an error.
 """
 from __future__ import annotations
@@ -17,7 +18,8 @@ from typing import Iterable, Iterator
 from megadoc import fs
 
 SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet")
-METHODS = ("rephrase", "latent_thought", "unconditional")
+METHODS = ("rephrase", "latent_thought", "unconditional", "qa", "focal_rewrite",
+           "entigraph_entities", "entigraph_relation")
 
 
 class BadRecords:
@@ -56,7 +58,9 @@ def expand(path: str) -> list[str]:
             names = fs.listdir(part)
             if not names:
                 raise FileNotFoundError(f"{part}: no such file or directory")
-            files += [fs.join(part, n) for n in names if n.endswith(SUFFIXES)]
+            # Dot files are temp files of writes a kill interrupted (fs.write_bytes), never data.
+            files += [fs.join(part, n) for n in names
+                      if n.endswith(SUFFIXES) and not n.startswith(".")]
     missing = [f for f in files if not f.endswith(SUFFIXES)]
     if missing:
         raise ValueError(f"{missing[0]}: unknown format; expected one of {SUFFIXES}")

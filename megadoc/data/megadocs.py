@@ -5,10 +5,10 @@ are each followed by EOS in the stream, and the whole starts with BOS when the t
 (papers §3.1 / §4.1, Appendix H).
 
     real      one stream document: the real text
-    simple    every rephrase its own stream document, and the real text its own when include_real:
-              each is shuffled independently across the whole corpus ("shuffled as independent
-              short documents", §1)
-    stitched  one stream document per source: its rephrases in sample order and the real text,
+    simple    every generation its own stream document (by method, then sample order), and the
+              real text its own when include_real: each is shuffled independently across the
+              whole corpus ("shuffled as independent short documents", §1)
+    stitched  one stream document per source: its generations in that order and the real text,
               joined with EOS ("all rephrases and the real doc (with EOS)", §4.1), the real text
               last | first | absent (real_position); with "none" and include_real the real text is
               its own stream document instead
@@ -35,6 +35,8 @@ class StreamDocument:
 
 def build_documents(recipe: str, doc: dict, generations: list[dict], *,
                     real_position: str = "last", include_real: bool = True) -> list[StreamDocument]:
+    """Any generation method but latent thoughts feeds simple and stitched: rephrases, QA
+    pairs, focal rewrites and EntiGraph texts alike."""
     if recipe not in RECIPES:
         raise ValueError(f"recipe {recipe!r}: expected one of {RECIPES}")
     if real_position not in REAL_POSITIONS:
@@ -50,9 +52,10 @@ def build_documents(recipe: str, doc: dict, generations: list[dict], *,
         thoughts = sorted((g for g in generations if g["method"] == "latent_thought"),
                           key=lambda g: (g["offset"], g["sample"]))
         return [StreamDocument("", (insert_thoughts(text, thoughts, doc_id=doc["id"]),))]
-    rephrases = sorted((g for g in generations if g["method"] == "rephrase"), key=lambda g: g["sample"])
+    rephrases = sorted((g for g in generations if g["method"] != "latent_thought"),
+                       key=lambda g: (g["method"], g["sample"]))
     if recipe == "simple":
-        return [StreamDocument(f"rephrase {g['sample']}", (g["text"],)) for g in rephrases] + real
+        return [StreamDocument(f"{g['method']} {g['sample']}", (g["text"],)) for g in rephrases] + real
     texts = tuple(g["text"] for g in rephrases)
     if real_position == "none":
         return ([StreamDocument("rephrases", texts)] if texts else []) + real

@@ -16,6 +16,8 @@ Every (document, sample) yields exactly one record. Records that carry no genera
 `finish_reason`, with empty text: "empty_document", "prompt_too_long" (the prompt does not fit in
 the generator's context; never truncated), "error" (logged with the document's location).
 For latent thoughts `sample` is the split index (0..k-1) and `offset` the split's character offset.
+The knowledge methods (qa, focal_rewrite, entigraph_entities, entigraph_relations) add their
+parsed fields to the record and give malformed output a status: megadoc/synth/knowledge.py.
 """
 from __future__ import annotations
 
@@ -34,13 +36,18 @@ from megadoc import fs
 from megadoc.data import docs as docs_lib
 from megadoc.models import sharding
 from megadoc.synth import generator as generator_lib
+from megadoc.synth import knowledge
 from megadoc.synth import prompts
 from megadoc.synth import sampler as sampler_lib
 from megadoc.synth import split
 
 # Job method (flag value) -> record method; and the papers' max new tokens for each.
-RECORD_METHOD = {"rephrase": "rephrase", "latent_thoughts": "latent_thought"}
-PAPER_MAX_NEW_TOKENS = {"rephrase": 1024, "latent_thoughts": 512}
+RECORD_METHOD = {"rephrase": "rephrase", "latent_thoughts": "latent_thought", "qa": "qa",
+                 "focal_rewrite": "focal_rewrite", "entigraph_entities": "entigraph_entities",
+                 "entigraph_relations": "entigraph_relation"}
+PAPER_MAX_NEW_TOKENS = {"rephrase": 1024, "latent_thoughts": 512, "qa": 256,
+                        "focal_rewrite": 1024, "entigraph_entities": 512,
+                        "entigraph_relations": 1024}
 
 EMPTY_DOCUMENT = "empty_document"
 ERROR = "error"
@@ -51,7 +58,8 @@ PROGRESS_EVERY_S = 10.0
 class JobConfig:
     """One synthesis job: what to generate from which documents with which generator."""
     method: str
-    """what to generate: rephrase | latent_thoughts (unconditional: see synth/unconditional.py)"""
+    """what to generate: rephrase | latent_thoughts | qa | focal_rewrite | entigraph_entities |
+    entigraph_relations (unconditional: see synth/unconditional.py)"""
     generator: str
     """Hugging Face Llama dir with its tokenizer, or a Llama-architecture .gguf file (local or
     gs://); unconditional: megadoc training workdirs, comma-separated (an ensemble)"""
@@ -60,9 +68,17 @@ class JobConfig:
     output: str
     """output directory (local or gs://)"""
     generations: int = 1
-    """rephrase: samples per document"""
+    """rephrase, qa: samples per document; focal_rewrite: rewrites per question"""
     splits: int = 1
     """latent_thoughts: split points per document (k+1 pieces)"""
+    questions: str | None = None
+    """focal_rewrite: records with a question per document (qa output)"""
+    entities: str | None = None
+    """entigraph_relations: records with an entity list per document (entigraph_entities)"""
+    pairs: int = 0
+    """entigraph_relations: entity pairs per document (a seeded sample)"""
+    triples: int = 0
+    """entigraph_relations: entity triples per document (a seeded sample)"""
     max_new_tokens: int | None = None
     """None: the papers' value for the method (1024 rephrase / 512 latent_thoughts)"""
     temperature: float = 1.0
@@ -99,10 +115,29 @@ class JobConfig:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if not self.temperature >= 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if (self.method == "focal_rewrite") != bool(self.questions):
+            raise ValueError("questions (records with a question per document) go with "
+                             "method focal_rewrite, and only with it")
+        if (self.method == "entigraph_relations") != bool(self.entities):
+            raise ValueError("entities (entigraph_entities output) go with method "
+                             "entigraph_relations, and only with it")
+        if self.method == "entigraph_relations" and (min(self.pairs, self.triples) < 0
+                                                     or self.pairs + self.triples < 1):
+            raise ValueError(f"entigraph_relations needs pairs + triples >= 1, got "
+                             f"{self.pairs} + {self.triples}")
 
-    @property
-    def samples_per_doc(self) -> int:
-        return self.generations if self.method == "rephrase" else self.splits
+    def samples(self, doc: dict, inputs: dict) -> int:
+        """Records the job writes for `doc`, given the per-document inputs (questions or
+        entities) of the methods that take them."""
+        if self.method == "latent_thoughts":
+            return self.splits
+        if self.method == "focal_rewrite":
+            return len(inputs.get(doc["id"], ())) * self.generations or 1
+        if self.method == "entigraph_relations":
+            return self.pairs + self.triples
+        if self.method == "entigraph_entities":
+            return 1
+        return self.generations
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,6 +148,7 @@ class Origin:
     position: int
     doc_id: str
     offset: int | None = None
+    fields: dict | None = None  # focal: its question; EntiGraph: the entity group
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,6 +157,7 @@ class Output:
     sample: int
     text: str
     finish_reason: str
+    fields: dict | None = None  # the record fields a knowledge method parsed or was given
 
 
 def sample_stream(doc_id: str) -> int:
@@ -238,7 +275,10 @@ def run(cfg: JobConfig) -> dict:
     method = RECORD_METHOD[cfg.method]
     template = prompts.load_template(cfg.template or prompts.builtin_template(method), method)
     bad = docs_lib.BadRecords()
-    num_docs = sum(1 for _ in docs_lib.read_docs(cfg.docs, bad))
+    inputs = (knowledge.read_questions(cfg.questions) if cfg.questions else
+              knowledge.read_entities(cfg.entities) if cfg.entities else {})
+    doc_samples = [cfg.samples(doc, inputs) for doc in docs_lib.read_docs(cfg.docs, bad)]
+    num_docs = len(doc_samples)
     num_shards = math.ceil(num_docs / cfg.shard_size)
     mesh = sharding.make_mesh(tensor=cfg.tensor_parallel, devices=jax.local_devices())
     gen = generator_lib.load(cfg.generator, mesh)
@@ -247,7 +287,9 @@ def run(cfg: JobConfig) -> dict:
     fs.makedirs(fs.join(cfg.output, "_job"))
     _check_job_config(fs.join(cfg.output, "_job", "config.json"), {
         "method": cfg.method, "generator": gen.name, "template": template.name, "seed": cfg.seed,
-        "samples_per_doc": cfg.samples_per_doc, "max_new_tokens": max_new,
+        "samples": sum(doc_samples), "generations": cfg.generations, "splits": cfg.splits,
+        "questions": cfg.questions, "entities": cfg.entities, "pairs": cfg.pairs,
+        "triples": cfg.triples, "max_new_tokens": max_new,
         "temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": cfg.top_k,
         "shard_size": cfg.shard_size, "num_docs": num_docs})
 
@@ -257,8 +299,8 @@ def run(cfg: JobConfig) -> dict:
     print(f"[synth] {num_docs} docs in {num_shards} shards; process {process_index}/"
           f"{process_count} owns {len(mine)}, {len(mine) - len(todo)} already done", flush=True)
     docs_todo = sum(min(cfg.shard_size, num_docs - j * cfg.shard_size) for j in todo)
-    shards = _Shards(cfg.output, {j: min(cfg.shard_size, num_docs - j * cfg.shard_size)
-                                  * cfg.samples_per_doc for j in todo})
+    shards = _Shards(cfg.output, {j: sum(doc_samples[j * cfg.shard_size:(j + 1) * cfg.shard_size])
+                                  for j in todo})
     settings = sampler_lib.Settings(max_new_tokens=max_new, temperature=cfg.temperature,
                                     top_p=cfg.top_p, top_k=cfg.top_k, stop_tokens=gen.stop_tokens)
     sampling = {"temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": cfg.top_k,
@@ -272,7 +314,7 @@ def run(cfg: JobConfig) -> dict:
         record = dict(doc_id=origin.doc_id, method=method, sample=out.sample,
                       offset=origin.offset, text=out.text, finish_reason=out.finish_reason,
                       seed=cfg.seed, generator=gen.name, template=template.name,
-                      sampling=sampling)
+                      sampling=sampling, **(out.fields or {}))
         where = (origin.shard, origin.position)
         outstanding[where] -= 1
         if not outstanding[where]:
@@ -286,14 +328,14 @@ def run(cfg: JobConfig) -> dict:
             shard, pos = divmod(i, cfg.shard_size)
             if shard not in todo_set:
                 continue
-            outstanding[shard, pos] = cfg.samples_per_doc
+            outstanding[shard, pos] = doc_samples[i]
             origin = Origin(shard, pos, doc["id"])
             try:
-                reqs = _doc_requests(cfg, gen, template, doc, origin)
+                reqs = _doc_requests(cfg, gen, template, doc, origin, inputs)
             except Exception as e:  # one bad document never stops the others
                 logging.error("document %r at %s failed: %s\n%s", doc["id"], doc["where"], e,
                               traceback.format_exc())
-                reqs = [(origin, Output(s, "", ERROR)) for s in range(cfg.samples_per_doc)]
+                reqs = [(origin, Output(s, "", ERROR)) for s in range(doc_samples[i])]
             for r in reqs:
                 if isinstance(r, sampler_lib.Request):
                     yield r
@@ -303,7 +345,10 @@ def run(cfg: JobConfig) -> dict:
 
     for c in sampler.run(requests()):
         text = gen.tokenizer.decode(c.tokens) if c.tokens else ""
-        emit(c.request.tag, Output(c.sample, text, c.finish_reason), len(c.tokens))
+        out = Output(c.sample, text, c.finish_reason, c.request.tag.fields)
+        if c.tokens:
+            out = Output(c.sample, *knowledge.finish(method, text, c.finish_reason, out.fields))
+        emit(c.request.tag, out, len(c.tokens))
         progress.maybe_report()
 
     summary = _summary(cfg.output, num_shards, {
@@ -316,18 +361,35 @@ def run(cfg: JobConfig) -> dict:
     return summary
 
 
-def _doc_requests(cfg: JobConfig, gen, template, doc: dict, origin: Origin) -> list:
+def _doc_requests(cfg: JobConfig, gen, template, doc: dict, origin: Origin,
+                  inputs: dict) -> list:
     """Sampler requests for one document (tagged with their Origin), or, where there is
     nothing to sample, (Origin, Output) pairs to record directly."""
-    text, n = doc["text"], cfg.samples_per_doc
-    key = sample_stream(origin.doc_id)
+    text, n, doc_id = doc["text"], cfg.samples(doc, inputs), origin.doc_id
+    key = sample_stream(doc_id)
     if not text.strip():
-        logging.warning("document %r at %s is empty", origin.doc_id, doc["where"])
-        at = origin if cfg.method == "rephrase" else dataclasses.replace(origin, offset=0)
+        logging.warning("document %r at %s is empty", doc_id, doc["where"])
+        at = origin if cfg.method != "latent_thoughts" else dataclasses.replace(origin, offset=0)
         return [(at, Output(s, "", EMPTY_DOCUMENT)) for s in range(n)]
-    if cfg.method == "rephrase":
+    if cfg.method in ("rephrase", "qa", "entigraph_entities"):
         prompt = gen.encode_prompt(*template.render(document=text))
         return [sampler_lib.Request(prompt, key, num_samples=n, tag=origin)]
+    if cfg.method == "focal_rewrite":
+        if doc_id not in inputs:
+            return [(origin, Output(0, "", knowledge.NO_QUESTIONS))]
+        return [sampler_lib.Request(
+            gen.encode_prompt(*template.render(document=text, question=q)), key,
+            num_samples=cfg.generations, first_sample=i * cfg.generations,
+            tag=dataclasses.replace(origin, fields={"question": q}))
+            for i, q in enumerate(inputs[doc_id])]
+    if cfg.method == "entigraph_relations":
+        groups = knowledge.entity_groups(inputs.get(doc_id, []), cfg.pairs, cfg.triples,
+                                         cfg.seed, key)
+        reason = knowledge.TOO_FEW_ENTITIES if doc_id in inputs else knowledge.NO_ENTITIES
+        return [sampler_lib.Request(
+            gen.encode_prompt(*template.render(document=text, entities="; ".join(g))), key,
+            first_sample=i, tag=dataclasses.replace(origin, fields={"entities": list(g)}))
+            if g else (origin, Output(i, "", reason)) for i, g in enumerate(groups)]
     return [sampler_lib.Request(
         gen.encode_prompt(*template.render(prefix=text[:offset], suffix=text[offset:])), key,
         first_sample=i, tag=dataclasses.replace(origin, offset=offset))

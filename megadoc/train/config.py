@@ -92,6 +92,9 @@ class TrainConfig:
     """progress line every N steps (metrics.jsonl gets every step)"""
     peak_flops: float = 0.0
     """peak FLOP/s per device, for MFU (0 = the known accelerator peak, or measured)"""
+    init: str | None = None
+    """continued pre-training: start from this .gguf file, Hugging Face Llama directory or
+    megadoc workdir, with its architecture"""
 
     def __post_init__(self):
         _check(self, microbatches=_at_least_one, eval_every=_non_negative,
@@ -126,12 +129,13 @@ RESUMABLE_FIELDS = ("workdir", "mesh", "microbatches", "val", "eval_every", "eva
 class Preset:
     """A paper setting: model size, global batch, optimizer defaults, accumulation, remat.
     The context length is the stores' (the papers prepare them with seq_len 4096)."""
-    model: str
+    model: str | None  # None: the architecture of the model training starts from (--init)
     global_batch: int
     lr: float
     weight_decay: float
     microbatches: int = 1
     remat: str = "none"
+    warmup_frac: float = 0.01
 
 
 # The papers train every size with batch 64 × 4096 (prepare stores with --seq_len=4096). lr and
@@ -144,6 +148,10 @@ PRESETS = {
     "300m": Preset("300m", 64, lr=3e-3, weight_decay=1.6, microbatches=4, remat="dots"),
     "600m": Preset("600m", 64, lr=1e-3, weight_decay=3.2, microbatches=8, remat="full"),
     "1.5b": Preset("1.5b", 64, lr=1e-3, weight_decay=3.2, microbatches=8, remat="full"),
+    # Continued pre-training of a pre-trained model on a small corpus (EntiGraph's CPT: batch 16
+    # of 2,048-token blocks, lr 5e-6, wd 0.01, 5% warmup, cosine, 2 epochs; the knowledge
+    # papers replay 10% generic text: --synthetic=GENERIC --mix=0.1).
+    "cpt": Preset(None, 16, lr=5e-6, weight_decay=0.01, warmup_frac=0.05),
 }
 
 

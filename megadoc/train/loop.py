@@ -25,6 +25,7 @@ from megadoc.models import llama, sharding
 from megadoc.train import checkpoint, evaluate, metrics
 from megadoc.train import config as config_lib
 from megadoc.train import optimizer as optimizer_lib
+from megadoc.train import pretrained
 from megadoc.train import state as state_lib
 from megadoc.train import step as step_lib
 from megadoc.train import workdir_lock
@@ -133,6 +134,10 @@ def _restore_or_init(cfg, mgr, optimizer, mesh, run: dict) -> tuple[dict, int]:
     where = checkpoint.directory(cfg.workdir)
     restored = checkpoint.restore_newest(mgr, state_lib.abstract(cfg.model, optimizer, mesh),
                                          lambda saved: checkpoint.check_run(saved, run, where))
+    if restored is None and cfg.init:
+        print(f"[train] continued pre-training from {cfg.init}", flush=True)
+        _, params = pretrained.load(cfg.init, mesh)
+        return state_lib.from_params(cfg.model, optimizer, mesh, params), 0
     if restored is None:
         return state_lib.create(cfg.model, optimizer, mesh, jax.random.key(cfg.data.seed)), 0
     state, start = restored

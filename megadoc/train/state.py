@@ -47,3 +47,17 @@ def create(model_config, optimizer, mesh, key):
     """A fresh state, every array born in its sharding (no host-side copy of the full model)."""
     out = shardings(model_config, optimizer, mesh)
     return jax.jit(lambda k: create_unsharded(model_config, optimizer, k), out_shardings=out)(key)
+
+
+def from_params(model_config, optimizer, mesh, params):
+    """A fresh state around given params (continued pre-training): step 0, new optimizer
+    moments, every array in its sharding."""
+    out = shardings(model_config, optimizer, mesh)
+    want = jax.tree.map(lambda s: s.shape, jax.eval_shape(lambda: llama.init(model_config,
+                                                                               jax.random.key(0))))
+    got = jax.tree.map(lambda x: x.shape, params)
+    if got != want:
+        raise ValueError(f"params do not fit the model config: got shapes {got}, expected {want}")
+    params = jax.device_put(params, out["params"])
+    return jax.jit(lambda p: {"step": jnp.zeros((), jnp.int32), "params": p,
+                              "opt_state": optimizer.init(p)}, out_shardings=out)(params)

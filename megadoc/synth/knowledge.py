@@ -1,0 +1,111 @@
+"""Knowledge-acquisition synthesis: question–answer pairs, focal rewrites and EntiGraph.
+
+    qa                   one question–answer pair per generation, parsed into `question` and
+                         `answer`; `text` is "Question: …\\nAnswer: …"
+    focal_rewrite        the document rewritten to focus on one question (`question`), several
+                         rewrites per question; questions come from any records that carry one
+    entigraph_entities   stage 1: JSON {"summary", "entities"}; `text` is the summary (trained on),
+                         `entities` the list (not trained on)
+    entigraph_relation   stage 2: how a seeded sample of entity pairs, then triples, of the
+                         document relate; `entities` names the group
+
+A generation that does not parse keeps its raw text in `raw`, gets `finish_reason` "malformed"
+and an empty `text` (so no store trains on it). Documents without questions (focal) or without
+parsed entities (stage 2) get one record, or one per requested group, saying so.
+"""
+from __future__ import annotations
+
+import collections
+import itertools
+import json
+import re
+
+import numpy as np
+
+from megadoc.data import docs as docs_lib
+
+MALFORMED = "malformed"
+NO_QUESTIONS = "no_questions"
+NO_ENTITIES = "no_entities"
+TOO_FEW_ENTITIES = "too_few_entities"
+_QA = re.compile(r"Question:\s*(?P<question>.+?)\s*\n\s*Answer:\s*(?P<answer>.+)", re.DOTALL)
+_JSON_OBJECT = re.compile(r"\{.*\}", re.DOTALL)
+
+
+def parse_qa(text: str) -> tuple[str, str] | None:
+    """(question, answer) from "Question: …\\nAnswer: …", or None."""
+    m = _QA.search(text)
+    if not m:
+        return None
+    question, answer = m["question"].strip(), m["answer"].strip()
+    return (question, answer) if question and answer else None
+
+
+def qa_text(question: str, answer: str) -> str:
+    return f"Question: {question}\nAnswer: {answer}"
+
+
+def parse_entities(text: str) -> tuple[str, list[str]] | None:
+    """(summary, distinct entities in order) from the first {...} JSON object, or None."""
+    m = _JSON_OBJECT.search(text)
+    try:
+        obj = json.loads(m[0]) if m else None
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(obj, dict):
+        return None
+    summary, entities = obj.get("summary"), obj.get("entities")
+    if not isinstance(summary, str) or not isinstance(entities, list) or \
+            not all(isinstance(e, str) for e in entities):
+        return None
+    distinct = list(dict.fromkeys(e.strip() for e in entities if e.strip()))
+    return (summary.strip(), distinct) if distinct else None
+
+
+def finish(method: str, text: str, reason: str, fields: dict) -> tuple[str, str, dict]:
+    """(text, finish_reason, record fields) of a completion: parsed where the method says."""
+    if method == "qa":
+        pair = parse_qa(text)
+        if pair is None:
+            return "", MALFORMED, {"raw": text}
+        return qa_text(*pair), reason, {"question": pair[0], "answer": pair[1]}
+    if method == "entigraph_entities":
+        parsed = parse_entities(text)
+        if parsed is None:
+            return "", MALFORMED, {"raw": text}
+        return parsed[0], reason, {"entities": parsed[1]}
+    return text, reason, fields
+
+
+def entity_groups(entities: list[str], pairs: int, triples: int, seed: int,
+                  key: int) -> list[tuple[str, ...] | None]:
+    """`pairs` pairs then `triples` triples, each drawn without repeats from all groups of the
+    document's entities in a shuffle seeded by (seed, key); None where the entities run out."""
+    rng = np.random.default_rng([seed, key])
+    out = []
+    for size, wanted in ((2, pairs), (3, triples)):
+        groups = list(itertools.combinations(entities, size))
+        order = rng.permutation(len(groups))[:wanted]
+        out += [groups[i] for i in order] + [None] * (wanted - len(order))
+    return out
+
+
+def _read_field(path: str, field: str) -> dict[str, list]:
+    """doc_id -> non-empty values of `field` in the records under `path`, in sample order;
+    records without it (or malformed ones) are skipped."""
+    found = collections.defaultdict(list)
+    for r in docs_lib.read_generations(path):
+        value = r.get(field)
+        if value and r.get("finish_reason") != MALFORMED:
+            found[r["doc_id"]].append((r["sample"], value))
+    return {d: [v for _, v in sorted(vs, key=lambda x: x[0])] for d, vs in found.items()}
+
+
+def read_questions(path: str) -> dict[str, list[str]]:
+    """doc_id -> its questions (qa output, or any records with a `question`)."""
+    return _read_field(path, "question")
+
+
+def read_entities(path: str) -> dict[str, list[str]]:
+    """doc_id -> its entity list (entigraph_entities output; the last sample if several)."""
+    return {d: lists[-1] for d, lists in _read_field(path, "entities").items()}

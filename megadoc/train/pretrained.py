@@ -1,0 +1,70 @@
+"""A pre-trained model from wherever it lives: a GGUF file, a Hugging Face Llama directory, or a
+megadoc training workdir (its newest checkpoint); and the tokenizer that goes with it."""
+from __future__ import annotations
+
+import json
+
+import jax
+
+from megadoc import fs
+from megadoc.data import store as store_lib
+from megadoc.data import tokenizer as tokenizer_lib
+from megadoc.models import gguf, hf, llama
+from megadoc.train import checkpoint
+
+
+def kind(path: str) -> str:
+    """"gguf" | "hf" | "workdir", or a FileNotFoundError saying what was expected."""
+    path = str(path).rstrip("/")
+    if path.endswith(".gguf"):
+        return "gguf"
+    if fs.exists(checkpoint.directory(path)):  # a workdir's config.json is its run record
+        return "workdir"
+    if fs.exists(fs.join(path, hf.CONFIG)):
+        return "hf"
+    raise FileNotFoundError(f"{path}: expected a .gguf file, a Hugging Face directory (with "
+                            f"{hf.CONFIG}) or a megadoc workdir (with checkpoints/)")
+
+
+def load(path: str, mesh=None) -> tuple[llama.LlamaConfig, dict]:
+    """(config, params); params in `param_shardings(config, mesh)` when a mesh is given."""
+    source = kind(path)
+    if source == "hf":
+        return hf.load(path, mesh)
+    if source == "gguf":
+        return gguf.load(path, mesh)
+    config, params = checkpoint.load_params(path)
+    if mesh is not None:
+        params = jax.device_put(params, llama.param_shardings(config, mesh))
+    return config, params
+
+
+def load_config(path: str) -> llama.LlamaConfig:
+    """The architecture alone (a GGUF file is read whole: its header reader is the GGUF
+    module's business)."""
+    source = kind(path)
+    if source == "hf":
+        where = fs.join(path, hf.CONFIG)
+        return hf.config_from_hf(json.loads(fs.read_text(where)), where)
+    if source == "workdir":
+        where = fs.join(path, "config.json")
+        return checkpoint.model_config_from_dict(json.loads(fs.read_text(where))["model"])
+    return load(path)[0]
+
+
+def tokenizer_path(path: str) -> str:
+    """Where the model's tokenizer is: the GGUF file or HF directory itself; for a workdir, the
+    tokenizer its training store was prepared with."""
+    if kind(path) != "workdir":
+        return path
+    where = fs.join(path, "config.json")
+    real = json.loads(fs.read_text(where))["data"]["real"]
+    found = store_lib.open(real).metadata.get("tokenizer_path")
+    if not found:
+        raise ValueError(f"{where}: its real store {real} records no tokenizer_path; pass "
+                         f"--tokenizer")
+    return found
+
+
+def load_tokenizer(path: str) -> tokenizer_lib.Tokenizer:
+    return tokenizer_lib.load(tokenizer_path(path))
