@@ -9,7 +9,7 @@ import pytest
 from data_fixtures import corpus, train_tokenizer
 from megadoc import fs
 from megadoc.data import docs, megadocs, store
-from megadoc.data.prepare import PrepareConfig, prepare, shuffle_key
+from megadoc.data.prepare import STREAM_LAYOUT, PrepareConfig, prepare, shuffle_key
 
 SEQ = 16
 
@@ -163,6 +163,12 @@ def test_restart_keeps_a_complete_store_and_rewrites_a_partial_one(inputs, tmp_p
     stamp = os.stat(tokens_file).st_mtime_ns
     assert prepare(config(inputs, out, buckets=2)) == first  # buckets do not change the contents
     assert os.stat(tokens_file).st_mtime_ns == stamp and "already complete" in capsys.readouterr().out
+    old_layout = json.loads((out / store.METADATA).read_text())
+    old_layout["settings"]["stream_layout"] = 1  # a store from before BOS and the paper's streams
+    (out / store.METADATA).write_text(json.dumps(old_layout))
+    with pytest.raises(ValueError, match="stream_layout: 1 -> 2"):
+        prepare(config(inputs, out))
+    (out / store.METADATA).write_text(json.dumps(dict(old_layout, settings=first["settings"])))
     with pytest.raises(ValueError, match="other settings"):
         prepare(config(inputs, out, seed=99))
     os.remove(out / store.METADATA)  # a job killed before its commit marker
@@ -185,7 +191,8 @@ def test_command_line_reads_every_flag(inputs, tmp_path):
     assert [f["file"] for f in meta["settings"].pop("inputs")] == [args[0][7:], args[1][14:]]
     assert meta["settings"] == dict(docs=args[0][7:], generations=args[1][14:], recipe="stitched",
                                     real_position="first", include_real=True, tokenizer=inputs["tok"].path,
-                                    seq_len=12, seed=5, output=str(out), max_generations=None)
+                                    seq_len=12, seed=5, output=str(out), max_generations=None,
+                                    stream_layout=STREAM_LAYOUT)
     inproc = prepare(config(inputs, tmp_path / "inproc", generations=str(inputs["dir"] / "gens.jsonl.gz"),
                             recipe="stitched", real_position="first", seq_len=12, seed=5, buckets=3))
     np.testing.assert_array_equal(stream(store.open(str(out)))[0],  # 2 tokenizer processes = 1

@@ -43,6 +43,9 @@ from megadoc.data.windows import Windower
 
 SYNTHETIC_RECIPES = ("simple", "stitched", "latent")
 PROGRESS = "prepare_progress.json"
+# How stream documents are built and packed; a store of another layout is never reused.
+# 2: BOS + pieces each + EOS, simple's rephrases shuffled apart, stitched pieces EOS-joined.
+STREAM_LAYOUT = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +100,7 @@ class PrepareConfig:
         files = docs_lib.expand(self.docs) + (docs_lib.expand(self.generations)
                                               if self.generations else [])
         out["inputs"] = [dict(file=f, **fs.version(f)) for f in files]
+        out["stream_layout"] = STREAM_LAYOUT
         return out
 
 
