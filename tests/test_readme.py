@@ -48,14 +48,13 @@ def commands(text: str) -> list[tuple[str, list[str]]]:
     for line in re.findall(r"python -m experiments\.[^\n`]*", text):
         for name, value in variables.items():
             line = line.replace("$" + name, value)
-        words = shlex.split(line, comments=True)
-        out.append((words[2].split(".", 1)[1], words[3:]))
+        words = [w.strip("[]") for w in shlex.split(line, comments=True)]  # [optional] flags
+        out.append((words[2].split(".", 1)[1], [w for w in words[3:] if w not in ("", "...")]))
     return out
 
 
 def flag_names(arguments: list[str]) -> list[str]:
-    return [w.strip("[]").lstrip("-").split("=")[0] for w in arguments
-            if w.strip("[]").startswith("--")]
+    return [w.lstrip("-").split("=")[0] for w in arguments if w.startswith("--")]
 
 
 def inspect(module: str, argvs: list[list[str]]) -> dict:
