@@ -80,16 +80,15 @@ def build_configs(f=FLAGS) -> list:
         raise app.UsageError("--method=entigraph uses the shipped templates; run its stages "
                              "(entigraph_entities, entigraph_relations) to pass --template")
     values = cli.field_values(job.JobConfig, f)
-    try:
-        if f.method != "entigraph":
-            return [job.JobConfig(**values)]
-        entities = fs.join(f.output, "entities")
-        stage1 = {k: v for k, v in values.items() if k not in ("pairs", "triples")}
-        return [job.JobConfig(**dict(stage1, method="entigraph_entities", output=entities)),
-                job.JobConfig(**dict(values, method="entigraph_relations", entities=entities,
-                                     output=fs.join(f.output, "relations")))]
-    except ValueError as e:
-        raise app.UsageError(str(e)) from None
+    # A bad value (a range, a missing input) is the config's ValueError: cli.run reports it as
+    # one line, exit 2, before the job writes anything.
+    if f.method != "entigraph":
+        return [job.JobConfig(**values)]
+    entities = fs.join(f.output, "entities")
+    stage1 = {k: v for k, v in values.items() if k not in ("pairs", "triples")}
+    return [job.JobConfig(**dict(stage1, method="entigraph_entities", output=entities)),
+            job.JobConfig(**dict(values, method="entigraph_relations", entities=entities,
+                                 output=fs.join(f.output, "relations")))]
 
 
 def build_config(f=FLAGS):
