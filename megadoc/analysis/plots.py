@@ -25,6 +25,12 @@ def _save(fig: Figure, path: str) -> None:
     fs.write_bytes(path, buf.getvalue())
 
 
+def _series(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]]):
+    """(name, color, x, y) of each curve: x and y as float arrays, one color per curve."""
+    for i, (name, (x, y)) in enumerate(curves.items()):
+        yield name, f"C{i}", np.asarray(x, float), np.asarray(y, float)
+
+
 def plot_scaling(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], path: str, *,
                  xlabel: str, ylabel: str = "validation loss",
                  title: str = "") -> dict[str, scaling.PowerLaw]:
@@ -34,9 +40,7 @@ def plot_scaling(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], 
     fig = Figure(figsize=(6.4, 4.4))
     ax = fig.add_subplot()
     laws = {}
-    for i, (name, (x, y)) in enumerate(curves.items()):
-        color = f"C{i}"
-        x, y = np.asarray(x, float), np.asarray(y, float)
+    for name, color, x, y in _series(curves):
         ax.plot(x, y, "o", color=color, label=name)
         if len(x) >= 3:
             law = laws[name] = scaling.fit_power_law(x, y)
@@ -126,9 +130,7 @@ def plot_accuracy_vs_tokens(curves: Mapping[str, tuple[Sequence[float], Sequence
     fig = Figure(figsize=(6.4, 4.4))
     ax = fig.add_subplot()
     fits = {}
-    for i, (name, (x, y)) in enumerate(curves.items()):
-        color = f"C{i}"
-        x, y = np.asarray(x, float), np.asarray(y, float)
+    for name, color, x, y in _series(curves):
         x, y = x[x > 0], y[x > 0]  # a volume whose generations all failed has no log position
         ax.plot(x, y, "o", color=color, label=name)
         if len(set(x)) >= 2:
