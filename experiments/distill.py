@@ -44,6 +44,12 @@ FLAGS.set_default("checkpoint_every_steps", 200)
 def build_config(f=FLAGS) -> distill.DistillConfig:
     if bool(f.teacher) == bool(f.texts):
         raise app.UsageError("--workdir, --real and one of --teachers or --texts are required")
+    if f.texts:  # the texts are the synthetic stream, prepared into <workdir>/texts/store
+        if f.synthetic:
+            raise app.UsageError("--texts becomes the synthetic stream; drop --synthetic")
+        if not f.mix > 0:
+            raise app.UsageError("--texts needs --mix > 0: the fraction of each batch from the texts")
+        f.synthetic = distill.texts_store_path(f.workdir)
     return train.build_config(f, distill.DistillConfig)
 
 
@@ -55,8 +61,6 @@ def main(argv):
     train.initialize_distributed(FLAGS)
     cfg = build_config()
     if FLAGS.texts:
-        if not cfg.data.mix > 0:
-            raise app.UsageError("--texts needs --mix > 0: the fraction of each batch from the texts")
         summary = distill.train_on_texts(cfg, FLAGS.texts)
     else:
         teacher_config, teacher = ensemble.load_members(list(cfg.teacher))

@@ -84,6 +84,10 @@ def distill(cfg: DistillConfig, teacher_config: llama.LlamaConfig, teacher_stack
     return loop.train(cfg, objective(cfg, teacher_config, teacher_stacked, seq_len))
 
 
+def texts_store_path(workdir: str) -> str:
+    return fs.join(workdir, "texts", "store")
+
+
 def texts_store(texts: str, workdir: str, real: str, seed: int) -> str:
     """The generation records at `texts` as a window store under <workdir>/texts: each record one
     stream document, tokenized as the real store was."""
@@ -94,7 +98,7 @@ def texts_store(texts: str, workdir: str, real: str, seed: int) -> str:
                                       "text": g["text"]}
                                      for g in docs.read_generations(texts, bad) if g["text"]))
     real_store = store_lib.open(real)
-    output = fs.join(workdir, "texts", "store")
+    output = texts_store_path(workdir)
     prepare.prepare(prepare.PrepareConfig(
         docs=documents, recipe="real", tokenizer=real_store.metadata["tokenizer_path"],
         seq_len=real_store.seq_len, seed=seed, output=output))
