@@ -59,7 +59,7 @@ SCALES = {
         SMOKE, max_docs=0, max_doc_chars=2000, vocab_size=2048, seq_len=256,
         generator=dict(hidden=256, ffn=768, layers=4, heads=8, kv_heads=4), generator_epochs=3,
         student=dict(hidden=128, ffn=384, layers=4, heads=4, kv_heads=4), student_epochs=2,
-        rephrases=2, splits=2, rephrase_tokens=80, thought_tokens=80, synth_docs=32,
+        rephrases=2, splits=2, rephrase_tokens=80, thought_tokens=80, synth_docs=16,
         eval_every=20),
 }
 
