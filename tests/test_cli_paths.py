@@ -9,7 +9,6 @@ import time
 
 import jax
 import numpy as np
-import pytest
 
 from megadoc.data import tokenizer as tokenizer_lib
 from megadoc.models import hf, llama
@@ -57,7 +56,6 @@ def _checkpoints(cwd):
     return sorted(int(n) for n in os.listdir(d) if n.isdigit()) if d.exists() else []
 
 
-@pytest.mark.slow
 def test_prepare_train_kill_resume_synthesize_with_relative_paths(tmp_path):
     _write_inputs(tmp_path)
     _run(tmp_path, "experiments.prepare", "--docs=docs.jsonl", "--recipe=real",

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 
-import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -21,7 +20,6 @@ def _demo(cwd, **kwargs):
         cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
 
 
-@pytest.mark.slow
 def test_smoke_demo_runs_every_stage_and_resumes_after_kill(tmp_path):
     workdir = tmp_path / "workdir" / "demo"  # the default --workdir, relative to the cwd
     first = _demo(tmp_path)
