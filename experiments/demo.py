@@ -14,7 +14,7 @@ Rerunning skips finished stages and resumes one cut short. Results land in
 """
 import os
 
-from absl import app, flags
+from absl import flags
 
 from megadoc import cli
 
@@ -27,8 +27,7 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    del argv
     from absl import logging
 
     from megadoc.analysis import demo

@@ -54,8 +54,7 @@ def build_config(f=FLAGS) -> distill.DistillConfig:
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    del argv
     from megadoc.analysis import ensemble
 
     train.initialize_distributed(FLAGS)

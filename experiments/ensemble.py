@@ -125,8 +125,7 @@ def evaluate(workdirs, val: dict[str, str], batch_size: int, average: str, curve
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    del argv
     workdirs = member_workdirs()
     output = FLAGS.output or FLAGS.root
     if not output:

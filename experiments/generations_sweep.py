@@ -248,8 +248,7 @@ def write_table(workdir: str) -> dict:
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    del argv
     run_sweep(build_config())
 
 

@@ -81,8 +81,7 @@ def run(f=FLAGS) -> dict:
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    del argv
     run()
 
 

@@ -75,8 +75,7 @@ def run_search(grid, start: dict, root: str, launcher, parallel: int = 1) -> dic
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    del argv
     from megadoc.analysis import search
 
     if not FLAGS.root or not FLAGS.start:

@@ -93,8 +93,7 @@ def initialize_distributed(f=FLAGS) -> None:
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    del argv
     initialize_distributed()
     from megadoc.train import loop
 

@@ -154,8 +154,11 @@ def parser(flag_values: flags.FlagValues):
 
 
 def plain_errors(main):
+    """`main` with no positional arguments (no experiment takes any) and user errors as one line."""
     @functools.wraps(main)
     def wrapped(argv):
+        if len(argv) > 1:
+            raise app.UsageError(f"unexpected arguments: {argv[1:]}")
         try:
             return main(argv)
         except USER_ERRORS as e:
