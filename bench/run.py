@@ -39,6 +39,10 @@ def main() -> None:
             continue
         print(section, flush=True)
         parts += [section, ""]
+    load = os.getloadavg()
+    parts[4:4] = [f"Load average at the end: {load[0]:.2f} (1 min), {load[1]:.2f} (5 min) on "
+                  f"{os.cpu_count()} cores; above ~0.5 per core other work shared the machine "
+                  "and the absolute numbers (not the interleaved ratios) are low.", ""]
     with open("BENCH.md", "w") as f:
         f.write("\n".join(parts))
     print("[bench] wrote BENCH.md")

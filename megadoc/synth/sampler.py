@@ -93,14 +93,41 @@ def _filter_logits(settings: Settings, logits_BxV):
         kth_Bx1 = jax.lax.top_k(logits_BxV, settings.top_k)[0][:, -1:]
         logits_BxV = jnp.where(logits_BxV < kth_Bx1, -jnp.inf, logits_BxV)
     if settings.top_p < 1.0:
-        sorted_BxV = jnp.sort(logits_BxV, axis=-1)[:, ::-1]
-        probs_BxV = jax.nn.softmax(sorted_BxV, axis=-1)
-        # Keep the smallest prefix of the sorted vocabulary whose mass reaches top_p.
-        mass_before_BxV = jnp.cumsum(probs_BxV, axis=-1) - probs_BxV
-        kept_BxV = jnp.where(mass_before_BxV < settings.top_p, sorted_BxV, jnp.inf)
-        cutoff_Bx1 = jnp.min(kept_BxV, axis=-1, keepdims=True)
-        logits_BxV = jnp.where(logits_BxV < cutoff_Bx1, -jnp.inf, logits_BxV)
+        keys_BxV = _order_keys(logits_BxV)
+        logits_BxV = jnp.where(keys_BxV < _nucleus_cutoff(logits_BxV, keys_BxV, settings.top_p),
+                               -jnp.inf, logits_BxV)
     return logits_BxV
+
+
+def _order_keys(x):
+    """uint32 keys of float32 values in the same order (the usual sign-bit flip)."""
+    bits = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.uint32)
+    return jnp.where(bits >> 31 == 1, ~bits, bits | jnp.uint32(1 << 31))
+
+
+def _nucleus_cutoff(logits_BxV, keys_BxV, top_p: float):
+    """Per row [B, 1], the key of the nucleus's smallest logit: the nucleus is the shortest run
+    of tokens by descending logit whose probability reaches top_p, ties at its edge included.
+
+    With M(t) the probability of the tokens whose key exceeds t (non-increasing in t, constant
+    between tokens' keys), the cutoff is the smallest t with M(t) < top_p, always some token's
+    key. It is found by bisection over the 32-bit keys: 32 masked sums over the vocabulary.
+    Sorting the vocabulary instead cost ~1 s per decode step at batch 32, vocabulary 49152, on
+    XLA:CPU (this ~20x less)."""
+    probs_BxV = jax.nn.softmax(logits_BxV, axis=-1)
+
+    def mass_above(t_Bx1):
+        return jnp.sum(jnp.where(keys_BxV > t_Bx1, probs_BxV, 0.0), axis=-1, keepdims=True)
+
+    def halve(_, bounds):  # invariant: M(lo) >= top_p > M(hi)
+        lo_Bx1, hi_Bx1 = bounds
+        mid_Bx1 = lo_Bx1 + (hi_Bx1 - lo_Bx1) // 2
+        below = mass_above(mid_Bx1) < top_p
+        return jnp.where(below, lo_Bx1, mid_Bx1), jnp.where(below, mid_Bx1, hi_Bx1)
+
+    lo_Bx1 = jnp.min(keys_BxV, axis=-1, keepdims=True) - 1  # M = 1: every token is above it
+    hi_Bx1 = jnp.max(keys_BxV, axis=-1, keepdims=True)  # M = 0
+    return jax.lax.fori_loop(0, 32, halve, (lo_Bx1, hi_Bx1))[1]
 
 
 def _argmax(x_BxV):
