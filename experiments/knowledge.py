@@ -97,6 +97,8 @@ def _volume(records: list[dict], volume: int, max_volume: int) -> list[dict]:
 
 
 def run(f=FLAGS) -> dict:
+    import jax
+
     from megadoc import fs
     from megadoc.analysis import benchmarks, plots, quality
     from megadoc.data import docs as docs_lib
@@ -111,6 +113,10 @@ def run(f=FLAGS) -> dict:
     volumes = sorted({int(v) for v in f.volumes})
     if not volumes or volumes[0] < 1:
         raise app.UsageError("--volumes: positive integers")
+    if not fs.is_gcs(f.workdir):  # the stages share shapes (CPT runs, evaluations): compile once
+        jax.config.update("jax_compilation_cache_dir",
+                          fs.storage_path(fs.join(f.workdir, "jax_cache")))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     base, path = f.base or f.generator, f.quality or quality.FIXTURE
     articles = quality.read_quality(path)
     docs = fs.join(f.workdir, "corpus", "articles.jsonl")
@@ -163,8 +169,9 @@ def run(f=FLAGS) -> dict:
                             if f.replay else []))
         try:
             loop.train(train_main.build_config())
-        finally:
+        finally:  # back to defaults: parsed, so absl's own error handler can read its flags
             train_main.FLAGS.unparse_flags()
+            train_main.FLAGS(["train"])
         lap(f"volume {v} CPT")
         evals = evaluate(run_dir)
         lap(f"volume {v} evaluation")
