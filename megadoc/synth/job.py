@@ -27,6 +27,7 @@ import hashlib
 import json
 import logging
 import math
+import threading
 import time
 import traceback
 
@@ -308,7 +309,8 @@ def run(cfg: JobConfig) -> dict:
     sampler = sampler_lib.Sampler(gen.config, gen.params, settings, batch_size=cfg.batch_size,
                                   seed=cfg.seed, mesh=mesh)
     outstanding: dict[tuple, int] = {}  # (shard, position) -> records still to come
-    progress = _Progress(cfg.output, process_index, docs_todo, sampler)
+    samples_todo = sum(shards.expected.values())
+    progress = _Progress(cfg.output, process_index, docs_todo, samples_todo * max_new, sampler)
 
     def emit(origin: Origin, out: Output, generated_tokens: int = 0):
         record = dict(doc_id=origin.doc_id, method=method, sample=out.sample,
@@ -341,15 +343,15 @@ def run(cfg: JobConfig) -> dict:
                     yield r
                 else:
                     emit(*r)
-            progress.maybe_report()
 
-    for c in sampler.run(requests()):
-        text = gen.tokenizer.decode(c.tokens) if c.tokens else ""
-        out = Output(c.sample, text, c.finish_reason, c.request.tag.fields)
-        if c.tokens:
-            out = Output(c.sample, *knowledge.finish(method, text, c.finish_reason, out.fields))
-        emit(c.request.tag, out, len(c.tokens))
-        progress.maybe_report()
+    with progress:
+        for c in sampler.run(requests()):
+            text = gen.tokenizer.decode(c.tokens) if c.tokens else ""
+            out = Output(c.sample, text, c.finish_reason, c.request.tag.fields)
+            if c.tokens:
+                out = Output(c.sample, *knowledge.finish(method, text, c.finish_reason,
+                                                         out.fields))
+            emit(c.request.tag, out, len(c.tokens))
 
     summary = _summary(cfg.output, num_shards, {
         "process_index": process_index, "shards_written_now": len(shards.written),
@@ -397,30 +399,49 @@ def _doc_requests(cfg: JobConfig, gen, template, doc: dict, origin: Origin,
 
 
 class _Progress:
-    """Docs done, generated tokens/s and ETA: printed and appended to _job/progress-p<i>.jsonl."""
+    """Docs done, generated tokens/s and ETA, every PROGRESS_EVERY_S while the job runs: printed
+    and appended to _job/progress-p<i>.jsonl. A background thread reports, because one decode
+    call can run for minutes with no document finishing; tokens count the sequences still being
+    decoded (as of the sampler's last sync), and the ETA is the time to spend the whole token
+    budget at the current rate (an upper bound: stop tokens end generations early)."""
 
-    def __init__(self, output: str, process_index: int, docs_total: int, sampler):
+    def __init__(self, output: str, process_index: int, docs_total: int, token_budget: int,
+                 sampler):
         self.path = fs.join(output, "_job", f"progress-p{process_index}.jsonl")
         self.docs_total, self.docs_done, self.sampler = docs_total, 0, sampler
-        self.start = self.last = time.time()
+        self.token_budget = token_budget
+        self.start = time.time()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._report_until_stopped, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
 
     def doc_done(self) -> None:
         self.docs_done += 1
 
-    def tokens_per_s(self) -> float:
-        return self.sampler.generated_tokens / max(time.time() - self.start, 1e-9)
+    def tokens(self) -> int:
+        return self.sampler.generated_tokens + self.sampler.tokens_in_flight
 
-    def maybe_report(self) -> None:
-        now = time.time()
-        if now - self.last < PROGRESS_EVERY_S:
-            return
-        self.last = now
-        elapsed = now - self.start
-        rate = self.docs_done / elapsed
-        eta = (self.docs_total - self.docs_done) / rate if rate else float("inf")
+    def tokens_per_s(self) -> float:
+        return self.tokens() / max(time.time() - self.start, 1e-9)
+
+    def _report_until_stopped(self) -> None:
+        while not self._stop.wait(PROGRESS_EVERY_S):
+            self.report()
+
+    def report(self) -> None:
+        now, tokens, rate = time.time(), self.tokens(), self.tokens_per_s()
+        eta = max(self.token_budget - tokens, 0) / rate if rate else float("inf")
         line = {"time": round(now, 1), "docs_done": self.docs_done, "docs_total": self.docs_total,
-                "generated_tokens": self.sampler.generated_tokens,
-                "tokens_per_s": round(self.tokens_per_s(), 1), "eta_s": round(eta, 1)}
-        print(f"[synth] docs {self.docs_done}/{self.docs_total}  "
-              f"{line['tokens_per_s']:.0f} generated tok/s  ETA {eta / 60:.1f} min", flush=True)
+                "generated_tokens": tokens, "tokens_per_s": round(rate, 1),
+                "eta_s": round(eta, 1)}
+        eta_text = f"ETA <= {eta / 60:.1f} min" if rate else "ETA - (prefilling)"
+        print(f"[synth] docs {self.docs_done}/{self.docs_total}  {tokens:,} tokens  "
+              f"{rate:.1f} generated tok/s  {eta_text}", flush=True)
         fs.append_text(self.path, json.dumps(line) + "\n")

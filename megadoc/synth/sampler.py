@@ -307,7 +307,8 @@ class Sampler:
         self.prefill_rows = min(batch_size, PREFILL_ROWS)
         self._state = None
         self._pos = np.zeros(batch_size, np.int64)  # each slot's position as of the last sync
-        self.generated_tokens = 0  # running total, for progress reports
+        self.generated_tokens = 0  # tokens of the completions returned so far
+        self.tokens_in_flight = 0  # tokens of the sequences still decoding, as of the last sync
 
     def _call(self, fn, *args):
         if self.mesh is None:
@@ -428,12 +429,14 @@ class Sampler:
                                  self._state, admission, np.uint32(self.seed & 0xFFFFFFFF))
 
     def _harvest(self, occupant: list) -> Iterator[Completion]:
-        active, self._pos[:] = jax.device_get((self._state["active"], self._state["pos"]))
+        active, count, self._pos[:] = jax.device_get(
+            (self._state["active"], self._state["count"], self._state["pos"]))
         done = [i for i, o in enumerate(occupant) if o is not None and not active[i]]
+        self.tokens_in_flight = int(sum(count[i] for i, o in enumerate(occupant)
+                                        if o is not None and active[i]))
         if not done:
             return
-        out, count, stopped = jax.device_get(
-            (self._state["out"], self._state["count"], self._state["stopped"]))
+        out, stopped = jax.device_get((self._state["out"], self._state["stopped"]))
         for slot in done:
             req, sample = occupant[slot]
             occupant[slot] = None
