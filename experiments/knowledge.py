@@ -12,11 +12,13 @@ once at the largest volume: `qa` writes V question–answer pairs per article an
 Volume v trains on the QA pairs with sample < v and the rewrites of their questions (2·v pairs
 and v triples for EntiGraph), so smaller volumes are exact subsets of larger ones. Each volume gets a `simple` store (the articles and every generation) and a CPT run from
 --base (default: the generator); --replay=STORE mixes generic text at --replay_mix (10% in both
-papers). Rerunning resumes every stage. Writes <workdir>/results.json and accuracy.png.
+papers). Rerunning resumes every stage. Writes <workdir>/results.json (per mode, for the base
+model and each volume: accuracy and n; each stage's wall seconds) and accuracy.png.
 """
 from __future__ import annotations
 
 import json
+import time
 
 from absl import app, flags
 
@@ -95,6 +97,8 @@ def _volume(records: list[dict], volume: int, max_volume: int) -> list[dict]:
 
 
 def run(f=FLAGS) -> dict:
+    import jax
+
     from megadoc import fs
     from megadoc.analysis import benchmarks, plots, quality
     from megadoc.data import docs as docs_lib
@@ -109,11 +113,25 @@ def run(f=FLAGS) -> dict:
     volumes = sorted({int(v) for v in f.volumes})
     if not volumes or volumes[0] < 1:
         raise app.UsageError("--volumes: positive integers")
+    if not fs.is_gcs(f.workdir):  # the stages share shapes (CPT runs, evaluations): compile once
+        jax.config.update("jax_compilation_cache_dir",
+                          fs.storage_path(fs.join(f.workdir, "jax_cache")))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     base, path = f.base or f.generator, f.quality or quality.FIXTURE
     articles = quality.read_quality(path)
     docs = fs.join(f.workdir, "corpus", "articles.jsonl")
     docs_lib.write_jsonl(docs, [{"id": a.id, "text": a.text} for a in articles])
+    seconds, start = {}, time.perf_counter()
+
+    def lap(stage: str) -> None:
+        nonlocal start
+        now = time.perf_counter()
+        seconds[stage] = round(now - start, 1)
+        start = now
+        print(f"[knowledge] {stage}: {seconds[stage]:.0f} s", flush=True)
+
     synth = _synthesize(f, docs, fs.join(f.workdir, "synth"), volumes[-1])
+    lap("synthesis")
     records = [r for d in synth.values() for r in docs_lib.read_generations(d)]
 
     mesh = sharding.make_mesh()
@@ -125,7 +143,11 @@ def run(f=FLAGS) -> dict:
         return {mode: quality.evaluate(articles, mode, ll, top_k=f.top_k)
                 for mode in quality.MODES}
 
-    results = {"base": {k: v["accuracy"] for k, v in evaluate(base).items()}, "volumes": []}
+    def scores(evals: dict) -> dict:
+        return {mode: {"accuracy": e["accuracy"], "n": e["n"]} for mode, e in evals.items()}
+
+    results = {"base": scores(evaluate(base)), "volumes": []}
+    lap("base evaluation")
     for v in volumes:
         gens = fs.join(f.workdir, "generations", f"volume-{v}.jsonl")
         kept = [{k: x for k, x in r.items() if k != "where"}
@@ -136,6 +158,7 @@ def run(f=FLAGS) -> dict:
         prepare_lib.prepare(prepare_lib.PrepareConfig(
             docs=docs, generations=gens, recipe="simple", include_real=True, tokenizer=base,
             seq_len=f.seq_len, seed=f.seed, output=store))
+        lap(f"volume {v} prepare")
         run_dir = fs.join(f.workdir, "runs", f"volume-{v}")
         train_main.FLAGS.unparse_flags()
         train_main.FLAGS(["train", f"--init={base}", f"--workdir={run_dir}", f"--real={store}",
@@ -146,24 +169,29 @@ def run(f=FLAGS) -> dict:
                             if f.replay else []))
         try:
             loop.train(train_main.build_config())
-        finally:
+        finally:  # back to defaults: parsed, so absl's own error handler can read its flags
             train_main.FLAGS.unparse_flags()
+            train_main.FLAGS(["train"])
+        lap(f"volume {v} CPT")
         evals = evaluate(run_dir)
+        lap(f"volume {v} evaluation")
         results["volumes"].append({"volume": v, "synthetic_tokens": tokens,
                                    "records": len(kept),
                                    "records_with_text": sum(1 for r in kept if r["text"]),
                                    "store_tokens": int(store_lib.open(store).metadata["num_tokens"]),
-                                   **{k: e["accuracy"] for k, e in evals.items()}})
+                                   **scores(evals)})
         fs.write_text(fs.join(run_dir, "qa_eval.json"), json.dumps(evals, indent=1))
         print(f"[knowledge] volume {v}: {tokens} tokens, closed-book "
               f"{evals['closed_book']['accuracy']:.3f}, RAG {evals['rag']['accuracy']:.3f}",
               flush=True)
     curves = {mode: ([r["synthetic_tokens"] for r in results["volumes"]],
-                     [r[mode] for r in results["volumes"]]) for mode in quality.MODES}
+                     [r[mode]["accuracy"] for r in results["volumes"]]) for mode in quality.MODES}
     results["fits"] = plots.plot_accuracy_vs_tokens(
-        curves, results["base"], fs.join(f.workdir, "accuracy.png"),
+        curves, {mode: a["accuracy"] for mode, a in results["base"].items()},
+        fs.join(f.workdir, "accuracy.png"),
         title=f"{'+'.join(f.methods)} on {len(articles)} articles")
-    results.update(generator=f.generator, base_model=base, quality=path, methods=list(f.methods))
+    results.update(generator=f.generator, base_model=base, quality=path, methods=list(f.methods),
+                   stage_seconds=seconds)
     fs.write_text(fs.join(f.workdir, "results.json"), json.dumps(results, indent=1) + "\n")
     print("[knowledge] " + json.dumps({k: results[k] for k in ("base", "volumes")}), flush=True)
     return results

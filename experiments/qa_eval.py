@@ -9,8 +9,8 @@
 checkpoint); its tokenizer comes with it (a workdir's: the one its stores were prepared with)
 unless --tokenizer says otherwise. --scoring=loglikelihood (default) scores each option by its
 log-likelihood; --scoring=generate parses the answer letter from a chain-of-thought generation
-after worked examples (EntiGraph's protocol, temperature 0.1) through the model's chat format
-(megadoc.analysis.quality). Writes {"accuracy", "n", "attempt_rate", "questions": [...], ...}
+after worked examples (EntiGraph's protocol, temperature 0.1), the examples as earlier turns of
+the model's chat template (megadoc.analysis.quality.cot_messages). Writes {"accuracy", "n", "attempt_rate", "questions": [...], ...}
 to --output.
 """
 from __future__ import annotations
@@ -64,9 +64,9 @@ def run(f=FLAGS) -> dict:
                                                        batch_size=f.batch_size, mesh=mesh)
         results = quality.evaluate(articles, f.mode, loglikelihood, top_k=f.top_k)
     else:
-        def generate(texts):
-            ids = sampler.generate(config, params, [prompts.encode(tokenizer, None, t)
-                                                    for t in texts],
+        def generate(conversations):
+            ids = sampler.generate(config, params, [quality.encode_cot(tokenizer, c)
+                                                    for c in conversations],
                                    max_new_tokens=f.max_new_tokens, temperature=f.temperature,
                                    seed=f.seed, stop_tokens=prompts.stop_tokens(tokenizer),
                                    batch_size=f.batch_size, mesh=mesh)

@@ -27,12 +27,14 @@ def test_knowledge_end_to_end(tmp_path, monkeypatch):
     finally:
         driver.FLAGS.unparse_flags()
     assert set(results["base"]) == {"closed_book", "rag"}
+    assert all(results["base"][mode]["n"] == 12 for mode in ("closed_book", "rag"))
     v1, v2 = results["volumes"]
     assert (v1["volume"], v2["volume"]) == (1, 2)
     assert v1["records"] == 3 * 2 and v2["records"] == 3 * 2 * 2  # qa + focal per article
     assert 0 < v1["synthetic_tokens"] < v2["synthetic_tokens"]
     for v in (v1, v2):
-        assert 0 <= v["closed_book"] <= 1 and 0 <= v["rag"] <= 1
+        for mode in ("closed_book", "rag"):
+            assert 0 <= v[mode]["accuracy"] <= 1 and v[mode]["n"] == 12
         with open(workdir / "runs" / f"volume-{v['volume']}" / "qa_eval.json") as f:
             assert json.load(f)["rag"]["n"] == 12
     with open(workdir / "generations" / "volume-1.jsonl") as f1, \
@@ -42,3 +44,5 @@ def test_knowledge_end_to_end(tmp_path, monkeypatch):
     assert small < large
     assert os.path.getsize(workdir / "accuracy.png") > 0
     assert set(results["fits"]) == {"closed_book", "rag"}
+    assert set(results["stage_seconds"]) == {"synthesis", "base evaluation"} | {
+        f"volume {v} {stage}" for v in (1, 2) for stage in ("prepare", "CPT", "evaluation")}

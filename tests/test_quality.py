@@ -144,8 +144,21 @@ def test_generation_scoring_counts_unanswered_questions_as_wrong():
     results = quality.evaluate_generated(articles, "closed_book", generate)
     assert (results["accuracy"], results["attempt_rate"], results["n"]) == (0.5, 0.75, 12)
     assert [r["predicted_label"] for r in results["questions"][9:]] == [None] * 3
-    assert all(p.startswith(quality.COT_INSTRUCTION) and p.endswith("Reasoning:")
-               and "Answer: B" in p for p in seen)  # the worked examples come first
+    for messages in seen:  # the instruction, the worked examples as turns, then the question
+        assert messages[0] == {"role": "system", "content": quality.COT_INSTRUCTION}
+        assert [m["role"] for m in messages[1:]] == ["user", "assistant"] * 2 + ["user"]
+        assert messages[2]["content"].startswith("Reasoning:")
+        assert messages[2]["content"].endswith("Answer: B")
+    assert seen[0][-1]["content"] == quality.question_prompt(articles[0].questions[0])[
+        :-len("\nAnswer:")]
+
+
+def test_plain_cot_prompt_without_a_chat_template():
+    messages = quality.cot_messages("Question: Why?\nOptions:\nA. a\nB. b\nC. c\nD. d\nAnswer:")
+    text = quality.cot_text(messages)
+    assert text.startswith(quality.COT_INSTRUCTION + "\n\nQuestion: A ferry")
+    assert "\nReasoning: The ferry arrives" in text and "Answer: B\n\nQuestion: In the story" in text
+    assert text.endswith("Answer: C\n\nQuestion: Why?\nOptions:\nA. a\nB. b\nC. c\nD. d\nReasoning:")
 
 
 def test_qa_eval_generate_runs_through_the_chat_prompt(model_dir, tmp_path):
@@ -164,3 +177,41 @@ def test_qa_eval_generate_runs_through_the_chat_prompt(model_dir, tmp_path):
     assert results["scoring"] == "generate" and results["n"] == 12
     assert results["attempt_rate"] == sum(r["predicted_label"] is not None
                                           for r in results["questions"]) / 12
+
+
+def test_qa_eval_generate_prompts_through_the_models_chat_template(tmp_path, monkeypatch):
+    """With a chat template (a GGUF with ChatML), the generation scorer's prompt ids are the
+    template's rendering of the few-shot conversation, ending with the assistant turn opened."""
+    from experiments import qa_eval
+    from megadoc.synth import prompts, sampler
+    from tests import gguf_fixtures
+
+    model = str(tmp_path / "chat.gguf")
+    gguf_fixtures.write(model)
+    tokenizer = tokenizer_lib.load(model)
+    im_start = tokenizer.special_token_id("<|im_start|>")
+    seen = []
+
+    def spy(config, params, prompt_ids, **kwargs):  # the byte-level prompts outgrow its context
+        seen.extend(prompt_ids)
+        return [tokenizer.encode("Reasoning: ...\nAnswer: A") for _ in prompt_ids]
+
+    monkeypatch.setattr(sampler, "generate", spy)
+    out = tmp_path / "gen.json"
+    qa_eval.FLAGS.unparse_flags()
+    qa_eval.FLAGS(["qa_eval", f"--model={model}", f"--quality={quality.FIXTURE}",
+                   "--scoring=generate", "--max_new_tokens=2", "--batch_size=12",
+                   f"--output={out}"])
+    try:
+        qa_eval.run()
+    finally:
+        qa_eval.FLAGS.unparse_flags()
+    questions = [q for a in quality.read_quality(quality.FIXTURE) for q in a.questions]
+    results = json.loads(out.read_text())
+    assert len(seen) == 12 and (results["n"], results["attempt_rate"]) == (12, 1.0)
+    for ids, q in zip(seen, questions):
+        messages = quality.cot_messages(quality.question_prompt(q))
+        assert list(ids) == prompts.apply_chat_template(tokenizer, messages)
+        ids = list(ids)  # turns: system, 2 worked examples (user + assistant), question, answer
+        assert ids.count(im_start) == 7
+        assert tokenizer.decode(ids[len(ids) - ids[::-1].index(im_start):]) == "assistant\n"

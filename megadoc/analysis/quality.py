@@ -8,7 +8,10 @@ Two scorings: "loglikelihood" (the default for small models) scores each option 
 log-likelihood of " " + option after the prompt and predicts the best, so it answers every
 question (attempt rate 1); "generate" (EntiGraph's protocol) asks the model, after worked
 examples, to reason and end with "Answer: <letter>", and parses that letter: a question whose
-letter cannot be parsed is unanswered (wrong, and outside the attempt rate).
+letter cannot be parsed is unanswered (wrong, and outside the attempt rate). Its prompt is a
+conversation (the instruction as system message, each worked example a user question and the
+assistant's answer, then the question) in the model's chat template, or, for a model without
+one, the same turns as plain text ending in "Reasoning:".
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from typing import Callable, Sequence
 
 from megadoc import fs
 from megadoc.analysis import benchmarks, retrieval
+from megadoc.synth import prompts as prompts_lib
 
 MODES = ("closed_book", "rag")
 LETTERS = "ABCD"
@@ -30,8 +34,9 @@ COT_INSTRUCTION = ("Answer the multiple-choice question. First write one line st
                    "\"Reasoning:\" that works the answer out step by step, then a line "
                    "\"Answer: X\" where X is A, B, C or D. Worked examples:")
 _LETTER = re.compile(r"Answer:\s*\(?([ABCD])\b")
-# A generation scorer maps prompts (strings) to the model's texts.
-Generate = Callable[[Sequence[str]], Sequence[str]]
+_REASONING = "Reasoning:"
+# A generation scorer maps conversations ([{"role", "content"}] lists) to the model's texts.
+Generate = Callable[[Sequence[list[dict]]], Sequence[str]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,10 +116,37 @@ def parse_letter(text: str) -> int | None:
     return LETTERS.index(found[-1]) if found else None
 
 
-def cot_prompt(prompt: str) -> str:
-    """The user message of the generation scorer: instruction, worked examples, the question."""
-    examples = fs.read_text(COT_EXAMPLES).strip()
-    return f"{COT_INSTRUCTION}\n\n{examples}\n\n{prompt.removesuffix('Answer:')}Reasoning:"
+def cot_messages(prompt: str) -> list[dict]:
+    """The generation scorer's conversation: the instruction as system message, each worked
+    example as the user's question and the assistant's reasoning and answer, then `prompt`."""
+    messages = [{"role": "system", "content": COT_INSTRUCTION}]
+    for i, example in enumerate(fs.read_text(COT_EXAMPLES).strip().split("\n\n")):
+        question, sep, answer = example.partition("\n" + _REASONING)
+        if not sep:
+            raise ValueError(f"{COT_EXAMPLES}: worked example {i} has no line starting with "
+                             f"{_REASONING!r}")
+        messages += [{"role": "user", "content": question},
+                     {"role": "assistant", "content": _REASONING + answer}]
+    return messages + [{"role": "user", "content": prompt.removesuffix("Answer:").rstrip()}]
+
+
+def cot_text(messages: list[dict]) -> str:
+    """A `cot_messages` conversation as one plain-text prompt, for a model without a chat
+    template: the turns separated by blank lines (a question and its answer by a newline),
+    ending where the model's reasoning begins."""
+    system, *turns = messages
+    examples = [turns[i]["content"] + "\n" + turns[i + 1]["content"]
+                for i in range(0, len(turns) - 1, 2)]
+    return "\n\n".join([system["content"], *examples, turns[-1]["content"]]) + "\n" + _REASONING
+
+
+def encode_cot(tokenizer, messages: list[dict]) -> list[int]:
+    """Prompt ids of a `cot_messages` conversation: the tokenizer's chat template (ending with
+    the assistant's turn opened), else BOS (when it has one) and `cot_text`."""
+    if tokenizer.chat_template:
+        return prompts_lib.apply_chat_template(tokenizer, messages)
+    bos = [] if tokenizer.bos_id is None else [tokenizer.bos_id]
+    return bos + tokenizer.encode(cot_text(messages))
 
 
 def _summary(mode, scoring, top_k, items, predictions, extras) -> dict:
@@ -157,6 +189,6 @@ def evaluate_generated(articles: list[Article], mode: str, generate: Generate,
     items = prompts(articles, mode, top_k)
     if not items:
         raise ValueError("no questions to evaluate")
-    texts = list(generate([cot_prompt(prompt) for _, prompt, _ in items]))
+    texts = list(generate([cot_messages(prompt) for _, prompt, _ in items]))
     return _summary(mode, "generate", top_k, items, [parse_letter(t) for t in texts],
                     [{"generation": t} for t in texts])
