@@ -97,9 +97,7 @@ def _volume(records: list[dict], volume: int, max_volume: int) -> list[dict]:
 
 
 def run(f=FLAGS) -> dict:
-    import jax
-
-    from megadoc import fs
+    from megadoc import compile_cache, fs
     from megadoc.analysis import benchmarks, plots, quality
     from megadoc.data import docs as docs_lib
     from megadoc.data import prepare as prepare_lib
@@ -113,10 +111,7 @@ def run(f=FLAGS) -> dict:
     volumes = sorted({int(v) for v in f.volumes})
     if not volumes or volumes[0] < 1:
         raise app.UsageError("--volumes: positive integers")
-    if not fs.is_gcs(f.workdir):  # the stages share shapes (CPT runs, evaluations): compile once
-        jax.config.update("jax_compilation_cache_dir",
-                          fs.storage_path(fs.join(f.workdir, "jax_cache")))
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    compile_cache.use_workdir_cache(f.workdir)
     base, path = f.base or f.generator, f.quality or quality.FIXTURE
     articles = quality.read_quality(path)
     docs = fs.join(f.workdir, "corpus", "articles.jsonl")

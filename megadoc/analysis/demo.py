@@ -20,7 +20,7 @@ import json
 import os
 import time
 
-from megadoc import fs
+from megadoc import compile_cache, fs
 
 RECIPES = ("real", "simple", "stitched", "latent")
 
@@ -84,16 +84,6 @@ def smollm2_path() -> str:
 
 def _log(msg: str) -> None:
     print(f"[demo] {msg}", flush=True)
-
-
-def _use_compilation_cache(workdir: str) -> None:
-    """The five training runs share shapes: compile each step function once across them."""
-    import jax
-
-    if not fs.is_gcs(workdir):
-        cache = fs.storage_path(fs.join(workdir, "jax_cache"))
-        jax.config.update("jax_compilation_cache_dir", cache)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
 class Stages:
@@ -338,7 +328,7 @@ def run(workdir: str, scale_name: str = "small", seed: int = 0,
     if scale_name not in SCALES:
         raise ValueError(f"unknown scale {scale_name!r}; known: {', '.join(SCALES)}")
     scale = SCALES[scale_name]
-    _use_compilation_cache(workdir)
+    compile_cache.use_workdir_cache(workdir)
     stages = Stages(workdir)
     start = time.perf_counter()
     stages.run("corpus", lambda: build_corpus(workdir, scale, seed))
