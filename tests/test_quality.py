@@ -161,19 +161,23 @@ def test_plain_cot_prompt_without_a_chat_template():
     assert text.endswith("Answer: C\n\nQuestion: Why?\nOptions:\nA. a\nB. b\nC. c\nD. d\nReasoning:")
 
 
-def test_qa_eval_generate_runs_through_the_chat_prompt(model_dir, tmp_path):
+def _qa_eval_generate(model, out, max_new_tokens) -> dict:
+    """`experiments.qa_eval --scoring=generate` on the fixture; its JSON output."""
     from experiments import qa_eval
 
-    out = tmp_path / "gen.json"
     qa_eval.FLAGS.unparse_flags()
-    qa_eval.FLAGS(["qa_eval", f"--model={model_dir}", f"--quality={quality.FIXTURE}",
-                   "--scoring=generate", "--max_new_tokens=4", "--batch_size=12",
+    qa_eval.FLAGS(["qa_eval", f"--model={model}", f"--quality={quality.FIXTURE}",
+                   "--scoring=generate", f"--max_new_tokens={max_new_tokens}", "--batch_size=12",
                    f"--output={out}"])
     try:
         qa_eval.run()
     finally:
         qa_eval.FLAGS.unparse_flags()
-    results = json.loads(out.read_text())
+    return json.loads(out.read_text())
+
+
+def test_qa_eval_generate_runs_through_the_chat_prompt(model_dir, tmp_path):
+    results = _qa_eval_generate(model_dir, tmp_path / "gen.json", max_new_tokens=4)
     assert results["scoring"] == "generate" and results["n"] == 12
     assert results["attempt_rate"] == sum(r["predicted_label"] is not None
                                           for r in results["questions"]) / 12
@@ -182,7 +186,6 @@ def test_qa_eval_generate_runs_through_the_chat_prompt(model_dir, tmp_path):
 def test_qa_eval_generate_prompts_through_the_models_chat_template(tmp_path, monkeypatch):
     """With a chat template (a GGUF with ChatML), the generation scorer's prompt ids are the
     template's rendering of the few-shot conversation, ending with the assistant turn opened."""
-    from experiments import qa_eval
     from megadoc.synth import prompts, sampler
     from tests import gguf_fixtures
 
@@ -197,17 +200,8 @@ def test_qa_eval_generate_prompts_through_the_models_chat_template(tmp_path, mon
         return [tokenizer.encode("Reasoning: ...\nAnswer: A") for _ in prompt_ids]
 
     monkeypatch.setattr(sampler, "generate", spy)
-    out = tmp_path / "gen.json"
-    qa_eval.FLAGS.unparse_flags()
-    qa_eval.FLAGS(["qa_eval", f"--model={model}", f"--quality={quality.FIXTURE}",
-                   "--scoring=generate", "--max_new_tokens=2", "--batch_size=12",
-                   f"--output={out}"])
-    try:
-        qa_eval.run()
-    finally:
-        qa_eval.FLAGS.unparse_flags()
+    results = _qa_eval_generate(model, tmp_path / "gen.json", max_new_tokens=2)
     questions = [q for a in quality.read_quality(quality.FIXTURE) for q in a.questions]
-    results = json.loads(out.read_text())
     assert len(seen) == 12 and (results["n"], results["attempt_rate"]) == (12, 1.0)
     for ids, q in zip(seen, questions):
         messages = quality.cot_messages(quality.question_prompt(q))
