@@ -128,7 +128,7 @@ def _toy_section() -> str:
         cache_rows.append(f"| sampler state, batch {batch} x {cache_len} slots, "
                           f"{config.dtype} | {measured:,.0f} | {_formula(config):,} |")
     for name in ("tiny", "llama3-8b"):
-        cfg = llama.preset(name)  # bf16 compute: the cache is stored in the compute dtype
+        cfg = llama.preset(name)  # bf16 compute
         cache = jax.eval_shape(lambda: llama.init_cache(cfg, 4, 128))
         measured = sum(x.size * x.dtype.itemsize for x in cache.values()) / (4 * 128)
         cache_rows.append(f"| `init_cache` of preset {name}, {cfg.dtype} | {measured:,.0f} | "
@@ -149,7 +149,8 @@ def _toy_section() -> str:
         *rows,
         "",
         "Goal: >= 5x. KV-cache bytes per token, measured vs 2 x layers x kv_heads x head_dim x "
-        "bytes(dtype):",
+        "bytes of the cache's dtype (`llama.cache_dtype`: fp32 on XLA:CPU, else the compute "
+        "dtype):",
         "",
         "| cache | measured | formula |",
         "|---|---|---|",
@@ -281,7 +282,9 @@ def _theirs_smol(torch, model, prompts, new_tokens):
 
 
 def _formula(config) -> int:
-    return 2 * config.layers * config.kv_heads * config.head_dim * config.compute_dtype.itemsize
+    """Bytes per cached token: keys and values of every layer in the cache's storage dtype (fp32
+    on XLA:CPU, else the compute dtype: `llama.cache_dtype`)."""
+    return 2 * config.layers * config.kv_heads * config.head_dim * llama.cache_dtype(config).itemsize
 
 
 if __name__ == "__main__":
