@@ -41,8 +41,9 @@ def main() -> None:
         print(section, flush=True)
         parts += [section, ""]
     parts[4:4] = [f"Load average when it started: {load_before:.2f} (1 min) on {os.cpu_count()} "
-                  "cores; above ~0.5 other work was running, and the absolute numbers (not the "
-                  "interleaved ratios) are low. The bench itself keeps every core busy.", ""]
+                  "cores (it decays over minutes, so it also counts work that ended just before); "
+                  "a high value means other work may have shared the machine, lowering the "
+                  "absolute numbers more than the interleaved ratios.", ""]
     with open("BENCH.md", "w") as f:
         f.write("\n".join(parts))
     print("[bench] wrote BENCH.md")
