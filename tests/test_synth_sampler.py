@@ -107,6 +107,28 @@ def test_filters_keep_top_k_and_the_top_p_nucleus():
     assert kept(top_p=0.8, top_k=2) == [True, True, False, False, False]
 
 
+def test_top_p_bisection_keeps_the_nucleus_a_sort_keeps():
+    """The nucleus found by bisection over order keys equals the sorted-prefix definition, on
+    random rows (a vocabulary of 4096) and on rows with ties at the nucleus's edge."""
+    def by_sort(logits_BxV, top_p):
+        sorted_BxV = np.sort(logits_BxV, axis=-1)[:, ::-1]
+        probs_BxV = np.exp(sorted_BxV - sorted_BxV[:, :1])
+        probs_BxV /= probs_BxV.sum(-1, keepdims=True)
+        mass_before_BxV = np.cumsum(probs_BxV, axis=-1) - probs_BxV
+        cutoff_Bx1 = np.where(mass_before_BxV < top_p, sorted_BxV, np.inf).min(-1, keepdims=True)
+        return logits_BxV >= cutoff_Bx1
+
+    rng = np.random.default_rng(0)
+    random_BxV = (rng.standard_normal((16, 4096)) * 3).astype(np.float32)
+    tied_BxV = np.log(np.asarray([[0.3, 0.2, 0.2, 0.2, 0.1], [0.25, 0.25, 0.25, 0.25, 1e-9]],
+                                 np.float32))
+    for logits_BxV in (random_BxV, tied_BxV):
+        for top_p in (0.3, 0.5, 0.9, 0.95):
+            kept = np.isfinite(np.asarray(sampler._filter_logits(
+                sampler.Settings(max_new_tokens=1, top_p=top_p), jnp.asarray(logits_BxV))))
+            np.testing.assert_array_equal(kept, by_sort(logits_BxV, top_p), err_msg=str(top_p))
+
+
 def test_prompt_filling_the_context_is_an_error_not_a_truncation(model):
     config, params, _ = model
     with pytest.raises(ValueError, match="context is 128"):
