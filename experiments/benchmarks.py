@@ -99,10 +99,5 @@ def run(f=FLAGS) -> dict:
     return results
 
 
-def main(argv):
-    del argv
-    run()
-
-
 if __name__ == "__main__":
-    cli.run(main, flags_parser=cli.parser(FLAGS))
+    cli.run_flags(run, FLAGS)

@@ -173,3 +173,11 @@ def run(main, flags_parser=None) -> None:
         app.run(plain_errors(main))
     else:
         app.run(plain_errors(main), flags_parser=flags_parser)
+
+
+def run_flags(job, flag_values) -> None:
+    """`run` for a module whose whole job is `job()` reading its own flag namespace."""
+    def main(argv):
+        del argv
+        job()
+    run(main, flags_parser=parser(flag_values))
