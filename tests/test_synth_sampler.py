@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from megadoc.models import hf, llama, sharding
+from megadoc.models import hf, llama, matmul, sharding
 from megadoc.synth import sampler
 
 MAX_NEW = 8
@@ -193,12 +193,15 @@ def test_fp32_kv_cache_gives_the_logits_of_a_compute_dtype_cache(model, prompts,
 
 
 def test_weights_cast_once_give_bit_identical_logits(model, prompts):
-    """The sampler holds its weights in the compute dtype (half the bytes a decode step reads);
-    the model would cast them before every use, so the logits are exactly the same."""
+    """The sampler holds its weights rounded to the compute dtype, in the dtype the dots read
+    (bf16; fp32 on XLA:CPU); the model would round them before every use, so the logits are
+    exactly the same."""
     config, params, _ = model
     config = dataclasses.replace(config, dtype="bfloat16")
     cast = sampler._compute_dtype_weights(config, params)
-    assert cast["layers"]["up"].dtype == cast["lm_head"].dtype == jnp.bfloat16
+    assert cast["layers"]["up"].dtype == cast["lm_head"].dtype == matmul.dot_dtype(jnp.bfloat16)
+    up = np.asarray(cast["layers"]["up"])
+    np.testing.assert_array_equal(up, np.asarray(jnp.asarray(up).astype(jnp.bfloat16), up.dtype))
     assert cast["layers"]["mlp_norm"].dtype == cast["final_norm"].dtype == jnp.float32
     tokens = jnp.asarray([p[:3] for p in prompts])
     forward = jax.jit(lambda p: llama.forward(config, p, tokens))
