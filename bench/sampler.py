@@ -12,7 +12,8 @@ The SmolLM2-135M shape (random weights, tied embeddings) is timed with prefill a
 a run with max_new_tokens=1 is the prefill (plus one token), and decode is what a full run adds,
 per new token. The first (cold) run of each minus its best warm run is the compile time. The
 roofline bound of a decode step is the larger of reading the bf16 weights once at the measured
-memory bandwidth and doing its matmul FLOPs at the measured bf16 matmul peak.
+memory bandwidth and doing its matmul FLOPs at the measured peak of the model's matmul form
+(`metrics.measure_matmul_peak`).
 Run: `python -m bench.run bench.sampler`.
 """
 import copy
@@ -24,9 +25,10 @@ import time
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from megadoc.models import hf, llama  # noqa: E402
+from megadoc.models import hf, llama, matmul  # noqa: E402
 from megadoc.synth import sampler  # noqa: E402
 from megadoc.train import metrics  # noqa: E402
 
@@ -256,8 +258,9 @@ def _smol_section() -> str:
         f"= what the full run adds per new token; compile = cold minus best warm runs (megadoc). "
         f"Best of {SMOL_ROUNDS} interleaved rounds; transformers {transformers.__version__} "
         f"`generate` with torch's default {torch.get_num_threads()} threads. Measured memory "
-        f"bandwidth (fp32 sum over 1 GiB): {bandwidth / 1e9:.1f} GB/s; bf16 matmul peak "
-        f"(2048², fp32 accumulation): {peak / 1e9:,.0f} GFLOP/s.",
+        f"bandwidth (fp32 sum over 1 GiB): {bandwidth / 1e9:.1f} GB/s; matmul peak (2048², "
+        f"bf16 values in {matmul.dot_dtype(jnp.bfloat16).name} dots, fp32 accumulation): "
+        f"{peak / 1e9:,.0f} GFLOP/s.",
         "",
         "| batch | prompt | implementation | prefill tok/s | decode tok/s | new tok/s end to end "
         "| compile s |",

@@ -1,6 +1,7 @@
 """Train-step throughput: megadoc (JAX, fp32 params, bf16 compute) vs Hugging Face transformers
 LlamaForCausalLM (torch CPU, bf16 eager and torch.compile) on one model shape, and MFU against
-this machine's measured bf16 matmul peak (bf16 inputs, fp32 accumulation).
+this machine's measured matmul peak in the model's form (bf16 values, fp32 accumulation; the dot
+itself in fp32 on XLA:CPU, see `megadoc.models.matmul`).
 
     python -m bench.run bench.train_step
 """
@@ -15,7 +16,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from megadoc.models import llama, sharding  # noqa: E402
+from megadoc.models import llama, matmul, sharding  # noqa: E402
 from megadoc.train import config, metrics, optimizer, state, step  # noqa: E402
 
 # Big enough that matmuls dominate, small enough for a few-minute bench on 2 cores.
@@ -113,9 +114,10 @@ def torch_matmul_flops(n: int = 2048, iters: int = 10) -> float:
 
 
 def _peak_matmul(n=PEAK_N):
-    """One bf16 n² matmul with fp32 accumulation per call: timed in the same interleaved rounds
-    as the steps, so the MFU divides by a peak measured under the same load."""
-    a = jnp.ones((n, n), jnp.bfloat16)
+    """One n² matmul in the model's form (bf16 values, `matmul.dot_dtype`, fp32 accumulation)
+    per call: timed in the same interleaved rounds as the steps, so the MFU divides by a peak
+    measured under the same load."""
+    a = jnp.ones((n, n), matmul.dot_dtype(jnp.bfloat16))
     dot = jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=jnp.float32))
     return lambda: dot(a, a).block_until_ready()
 
@@ -138,7 +140,8 @@ def run() -> str:
         f"vocab {MODEL.vocab_size}; batch {BATCH} × {SEQ} tokens; full step (forward, backward, "
         f"clip, AdamW); best of {STEPS} interleaved rounds after {WARMUP} warm-up steps each. "
         f"{flops_per_step / 1e9:.0f} GFLOP per step (6·N + attention). "
-        f"Measured bf16 matmul peak (2048², fp32 accumulation): {peak / 1e9:,.0f} GFLOP/s.",
+        f"Measured matmul peak (2048², bf16 values in {matmul.dot_dtype(jnp.bfloat16).name} "
+        f"dots, fp32 accumulation): {peak / 1e9:,.0f} GFLOP/s.",
         "",
         "| implementation | s/step | tokens/s | MFU (of measured peak) |",
         "|---|---|---|---|",

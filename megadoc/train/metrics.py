@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from megadoc import fs
-from megadoc.models import llama
+from megadoc.models import llama, matmul
 from megadoc.train import tfevents
 
 # bf16 dense peak per chip, FLOP/s.
@@ -33,9 +33,11 @@ def flops_per_token(config: llama.LlamaConfig, seq_len: int) -> float:
 
 
 def measure_matmul_peak(n: int = 2048, iters: int = 5) -> float:
-    """bf16 × bf16 → fp32-accumulated matmul FLOP/s on the first local device."""
+    """FLOP/s of the model's matmul form on the first local device: bf16 values in the dtype
+    its dots read (`matmul.dot_dtype`: fp32 on XLA:CPU, where that is the faster form), products
+    accumulated in fp32."""
     device = jax.local_devices()[0]
-    a = jax.device_put(jnp.ones((n, n), jnp.bfloat16), device)
+    a = jax.device_put(jnp.ones((n, n), matmul.dot_dtype(jnp.bfloat16)), device)
     f = jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=jnp.float32))
     f(a, a).block_until_ready()
     start = time.perf_counter()
