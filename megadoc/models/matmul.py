@@ -8,7 +8,8 @@ single-threaded path; here the cotangent is rounded to the compute dtype too.
 On XLA:CPU the dot itself runs in fp32 on the rounded operands (`dot_dtype`): the products of
 two bf16 values are exact in fp32 and both forms accumulate in fp32, so only the summation
 order can differ, but a CPU without bf16 units runs fp32 dots faster (1.1-1.4x at the train
-step's shapes, 1.2x at decode's, measured with jax 0.10).
+step's shapes; decode 1.17x at batch 64, unchanged at batch 32 over 640 cached positions where
+attention dominates; measured with jax 0.10).
 """
 import functools
 
