@@ -41,7 +41,7 @@ def test_fp32_rounding_is_the_bf16_cast_bit_for_bit():
     x = (rng.standard_normal(1 << 16) * 10.0 ** rng.integers(-44, 38, 1 << 16)).astype(np.float32)
     edges = [np.inf, -np.inf, 0.0, -0.0, 3.4e38, -3.4e38, 1e-45, 1.1754942e-38, 1.1754944e-38]
     x = jnp.asarray(np.concatenate([x, np.array(edges, np.float32)]))
-    rounded = np.asarray(matmul._operand(x, jnp.bfloat16))
+    rounded = np.asarray(matmul.operand(x, jnp.bfloat16))
     assert rounded.dtype == np.float32
     expected = np.asarray(x.astype(jnp.bfloat16).astype(jnp.float32))
     np.testing.assert_array_equal(rounded.view(np.uint32), expected.view(np.uint32))

@@ -25,7 +25,7 @@ def dot_dtype(dtype):
     return dtype
 
 
-def _operand(a, dtype):
+def operand(a, dtype):
     """`a` rounded to `dtype`, in the dtype the dot reads. For fp32 dots of bf16 values the
     rounding is a same-size reduce_precision, not a convert pair: inside a decode loop XLA
     hoists it out of the loop for loop-invariant weights already held in fp32."""
@@ -40,7 +40,7 @@ def _operand(a, dtype):
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 3))
 def einsum(spec: str, x: jax.Array, w: jax.Array, dtype) -> jax.Array:
     """`spec` is "X,W->Y" with every index of each operand also in the other or in Y."""
-    return jnp.einsum(spec, _operand(x, dtype), _operand(w, dtype),
+    return jnp.einsum(spec, operand(x, dtype), operand(w, dtype),
                       preferred_element_type=jnp.float32)
 
 
@@ -52,9 +52,9 @@ def _bwd(spec, dtype, residuals, g):
     x, w = residuals
     inputs, y = spec.split("->")
     xs, ws = inputs.split(",")
-    g = _operand(g, dtype)
-    dx = jnp.einsum(f"{y},{ws}->{xs}", g, _operand(w, dtype), preferred_element_type=jnp.float32)
-    dw = jnp.einsum(f"{xs},{y}->{ws}", _operand(x, dtype), g, preferred_element_type=jnp.float32)
+    g = operand(g, dtype)
+    dx = jnp.einsum(f"{y},{ws}->{xs}", g, operand(w, dtype), preferred_element_type=jnp.float32)
+    dw = jnp.einsum(f"{xs},{y}->{ws}", operand(x, dtype), g, preferred_element_type=jnp.float32)
     return dx.astype(x.dtype), dw.astype(w.dtype)
 
 

@@ -316,7 +316,7 @@ def _compute_dtype_weights(config, params):
     def cast(path, x):
         if path[-1].key.endswith("norm"):
             return x
-        return x.astype(config.compute_dtype).astype(matmul.dot_dtype(config.compute_dtype))
+        return matmul.operand(x, config.compute_dtype)
 
     return jax.tree_util.tree_map_with_path(cast, params)
 
