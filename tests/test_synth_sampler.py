@@ -143,13 +143,15 @@ def test_generation_stops_at_the_end_of_the_context(model):
 
 def test_growing_the_cache_keeps_every_written_slot(model):
     config, _, _ = model
-    state = sampler._empty_state(config, 2, 64, MAX_NEW)
-    state["cache"]["k"] = jax.random.normal(jax.random.PRNGKey(0), state["cache"]["k"].shape)
-    before = np.asarray(state["cache"]["k"])
-    grown = sampler._grow(config, None, 192, state)
-    assert grown["cache"]["k"].shape[2] == grown["cache"]["v"].shape[2] == 192
-    np.testing.assert_array_equal(np.asarray(grown["cache"]["k"])[:, :, :64], before)
-    assert not np.asarray(grown["cache"]["k"])[:, :, 64:].any()
+    state = sampler._empty_state(config, 1, 2, 64, 32, MAX_NEW)
+    for name, key in (("cache", 0), ("prompts", 1)):
+        state[name]["k"] = jax.random.normal(jax.random.PRNGKey(key), state[name]["k"].shape)
+    before = {name: np.asarray(state[name]["k"]) for name in ("cache", "prompts")}
+    grown = sampler._grow(config, None, 192, 96, state)
+    for name, old_len, new_len in (("cache", 64, 192), ("prompts", 32, 96)):
+        assert grown[name]["k"].shape[2] == grown[name]["v"].shape[2] == new_len
+        np.testing.assert_array_equal(np.asarray(grown[name]["k"])[:, :, :old_len], before[name])
+        assert not np.asarray(grown[name]["k"])[:, :, old_len:].any()
 
 
 def test_kv_cache_bytes_per_token_match_the_formula(model):
