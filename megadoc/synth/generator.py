@@ -22,8 +22,9 @@ class Generator:
     tokenizer: tokenizer_lib.Tokenizer
     stop_tokens: tuple[int, ...]
 
-    def encode_prompt(self, system: str | None, user: str) -> list[int]:
-        return prompts.encode(self.tokenizer, system, user)
+    def encode_prompt(self, system: str | None, user: str, date: str = prompts.CHAT_DATE
+                      ) -> list[int]:
+        return prompts.encode(self.tokenizer, system, user, date)
 
 
 def _has_tokenizer(names: list[str]) -> bool:
