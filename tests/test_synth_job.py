@@ -257,15 +257,28 @@ def test_rerun_verifies_finished_shards_and_redoes_damaged_ones(rephrased, tmp_p
     assert (output / "shard-00002.jsonl").stat().st_mtime_ns == kept
 
 
-def test_progress_counts_sequences_still_decoding_and_bounds_the_eta(tmp_path, capsys):
+def test_progress_counts_sequences_still_decoding_and_projects_the_rest(tmp_path, capsys):
     """A decode call can run for minutes with no document done: the progress line counts the
-    tokens of unfinished sequences, and its ETA spends the rest of the token budget at that rate."""
-    sampler = dataclasses.make_dataclass("S", ["generated_tokens", "tokens_in_flight"])(30, 90)
-    progress = job._Progress(str(tmp_path), 0, docs_total=4, token_budget=600, sampler=sampler)
+    tokens of unfinished sequences; before any record its ETA spends the rest of the token
+    budget at that rate, after some at their tokens per record. It carries the cost."""
+    from megadoc.synth import sampler as sampler_lib
+
+    fake = dataclasses.make_dataclass("S", ["generated_tokens", "tokens_in_flight", "cost"])(
+        30, 90, sampler_lib.Cost(devices=2, prompt_tokens=50, decode_s=4.0))
+    path = str(tmp_path / "progress.jsonl")
+    progress = job.Progress(path, {(0, 0): 2, (0, 1): 2}, 150, fake)
     progress.start -= 10.0  # as if it had run for 10 s
     progress.report()
-    line = json.loads((tmp_path / "_job" / "progress-p0.jsonl").read_text())
-    assert line["docs_done"] == 0 and line["generated_tokens"] == 120
-    assert line["tokens_per_s"] == pytest.approx(12.0, rel=0.01)
-    assert line["eta_s"] == pytest.approx((600 - 120) / 12.0, rel=0.01)
-    assert "120 tokens" in capsys.readouterr().out
+    progress.record_done(job.Origin(0, 0, "a"))
+    progress.record_done(job.Origin(0, 0, "a"))
+    progress.report()
+    first, second = [json.loads(x) for x in open(path)]
+    assert first["docs_done"] == 0 and first["generated_tokens"] == 120
+    assert first["tokens_per_s"] == pytest.approx(12.0, rel=0.01)
+    assert first["eta_s"] == pytest.approx((600 - 120) / 12.0, rel=0.01)
+    assert second["docs_done"] == 1 and second["records_done"] == 2
+    # 2 records left at 30 / 2 tokens each, less the 90 in flight: nothing left to project
+    assert second["eta_s"] == 0
+    assert first["prompt_tokens"] == 50 and first["decode_device_s"] == 8.0
+    assert first["device_hours_left"] == pytest.approx(2 * 40.0 / 3600, abs=1e-3)
+    assert "50 prompt + 120 generated tokens" in capsys.readouterr().out

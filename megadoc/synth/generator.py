@@ -3,7 +3,11 @@ tokenizer (with its chat template), stop tokens."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+
+import jax
+import numpy as np
 
 from megadoc import fs
 from megadoc import gguf_file
@@ -63,3 +67,16 @@ def _generator(path, config, params, tokenizer, extra_stop: set) -> Generator:
     stop = extra_stop | set(prompts.stop_tokens(tokenizer))
     return Generator(name=path.rsplit("/", 1)[-1], config=config, params=params,
                      tokenizer=tokenizer, stop_tokens=tuple(sorted(stop)))
+
+
+def digest(gen: Generator) -> str:
+    """A short fingerprint of the generator's weights and config (every tensor's shape and an
+    evenly strided sample of ~4k of its values), recorded with the records it produced: cheap
+    for an 8B model, and any retrained or re-quantized copy differs."""
+    h = hashlib.sha256(repr(gen.config).encode())
+    for path, x in sorted(jax.tree_util.tree_leaves_with_path(gen.params),
+                          key=lambda kv: jax.tree_util.keystr(kv[0])):
+        flat = x.reshape(-1)
+        sample = np.asarray(jax.device_get(flat[::max(1, flat.size // 4096)]), np.float32)
+        h.update(f"{jax.tree_util.keystr(path)}{x.shape}".encode() + sample.tobytes())
+    return h.hexdigest()[:16]

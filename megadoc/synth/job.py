@@ -3,18 +3,21 @@
 Output directory:
   shard-00000.jsonl       the records of shard 0 (shared schema), written whole and atomically
   _job/config.json        the job's settings; a restart with different settings refuses to start
-  _job/shard-00000.done   done marker (the shard's counts), written after the shard's records
-  _job/progress-p0.jsonl  progress lines of process 0
-  summary.json            outcomes by finish reason over every finished shard
+  _job/shard-00000.done   done marker: the shard's counts, the checksum of its file and what
+                          produced it (generator digest, template, chat date, sampling, seed)
+  _job/progress-p0.jsonl  progress lines of process 0 (or Ray worker 0: progress-w0.jsonl)
+  summary.json            outcomes by finish reason, tokens and device-seconds, the projection
 
-Shard j holds documents [j*shard_size, (j+1)*shard_size) in input order and belongs to process
-j % process_count. A shard without its marker is redone whole (its file replaced atomically), so
-a restart never loses or duplicates a record. The sampler streams across shards: a shard is
-written as soon as its last record arrives.
+Shard j holds documents [j*shard_size, (j+1)*shard_size) in input order. With the local executor
+it belongs to process j % process_count; with Ray (megadoc/synth/executor.py) any free worker
+takes it. A shard without an intact marker is redone whole (its file replaced atomically, the
+same bytes whoever writes it), so a restart or a retried shard never loses or duplicates a
+record. The sampler streams across shards: a shard is written as soon as its last record arrives.
 
 Every (document, sample) yields exactly one record. Records that carry no generation say why in
 `finish_reason`, with empty text: "empty_document", "prompt_too_long" (the prompt does not fit in
-the generator's context; never truncated), "error" (logged with the document's location).
+the generator's context; never truncated), "error" (logged with the document's location). A
+generation the repetition guard ended (`repetition_ngram`, off by default) says "repetition".
 For latent thoughts `sample` is the split index (0..k-1) and `offset` the split's character offset.
 The knowledge methods (qa, focal_rewrite, entigraph_entities, entigraph_relations) add their
 parsed fields to the record and give malformed output a status: megadoc/synth/knowledge.py.
@@ -23,10 +26,13 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import datetime
 import hashlib
 import json
 import logging
 import math
+import os
+import socket
 import threading
 import time
 import traceback
@@ -105,6 +111,24 @@ class JobConfig:
     """this process's index (None: jax.process_index())"""
     num_processes: int | None = None
     """processes (None: jax.process_count())"""
+    repetition_ngram: int = 0
+    """end a generation once its latest n-gram of this many tokens has occurred more than
+    repetition_limit times, with finish_reason "repetition" (0: off, as in the papers)"""
+    repetition_limit: int = 4
+    """with repetition_ngram: how often one n-gram may occur in a generation"""
+    chat_date: str = prompts.CHAT_DATE
+    """the date a chat template prints (YYYY-MM-DD; Llama 3.1's "Today Date"), fixed so that the
+    same command on another day writes the same records"""
+    executor: str = "local"
+    """local: this process runs its share of the shards | ray: Ray workers take the shards as
+    they come free and a dead worker's shards are retried (pip install '.[ray]')"""
+    workers: int = 2
+    """ray: sampler workers (actors), each holding one copy of the generator"""
+    ray_address: str | None = None
+    """ray: the cluster to join (None: start a local one)"""
+    dry_run: int = 0
+    """estimate the whole job's tokens and device-hours from this many documents spread over
+    the input: they are sampled, nothing is written (0: run the job)"""
 
     def __post_init__(self):
         if self.method not in RECORD_METHOD:
@@ -112,10 +136,16 @@ class JobConfig:
         for name in ("generations", "splits", "batch_size", "shard_size", "tensor_parallel"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_new_tokens is not None and self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if not self.temperature >= 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        self.sampler_settings(())  # the sampling values, checked before anything is written
+        if self.executor not in ("local", "ray"):
+            raise ValueError(f"executor {self.executor!r}: expected local or ray")
+        if self.workers < 1 or self.dry_run < 0:
+            raise ValueError(f"workers must be >= 1 and dry_run >= 0, got {self.workers} and "
+                             f"{self.dry_run}")
+        try:
+            datetime.date.fromisoformat(self.chat_date)
+        except ValueError:
+            raise ValueError(f"chat_date {self.chat_date!r}: expected YYYY-MM-DD") from None
         if (self.method == "focal_rewrite") != bool(self.questions):
             raise ValueError("questions (records with a question per document) go with "
                              "method focal_rewrite, and only with it")
@@ -126,6 +156,26 @@ class JobConfig:
                                                      or self.pairs + self.triples < 1):
             raise ValueError(f"entigraph_relations needs pairs + triples >= 1, got "
                              f"{self.pairs} + {self.triples}")
+
+    @property
+    def new_tokens(self) -> int:
+        return PAPER_MAX_NEW_TOKENS[self.method] if self.max_new_tokens is None \
+            else self.max_new_tokens
+
+    def sampler_settings(self, stop_tokens) -> sampler_lib.Settings:
+        return sampler_lib.Settings(
+            max_new_tokens=self.new_tokens, temperature=self.temperature, top_p=self.top_p,
+            top_k=self.top_k, stop_tokens=tuple(stop_tokens),
+            repetition_ngram=self.repetition_ngram, repetition_limit=self.repetition_limit)
+
+    def sampling(self) -> dict:
+        """The sampling settings each record carries."""
+        out = {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k,
+               "max_new_tokens": self.new_tokens}
+        if self.repetition_ngram:
+            out.update(repetition_ngram=self.repetition_ngram,
+                       repetition_limit=self.repetition_limit)
+        return out
 
     def samples(self, doc: dict, inputs: dict) -> int:
         """Records the job writes for `doc`, given the per-document inputs (questions or
@@ -179,7 +229,7 @@ def owned_shards(num_shards: int, process_index: int, process_count: int) -> lis
     return [j for j in range(num_shards) if j % process_count == process_index]
 
 
-def _check_job_config(path: str, settings: dict) -> None:
+def check_job_config(path: str, settings: dict) -> None:
     """First run: record the settings. Restart: refuse settings that would change records."""
     if fs.exists(path):
         old = json.loads(fs.read_text(path))
@@ -192,28 +242,31 @@ def _check_job_config(path: str, settings: dict) -> None:
         fs.write_text(path, json.dumps(settings, indent=1, sort_keys=True))
 
 
-class _Shards:
-    """Collects records per shard and writes a shard (then its marker) once it is complete."""
+class ShardWriter:
+    """Collects records per shard and writes a shard (then its marker, which records what
+    produced it) once it is complete."""
 
-    def __init__(self, output: str, expected: dict[int, int]):
-        self.output, self.expected = output, expected
+    def __init__(self, output: str, expected: dict[int, int], produced_by: dict):
+        self.output, self.expected, self.produced_by = output, expected, produced_by
         self.records: dict[int, list] = collections.defaultdict(list)
         self.written: list[int] = []
 
-    def add(self, shard: int, order: tuple, record: dict, generated_tokens: int) -> None:
-        self.records[shard].append((order, record, generated_tokens))
+    def add(self, shard: int, order: tuple, record: dict, prompt_tokens: int,
+            generated_tokens: int) -> None:
+        self.records[shard].append((order, record, prompt_tokens, generated_tokens))
         if len(self.records[shard]) == self.expected[shard]:
             self._write(shard)
 
     def _write(self, shard: int) -> None:
         entries = sorted(self.records.pop(shard), key=lambda x: x[0])
-        rows = [r for _, r, _ in entries]
+        rows = [e[1] for e in entries]
         docs_lib.write_jsonl(shard_path(self.output, shard), rows)
         written = fs.read_bytes(shard_path(self.output, shard))
         counts = collections.Counter(r["finish_reason"] for r in rows)
         fs.write_text(marker_path(self.output, shard), json.dumps(
             {"records": len(rows), "sha256": hashlib.sha256(written).hexdigest(),
-             "finish_reason": dict(counts), "generated_tokens": sum(n for _, _, n in entries)}))
+             "finish_reason": dict(counts), "prompt_tokens": sum(e[2] for e in entries),
+             "generated_tokens": sum(e[3] for e in entries), "produced_by": self.produced_by}))
         self.written.append(shard)
 
 
@@ -231,136 +284,242 @@ def shard_problem(output: str, shard: int) -> str | None:
     if records != marker.get("records"):
         return (f"{shard_path(output, shard)} holds {records} records, its marker says "
                 f"{marker.get('records')}")
-    if "sha256" in marker and hashlib.sha256(data).hexdigest() != marker["sha256"]:
+    if hashlib.sha256(data).hexdigest() != marker.get("sha256"):
         return f"{shard_path(output, shard)} does not match the checksum in its marker"
     return None
 
 
-def _finished_shards(output: str, shards: list[int]) -> set[int]:
+def finished_shards(output: str, shards, produced_by: dict | None = None) -> set[int]:
     """The shards whose markers are backed by intact files; a failing one loses its marker and
-    is redone."""
+    is redone. A marker that something else produced (another generator, template, sampling or
+    seed, when `produced_by` is given) is refused: the directory would mix two jobs."""
     done = set()
     for j in shards:
         if not fs.exists(marker_path(output, j)):
             continue
         problem = shard_problem(output, j)
-        if problem is None:
-            done.add(j)
-        else:
+        if problem is not None:
             print(f"[synth] shard {j} was finished but {problem}; redoing it", flush=True)
             fs.remove(marker_path(output, j))
+            continue
+        theirs = json.loads(fs.read_text(marker_path(output, j))).get("produced_by")
+        if produced_by is not None and theirs != produced_by:
+            raise ValueError(f"{marker_path(output, j)}: produced by {theirs}, not by this job's "
+                             f"{produced_by}; use a new --output or the original settings")
+        done.add(j)
     return done
 
 
-def _summary(output: str, num_shards: int, extra: dict) -> dict:
-    counts, records, tokens, done = collections.Counter(), 0, 0, 0
+def summary(output: str, num_shards: int, cost: dict, extra: dict) -> dict:
+    """Outcomes and tokens over every finished shard, `cost` (what this run spent,
+    `sampler.Cost.summary()` or a sum of them) and the projection of what is left: its tokens
+    at the finished shards' tokens per record, and the device-hours at this run's rate."""
+    counts, records, tokens, prompt_tokens, done = collections.Counter(), 0, 0, 0, 0
     for j in range(num_shards):
         if fs.exists(marker_path(output, j)):
             m = json.loads(fs.read_text(marker_path(output, j)))
             counts.update(m["finish_reason"])
             records += m["records"]
             tokens += m["generated_tokens"]
+            prompt_tokens += m.get("prompt_tokens", 0)
             done += 1
-    return dict(extra, shards_total=num_shards, shards_done=done, records=records,
-                generated_tokens=tokens, finish_reason=dict(sorted(counts.items())))
+    out = dict(extra, shards_total=num_shards, shards_done=done, records=records,
+               prompt_tokens=prompt_tokens, generated_tokens=tokens,
+               finish_reason=dict(sorted(counts.items())), cost_now=cost)
+    records_left = extra.get("records_total", records) - records
+    rate = cost.get("generated_tokens_per_device_s")
+    tokens_left = records_left * tokens / records if records else None
+    out["projection"] = {
+        "records_left": records_left,
+        "generated_tokens_left": None if tokens_left is None else round(tokens_left),
+        "device_hours_left": round(tokens_left / rate / 3600, 3)
+        if rate and tokens_left is not None else None}
+    return out
+
+
+@dataclasses.dataclass
+class Plan:
+    """The job without its model: the documents, the records each one gives, the shards."""
+    cfg: JobConfig
+    method: str
+    template: prompts.Template
+    inputs: dict
+    docs: list
+    doc_samples: list
+    bad: docs_lib.BadRecords
+
+    @property
+    def num_shards(self) -> int:
+        return math.ceil(len(self.docs) / self.cfg.shard_size)
+
+    def shard_docs(self, shard: int) -> range:
+        size = self.cfg.shard_size
+        return range(shard * size, min((shard + 1) * size, len(self.docs)))
+
+    def records(self, shards) -> int:
+        return sum(self.doc_samples[i] for j in shards for i in self.shard_docs(j))
+
+
+def plan(cfg: JobConfig) -> Plan:
+    """Read the documents (and the per-document inputs) and check the template."""
+    method = RECORD_METHOD[cfg.method]
+    template = prompts.load_template(cfg.template or prompts.builtin_template(method), method)
+    bad = docs_lib.BadRecords()
+    inputs = (knowledge.read_questions(cfg.questions) if cfg.questions else
+              knowledge.read_entities(cfg.entities) if cfg.entities else {})
+    docs = list(docs_lib.read_docs(cfg.docs, bad))
+    return Plan(cfg, method, template, inputs, docs, [cfg.samples(d, inputs) for d in docs], bad)
+
+
+class Runner:
+    """The job's generator and settings in one process (or Ray worker): runs shards."""
+
+    def __init__(self, job_plan: Plan):
+        cfg = job_plan.cfg
+        self.plan, self.cfg = job_plan, cfg
+        self.mesh = sharding.make_mesh(tensor=cfg.tensor_parallel, devices=jax.local_devices())
+        self.gen = generator_lib.load(cfg.generator, self.mesh)
+        self.settings = cfg.sampler_settings(self.gen.stop_tokens)
+        self.produced_by = {"method": cfg.method, "generator": self.gen.name,
+                            "generator_digest": generator_lib.digest(self.gen),
+                            "template": job_plan.template.name, "chat_date": cfg.chat_date,
+                            "sampling": cfg.sampling(), "seed": cfg.seed}
+
+    def check_output(self) -> None:
+        """Record this job's settings in the output directory, or refuse other ones."""
+        cfg, p = self.cfg, self.plan
+        fs.makedirs(fs.join(cfg.output, "_job"))
+        check_job_config(fs.join(cfg.output, "_job", "config.json"), dict(
+            self.produced_by, samples=sum(p.doc_samples), generations=cfg.generations,
+            splits=cfg.splits, questions=cfg.questions, entities=cfg.entities, pairs=cfg.pairs,
+            triples=cfg.triples, shard_size=cfg.shard_size, num_docs=len(p.docs)))
+
+    def sampler(self) -> sampler_lib.Sampler:
+        return sampler_lib.Sampler(self.gen.config, self.gen.params, self.settings,
+                                   batch_size=self.cfg.batch_size, seed=self.cfg.seed,
+                                   mesh=self.mesh)
+
+    def run_shards(self, shards: list[int], progress_name: str) -> dict:
+        """Sample and write these shards (skipping any already finished); returns what the
+        sampler spent (`Cost.summary()` plus its raw counts)."""
+        cfg, p = self.cfg, self.plan
+        todo = sorted(set(shards) - finished_shards(cfg.output, shards, self.produced_by))
+        writer = ShardWriter(cfg.output, {j: p.records([j]) for j in todo}, self.produced_by)
+        sampler = self.sampler()
+        progress = Progress(fs.join(cfg.output, "_job", f"progress-{progress_name}.jsonl"),
+                            {divmod(i, cfg.shard_size): p.doc_samples[i]
+                             for j in todo for i in p.shard_docs(j)}, cfg.new_tokens, sampler)
+
+        def emit(origin: Origin, out: Output, prompt_tokens: int, generated_tokens: int):
+            writer.add(origin.shard, (origin.position, out.sample),
+                       self.record(origin, out), prompt_tokens, generated_tokens)
+            progress.record_done(origin)
+
+        with progress:
+            for origin, out, completion in self.outputs([i for j in todo
+                                                         for i in p.shard_docs(j)], sampler):
+                # A request's prompt counts once, with its first sample.
+                prompt = len(completion.request.prompt) if completion and \
+                    completion.sample == completion.request.first_sample else 0
+                emit(origin, out, prompt, len(completion.tokens) if completion else 0)
+        return dict(sampler.cost.summary(), written=writer.written,
+                    raw=dataclasses.asdict(sampler.cost))
+
+    def record(self, origin: Origin, out: Output) -> dict:
+        return dict(doc_id=origin.doc_id, method=self.plan.method, sample=out.sample,
+                    offset=origin.offset, text=out.text, finish_reason=out.finish_reason,
+                    seed=self.cfg.seed, generator=self.gen.name,
+                    template=self.plan.template.name, sampling=self.cfg.sampling(),
+                    **(out.fields or {}))
+
+    def outputs(self, doc_indices: list[int], sampler):
+        """(Origin, Output, Completion or None) of every record of these documents, in the order
+        they finish."""
+        cfg, p = self.cfg, self.plan
+        direct = []
+
+        def requests():
+            for i in doc_indices:
+                doc = p.docs[i]
+                origin = Origin(*divmod(i, cfg.shard_size), doc["id"])
+                try:
+                    reqs = _doc_requests(cfg, self.gen, p.template, doc, origin, p.inputs)
+                except Exception as e:  # one bad document never stops the others
+                    logging.error("document %r at %s failed: %s\n%s", doc["id"], doc["where"],
+                                  e, traceback.format_exc())
+                    reqs = [(origin, Output(s, "", ERROR)) for s in range(p.doc_samples[i])]
+                for r in reqs:
+                    if isinstance(r, sampler_lib.Request):
+                        yield r
+                    else:
+                        direct.append(r)
+
+        for c in sampler.run(requests()):
+            while direct:
+                yield (*direct.pop(), None)
+            text = self.gen.tokenizer.decode(c.tokens) if c.tokens else ""
+            out = Output(c.sample, text, c.finish_reason, c.request.tag.fields)
+            if c.tokens:
+                out = Output(c.sample, *knowledge.finish(self.plan.method, text, c.finish_reason,
+                                                         out.fields))
+            yield c.request.tag, out, c
+        while direct:
+            yield (*direct.pop(), None)
 
 
 def run(cfg: JobConfig) -> dict:
-    """Run (or resume) the job for this process's shards; returns the summary."""
+    """Run (or resume) this process's shards with the local executor; returns the summary."""
     start = time.time()
     process_index = jax.process_index() if cfg.process_id is None else cfg.process_id
     process_count = jax.process_count() if cfg.num_processes is None else cfg.num_processes
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_id {process_index} outside [0, {process_count})")
     fs.check_writable(cfg.output)  # a missing or read-only bucket fails before any work
-    method = RECORD_METHOD[cfg.method]
-    template = prompts.load_template(cfg.template or prompts.builtin_template(method), method)
-    bad = docs_lib.BadRecords()
-    inputs = (knowledge.read_questions(cfg.questions) if cfg.questions else
-              knowledge.read_entities(cfg.entities) if cfg.entities else {})
-    doc_samples = [cfg.samples(doc, inputs) for doc in docs_lib.read_docs(cfg.docs, bad)]
-    num_docs = len(doc_samples)
-    num_shards = math.ceil(num_docs / cfg.shard_size)
-    mesh = sharding.make_mesh(tensor=cfg.tensor_parallel, devices=jax.local_devices())
-    gen = generator_lib.load(cfg.generator, mesh)
-    max_new = (PAPER_MAX_NEW_TOKENS[cfg.method] if cfg.max_new_tokens is None
-               else cfg.max_new_tokens)
-    fs.makedirs(fs.join(cfg.output, "_job"))
-    _check_job_config(fs.join(cfg.output, "_job", "config.json"), {
-        "method": cfg.method, "generator": gen.name, "template": template.name, "seed": cfg.seed,
-        "samples": sum(doc_samples), "generations": cfg.generations, "splits": cfg.splits,
-        "questions": cfg.questions, "entities": cfg.entities, "pairs": cfg.pairs,
-        "triples": cfg.triples, "max_new_tokens": max_new,
-        "temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": cfg.top_k,
-        "shard_size": cfg.shard_size, "num_docs": num_docs})
+    job_plan = plan(cfg)
+    runner = Runner(job_plan)
+    runner.check_output()
+    mine = owned_shards(job_plan.num_shards, process_index, process_count)
+    done = finished_shards(cfg.output, mine, runner.produced_by)
+    print(f"[synth] {len(job_plan.docs)} docs in {job_plan.num_shards} shards; process "
+          f"{process_index}/{process_count} owns {len(mine)}, {len(done)} already done",
+          flush=True)
+    cost = runner.run_shards([j for j in mine if j not in done], f"p{process_index}")
+    return write_summary(cfg, job_plan, cost, {
+        "process_index": process_index, "shards_written_now": len(cost["written"]),
+        "elapsed_s": round(time.time() - start, 1)})
 
-    mine = owned_shards(num_shards, process_index, process_count)
-    finished = _finished_shards(cfg.output, mine)
-    todo = [j for j in mine if j not in finished]
-    print(f"[synth] {num_docs} docs in {num_shards} shards; process {process_index}/"
-          f"{process_count} owns {len(mine)}, {len(mine) - len(todo)} already done", flush=True)
-    docs_todo = sum(min(cfg.shard_size, num_docs - j * cfg.shard_size) for j in todo)
-    shards = _Shards(cfg.output, {j: sum(doc_samples[j * cfg.shard_size:(j + 1) * cfg.shard_size])
-                                  for j in todo})
-    settings = sampler_lib.Settings(max_new_tokens=max_new, temperature=cfg.temperature,
-                                    top_p=cfg.top_p, top_k=cfg.top_k, stop_tokens=gen.stop_tokens)
-    sampling = {"temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": cfg.top_k,
-                "max_new_tokens": max_new}
-    sampler = sampler_lib.Sampler(gen.config, gen.params, settings, batch_size=cfg.batch_size,
-                                  seed=cfg.seed, mesh=mesh)
-    outstanding: dict[tuple, int] = {}  # (shard, position) -> records still to come
-    samples_todo = sum(shards.expected.values())
-    progress = _Progress(cfg.output, process_index, docs_todo, samples_todo * max_new, sampler)
 
-    def emit(origin: Origin, out: Output, generated_tokens: int = 0):
-        record = dict(doc_id=origin.doc_id, method=method, sample=out.sample,
-                      offset=origin.offset, text=out.text, finish_reason=out.finish_reason,
-                      seed=cfg.seed, generator=gen.name, template=template.name,
-                      sampling=sampling, **(out.fields or {}))
-        where = (origin.shard, origin.position)
-        outstanding[where] -= 1
-        if not outstanding[where]:
-            del outstanding[where]
-            progress.doc_done()
-        shards.add(origin.shard, (origin.position, out.sample), record, generated_tokens)
+def write_summary(cfg: JobConfig, job_plan: Plan, cost: dict, extra: dict) -> dict:
+    cost = {k: v for k, v in cost.items() if k not in ("written", "raw")}
+    out = summary(cfg.output, job_plan.num_shards, cost, dict(
+        extra, records_total=sum(job_plan.doc_samples),
+        bad_input_records=job_plan.bad.as_dict()))
+    fs.write_text(fs.join(cfg.output, "summary.json"), json.dumps(out, indent=1))
+    print("[synth] summary " + json.dumps(out), flush=True)
+    return out
 
-    def requests():
-        todo_set = set(todo)
-        for i, doc in enumerate(docs_lib.read_docs(cfg.docs)):
-            shard, pos = divmod(i, cfg.shard_size)
-            if shard not in todo_set:
-                continue
-            outstanding[shard, pos] = doc_samples[i]
-            origin = Origin(shard, pos, doc["id"])
-            try:
-                reqs = _doc_requests(cfg, gen, template, doc, origin, inputs)
-            except Exception as e:  # one bad document never stops the others
-                logging.error("document %r at %s failed: %s\n%s", doc["id"], doc["where"], e,
-                              traceback.format_exc())
-                reqs = [(origin, Output(s, "", ERROR)) for s in range(doc_samples[i])]
-            for r in reqs:
-                if isinstance(r, sampler_lib.Request):
-                    yield r
-                else:
-                    emit(*r)
 
-    with progress:
-        for c in sampler.run(requests()):
-            text = gen.tokenizer.decode(c.tokens) if c.tokens else ""
-            out = Output(c.sample, text, c.finish_reason, c.request.tag.fields)
-            if c.tokens:
-                out = Output(c.sample, *knowledge.finish(method, text, c.finish_reason,
-                                                         out.fields))
-            emit(c.request.tag, out, len(c.tokens))
-
-    summary = _summary(cfg.output, num_shards, {
-        "process_index": process_index, "shards_written_now": len(shards.written),
-        "elapsed_s": round(time.time() - start, 1),
-        "generated_tokens_per_s_now": round(progress.tokens_per_s(), 1),
-        "bad_input_records": bad.as_dict()})
-    fs.write_text(fs.join(cfg.output, "summary.json"), json.dumps(summary, indent=1))
-    print("[synth] summary " + json.dumps(summary), flush=True)
-    return summary
+def estimate(cfg: JobConfig) -> dict:
+    """The dry run: sample `cfg.dry_run` documents spread evenly over the input (nothing is
+    written) and scale what they cost to every document."""
+    job_plan = plan(cfg)
+    n = len(job_plan.docs)
+    picked = sorted({i * n // min(cfg.dry_run, n) for i in range(min(cfg.dry_run, n))})
+    runner = Runner(job_plan)
+    sampler = runner.sampler()
+    records = sum(1 for _ in runner.outputs(picked, sampler))
+    cost = sampler.cost.summary()
+    scale = n / len(picked) if picked else 0.0
+    device_s = cost["prefill_device_s"] + cost["decode_device_s"]
+    out = {"documents_sampled": len(picked), "documents_total": n, "records_sampled": records,
+           "sample_cost": cost,
+           "projected": {"records": sum(job_plan.doc_samples),
+                         "prompt_tokens": round(cost["prompt_tokens"] * scale),
+                         "generated_tokens": round(cost["generated_tokens"] * scale),
+                         "device_hours": round(device_s * scale / 3600, 3),
+                         "devices_per_sampler": sampler.cost.devices}}
+    print("[synth] dry run " + json.dumps(out), flush=True)
+    return out
 
 
 def _doc_requests(cfg: JobConfig, gen, template, doc: dict, origin: Origin,
@@ -398,18 +557,21 @@ def _doc_requests(cfg: JobConfig, gen, template, doc: dict, origin: Origin,
         for i, offset in enumerate(split.split_offsets(gen.tokenizer, text, n))]
 
 
-class _Progress:
-    """Docs done, generated tokens/s and ETA, every PROGRESS_EVERY_S while the job runs: printed
-    and appended to _job/progress-p<i>.jsonl. A background thread reports, because one decode
-    call can run for minutes with no document finishing; tokens count the sequences still being
-    decoded (as of the sampler's last sync), and the ETA is the time to spend the whole token
-    budget at the current rate (an upper bound: stop tokens end generations early)."""
+class Progress:
+    """Where the run stands, every PROGRESS_EVERY_S while it runs: printed and appended to a
+    progress file. A background thread reports, because one decode call can run for minutes
+    with no document finishing; generated tokens count the sequences still being decoded (as
+    of the sampler's last sync). The line carries the sampler's cost (tokens, device-seconds,
+    useful row-steps, attended positions) and the projection: the records left at the tokens
+    per record so far (before the first, at the whole token budget: an upper bound) and the
+    current rate, as time and device-hours."""
 
-    def __init__(self, output: str, process_index: int, docs_total: int, token_budget: int,
-                 sampler):
-        self.path = fs.join(output, "_job", f"progress-p{process_index}.jsonl")
-        self.docs_total, self.docs_done, self.sampler = docs_total, 0, sampler
-        self.token_budget = token_budget
+    def __init__(self, path: str, doc_records: dict, max_new_tokens: int, sampler):
+        self.path, self.sampler = path, sampler
+        self.outstanding = dict(doc_records)  # (shard, position) -> records still to come
+        self.docs_total, self.docs_done = len(doc_records), 0
+        self.records_total, self.records_done = sum(doc_records.values()), 0
+        self.max_new_tokens = max_new_tokens
         self.start = time.time()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._report_until_stopped, daemon=True)
@@ -422,8 +584,13 @@ class _Progress:
         self._stop.set()
         self._thread.join()
 
-    def doc_done(self) -> None:
-        self.docs_done += 1
+    def record_done(self, origin: Origin) -> None:
+        self.records_done += 1
+        where = (origin.shard, origin.position)
+        self.outstanding[where] -= 1
+        if not self.outstanding[where]:
+            del self.outstanding[where]
+            self.docs_done += 1
 
     def tokens(self) -> int:
         return self.sampler.generated_tokens + self.sampler.tokens_in_flight
@@ -437,11 +604,25 @@ class _Progress:
 
     def report(self) -> None:
         now, tokens, rate = time.time(), self.tokens(), self.tokens_per_s()
-        eta = max(self.token_budget - tokens, 0) / rate if rate else float("inf")
-        line = {"time": round(now, 1), "docs_done": self.docs_done, "docs_total": self.docs_total,
-                "generated_tokens": tokens, "tokens_per_s": round(rate, 1),
-                "eta_s": round(eta, 1)}
-        eta_text = f"ETA <= {eta / 60:.1f} min" if rate else "ETA - (prefilling)"
-        print(f"[synth] docs {self.docs_done}/{self.docs_total}  {tokens:,} tokens  "
-              f"{rate:.1f} generated tok/s  {eta_text}", flush=True)
+        left = self.records_total - self.records_done
+        if self.records_done:
+            tokens_left = max(left * self.sampler.generated_tokens / self.records_done
+                              - self.sampler.tokens_in_flight, 0)
+        else:
+            tokens_left = max(self.records_total * self.max_new_tokens - tokens, 0)
+        eta = tokens_left / rate if rate else float("inf")
+        cost = self.sampler.cost
+        line = dict(cost.summary(), time=round(now, 1), docs_done=self.docs_done,
+                    docs_total=self.docs_total, records_done=self.records_done,
+                    records_total=self.records_total, generated_tokens=tokens,
+                    tokens_per_s=round(rate, 1), eta_s=round(eta, 1),
+                    device_hours_left=round(eta * cost.devices / 3600, 3))
+        eta_text = (f"ETA {'<= ' if not self.records_done else ''}{eta / 60:.1f} min, "
+                    f"{line['device_hours_left']} device-h" if rate else "ETA - (prefilling)")
+        useful = line["useful_row_step_fraction"]
+        print(f"[synth] docs {self.docs_done}/{self.docs_total}  {cost.prompt_tokens:,} prompt "
+              f"+ {tokens:,} generated tokens  {rate:.1f} generated tok/s "
+              f"({rate / cost.devices:.1f}/device)  prefill {line['prefill_device_s']:.0f} + "
+              f"decode {line['decode_device_s']:.0f} device-s  useful row-steps "
+              f"{useful if useful is not None else '-'}  {eta_text}", flush=True)
         fs.append_text(self.path, json.dumps(line) + "\n")
