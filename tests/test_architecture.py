@@ -7,8 +7,8 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 # Only these may call jax.jit or make an orbax CheckpointManager: the training package and the
-# two samplers (one model's KV-cache sampler; an ensemble's, for unconditional documents).
-COMPILING = ("megadoc/train/", "megadoc/synth/sampler.py", "megadoc/synth/unconditional.py")
+# sampler (one model or an ensemble of members, for every synthesis method).
+COMPILING = ("megadoc/train/", "megadoc/synth/sampler.py")
 
 
 def sources(folder):

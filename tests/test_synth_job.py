@@ -125,6 +125,48 @@ def test_restart_with_other_settings_refuses(rephrased):
         job.run(dataclasses.replace(cfg, seed=4))
 
 
+def test_a_marker_of_other_settings_is_refused(rephrased, tmp_path):
+    """Each done marker records what produced its shard: without config.json, a rerun with
+    another seed still refuses to mix its records with them."""
+    cfg, _ = rephrased
+    output = tmp_path / "out"
+    shutil.copytree(cfg.output, output)
+    marker = json.loads((output / "_job" / "shard-00000.done").read_text())["produced_by"]
+    assert marker["seed"] == 3 and len(marker["generator_digest"]) == 16
+    assert marker["chat_date"] == "2024-07-23" and marker["sampling"]["max_new_tokens"] == 12
+    (output / "_job" / "config.json").unlink()
+    with pytest.raises(ValueError, match="shard-00000.done: produced by"):
+        job.run(dataclasses.replace(cfg, output=str(output), seed=4))
+
+
+def test_summary_names_tokens_device_seconds_and_the_projection(rephrased):
+    cfg, summary = rephrased
+    cost = summary["cost_now"]
+    assert summary["prompt_tokens"] == cost["prompt_tokens"] > 0
+    assert summary["generated_tokens"] == cost["generated_tokens"] > 0
+    assert cost["prefill_device_s"] > 0 and cost["decode_device_s"] > 0
+    assert cost["generated_tokens_per_device_s"] > 0
+    assert 0 < cost["useful_row_step_fraction"] <= 1
+    assert 0 < cost["attended_position_fraction"] <= 1
+    assert summary["projection"]["records_left"] == 0
+    assert summary["projection"]["device_hours_left"] == 0
+
+
+def test_dry_run_estimates_the_pool_and_writes_nothing(rephrased, tmp_path):
+    from megadoc.synth import executor
+
+    cfg, summary = rephrased
+    estimate = executor.run(dataclasses.replace(cfg, output=str(tmp_path / "new"), dry_run=7))
+    assert not (tmp_path / "new").exists()
+    assert estimate["documents_sampled"] == estimate["documents_total"] == 7
+    projected = estimate["projected"]  # all documents sampled: the same tokens as the job
+    assert projected["generated_tokens"] == summary["generated_tokens"]
+    assert projected["prompt_tokens"] == summary["prompt_tokens"]
+    assert projected["records"] == 14 and projected["device_hours"] > 0
+    half = executor.run(dataclasses.replace(cfg, output=str(tmp_path / "new"), dry_run=3))
+    assert half["documents_sampled"] == 3 and half["projected"]["generated_tokens"] > 0
+
+
 def test_latent_thoughts_through_the_flags(generator_dir, templates, tmp_path, monkeypatch):
     from experiments import synthesize
 

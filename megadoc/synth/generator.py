@@ -69,12 +69,12 @@ def _generator(path, config, params, tokenizer, extra_stop: set) -> Generator:
                      tokenizer=tokenizer, stop_tokens=tuple(sorted(stop)))
 
 
-def digest(gen: Generator) -> str:
-    """A short fingerprint of the generator's weights and config (every tensor's shape and an
-    evenly strided sample of ~4k of its values), recorded with the records it produced: cheap
-    for an 8B model, and any retrained or re-quantized copy differs."""
-    h = hashlib.sha256(repr(gen.config).encode())
-    for path, x in sorted(jax.tree_util.tree_leaves_with_path(gen.params),
+def digest(config: llama.LlamaConfig, params) -> str:
+    """A short fingerprint of a model's weights and config (every tensor's shape and an evenly
+    strided sample of ~4k of its values), recorded with the records it produced: cheap for an
+    8B model, and any retrained or re-quantized copy differs."""
+    h = hashlib.sha256(repr(config).encode())
+    for path, x in sorted(jax.tree_util.tree_leaves_with_path(params),
                           key=lambda kv: jax.tree_util.keystr(kv[0])):
         flat = x.reshape(-1)
         sample = np.asarray(jax.device_get(flat[::max(1, flat.size // 4096)]), np.float32)

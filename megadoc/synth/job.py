@@ -66,7 +66,8 @@ class JobConfig:
     """One synthesis job: what to generate from which documents with which generator."""
     method: str
     """what to generate: rephrase | latent_thoughts | qa | focal_rewrite | entigraph_entities |
-    entigraph_relations (unconditional: see synth/unconditional.py)"""
+    entigraph_relations (unconditional: see synth/unconditional.py, which runs on this job's
+    sampler and shard writer)"""
     generator: str
     """Hugging Face Llama dir with its tokenizer, or a Llama-architecture .gguf file (local or
     gs://); unconditional: megadoc training workdirs, comma-separated (an ensemble)"""
@@ -381,7 +382,7 @@ class Runner:
         self.gen = generator_lib.load(cfg.generator, self.mesh)
         self.settings = cfg.sampler_settings(self.gen.stop_tokens)
         self.produced_by = {"method": cfg.method, "generator": self.gen.name,
-                            "generator_digest": generator_lib.digest(self.gen),
+                            "generator_digest": generator_lib.digest(self.gen.config, self.gen.params),
                             "template": job_plan.template.name, "chat_date": cfg.chat_date,
                             "sampling": cfg.sampling(), "seed": cfg.seed}
 
@@ -420,7 +421,8 @@ class Runner:
                                                          for i in p.shard_docs(j)], sampler):
                 # A request's prompt counts once, with its first sample.
                 prompt = len(completion.request.prompt) if completion and \
-                    completion.sample == completion.request.first_sample else 0
+                    completion.sample == completion.request.first_sample and \
+                    completion.finish_reason != sampler_lib.FINISH_TOO_LONG else 0
                 emit(origin, out, prompt, len(completion.tokens) if completion else 0)
         return dict(sampler.cost.summary(), written=writer.written,
                     raw=dataclasses.asdict(sampler.cost))
