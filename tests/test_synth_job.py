@@ -162,7 +162,7 @@ def test_dry_run_estimates_the_pool_and_writes_nothing(rephrased, tmp_path):
     projected = estimate["projected"]  # all documents sampled: the same tokens as the job
     assert projected["generated_tokens"] == summary["generated_tokens"]
     assert projected["prompt_tokens"] == summary["prompt_tokens"]
-    assert projected["records"] == 14 and projected["device_hours"] > 0
+    assert projected["records"] == 14 and projected["device_s"] > 0
     half = executor.run(dataclasses.replace(cfg, output=str(tmp_path / "new"), dry_run=3))
     assert half["documents_sampled"] == 3 and half["projected"]["generated_tokens"] > 0
 

@@ -518,6 +518,7 @@ def estimate(cfg: JobConfig) -> dict:
            "projected": {"records": sum(job_plan.doc_samples),
                          "prompt_tokens": round(cost["prompt_tokens"] * scale),
                          "generated_tokens": round(cost["generated_tokens"] * scale),
+                         "device_s": round(device_s * scale, 1),
                          "device_hours": round(device_s * scale / 3600, 3),
                          "devices_per_sampler": sampler.cost.devices}}
     print("[synth] dry run " + json.dumps(out), flush=True)
