@@ -47,7 +47,8 @@ def build_unconditional_config(f=FLAGS):
                if not getattr(f, n)]
     if missing:
         raise app.UsageError(f"--method=unconditional needs {', '.join(missing)}")
-    extra = [f"--{n}" for n in ("docs", "generations", "splits", "template", "top_p", "top_k")
+    extra = [f"--{n}" for n in ("docs", "generations", "splits", "template", "top_p", "top_k",
+                                "executor", "dry_run", "repetition_ngram", "chat_date")
              if f[n].present]
     if extra:
         raise app.UsageError(f"--method=unconditional takes no {', '.join(extra)}")
