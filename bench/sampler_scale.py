@@ -70,8 +70,10 @@ def tiny_section() -> str:
         "| measure | value |", "|---|---|",
         f"| prompts prefilled / prompts | {c.prompts} / {TINY_PROMPTS} |",
         f"| prefill positions / prompt tokens | {c.prefill_positions / c.prompt_tokens:.3f} |",
-        f"| useful decode row-steps, steady state | {c.steady_useful_row_steps / c.steady_row_steps:.1%} |",
-        f"| useful decode row-steps, whole run (incl. the drain) | {c.useful_row_steps / c.row_steps:.1%} |",
+        "| useful decode row-steps, steady state | "
+        f"{c.steady_useful_row_steps / c.steady_row_steps:.1%} |",
+        "| useful decode row-steps, whole run (incl. the drain) | "
+        f"{c.useful_row_steps / c.row_steps:.1%} |",
         f"| attended positions needed | {c.needed_positions / c.attended_positions:.1%} |",
     ])
 

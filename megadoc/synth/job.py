@@ -31,8 +31,6 @@ import hashlib
 import json
 import logging
 import math
-import os
-import socket
 import threading
 import time
 import traceback
@@ -382,7 +380,8 @@ class Runner:
         self.gen = generator_lib.load(cfg.generator, self.mesh)
         self.settings = cfg.sampler_settings(self.gen.stop_tokens)
         self.produced_by = {"method": cfg.method, "generator": self.gen.name,
-                            "generator_digest": generator_lib.digest(self.gen.config, self.gen.params),
+                            "generator_digest": generator_lib.digest(self.gen.config,
+                                                                     self.gen.params),
                             "template": job_plan.template.name, "chat_date": cfg.chat_date,
                             "sampling": cfg.sampling(), "seed": cfg.seed}
 
