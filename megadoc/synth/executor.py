@@ -66,7 +66,8 @@ def run_ray(cfg: job.JobConfig) -> dict:
     if not ray.is_initialized():
         ray.init(address=cfg.ray_address, log_to_driver=False,
                  runtime_env={"env_vars": {"PYTHONPATH": os.environ.get("PYTHONPATH", "")}})
-    actor = ray.remote(num_cpus=0)(ShardWorker)
+    # One CPU each, spread over the cluster's nodes: on accelerator hosts, one worker per host.
+    actor = ray.remote(num_cpus=1, scheduling_strategy="SPREAD")(ShardWorker)
     started = 0
 
     def new_worker():
