@@ -10,7 +10,7 @@
    from git into this process), interleaved: a warm-up run each, then ROUNDS rounds, best kept.
    Their outputs are compared too (the same per-(request, sample, token) keys).
 
-Run: `python -m bench.sampler_scale` (prints a Markdown section; not part of `make bench`,
+Run: `python -m bench.sampler_scale [tiny] [smol]` (prints a Markdown section; not in `make bench`,
 since it needs the git history for BEFORE).
 """
 import dataclasses
@@ -35,7 +35,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOL_SHAPE = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
                   num_attention_heads=9, num_key_value_heads=3, head_dim=64,
                   max_position_embeddings=2048, rope_theta=100000.0, tie_word_embeddings=True)
-SMOL_DOCS, SAMPLES, PROMPT_LEN, SMOL_MAX_NEW, STOP_EVERY = 4, 32, 300, 256, 64
+SMOL_DOCS, SAMPLES, PROMPT_LEN, SMOL_MAX_NEW, STOP_EVERY = 3, 32, 300, 256, 64
 ROUNDS = 1
 TINY_PROMPTS = 8
 
@@ -152,14 +152,15 @@ def smol_section() -> str:
     ])
 
 
-def run() -> str:
+def run(sections=("tiny", "smol")) -> str:
     load = os.getloadavg()[0]
+    parts = {"tiny": tiny_section, "smol": smol_section}
     return "\n".join([
         "## Sampler at 32 samples per prompt (bench/sampler_scale.py)", "",
-        f"Command: `python -m bench.sampler_scale`; load average at start {load:.1f} on "
-        f"{os.cpu_count()} cores.", "",
-        tiny_section(), "", smol_section()])
+        f"Command: `python -m bench.sampler_scale {' '.join(sections)}`; load average at start "
+        f"{load:.1f} on {os.cpu_count()} cores.", "",
+        *("\n".join([parts[name](), ""]) for name in sections)])
 
 
 if __name__ == "__main__":
-    print(run())
+    print(run(tuple(sys.argv[1:]) or ("tiny", "smol")))

@@ -263,7 +263,7 @@ def test_each_prompt_is_prefilled_once_and_decode_slots_stay_busy():
     """The issue's harness scaled by 1/4 (batch 16, 8 samples per 75-token prompt, lengths
     geometric with mean ~92): prefill positions within 1.1x of one prefill per prompt, and
     >= 95% of the decode row-steps useful while samples wait for slots.
-    `python -m bench.sampler_scale` runs it at full scale."""
+    `python -m bench.sampler_scale tiny` runs it at full scale."""
     s, out = uniform_logits_run(16, 8, 75, 100, 256, 12)
     assert len(out) == 12 * 8
     assert s.cost.prompts == 12
