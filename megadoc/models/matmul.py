@@ -9,7 +9,7 @@ On XLA:CPU the dot may run in fp32 on the rounded operands (`dot_dtype`): the pr
 bf16 values are exact in fp32 and both forms accumulate in fp32, so only the summation order can
 differ. Which form is faster depends on the CPU: without bf16 units fp32 dots are 1.1-1.4x faster
 at the train step's shapes; with them (avx512_bf16, amx_bf16) bf16 dots are (1.28x on an AMD EPYC
-with avx512_bf16). The choice reads the CPU's flags rather than timing a probe: a flag is the same
+with avx512_bf16, 1.50x on an Intel Xeon with AMX; hidden 256, 2 layers, batch 8 x 256). The choice reads the CPU's flags rather than timing a probe: a flag is the same
 on every start, so a resumed run takes the same path (and summation order) as the run it
 continues, where a timing on a shared machine could flip between restarts.
 """
