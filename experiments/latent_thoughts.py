@@ -14,6 +14,8 @@ On a TPU VM (e.g. v4-8; add --distributed on every host of a multi-host slice):
 from experiments import train
 from megadoc.train import published
 
+FLAGS = train.FLAGS  # experiments.train's flags, with this experiment's defaults
+
 # The published latent ×16 optimum (sources: megadoc/train/published.py).
 DEFAULTS = {"preset": "300m", **published.SYNTHETIC["latent", 16].as_flags()}
 train.define_generations_flag()

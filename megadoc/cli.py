@@ -5,11 +5,13 @@ The convention: a config field `name` is the flag `--name` (nested configs flatt
 under it; its default is the field's, or None where the experiment fills it in (a preset, a
 store's metadata). A flag that predates the convention stays as an alias of the generated one.
 
-Experiment modules that keep their own `absl.flags.FlagValues` (so several, which define flags
-of the same names, can share a process, as the tests do) parse them with `parser`. Every
-experiment module runs through `run`: absl's `app.run`, with the errors a user can fix (bad
-input, a missing, unreadable or unwritable path, a full disk) reported as one line
-`error: ...` and exit code 2 instead of a traceback; other exceptions keep theirs (bugs).
+Every command keeps its own `absl.flags.FlagValues` (`command_flags`; so several, which define
+flags of the same names, can share a process, as the tests do), parsed by `parser`, which
+answers --help with the generated flags and exit 0; `build` turns them into the config. Every
+command runs through `run`: absl's `app.run`, with the errors a user can fix (bad input, a
+missing, unreadable or unwritable path, a full disk) reported as one line `error: ...` and exit
+code 2 instead of a traceback; an exception carrying an `exit_code` (a preempted run: 143)
+ends with that code; other exceptions keep their traceback (bugs).
 """
 from __future__ import annotations
 
@@ -59,20 +61,27 @@ def _is_named_paths(hint) -> bool:
 
 
 def define_fields(cls, flag_values: flags.FlagValues = flags.FLAGS, *, only=None, skip=(),
-                  defaults=None, filled=None, choices=None, aliases=None) -> None:
+                  defaults=None, filled=None, choices=None, aliases=None, module=None) -> None:
     """Define `--<field>` for the fields of dataclass `cls` (`only` these, none of `skip`), as
-    flags of the calling module. `defaults` overrides a field's default; `filled` names who
-    fills a field whose flag is left unset (its default becomes None); `choices` makes a str
-    field an enum; `aliases` maps a field to an older flag name that keeps working."""
+    flags of the calling module; a field that is itself a dataclass contributes its fields
+    (flat: DataConfig's `mix` is `--mix`). `defaults` overrides a field's default; `filled`
+    names who fills a field whose flag is left unset (its default becomes None); `choices`
+    makes a str field an enum; `aliases` maps a field to an older flag name that keeps
+    working."""
     defaults, filled = dict(defaults or {}), filled or {}
     choices, aliases = choices or {}, aliases or {}
     defaults.update(dict.fromkeys(filled))
-    module = sys._getframe(1).f_globals["__name__"]
-    module = sys.argv[0] if module == "__main__" else module  # as absl names the main module
+    if module is None:
+        module = sys._getframe(1).f_globals["__name__"]
+        module = sys.argv[0] if module == "__main__" else module  # as absl names the main module
     hints, docs = typing.get_type_hints(cls), field_docs(cls)
     for field in dataclasses.fields(cls):
         name = field.name
         if (only is not None and name not in only) or name in skip:
+            continue
+        if dataclasses.is_dataclass(hints[name]):  # nested: its fields, by their own names
+            define_fields(hints[name], flag_values, skip=skip, defaults=defaults, filled=filled,
+                          choices=choices, aliases=aliases, module=module)
             continue
         if name not in docs:
             raise ValueError(f"{cls.__module__}.{cls.__qualname__}.{name} has no docstring: "
@@ -124,6 +133,41 @@ def field_values(cls, flag_values: flags.FlagValues = flags.FLAGS) -> dict:
     return out
 
 
+def build(cls, flag_values: flags.FlagValues, **given):
+    """The `cls` the flags describe: `given` fields first, then the flags with a value, nested
+    dataclass fields built the same way from their own fields' flags."""
+    hints, values = typing.get_type_hints(cls), field_values(cls, flag_values)
+    for field in dataclasses.fields(cls):
+        if field.name not in given and dataclasses.is_dataclass(hints[field.name]):
+            values[field.name] = build(hints[field.name], flag_values)
+    return cls(**values | given)
+
+
+def replace(config, **flat):
+    """`config` with fields replaced by their flag names, wherever they sit in its nested
+    dataclasses (`replace(train_cfg, lr=1e-3, seed=1)`); an unknown name is an error."""
+    changes, left = {}, dict(flat)
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if field.name in left:
+            changes[field.name] = left.pop(field.name)
+        elif dataclasses.is_dataclass(value):
+            inner = {k: left.pop(k) for k in list(left) if k in flat_names(type(value))}
+            if inner:
+                changes[field.name] = replace(value, **inner)
+    if left:
+        raise ValueError(f"{type(config).__name__} has no field {', '.join(sorted(left))}")
+    return dataclasses.replace(config, **changes)
+
+
+def flat_names(cls) -> set[str]:
+    """Every flag name the fields of `cls` give (nested dataclasses flattened)."""
+    hints = typing.get_type_hints(cls)
+    return {n for f in dataclasses.fields(cls)
+            for n in (flat_names(hints[f.name]) if dataclasses.is_dataclass(hints[f.name])
+                      else {f.name})}
+
+
 def parse_named(items, flag: str) -> dict[str, str]:
     """{NAME: PATH} from repeated --flag=NAME=PATH values."""
     out = {}
@@ -164,6 +208,11 @@ def plain_errors(main):
         except USER_ERRORS as e:
             print(f"error: {e}", file=sys.stderr, flush=True)
             sys.exit(EXIT_USER_ERROR)
+        except Exception as e:  # a typed stop that names its exit code (a preempted run: 143)
+            if not isinstance(getattr(e, "exit_code", None), int):
+                raise
+            print(f"stopped: {e}", file=sys.stderr, flush=True)
+            sys.exit(e.exit_code)
     return wrapped
 
 
@@ -181,3 +230,12 @@ def run_flags(job, flag_values) -> None:
         del argv
         job()
     run(main, flags_parser=parser(flag_values))
+
+
+def command_flags(cls, **define) -> flags.FlagValues:
+    """A command's own flag namespace: the fields of its config `cls` (`define_fields`)."""
+    flag_values = flags.FlagValues()
+    module = sys._getframe(1).f_globals["__name__"]
+    define_fields(cls, flag_values, module=sys.argv[0] if module == "__main__" else module,
+                  **define)
+    return flag_values
