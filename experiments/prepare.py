@@ -2,7 +2,7 @@
 
     python -m experiments.prepare --docs=gs://b/docs --recipe=real \\
         --tokenizer=gs://b/tok/tokenizer.json --seq_len=4096 --seed=0 --output=gs://b/stores/real
-    python -m experiments.prepare --docs=gs://b/docs --generations=gs://b/rephrases \\
+    python -m experiments.prepare --docs=gs://b/docs --generation_records=gs://b/rephrases \\
         --recipe=stitched --real_position=last --tokenizer=... --seq_len=4096 --seed=0 \\
         --output=gs://b/stores/stitched [--max_generations=8]
 

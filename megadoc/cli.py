@@ -91,26 +91,33 @@ def define_fields(cls, flag_values: flags.FlagValues = flags.FLAGS, *, only=None
         hint, doc = _base_type(hints[name]), docs[name]
         doc += f" (default: {filled[name]})" if name in filled else ""
         kw = {"flag_values": flag_values, "module_name": module}
+        flag = flag_name(field)
         if name in choices:
-            flags.DEFINE_enum(name, default, list(choices[name]), doc, **kw)
+            flags.DEFINE_enum(flag, default, list(choices[name]), doc, **kw)
         elif hint is bool:
-            flags.DEFINE_bool(name, default, doc, **kw)
+            flags.DEFINE_bool(flag, default, doc, **kw)
         elif hint is int:
-            flags.DEFINE_integer(name, default, doc, **kw)
+            flags.DEFINE_integer(flag, default, doc, **kw)
         elif hint is float:
-            flags.DEFINE_float(name, default, doc, **kw)
+            flags.DEFINE_float(flag, default, doc, **kw)
         elif hint is str:
-            flags.DEFINE_string(name, default, doc, **kw)
+            flags.DEFINE_string(flag, default, doc, **kw)
         elif _is_named_paths(hint):
-            flags.DEFINE_multi_string(name, [f"{k}={v}" for k, v in default or ()],
+            flags.DEFINE_multi_string(flag, [f"{k}={v}" for k, v in default or ()],
                                       f"{doc} (NAME=PATH, repeatable)", **kw)
         elif typing.get_origin(hint) is tuple:
-            flags.DEFINE_list(name, None if default is None else [str(x) for x in default],
+            flags.DEFINE_list(flag, None if default is None else [str(x) for x in default],
                               f"{doc} (comma-separated)", **kw)
         else:
             raise TypeError(f"{cls.__qualname__}.{name}: no flag type for {hint}")
-        if name in aliases:
-            flags.DEFINE_alias(aliases[name], name, flag_values=flag_values, module_name=module)
+        for alias in {aliases.get(name), name} - {None, flag}:
+            flags.DEFINE_alias(alias, flag, flag_values=flag_values, module_name=module)
+
+
+def flag_name(field: dataclasses.Field) -> str:
+    """A field's flag: its name, or `metadata={"flag": ...}` where the name means something else
+    in another command (the name then stays as an alias)."""
+    return field.metadata.get("flag", field.name)
 
 
 def field_values(cls, flag_values: flags.FlagValues = flags.FLAGS) -> dict:
@@ -118,17 +125,18 @@ def field_values(cls, flag_values: flags.FlagValues = flags.FLAGS) -> dict:
     the field is."""
     hints, out = typing.get_type_hints(cls), {}
     for field in dataclasses.fields(cls):
-        if field.name not in flag_values or flag_values[field.name].value is None:
+        flag = flag_name(field)
+        if flag not in flag_values or flag_values[flag].value is None:
             continue
-        value, hint = flag_values[field.name].value, _base_type(hints[field.name])
+        value, hint = flag_values[flag].value, _base_type(hints[field.name])
         if _is_named_paths(hint):
-            value = tuple(parse_named(value, field.name).items())
+            value = tuple(parse_named(value, flag).items())
         elif typing.get_origin(hint) is tuple:
             item = typing.get_args(hint)[0]
             try:
                 value = tuple(item(x) for x in value)
             except ValueError as e:
-                raise app.UsageError(f"--{field.name}={','.join(value)}: {e}") from e
+                raise app.UsageError(f"--{flag}={','.join(value)}: {e}") from e
         out[field.name] = value
     return out
 
@@ -161,7 +169,7 @@ def replace(config, **flat):
 
 
 def flat_names(cls) -> set[str]:
-    """Every flag name the fields of `cls` give (nested dataclasses flattened)."""
+    """Every field name of `cls`, nested dataclasses flattened."""
     hints = typing.get_type_hints(cls)
     return {n for f in dataclasses.fields(cls)
             for n in (flat_names(hints[f.name]) if dataclasses.is_dataclass(hints[f.name])
