@@ -143,12 +143,17 @@ def field_values(cls, flag_values: flags.FlagValues = flags.FLAGS) -> dict:
 
 def build(cls, flag_values: flags.FlagValues, **given):
     """The `cls` the flags describe: `given` fields first, then the flags with a value, nested
-    dataclass fields built the same way from their own fields' flags."""
-    hints, values = typing.get_type_hints(cls), field_values(cls, flag_values)
+    dataclass fields built the same way from their own fields' flags; a required field left
+    unset is a usage error naming its flag."""
+    hints, values = typing.get_type_hints(cls), field_values(cls, flag_values) | given
     for field in dataclasses.fields(cls):
-        if field.name not in given and dataclasses.is_dataclass(hints[field.name]):
+        if field.name not in values and dataclasses.is_dataclass(hints[field.name]):
             values[field.name] = build(hints[field.name], flag_values)
-    return cls(**values | given)
+    missing = [f"--{flag_name(f)}" for f in dataclasses.fields(cls) if f.name not in values
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise app.UsageError(f"missing required flags: {', '.join(missing)}")
+    return cls(**values)
 
 
 def replace(config, **flat):
