@@ -23,15 +23,18 @@ import time
 from absl import app, flags
 
 from megadoc import cli
+from megadoc.data import methods as methods_lib
 
 FLAGS = flags.FlagValues()
 _IN = {"flag_values": FLAGS}
+# Methods that write from the articles alone run at the largest volume's sample count.
+METHODS = [*methods_lib.from_documents("simple"), "focal_rewrite", *methods_lib.STAGED]
 flags.DEFINE_string("generator", None, "synthesis model: .gguf or Hugging Face directory", **_IN)
 flags.DEFINE_string("base", None, "model to continue pre-training (default: --generator)", **_IN)
 flags.DEFINE_string("quality", None, "QuALITY-format JSONL (default: the shipped fixture)", **_IN)
 flags.DEFINE_string("workdir", None, "output directory (local or gs://)", **_IN)
-flags.DEFINE_list("methods", ["qa", "focal_rewrite"], "qa, focal_rewrite (needs qa), entigraph",
-                  **_IN)
+flags.DEFINE_list("methods", ["qa", "focal_rewrite"], "any of " + ", ".join(METHODS) +
+                  " (focal_rewrite needs qa)", **_IN)
 flags.DEFINE_list("volumes", ["1", "2", "4"], "synthetic volumes (QA pairs per article)", **_IN)
 flags.DEFINE_integer("max_new_tokens", 256, "per generation", **_IN)
 flags.DEFINE_integer("batch_size", 8, "sequences decoded together", **_IN)
@@ -55,11 +58,14 @@ def _synthesize(f, docs: str, synth_dir: str, max_volume: int) -> dict[str, str]
     common = dict(generator=f.generator, docs=docs, max_new_tokens=f.max_new_tokens,
                   seed=f.seed, batch_size=f.batch_size, shard_size=64)
     out = {}
+    unknown = set(f.methods) - set(METHODS)
+    if unknown:
+        raise app.UsageError(f"--methods: unknown {sorted(unknown)}")
     if "focal_rewrite" in f.methods and "qa" not in f.methods:
         raise app.UsageError("--methods=focal_rewrite rewrites for the questions of qa: add qa")
-    if "qa" in f.methods:
-        out["qa"] = fs.join(synth_dir, "qa")
-        job.run(job.JobConfig(method="qa", output=out["qa"], generations=max_volume,
+    for method in [m for m in f.methods if m in methods_lib.from_documents("simple")]:
+        out[method] = fs.join(synth_dir, method)
+        job.run(job.JobConfig(method=method, output=out[method], generations=max_volume,
                               temperature=1.0, **common))
     if "focal_rewrite" in f.methods:
         out["focal_rewrite"] = fs.join(synth_dir, "focal_rewrite")
@@ -72,28 +78,25 @@ def _synthesize(f, docs: str, synth_dir: str, max_volume: int) -> dict[str, str]
         job.run(job.JobConfig(method="entigraph_relations", output=out["entigraph"],
                               entities=entities, pairs=2 * max_volume, triples=max_volume,
                               **common))
-    unknown = set(f.methods) - {"qa", "focal_rewrite", "entigraph"}
-    if unknown:
-        raise app.UsageError(f"--methods: unknown {sorted(unknown)}")
     return out
 
 
 def _volume(records: list[dict], volume: int, max_volume: int) -> list[dict]:
-    """The records of volume v: qa samples < v; the focal rewrites of those QA pairs'
-    questions; the first 2v pairs and first v triples of EntiGraph's seeded order, and every
-    stage-1 summary."""
-    qa = [r for r in records if r["method"] == "qa" and r["sample"] < volume]
-    questions = {(r["doc_id"], r.get("question")) for r in qa}
+    """The records of volume v: samples < v of the methods that write from the articles alone
+    (qa; EntiGraph's one stage-1 summary); the focal rewrites of those QA pairs' questions;
+    the first 2v pairs and first v triples of EntiGraph's seeded order."""
+    questions = {(r["doc_id"], r.get("question")) for r in records
+                 if r["method"] == "qa" and r["sample"] < volume}
 
     def kept(r):
         s = r["sample"]
         if r["method"] == "focal_rewrite":
             return (r["doc_id"], r.get("question")) in questions
-        if r["method"] == "entigraph_relation":
+        if r["method"] == "entigraph_relations":
             return s < 2 * volume or 2 * max_volume <= s < 2 * max_volume + volume
-        return r["method"] == "entigraph_entities"
+        return s < volume
 
-    return qa + [r for r in records if r["method"] != "qa" and kept(r)]
+    return [r for r in records if kept(r)]
 
 
 def run(f=FLAGS) -> dict:

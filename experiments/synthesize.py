@@ -30,12 +30,13 @@ from __future__ import annotations
 from absl import app, flags
 
 from megadoc import cli
+from megadoc.data import methods
 from megadoc.synth import job, unconditional
 
 # Its own flag namespace: other experiment modules define --seed, --docs, ... in the global one.
 FLAGS = flags.FlagValues()
 cli.define_fields(job.JobConfig, FLAGS,
-                  choices={"method": [*job.RECORD_METHOD, "entigraph", "unconditional"]})
+                  choices={"method": [*methods.METHODS, *methods.STAGED]})
 cli.define_fields(unconditional.UnconditionalConfig, FLAGS, only=("num_documents",))
 flags.DEFINE_string("tokenizer", None, "unconditional: the students' tokenizer", flag_values=FLAGS)
 
@@ -58,11 +59,7 @@ def build_unconditional_config(f=FLAGS):
 # Flags that only some methods read; any other method refuses them. (The entigraph stages also
 # run alone: entigraph_entities, then entigraph_relations --entities=EG/entities, each with its
 # own --template.)
-_METHOD_FLAGS = {"generations": ("rephrase", "qa", "focal_rewrite"),
-                 "splits": ("latent_thoughts",), "questions": ("focal_rewrite",),
-                 "entities": ("entigraph_relations",),
-                 "pairs": ("entigraph", "entigraph_relations"),
-                 "triples": ("entigraph", "entigraph_relations")}
+_METHOD_FLAGS = {n: methods.reading(n) for n in methods.JOB_INPUTS}
 
 
 def build_configs(f=FLAGS) -> list:

@@ -160,7 +160,7 @@ def test_latent_thoughts_through_the_flags(generator_dir, templates, tmp_path, m
     for doc_id, text in texts.items():
         rs = [r for r in records if r["doc_id"] == doc_id]
         assert [r["sample"] for r in rs] == [0, 1, 2]
-        assert all(r["method"] == "latent_thought" and r["seed"] == 5 for r in rs)
+        assert all(r["method"] == "latent_thoughts" and r["seed"] == 5 for r in rs)
         assert all(r["sampling"] == {"temperature": 0.7, "top_p": 0.9, "top_k": 40,
                                      "max_new_tokens": 10} for r in rs)
         if doc_id == "doc2":

@@ -37,6 +37,7 @@ import numpy as np
 from megadoc import fs
 from megadoc.data import docs as docs_lib
 from megadoc.data import megadocs
+from megadoc.data import methods
 from megadoc.data import store as store_lib
 from megadoc.data import tokenizer as tokenizer_lib
 from megadoc.data.windows import Windower
@@ -256,7 +257,7 @@ def _bucket_documents(config, docs: list[dict], gens: list[dict], bad,
             bad.add("unknown_doc_id", g["where"], f"doc_id {g['doc_id']!r}")
         elif identity in seen:
             bad.add("duplicate_generation", g["where"], f"{identity}")
-        elif g["method"] == "latent_thought" and not 0 <= g["offset"] <= len(doc["text"]):
+        elif methods.METHODS[g["method"]].offsets and not 0 <= g["offset"] <= len(doc["text"]):
             bad.add("offset_out_of_range", g["where"], f"offset {g['offset']} in a text of "
                                                         f"{len(doc['text'])} characters")
         else:
