@@ -125,6 +125,16 @@ def test_restart_with_other_settings_refuses(rephrased):
         job.run(dataclasses.replace(cfg, seed=4))
 
 
+def test_a_mistyped_setting_writes_nothing_and_the_corrected_rerun_runs(rephrased):
+    cfg, _ = rephrased
+    output = os.path.join(os.path.dirname(cfg.output), "mistyped")
+    with pytest.raises(ValueError, match="top_p"):
+        job.run(dataclasses.replace(cfg, output=output, top_p=9.0))
+    assert not os.path.exists(output)
+    summary = job.run(dataclasses.replace(cfg, output=output, top_p=0.9))
+    assert summary["shards_done"] == summary["shards_total"] == 3
+
+
 def test_latent_thoughts_through_the_flags(generator_dir, templates, tmp_path, monkeypatch):
     from experiments import synthesize
 
