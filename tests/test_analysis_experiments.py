@@ -31,8 +31,7 @@ def parse(module, *argv):
 def save_run(workdir, config, params):
     """A checkpoint as the trainer leaves one, as far as load_params reads it."""
     mgr = checkpoint.manager(workdir)
-    checkpoint.save(mgr, {"step": jnp.int32(1), "params": params}, {"model": config_lib.to_dict(config)},
-                    {"next_step": 1})
+    checkpoint.save(mgr, {"step": jnp.int32(1), "params": params}, {"model": config_lib.to_dict(config)})
     mgr.wait_until_finished()
     mgr.close()
     return workdir
@@ -155,7 +154,7 @@ def test_benchmarks_refuse_a_tokenizer_other_than_the_runs(runs, tmp_path):
     params = jax.jit(llama.init, static_argnums=0)(runs["config"], jax.random.key(0))
     record = {"model": config_lib.to_dict(runs["config"]),
               "stores": {"real": {"tokenizer_fingerprint": "spm:0123456789abcdef"}}}
-    checkpoint.save(mgr, {"step": jnp.int32(1), "params": params}, record, {"next_step": 1})
+    checkpoint.save(mgr, {"step": jnp.int32(1), "params": params}, record)
     mgr.wait_until_finished()
     mgr.close()
     piqa = tmp_path / "piqa.jsonl"

@@ -207,7 +207,7 @@ def _train(cfg: config_lib.TrainConfig, objective: step_lib.Objective) -> dict:
         step = int(jax.device_get(state["step"]))
         if step not in mgr.all_steps():
             writer.flush()
-            checkpoint.save(mgr, state, run, {"next_step": step})
+            checkpoint.save(mgr, state, run)
 
     last = {"time": time.perf_counter()}
 
