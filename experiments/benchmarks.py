@@ -1,12 +1,13 @@
 """Multiple-choice accuracy (PIQA, SciQ, ARC-Easy; lm-eval-harness scoring) of a model: a
-megadoc training run or a Hugging Face Llama directory (--model), or an ensemble of runs
-(several --workdirs: members' logits averaged).
+megadoc training run, a Hugging Face Llama directory or a GGUF file (--model), or an ensemble of
+runs (several --workdirs: members' logits averaged). The tokenizer is the model's own (a run's:
+the one its stores were prepared with) unless --tokenizer overrides it.
 
-    python -m experiments.benchmarks --model=gs://b/runs/stitched --tokenizer=gs://b/tok \\
+    python -m experiments.benchmarks --model=gs://b/runs/stitched \\
         --piqa=piqa_validation.jsonl --sciq=sciq_test.jsonl --arc_easy=arc_easy_test.jsonl
     python -m experiments.benchmarks --model=gs://b/llama-hf --piqa=... --output=gs://b/llama.json
     python -m experiments.benchmarks --workdirs=gs://b/ens/member_0,...,gs://b/ens/member_7 \\
-        --tokenizer=gs://b/tok --piqa=... --sciq=... --arc_easy=... --output=gs://b/ens/benchmarks.json
+        --piqa=... --sciq=... --arc_easy=... --output=gs://b/ens/benchmarks.json
 
 Each file is local JSONL in the dataset's own layout (as exported from Hugging Face datasets).
 Scoring matches lm-evaluation-harness's HF backend: float32 by default, the tokenizer's BOS
@@ -24,8 +25,8 @@ from megadoc import cli
 
 # Own FlagValues: see experiments/ensemble.py.
 FLAGS = flags.FlagValues()
-flags.DEFINE_string("model", None, "a megadoc training run (its newest checkpoint) or a Hugging Face "
-                    "Llama directory", flag_values=FLAGS)
+flags.DEFINE_string("model", None, "a megadoc training run (its newest checkpoint), a Hugging Face "
+                    "Llama directory or a GGUF file", flag_values=FLAGS)
 flags.DEFINE_list("workdirs", [], "training run(s) whose newest checkpoints are scored; several = "
                   "an ensemble", flag_values=FLAGS)
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "compute dtype of the scoring "
@@ -33,8 +34,9 @@ flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "compute dtype of
 flags.DEFINE_integer("step", None, "checkpoint step of a single run (default: the newest)", flag_values=FLAGS)
 flags.DEFINE_enum("average", "logits", ["logits", "probs"], "how ensemble members are combined",
                   flag_values=FLAGS)
-flags.DEFINE_string("tokenizer", None, "the model's tokenizer (.model, tokenizer.json or a dir); "
-                    "default for a Hugging Face --model: its directory", flag_values=FLAGS)
+flags.DEFINE_string("tokenizer", None, "override the model's own tokenizer (default: the GGUF "
+                    "file's, the Hugging Face directory's, or the one a run's stores were "
+                    "prepared with)", flag_values=FLAGS)
 flags.DEFINE_string("piqa", None, "PIQA JSONL {goal, sol1, sol2, label}", flag_values=FLAGS)
 flags.DEFINE_string("sciq", None, "SciQ JSONL {question, distractor1-3, correct_answer, support}", flag_values=FLAGS)
 flags.DEFINE_string("arc_easy", None, "ARC-Easy JSONL (nested or flat Hugging Face layout)", flag_values=FLAGS)
@@ -43,53 +45,37 @@ flags.DEFINE_string("output", None, "JSON results path (default for one run: <wo
                     flag_values=FLAGS)
 
 
-def is_hf_dir(path: str) -> bool:
-    from megadoc import fs
-
-    return any(n.endswith(".safetensors") or n.endswith(".safetensors.index.json")
-               for n in fs.listdir(path))
-
-
 def run(f=FLAGS) -> dict:
     from megadoc import fs
     from megadoc.analysis import benchmarks, ensemble
-    from megadoc.data import tokenizer as tokenizer_lib
     from megadoc.models import sharding
-    from megadoc.train import checkpoint
+    from megadoc.train import pretrained
 
     import dataclasses
 
-    from megadoc.models import hf
-
     if bool(f.model) == bool(f.workdirs):
-        raise app.UsageError("pass --model (a run or a Hugging Face directory) or --workdirs")
-    hf_model = bool(f.model) and is_hf_dir(f.model)
-    tokenizer_path = f.tokenizer or (f.model if hf_model else None)
-    if not tokenizer_path:
-        raise app.UsageError("--tokenizer is required for a megadoc run")
+        raise app.UsageError("pass --model (a run, a Hugging Face directory or a GGUF file) or "
+                             "--workdirs")
     workdirs = [f.model] if f.model else list(f.workdirs)
     if len(workdirs) > 1 and (f.step is not None or not f.output):
         raise app.UsageError("an ensemble (several --workdirs) takes --output and no --step")
-    if hf_model and (f.step is not None or not f.output):
-        raise app.UsageError("a Hugging Face --model takes --output and no --step")
+    if pretrained.kind(workdirs[0]) != "workdir" and (f.step is not None or not f.output):
+        raise app.UsageError("a Hugging Face or GGUF --model takes --output and no --step")
     paths = {task: getattr(f, task) for task in benchmarks.READERS if getattr(f, task)}
     if not paths:
         raise app.UsageError(f"pass at least one of --{', --'.join(benchmarks.READERS)}")
-    tokenizer = tokenizer_lib.load(tokenizer_path)
-    if not hf_model:
-        for workdir in workdirs:
-            checkpoint.check_tokenizer(workdir, tokenizer)
+    tokenizer = pretrained.load_tokenizer(workdirs[0], f.tokenizer)
+    for member in workdirs[1:]:
+        pretrained.check_tokenizer(member, tokenizer)
     average = None
-    if hf_model:
-        config, params = hf.load(f.model)
-    elif len(workdirs) == 1:
-        config, params = checkpoint.load_params(workdirs[0], f.step)
+    if len(workdirs) == 1:
+        config, params = pretrained.load(workdirs[0], step=f.step)
     else:
         config, params = ensemble.load_members(workdirs)
         average = f.average
     config = dataclasses.replace(config, dtype=f.dtype)
     if tokenizer.vocab_size > config.vocab_size:
-        raise ValueError(f"{f.tokenizer}: vocab {tokenizer.vocab_size} exceeds the model's {config.vocab_size}")
+        raise ValueError(f"{tokenizer.path}: vocab {tokenizer.vocab_size} exceeds the model's {config.vocab_size}")
     loglikelihood = benchmarks.model_loglikelihood(config, params, tokenizer, batch_size=f.batch_size,
                                                    mesh=sharding.make_mesh(), ensemble_average=average)
     results = benchmarks.evaluate(paths, loglikelihood)

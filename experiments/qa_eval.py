@@ -42,7 +42,6 @@ flags.DEFINE_string("output", None, "JSON results path (local or gs://)", **_IN)
 def run(f=FLAGS) -> dict:
     from megadoc import fs
     from megadoc.analysis import benchmarks, quality
-    from megadoc.data import tokenizer as tokenizer_lib
     from megadoc.models import sharding
     from megadoc.synth import prompts, sampler
     from megadoc.train import pretrained
@@ -53,7 +52,7 @@ def run(f=FLAGS) -> dict:
     if f.top_k < 1:
         raise app.UsageError("--top_k must be >= 1")
     articles = quality.read_quality(f.quality)
-    tokenizer = tokenizer_lib.load(f.tokenizer or pretrained.tokenizer_path(f.model))
+    tokenizer = pretrained.load_tokenizer(f.model, f.tokenizer)
     mesh = sharding.make_mesh()
     config, params = pretrained.load(f.model, mesh)
     if tokenizer.vocab_size > config.vocab_size:
