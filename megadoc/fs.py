@@ -185,18 +185,18 @@ def open_read(path: str) -> Iterator[io.BufferedIOBase]:
 
 
 def append_text(path: str, text: str) -> None:
-    """Append to a log-like file (metrics.jsonl). GCS objects are immutable: rewrite whole,
-    which keeps the append atomic (and cheap for the small files this is meant for)."""
+    """Append to a log-like file (metrics.jsonl)."""
+    append_bytes(path, text.encode("utf-8"))
+
+
+def append_bytes(path: str, data: bytes) -> None:
+    """Append to a file; on gs:// only the new bytes are uploaded (gcs.append_bytes)."""
     if is_gcs(path):
-        try:
-            old = gcs.read_bytes(path)
-        except FileNotFoundError:
-            old = b""
-        gcs.write_bytes(path, old + text.encode("utf-8"))
+        gcs.append_bytes(path, data)
         return
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(text)
+    with open(path, "ab") as f:
+        f.write(data)
 
 
 def remove(path: str) -> None:

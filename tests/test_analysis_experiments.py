@@ -34,8 +34,7 @@ def parse(module, *argv):
 def save_run(workdir, config, params):
     """A checkpoint as the trainer leaves one, as far as load_params reads it."""
     mgr = checkpoint.manager(workdir)
-    checkpoint.save(mgr, {"step": jnp.int32(1), "params": params}, {"model": config_lib.to_dict(config)},
-                    {"next_step": 1})
+    checkpoint.save(mgr, {"step": jnp.int32(1), "params": params}, {"model": config_lib.to_dict(config)})
     mgr.wait_until_finished()
     mgr.close()
     return workdir
@@ -121,6 +120,24 @@ def test_benchmarks_experiment_scores_a_checkpoint(runs, tmp_path):
         benchmarks_exp.run()
 
 
+def test_benchmarks_find_a_runs_tokenizer_without_the_flag(runs, tmp_path):
+    """A run's tokenizer is the one its real store was prepared with (train.pretrained)."""
+    workdir = save_run(str(tmp_path / "run"), runs["config"],
+                       jax.jit(llama.init, static_argnums=0)(runs["config"], jax.random.key(0)))
+    real = str(tmp_path / "real")
+    writer = store_lib.StoreWriter(real, SEQ)
+    writer.append(np.zeros((1, SEQ + 1), np.int32), np.ones((1, SEQ + 1), np.int32))
+    writer.finish({"tokenizer_path": runs["tokenizer"], "num_tokens": SEQ, "recipe": "real"})
+    checkpoint.save_json(f"{workdir}/config.json", {"data": {"real": real}})
+    piqa = tmp_path / "piqa.jsonl"
+    piqa.write_text(json.dumps({"goal": "Cool tea.", "sol1": "Add ice.", "sol2": "Add fire.", "label": 0}) + "\n")
+    parse(benchmarks_exp, f"--model={workdir}", f"--piqa={piqa}", "--batch_size=8")
+    found = benchmarks_exp.run()
+    parse(benchmarks_exp, f"--model={workdir}", f"--piqa={piqa}", "--batch_size=8",
+          f"--tokenizer={runs['tokenizer']}")
+    assert benchmarks_exp.run()["piqa"] == found["piqa"]
+
+
 def test_distill_experiment_builds_the_student_from_the_flags(runs, tmp_path):
     parse(distill_exp, f"--teachers={','.join(runs['workdirs'][:2])}", "--preset=tiny",
           f"--workdir={tmp_path}", f"--real={runs['real']}", f"--val=iid={runs['val']}", "--mesh=8,1,1",
@@ -170,7 +187,7 @@ def test_benchmarks_refuse_a_tokenizer_other_than_the_runs(runs, tmp_path):
     params = jax.jit(llama.init, static_argnums=0)(runs["config"], jax.random.key(0))
     record = {"model": config_lib.to_dict(runs["config"]),
               "stores": {"real": {"tokenizer_fingerprint": "spm:0123456789abcdef"}}}
-    checkpoint.save(mgr, {"step": jnp.int32(1), "params": params}, record, {"next_step": 1})
+    checkpoint.save(mgr, {"step": jnp.int32(1), "params": params}, record)
     mgr.wait_until_finished()
     mgr.close()
     piqa = tmp_path / "piqa.jsonl"

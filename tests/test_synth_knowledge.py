@@ -11,6 +11,7 @@ import time
 import pytest
 
 from megadoc.analysis import quality
+from megadoc.data import methods
 from megadoc.synth import job, knowledge
 from knowledge_fixtures import make_hf_model
 
@@ -18,10 +19,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_qa_parsing():
-    assert knowledge.parse_qa("Sure!\nQuestion: Who built it?\n Answer: Ilse Varga.\n") == \
+    assert methods.parse_qa("Sure!\nQuestion: Who built it?\n Answer: Ilse Varga.\n") == \
         ("Who built it?", "Ilse Varga.")
     for bad in ("Who built it? Ilse Varga.", "Question: Who?\nAnswer:   ", "Answer: x\n"):
-        assert knowledge.parse_qa(bad) is None
+        assert methods.parse_qa(bad) is None
     text, reason, fields = knowledge.finish("qa", "Question: Q?\nAnswer: A.", "eos", None)
     assert (text, reason, fields) == ("Question: Q?\nAnswer: A.", "eos",
                                       {"question": "Q?", "answer": "A."})
@@ -31,10 +32,10 @@ def test_qa_parsing():
 
 def test_entity_parsing():
     out = 'Here: {"summary": "A clock.", "entities": ["clock", " Varga ", "clock", ""]} done'
-    assert knowledge.parse_entities(out) == ("A clock.", ["clock", "Varga"])
+    assert methods.parse_entities(out) == ("A clock.", ["clock", "Varga"])
     for bad in ('{"summary": "x"}', '{"summary": "x", "entities": []}', "[1, 2]", "{oops}",
                 '{"summary": 3, "entities": ["a"]}'):
-        assert knowledge.parse_entities(bad) is None
+        assert methods.parse_entities(bad) is None
     assert knowledge.finish("entigraph_entities", out, "eos", None) == \
         ("A clock.", "eos", {"entities": ["clock", "Varga"]})
 
@@ -108,7 +109,7 @@ def test_qa_records_parse_or_say_malformed(setup):
         if r["finish_reason"] == "malformed":
             assert r["text"] == "" and r["raw"] and "question" not in r
         else:
-            assert r["text"] == knowledge.qa_text(r["question"], r["answer"])
+            assert r["text"] == methods.qa_text(r["question"], r["answer"])
 
 
 def test_focal_rewrites_one_per_question_and_generation(setup):

@@ -40,6 +40,14 @@ class DistillConfig(config_lib.TrainConfig):
     teacher_average: str = "logits"
     """how the members' distributions are combined: logits | probs"""
 
+    def __post_init__(self):
+        super().__post_init__()
+        if not 0.0 <= self.kl_weight <= 1.0:
+            raise ValueError(f"kl_weight must be in [0, 1], got {self.kl_weight}")
+        if self.teacher_average not in AVERAGES:
+            raise ValueError(f"teacher_average must be one of {AVERAGES}, got "
+                             f"{self.teacher_average!r}")
+
 
 def distill_losses(student_config, student_params, teacher_logits_BxTxV, tokens_BxW,
                    segment_ids_BxW):
@@ -76,10 +84,6 @@ def distill(cfg: DistillConfig, teacher_config: llama.LlamaConfig, teacher_stack
     if teacher_config.vocab_size != cfg.model.vocab_size:
         raise ValueError(f"teacher vocab {teacher_config.vocab_size} != student vocab "
                          f"{cfg.model.vocab_size}: distillation needs one vocabulary")
-    if not 0.0 <= cfg.kl_weight <= 1.0:
-        raise ValueError(f"kl_weight must be in [0, 1], got {cfg.kl_weight}")
-    if cfg.teacher_average not in AVERAGES:
-        raise ValueError(f"teacher_average must be one of {AVERAGES}, got {cfg.teacher_average!r}")
     seq_len = store_lib.open(cfg.data.real).seq_len
     return loop.train(cfg, objective(cfg, teacher_config, teacher_stacked, seq_len))
 

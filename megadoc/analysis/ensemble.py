@@ -17,7 +17,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from megadoc.models import llama, sharding
-from megadoc.train import checkpoint, evaluate
+from megadoc.train import evaluate, pretrained
 from megadoc.train import step as step_lib
 
 AVERAGES = ("logits", "probs")
@@ -47,11 +47,11 @@ def stack_params(members: Sequence[dict], names: Sequence[str] | None = None) ->
 
 
 def load_members(workdirs: Sequence[str]) -> tuple[llama.LlamaConfig, dict]:
-    """(model config, stacked params on the host) of the newest checkpoint of each training run;
-    every member must have the same config."""
+    """(model config, stacked params on the host) of each member: a training run's newest
+    checkpoint, or any model `train.pretrained` loads; every member must have the same config."""
     configs, params = [], []
     for workdir in workdirs:
-        config, p = checkpoint.load_params(workdir)
+        config, p = pretrained.load(workdir)
         if configs and config != configs[0]:
             raise ValueError(f"ensemble member {workdir}: model config {config} differs from "
                              f"{workdirs[0]}: {configs[0]}")

@@ -37,6 +37,7 @@ import numpy as np
 from megadoc import fs
 from megadoc.data import docs as docs_lib
 from megadoc.data import megadocs
+from megadoc.data import methods
 from megadoc.data import store as store_lib
 from megadoc.data import tokenizer as tokenizer_lib
 from megadoc.data.windows import Windower
@@ -78,13 +79,20 @@ class PrepareConfig:
     buckets: int = 64
     """spill buckets; memory holds one bucket (~corpus/buckets)"""
 
-    def check(self) -> None:
+    def __post_init__(self):
+        """Every setting checked before the job writes anything."""
         if self.recipe not in megadocs.RECIPES:
             raise ValueError(f"--recipe={self.recipe}: expected one of {megadocs.RECIPES}")
         if self.recipe in SYNTHETIC_RECIPES and not self.generations:
             raise ValueError(f"--recipe={self.recipe} needs --generations")
         if self.recipe == "real" and self.generations:
             raise ValueError("--recipe=real does not use --generations; drop it")
+        if self.real_position not in megadocs.REAL_POSITIONS:
+            raise ValueError(f"--real_position={self.real_position}: expected one of "
+                             f"{megadocs.REAL_POSITIONS}")
+        if self.recipe == "latent" and not self.include_real:
+            raise ValueError("--recipe=latent puts the thoughts into the real text: "
+                             "--include_real=false has no meaning for it")
         if self.recipe != "stitched" and self.real_position != "last":
             raise ValueError("--real_position applies to --recipe=stitched only")
         if self.seq_len < 1 or self.workers < 1 or self.buckets < 1:
@@ -128,7 +136,6 @@ def shuffle_key(seed: int, doc_id: str, part: str = "") -> int:
 
 
 def prepare(config: PrepareConfig) -> dict:
-    config.check()
     if store_lib.is_complete(config.output):
         existing = store_lib.open(config.output).metadata
         changed = differing_settings(existing.get("settings") or {}, config.settings())
@@ -257,7 +264,7 @@ def _bucket_documents(config, docs: list[dict], gens: list[dict], bad,
             bad.add("unknown_doc_id", g["where"], f"doc_id {g['doc_id']!r}")
         elif identity in seen:
             bad.add("duplicate_generation", g["where"], f"{identity}")
-        elif g["method"] == "latent_thought" and not 0 <= g["offset"] <= len(doc["text"]):
+        elif methods.METHODS[g["method"]].offsets and not 0 <= g["offset"] <= len(doc["text"]):
             bad.add("offset_out_of_range", g["where"], f"offset {g['offset']} in a text of "
                                                         f"{len(doc['text'])} characters")
         else:

@@ -1,6 +1,7 @@
 """Multiple-choice accuracy (PIQA, SciQ, ARC-Easy; lm-eval-harness scoring) of a megadoc run, a
-Hugging Face Llama directory, or an ensemble of runs (their logits averaged)
-(megadoc.analysis.benchmarks)."""
+Hugging Face Llama directory, a GGUF file, or an ensemble of runs (their logits averaged)
+(megadoc.analysis.benchmarks). The tokenizer is the model's own (a run's: the one its stores
+were prepared with) unless `tokenizer` overrides it."""
 from __future__ import annotations
 
 import dataclasses
@@ -16,7 +17,8 @@ DTYPES = ("float32", "bfloat16")
 class BenchmarksConfig:
     """The model (or ensemble), the task files, and how they are scored."""
     model: str | None = None
-    """a megadoc training run (its newest checkpoint) or a Hugging Face Llama directory"""
+    """a megadoc training run (its newest checkpoint), a Hugging Face Llama directory or a GGUF
+    file"""
     workdirs: tuple[str, ...] = ()
     """training run(s) whose newest checkpoints are scored; several = an ensemble"""
     dtype: str = "float32"
@@ -26,8 +28,8 @@ class BenchmarksConfig:
     average: str = "logits"
     """how ensemble members are combined: logits | probs"""
     tokenizer: str | None = None
-    """the model's tokenizer (.model, tokenizer.json or a dir); default for a Hugging Face
-    --model: its directory"""
+    """override the model's own tokenizer (default: the GGUF file's, the Hugging Face
+    directory's, or the one a run's stores were prepared with)"""
     piqa: str | None = None
     """PIQA JSONL {goal, sol1, sol2, label}"""
     sciq: str | None = None
@@ -41,7 +43,8 @@ class BenchmarksConfig:
 
     def __post_init__(self):
         if bool(self.model) == bool(self.workdirs):
-            raise ValueError("pass --model (a run or a Hugging Face directory) or --workdirs")
+            raise ValueError("pass --model (a run, a Hugging Face directory or a GGUF file) or "
+                             "--workdirs")
         if len(self.workdirs) > 1 and (self.step is not None or not self.output):
             raise ValueError("an ensemble (several --workdirs) takes --output and no --step")
         if not self.tasks():
@@ -51,40 +54,27 @@ class BenchmarksConfig:
         return {task: getattr(self, task) for task in benchmarks.READERS if getattr(self, task)}
 
 
-def is_hf_dir(path: str) -> bool:
-    return any(n.endswith(".safetensors") or n.endswith(".safetensors.index.json")
-               for n in fs.listdir(path))
-
-
 def run(cfg: BenchmarksConfig) -> dict:
     """{task: {"acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "n"}, "average": ...}, also
     written to the output path."""
-    from megadoc.data import tokenizer as tokenizer_lib
-    from megadoc.models import hf, sharding
-    from megadoc.train import checkpoint
+    from megadoc.models import sharding
+    from megadoc.train import pretrained
 
-    hf_model = bool(cfg.model) and is_hf_dir(cfg.model)
-    tokenizer_path = cfg.tokenizer or (cfg.model if hf_model else None)
-    if not tokenizer_path:
-        raise ValueError("--tokenizer is required for a megadoc run")
-    if hf_model and (cfg.step is not None or not cfg.output):
-        raise ValueError("a Hugging Face --model takes --output and no --step")
     workdirs = [cfg.model] if cfg.model else list(cfg.workdirs)
-    tokenizer = tokenizer_lib.load(tokenizer_path)
-    if not hf_model:
-        for workdir in workdirs:
-            checkpoint.check_tokenizer(workdir, tokenizer)
+    if pretrained.kind(workdirs[0]) != "workdir" and (cfg.step is not None or not cfg.output):
+        raise ValueError("a Hugging Face or GGUF --model takes --output and no --step")
+    tokenizer = pretrained.load_tokenizer(workdirs[0], cfg.tokenizer)
+    for member in workdirs[1:]:
+        pretrained.check_tokenizer(member, tokenizer)
     average = None
-    if hf_model:
-        config, params = hf.load(cfg.model)
-    elif len(workdirs) == 1:
-        config, params = checkpoint.load_params(workdirs[0], cfg.step)
+    if len(workdirs) == 1:
+        config, params = pretrained.load(workdirs[0], step=cfg.step)
     else:
         config, params = ensemble.load_members(workdirs)
         average = cfg.average
     config = dataclasses.replace(config, dtype=cfg.dtype)
     if tokenizer.vocab_size > config.vocab_size:
-        raise ValueError(f"{tokenizer_path}: vocab {tokenizer.vocab_size} exceeds the model's "
+        raise ValueError(f"{tokenizer.path}: vocab {tokenizer.vocab_size} exceeds the model's "
                          f"{config.vocab_size}")
     loglikelihood = benchmarks.model_loglikelihood(config, params, tokenizer,
                                                    batch_size=cfg.batch_size,

@@ -243,7 +243,7 @@ def _examples(workdir: str, count: int = 2) -> list[str]:
                       key=lambda d: len(d["text"])):
         records = gens.get(doc["id"], [])
         rephrases = [g for g in records if g["method"] == "rephrase" and g["text"].strip()]
-        thoughts = [g for g in records if g["method"] == "latent_thought"]
+        thoughts = [g for g in records if g["method"] == "latent_thoughts"]
         if rephrases and thoughts and all(g["text"].strip() for g in thoughts):
             shown.append((doc, min(rephrases, key=lambda g: g["sample"]), thoughts))
         if len(shown) == count:

@@ -18,12 +18,14 @@ import time
 from megadoc import compile_cache, fs
 from megadoc.analysis import benchmarks, plots, quality
 from megadoc.data import docs as docs_lib
+from megadoc.data import methods as methods_lib
 from megadoc.data import prepare as prepare_lib
 from megadoc.data import store as store_lib
 from megadoc.pipelines import runs
 from megadoc.synth import job
 
-METHODS = ("qa", "focal_rewrite", "entigraph")
+# Methods that write from the articles alone run at the largest volume's sample count.
+METHODS = (*methods_lib.from_documents("simple"), "focal_rewrite", *methods_lib.STAGED)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +40,7 @@ class KnowledgeConfig:
     quality: str | None = None
     """QuALITY-format JSONL (default: the shipped fixture)"""
     methods: tuple[str, ...] = ("qa", "focal_rewrite")
-    """qa, focal_rewrite (needs qa), entigraph"""
+    """synthesis methods (methods_lib: qa, focal_rewrite, which needs qa, entigraph, ...)"""
     volumes: tuple[int, ...] = (1, 2, 4)
     """synthetic volumes (QA pairs per article)"""
     max_new_tokens: int = 256
@@ -92,9 +94,9 @@ def synthesize(cfg: KnowledgeConfig, docs: str, synth_dir: str, max_volume: int)
     common = dict(generator=cfg.generator, docs=docs, max_new_tokens=cfg.max_new_tokens,
                   seed=cfg.seed, batch_size=cfg.batch_size, shard_size=64)
     out = {}
-    if "qa" in cfg.methods:
-        out["qa"] = fs.join(synth_dir, "qa")
-        job.run(job.JobConfig(method="qa", output=out["qa"], generations=max_volume,
+    for method in [m for m in cfg.methods if m in methods_lib.from_documents("simple")]:
+        out[method] = fs.join(synth_dir, method)
+        job.run(job.JobConfig(method=method, output=out[method], generations=max_volume,
                               temperature=1.0, **common))
     if "focal_rewrite" in cfg.methods:
         out["focal_rewrite"] = fs.join(synth_dir, "focal_rewrite")
@@ -111,21 +113,21 @@ def synthesize(cfg: KnowledgeConfig, docs: str, synth_dir: str, max_volume: int)
 
 
 def volume_records(records: list[dict], volume: int, max_volume: int) -> list[dict]:
-    """The records of volume v: qa samples < v; the focal rewrites of those QA pairs'
-    questions; the first 2v pairs and first v triples of EntiGraph's seeded order, and every
-    stage-1 summary."""
-    qa = [r for r in records if r["method"] == "qa" and r["sample"] < volume]
-    questions = {(r["doc_id"], r.get("question")) for r in qa}
+    """The records of volume v: samples < v of the methods that write from the articles alone
+    (qa; EntiGraph's one stage-1 summary); the focal rewrites of those QA pairs' questions;
+    the first 2v pairs and first v triples of EntiGraph's seeded order."""
+    questions = {(r["doc_id"], r.get("question")) for r in records
+                 if r["method"] == "qa" and r["sample"] < volume}
 
     def kept(r):
         s = r["sample"]
         if r["method"] == "focal_rewrite":
             return (r["doc_id"], r.get("question")) in questions
-        if r["method"] == "entigraph_relation":
+        if r["method"] == "entigraph_relations":
             return s < 2 * volume or 2 * max_volume <= s < 2 * max_volume + volume
-        return r["method"] == "entigraph_entities"
+        return s < volume
 
-    return qa + [r for r in records if r["method"] != "qa" and kept(r)]
+    return [r for r in records if kept(r)]
 
 
 def cpt_config(cfg: KnowledgeConfig, base: str, store: str, run_dir: str):

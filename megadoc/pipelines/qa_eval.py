@@ -49,13 +49,12 @@ class QaEvalConfig:
 
 def run(cfg: QaEvalConfig) -> dict:
     """{"accuracy", "n", "attempt_rate", "questions": [...], ...}, also written to cfg.output."""
-    from megadoc.data import tokenizer as tokenizer_lib
     from megadoc.models import sharding
     from megadoc.synth import prompts, sampler
     from megadoc.train import pretrained
 
     articles = quality.read_quality(cfg.quality)
-    tokenizer = tokenizer_lib.load(cfg.tokenizer or pretrained.tokenizer_path(cfg.model))
+    tokenizer = pretrained.load_tokenizer(cfg.model, cfg.tokenizer)
     mesh = sharding.make_mesh()
     config, params = pretrained.load(cfg.model, mesh)
     if tokenizer.vocab_size > config.vocab_size:

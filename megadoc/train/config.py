@@ -101,6 +101,16 @@ class TrainConfig:
                eval_batch_size=_non_negative, checkpoint_every_steps=_non_negative,
                checkpoint_every_minutes=_non_negative, keep_checkpoints=_at_least_one,
                log_every=_non_negative, peak_flops=_non_negative)
+        if self.data.global_batch % self.microbatches:
+            raise ValueError(f"global_batch {self.data.global_batch} is not a multiple of "
+                             f"microbatches {self.microbatches}")
+        if len(self.mesh) != 3 or any(d != -1 and d < 1 for d in self.mesh) \
+                or list(self.mesh).count(-1) > 1:
+            raise ValueError(f"mesh {self.mesh}: three sizes data,fsdp,tensor, each >= 1 or one "
+                             "of them -1 (the remaining devices)")
+        names = [name for name, _ in self.val]
+        if len(set(names)) != len(names) or not all(names):
+            raise ValueError(f"val: each validation set needs its own non-empty name, got {names}")
 
 
 # Range checks of config fields: (test, what the value must be).

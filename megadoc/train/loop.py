@@ -174,9 +174,6 @@ def _train(cfg: config_lib.TrainConfig, objective: step_lib.Objective) -> dict:
         len(stores["real"]), len(synthetic) if synthetic else 0, cfg.data.global_batch,
         cfg.data.mix, cfg.data.epochs, cfg.data.seed)
     num_steps = schedule.num_steps
-    if cfg.data.global_batch % cfg.microbatches:
-        raise ValueError(f"global_batch {cfg.data.global_batch} is not a multiple of "
-                         f"microbatches {cfg.microbatches}")
     optimizer = optimizer_lib.make(cfg.optimizer, num_steps)
     lr = optimizer_lib.lr_schedule(cfg.optimizer, num_steps)
     shardings = state_lib.shardings(cfg.model, optimizer, mesh)
@@ -220,7 +217,7 @@ def _train(cfg: config_lib.TrainConfig, objective: step_lib.Objective) -> dict:
         step = int(jax.device_get(state["step"]))
         if step not in mgr.all_steps():
             writer.flush()
-            checkpoint.save(mgr, state, run, {"next_step": step})
+            checkpoint.save(mgr, state, run)
 
     last = {"time": time.perf_counter()}
 
