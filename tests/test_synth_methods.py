@@ -73,7 +73,7 @@ def test_synthesize_help_and_the_knowledge_pipeline_list_a_new_method(tmp_path):
         "from megadoc.data import methods\n"
         f"methods.METHODS['summary'] = methods.Method('summary', {str(template)!r}, "
         "('document',), ('generations',), ('simple', 'stitched'), 16)\n"
-        "from experiments import knowledge\n"
+        "from megadoc.pipelines import knowledge\n"
         "print('knowledge methods:', ','.join(knowledge.METHODS))\n"
         "sys.argv = ['synthesize', '--help']\n"
         "runpy.run_module('experiments.synthesize', run_name='__main__')\n")
