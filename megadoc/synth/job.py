@@ -444,4 +444,4 @@ class _Progress:
         eta_text = f"ETA <= {eta / 60:.1f} min" if rate else "ETA - (prefilling)"
         print(f"[synth] docs {self.docs_done}/{self.docs_total}  {tokens:,} tokens  "
               f"{rate:.1f} generated tok/s  {eta_text}", flush=True)
-        fs.append_text(self.path, json.dumps(line) + "\n")
+        fs.append_jsonl(self.path, [line])

@@ -6,10 +6,16 @@ A lock is stale, and is taken over with a message, when its owner is a dead proc
 host, or when its heartbeat is older than STALE_AFTER_S (an owner on another host, or a bucket
 shared across machines, that died without cleaning up). Creation is exclusive (O_EXCL locally,
 an if-generation-match=0 upload on gs://), so of two jobs starting together exactly one wins.
+
+A takeover is a compare-and-swap on the lock's content: the job that exclusively creates
+`LOCK.takeover-<hash of the stale content>` (the same exclusive create) may replace that
+content, and does so only if the lock still holds it. So of two jobs taking over one dead
+job's lock, exactly one wins, and neither ever deletes a lock the other just made.
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import socket
@@ -36,12 +42,23 @@ def _owner() -> dict:
 
 def _read(path: str) -> dict | None:
     """The lock's owner; None when there is no lock; {} when it is unreadable (torn)."""
+    raw = _read_raw(path)
+    return None if raw is None else _parse(raw)
+
+
+def _read_raw(path: str) -> bytes | None:
     try:
-        return json.loads(fs.read_text(path))
+        return fs.read_bytes(path)
     except FileNotFoundError:
         return None
-    except ValueError:
+
+
+def _parse(raw: bytes) -> dict:
+    try:
+        held = json.loads(raw)
+    except ValueError:  # torn, or not UTF-8
         return {}
+    return held if isinstance(held, dict) else {}
 
 
 def _stale_reason(held: dict) -> str | None:
@@ -80,13 +97,15 @@ def acquire(workdir: str) -> dict:
     owner; returns this job's owner record."""
     path = fs.join(workdir, NAME)
     owner = _owner()
+    mine = json.dumps(owner).encode()
     for _ in range(2):
-        if fs.create_exclusive(path, json.dumps(owner).encode()):
+        if fs.create_exclusive(path, mine):
             if (_read(path) or {}).get("token") == owner["token"]:
                 return owner
-        held = _read(path)
-        if held is None:
+        raw = _read_raw(path)
+        if raw is None:
             continue  # released meanwhile
+        held = _parse(raw)
         reason = _stale_reason(held)
         if reason is None:
             raise WorkdirBusyError(
@@ -95,11 +114,26 @@ def acquire(workdir: str) -> dict:
                 f"{time.time() - held.get('heartbeat', 0):.0f} s ago); two jobs on one workdir "
                 f"would corrupt it. Use another --workdir, or wait for that job to end "
                 f"(a lock of a dead job is taken over after {STALE_AFTER_S:.0f} s)")
-        print(f"[train] {path}: taking over the stale lock of process {held.get('pid')} on "
-              f"{held.get('host')} ({reason})", flush=True)
-        with contextlib.suppress(FileNotFoundError):
-            fs.remove(path)
+        if _take_over(path, raw, mine):
+            print(f"[train] {path}: took over the stale lock of process {held.get('pid')} on "
+                  f"{held.get('host')} ({reason})", flush=True)
+            return owner
     raise WorkdirBusyError(f"{path}: another job took the workdir's lock while this one started")
+
+
+def _take_over(path: str, stale: bytes, mine: bytes) -> bool:
+    """Replaces the lock's content `stale` by `mine` if no other job does (compare-and-swap):
+    the right to replace one content is the exclusive creation of a token named after it."""
+    token = f"{path}.takeover-{hashlib.sha256(stale).hexdigest()[:16]}"
+    if not fs.create_exclusive(token, mine):
+        return False  # another job is taking over (or took over) this very lock
+    try:
+        if _read_raw(path) != stale:  # changed since it was read: not ours to replace
+            return False
+        fs.write_bytes(path, mine)
+        return True
+    finally:
+        fs.remove(token)  # whoever creates it later reads the lock after this replacement
 
 
 def release(workdir: str, owner: dict) -> None:
