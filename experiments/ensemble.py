@@ -103,6 +103,7 @@ def evaluate(workdirs, val: dict[str, str], batch_size: int, average: str, curve
     results = {"members": list(workdirs), "average": average, "val": {}}
     for name, path in val.items():
         store = store_lib.open(path)
+        ensemble.check_store(workdirs, store)
         losses = []
         for n in counts:
             first_n = jax.tree.map(lambda x: x[:n], stacked)

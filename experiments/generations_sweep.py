@@ -87,16 +87,11 @@ def build_config(f=FLAGS) -> SweepConfig:
                if getattr(f, n) is None]
     if missing or not f.val:
         raise app.UsageError(f"required: {', '.join('--' + n for n in missing + ['val'])}")
-    val = []
-    for item in f.val:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            raise app.UsageError(f"--val={item!r}: expected NAME=PATH")
-        val.append((name, path))
-    counts = sorted({0, *(int(c) for c in f.counts)})
+    val = list(cli.parse_named(f.val, "val").items())
+    counts = sorted({0, *cli.parse_list(f.counts, int, "counts")})
     if counts[0] < 0:
         raise app.UsageError(f"--counts={','.join(f.counts)}: counts are >= 0")
-    fractions = tuple(float(x) for x in f.data_fractions)
+    fractions = cli.parse_list(f.data_fractions, float, "data_fractions")
     if any(not 0 < x < 1 for x in fractions) or len(fractions) == 1:
         raise app.UsageError(f"--data_fractions={','.join(f.data_fractions)}: each in (0, 1), and "
                              f"at least 2 (with the full data, 3 points fit A / D^B + C)")
@@ -104,7 +99,7 @@ def build_config(f=FLAGS) -> SweepConfig:
                        tokenizer=f.tokenizer, seq_len=f.seq_len, val=tuple(val),
                        counts=tuple(counts), workdir=f.workdir, preset=f.preset, grid=f.grid,
                        data_fractions=fractions, real_position=f.real_position, seed=f.seed,
-                       mesh=tuple(int(x) for x in f.mesh))
+                       mesh=cli.parse_list(f.mesh, int, "mesh"))
 
 
 def _prepare(cfg: SweepConfig, name: str, **settings) -> str:
@@ -191,10 +186,12 @@ def _search(cfg: SweepConfig, name: str, grid_name: str, start: dict, real: str,
 
 def run_sweep(cfg: SweepConfig) -> dict:
     """Prepare, search every count, and write the table and figure; returns sweep.json."""
+    from megadoc.data import prepare
     from megadoc.data import store as store_lib
     from megadoc.train import config, published
 
     real_grid, synthetic_grid = GRIDS[cfg.grid]
+    prepare.check_samples(cfg.generations, max(cfg.counts))  # every count, before any work
     real = _prepare(cfg, "real")
     preset = config.preset(cfg.preset)
     if cfg.preset in published.REAL_ONLY:  # the published optimum is the first guess

@@ -17,7 +17,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from megadoc.models import llama, sharding
-from megadoc.train import checkpoint, evaluate
+from megadoc.train import checkpoint, evaluate, pretrained
 from megadoc.train import step as step_lib
 
 AVERAGES = ("logits", "probs")
@@ -48,16 +48,27 @@ def stack_params(members: Sequence[dict], names: Sequence[str] | None = None) ->
 
 def load_members(workdirs: Sequence[str]) -> tuple[llama.LlamaConfig, dict]:
     """(model config, stacked params on the host) of the newest checkpoint of each training run;
-    every member must have the same config."""
+    every member must have the same config and the same tokenizer (fingerprint, not size)."""
     configs, params = [], []
+    fingerprint = checkpoint.tokenizer_fingerprint(workdirs[0]) if workdirs else None
     for workdir in workdirs:
         config, p = checkpoint.load_params(workdir)
         if configs and config != configs[0]:
             raise ValueError(f"ensemble member {workdir}: model config {config} differs from "
                              f"{workdirs[0]}: {configs[0]}")
+        if checkpoint.tokenizer_fingerprint(workdir) != fingerprint:
+            raise ValueError(f"ensemble member {workdir}: trained on data tokenized with "
+                             f"{checkpoint.tokenizer_fingerprint(workdir)}, {workdirs[0]} with "
+                             f"{fingerprint}; members must share one tokenizer")
         configs.append(config)
         params.append(jax.tree.map(np.asarray, p))  # to host: K members never share one device
     return configs[0], stack_params(params, names=workdirs)
+
+
+def check_store(workdirs: Sequence[str], store) -> None:
+    """Refuse a store tokenized by another tokenizer than the members' (by fingerprint)."""
+    for workdir in workdirs:
+        pretrained.check_store(workdir, store)
 
 
 def num_members(stacked: dict) -> int:

@@ -163,9 +163,9 @@ def _generation_problem(record: dict) -> str | None:
         return "'doc_id' must be a string"
     if record.get("method") not in METHODS:
         return f"'method' must be one of {METHODS}, got {record.get('method')!r}"
-    if not isinstance(record.get("sample"), int):
+    if type(record.get("sample")) is not int:  # bool is an int to isinstance
         return "'sample' must be an int"
-    if record["method"] == "latent_thought" and not isinstance(record.get("offset"), int):
+    if record["method"] == "latent_thought" and type(record.get("offset")) is not int:
         return "a latent_thought needs an int 'offset'"
     return None
 

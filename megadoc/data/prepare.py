@@ -208,8 +208,10 @@ def _spill(config: PrepareConfig, spill: str, bad: docs_lib.BadRecords):
     docs.close()
     gens = _Buckets(spill, "generations", config.buckets)
     if config.generations:
+        highest = -1
         for order, g in enumerate(docs_lib.read_generations(config.generations, bad)):
             counts["generations_read"] += 1
+            highest = max(highest, g["sample"])
             if config.max_generations is not None and g["sample"] >= config.max_generations:
                 counts["generations_beyond_max"] += 1  # a prefix of a larger run, by design
                 continue
@@ -222,8 +224,22 @@ def _spill(config: PrepareConfig, spill: str, bad: docs_lib.BadRecords):
                 bad.add("think_tag_in_generation", g["where"], f"doc {g['doc_id']!r}")
                 continue
             gens.write(shuffle_key(config.seed, g["doc_id"]), dict(g, order=order))
+        if config.max_generations is not None:
+            check_samples(config.generations, config.max_generations, highest)
     gens.close()
     return counts, docs, gens
+
+
+def check_samples(generations: str, n: int, highest: int | None = None) -> None:
+    """Refuse a store of N = `n` generations per document from records whose samples stop
+    before N-1 (`highest`: their largest sample index, read when None): it would hold fewer
+    and be reported as N."""
+    if highest is None:
+        highest = max((g["sample"] for g in docs_lib.read_generations(generations)), default=-1)
+    if highest + 1 < n:
+        raise ValueError(f"--max_generations={n}: {generations} holds samples 0..{highest} "
+                         f"({highest + 1} per document at most), so a store of N={n} would hold "
+                         f"{highest + 1}; synthesize at least {n} samples per document first")
 
 
 def _spill_stream_documents(config, spill: str, doc_buckets, gen_buckets, bad, counts) -> _Buckets:

@@ -47,6 +47,8 @@ def open_stores(cfg: config_lib.TrainConfig) -> dict:
                 f"{s.path}: tokenized with {s.metadata.get('tokenizer_fingerprint')} "
                 f"({s.metadata.get('tokenizer_path')}), but {real.path} with {fingerprint} "
                 f"({real.metadata.get('tokenizer_path')}); prepare every store with one tokenizer")
+    if cfg.init:  # the pre-trained model's ids must mean what the stores' ids mean
+        pretrained.check_store(cfg.init, real)
     vocab = real.metadata.get("vocab_size", 0)
     if vocab > cfg.model.vocab_size:
         raise ValueError(f"{real.path}: tokenizer vocab {vocab} exceeds the model's "
