@@ -4,6 +4,8 @@ Every small-file read or write in megadoc goes through here (arrays go through t
 `tensorstore_kvstore(path)`, checkpoints through orbax). Writes are atomic: a reader sees the whole
 file or nothing (locally write-to-temp then rename; on GCS one object upload is atomic by itself).
 A directory of several files is published with `commit(dir)` last; readers check `is_committed`.
+The one kind of file that grows is a log of JSON lines (`append_jsonl`, read back with
+`read_jsonl_log`): an append cut short leaves a torn last line, which both cut off.
 
 On gs:// (see megadoc.gcs): transient failures are retried with backoff; a missing object raises
 FileNotFoundError like a missing local file; a missing bucket or a refused request raises

@@ -127,3 +127,16 @@ def test_the_gcs_emulator_refuses_a_failed_generation_precondition(gcs_server):
         gcs.retrying(path, lambda: gcs.blob(path).upload_from_string(
             b"second", if_generation_match=0, retry=None))
     assert fs.read_text(path) == "first"
+
+
+def test_a_takeover_that_died_midway_is_named(tmp_path):
+    workdir = str(tmp_path / "run")
+    _write_lock(workdir, pid=_dead_pid())
+    raw = fs.read_bytes(os.path.join(workdir, "LOCK"))
+    token = workdir_lock._swap_token(os.path.join(workdir, "LOCK"), raw)
+    fs.write_text(token, "")
+    with pytest.raises(workdir_lock.WorkdirBusyError, match=r"another job is taking over this "
+                                                            r"stale lock .*died midway: remove"):
+        workdir_lock.acquire(workdir)
+    os.remove(token)
+    workdir_lock.acquire(workdir)
