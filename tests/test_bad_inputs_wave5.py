@@ -225,3 +225,45 @@ def test_train_usage_errors_are_one_line_not_the_module_help(inputs, tmp_path):
     out = _run("experiments.train", "--epochs=many", cwd=tmp_path)
     assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
     assert out.stderr.startswith("error: flag --epochs=many:")
+
+
+# The class behind 7: a run names its stores by content, not by sizes another corpus can share.
+
+def test_a_run_names_its_stores_by_content_not_by_size(inputs, tmp_path):
+    from megadoc.train import checkpoint
+
+    prepared = store_lib.open(str(inputs / "real")).metadata
+    assert prepared["content_id"] == prepare.content_id(prepared["settings"])
+    a = store_lib.open(make_store(str(tmp_path / "a"), 16, seq_len=16))
+    b = store_lib.open(make_store(str(tmp_path / "a2"), 16, seq_len=16, seed=1))
+    a.metadata["content_id"], b.metadata["content_id"] = "corpus-a", "corpus-b"  # same sizes
+    cfg = train_config(["--preset=tiny", f"--workdir={tmp_path / 'w'}", f"--real={a.path}"])
+    saved = loop.run_record(cfg, {"real": a, "synthetic": None}, 4)
+    now = loop.run_record(cfg, {"real": b, "synthetic": None}, 4)
+    with pytest.raises(ValueError, match=r"stores.real.content_id: checkpoint 'corpus-a' != now "
+                                         r"'corpus-b'"):
+        checkpoint.check_run(saved, now, "w")
+
+
+def test_trained_runs_meet_stores_and_tokenizers_by_fingerprint(inputs, tmp_path):
+    """Ensemble members (evaluation, unconditional sampling) and distillation teachers: a store
+    or tokenizer other than the one the runs trained on is refused, same size or not."""
+    from megadoc.analysis import ensemble
+    from megadoc.data import tokenizer as tokenizer_lib
+    from megadoc.train import pretrained
+
+    real = make_store(str(tmp_path / "real"), 16, seq_len=16)
+    workdir = str(tmp_path / "run")
+    loop.train(train_config(["--preset=tiny", f"--workdir={workdir}", f"--real={real}",
+                             "--global_batch=8", "--epochs=1"]))
+    other = store_lib.open(make_store(str(tmp_path / "other"), 8, seq_len=16,
+                                      fingerprint="another-tokenizer"))
+    with pytest.raises(ValueError, match=r"other: prepared with tokenizer another-tokenizer .* "
+                                         r"the model .*run has tokenizer fingerprint "
+                                         r"test-tokenizer"):
+        ensemble.check_store([workdir], other)
+    pretrained.check_store(workdir, store_lib.open(real))  # its own store passes
+    sp = tokenizer_lib.load(str(inputs / "sp.model"))
+    with pytest.raises(ValueError, match=r"sp.model: fingerprint spm:.*run was trained on data "
+                                         r"tokenized with test-tokenizer"):
+        ensemble.load_members([workdir], sp)

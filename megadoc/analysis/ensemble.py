@@ -46,9 +46,10 @@ def stack_params(members: Sequence[dict], names: Sequence[str] | None = None) ->
     return jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *members)
 
 
-def load_members(workdirs: Sequence[str]) -> tuple[llama.LlamaConfig, dict]:
+def load_members(workdirs: Sequence[str], tokenizer=None) -> tuple[llama.LlamaConfig, dict]:
     """(model config, stacked params on the host) of the newest checkpoint of each training run;
-    every member must have the same config and the same tokenizer (fingerprint, not size)."""
+    every member must have the same config and the same tokenizer (fingerprint, not size): the
+    `tokenizer` the caller will read their ids with, when given."""
     configs, params = [], []
     fingerprint = checkpoint.tokenizer_fingerprint(workdirs[0]) if workdirs else None
     for workdir in workdirs:
@@ -60,6 +61,8 @@ def load_members(workdirs: Sequence[str]) -> tuple[llama.LlamaConfig, dict]:
             raise ValueError(f"ensemble member {workdir}: trained on data tokenized with "
                              f"{checkpoint.tokenizer_fingerprint(workdir)}, {workdirs[0]} with "
                              f"{fingerprint}; members must share one tokenizer")
+        if tokenizer is not None:
+            checkpoint.check_tokenizer(workdir, tokenizer)
         configs.append(config)
         params.append(jax.tree.map(np.asarray, p))  # to host: K members never share one device
     return configs[0], stack_params(params, names=workdirs)

@@ -104,6 +104,14 @@ class PrepareConfig:
         return out
 
 
+def content_id(settings: dict) -> str:
+    """What the store holds, as a hash of what determines it (inputs with their versions, recipe,
+    tokenizer, seed, layout; not where it is written): a run's identity names its stores by
+    this, not by their sizes, which another corpus can share."""
+    what = {k: v for k, v in settings.items() if k != "output"}
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode("utf-8")).hexdigest()[:16]
+
+
 def differing_settings(old: dict, new: dict) -> list[str]:
     """Settings that differ, each as "name: old -> new"; the --output's own location and the
     spelling of a local path (`./x` is `x`) do not count."""
@@ -366,8 +374,10 @@ def _write(config, tokenizer, stream_buckets, bad, counts) -> dict:
     if writer.num_windows == 0:
         raise ValueError(f"{config.docs}: {windower.num_tokens} tokens in all, fewer than "
                          f"seq_len+1={config.seq_len + 1}: no window can be made")
+    settings = config.settings()
     metadata = {
-        "settings": config.settings(),
+        "settings": settings,
+        "content_id": content_id(settings),
         "recipe": config.recipe,
         "max_generations": config.max_generations,
         "seed": config.seed,

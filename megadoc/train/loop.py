@@ -30,8 +30,10 @@ from megadoc.train import state as state_lib
 from megadoc.train import step as step_lib
 from megadoc.train import workdir_lock
 
+# content_id: what the store holds (data.prepare); the sizes alone would let a store of another
+# corpus with the same counts pass as this run's.
 STORE_IDENTITY = ("tokenizer_fingerprint", "vocab_size", "seq_len", "num_windows", "num_tokens",
-                  "recipe")
+                  "recipe", "content_id")
 
 
 def open_stores(cfg: config_lib.TrainConfig) -> dict:
