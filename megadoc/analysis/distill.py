@@ -26,7 +26,7 @@ from megadoc.data import docs, prepare
 from megadoc.data import store as store_lib
 from megadoc.models import llama
 from megadoc.train import config as config_lib
-from megadoc.train import loop, metrics, pretrained
+from megadoc.train import loop, metrics
 from megadoc.train import step as step_lib
 
 AVERAGES = ensemble.AVERAGES
@@ -82,10 +82,8 @@ def distill(cfg: DistillConfig, teacher_config: llama.LlamaConfig, teacher_stack
         raise ValueError(f"kl_weight must be in [0, 1], got {cfg.kl_weight}")
     if cfg.teacher_average not in AVERAGES:
         raise ValueError(f"teacher_average must be one of {AVERAGES}, got {cfg.teacher_average!r}")
-    real = store_lib.open(cfg.data.real)
-    for teacher in cfg.teacher:
-        pretrained.check_store(teacher, real)
-    return loop.train(cfg, objective(cfg, teacher_config, teacher_stacked, real.seq_len))
+    seq_len = store_lib.open(cfg.data.real).seq_len
+    return loop.train(cfg, objective(cfg, teacher_config, teacher_stacked, seq_len))
 
 
 def texts_store_path(workdir: str) -> str:
