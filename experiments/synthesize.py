@@ -1,14 +1,14 @@
 """Generate synthetic text from source documents with a generator LLM.
 
     python -m experiments.synthesize --method=rephrase --generator=MODEL --docs=DOCS \\
-        --output=DIR --generations=4 [--max_new_tokens=1024 --temperature=1.0 --top_p=1.0 \\
-        --top_k=0 --seed=0]
+        --output=DIR --generations_per_doc=4 [--max_new_tokens=1024 --temperature=1.0 \\
+        --top_p=1.0 --top_k=0 --seed=0]
     python -m experiments.synthesize --method=latent_thoughts --generator=MODEL --docs=DOCS \\
         --output=DIR --splits=8 [--max_new_tokens=512 ...]
     python -m experiments.synthesize --method=qa --generator=MODEL --docs=DOCS --output=QA \\
-        --generations=8
+        --generations_per_doc=8
     python -m experiments.synthesize --method=focal_rewrite --questions=QA --generator=MODEL \\
-        --docs=DOCS --output=FOCAL --generations=2 --temperature=0.7 --top_p=0.95
+        --docs=DOCS --output=FOCAL --generations_per_doc=2 --temperature=0.7 --top_p=0.95
     python -m experiments.synthesize --method=entigraph --generator=MODEL --docs=DOCS \\
         --output=EG --pairs=16 --triples=8     # EG/entities (stage 1), then EG/relations
     python -m experiments.synthesize --method=unconditional --generator=RUN[,RUN...] \\
@@ -45,7 +45,7 @@ def build_unconditional_config(f=FLAGS):
                if not getattr(f, n)]
     if missing:
         raise app.UsageError(f"--method=unconditional needs {', '.join(missing)}")
-    extra = [f"--{n}" for n in ("docs", "generations", "splits", "template", "top_p", "top_k")
+    extra = [f"--{n}" for n in ("docs", "generations_per_doc", "splits", "template", "top_p", "top_k")
              if f[n].present]
     if extra:
         raise app.UsageError(f"--method=unconditional takes no {', '.join(extra)}")
@@ -58,7 +58,7 @@ def build_unconditional_config(f=FLAGS):
 # Flags that only some methods read; any other method refuses them. (The entigraph stages also
 # run alone: entigraph_entities, then entigraph_relations --entities=EG/entities, each with its
 # own --template.)
-_METHOD_FLAGS = {"generations": ("rephrase", "qa", "focal_rewrite"),
+_METHOD_FLAGS = {"generations_per_doc": ("rephrase", "qa", "focal_rewrite"),
                  "splits": ("latent_thoughts",), "questions": ("focal_rewrite",),
                  "entities": ("entigraph_relations",),
                  "pairs": ("entigraph", "entigraph_relations"),

@@ -47,6 +47,10 @@ ALLOWED = {
     "models": {"fs", "gcs", "gguf_file", "models"},
     "train": {"fs", "gcs", "data", "models", "train"},
     "synth": {"fs", "gcs", "gguf_file", "data", "models", "synth"},
+    "analysis": {"fs", "gcs", "gguf_file", "compile_cache", "data", "models", "train", "synth",
+                 "analysis"},
+    "pipelines": {"fs", "gcs", "gguf_file", "cli", "compile_cache", "data", "models", "train",
+                  "synth", "analysis", "pipelines"},
 }
 
 
@@ -60,6 +64,17 @@ def test_each_package_imports_only_the_layers_below_it(part):
         if used - ALLOWED[part]:
             found[rel(path)] = sorted(used - ALLOWED[part])
     assert not found
+
+
+def test_the_library_starts_no_process():
+    """Training runs and synthesis jobs start in process (megadoc.pipelines), never as a
+    subprocess of a command whose output is then read back (data.prepare's tokenizer workers
+    are a multiprocessing pool of functions, not commands)."""
+    found = {rel(p): sorted(m for m in imported_modules(p) if m.split(".")[0] == "subprocess")
+             for p in sources("megadoc")}
+    found.update({rel(p): ["sys.executable"] for p in sources("megadoc")
+                  if "sys.executable" in p.read_text()})
+    assert not {k: v for k, v in found.items() if v}
 
 
 def test_sharding_imports_no_other_model_module():

@@ -104,18 +104,19 @@ def test_max_generations_beyond_the_synthesis_run_is_refused(inputs, tmp_path):
 def test_sweep_counts_that_are_not_numbers_name_the_flag():
     from experiments import generations_sweep as sweep
 
-    sweep.FLAGS.unparse_flags()
-    sweep.FLAGS(["sweep", "--recipe=simple", "--docs=d", "--generations=g", "--tokenizer=t",
-                 "--seq_len=8", "--workdir=w", "--val=iid=v", "--counts=a,b"])
-    try:
-        with pytest.raises(app.UsageError, match=r"^--counts=a,b: expected comma-separated int"):
-            sweep.build_config()
-        sweep.FLAGS.counts = ["1"]
-        sweep.FLAGS.val = ["iid=A", "iid=B"]
-        with pytest.raises(app.UsageError, match="--val=iid=B: the name 'iid' is already given"):
-            sweep.build_config()
-    finally:
+    base = ["sweep", "--recipe=simple", "--docs=d", "--generations=g", "--tokenizer=t",
+            "--seq_len=8", "--workdir=w"]
+    for extra, message in ((["--val=iid=v", "--counts=a,b"],
+                            r"^--counts=a,b: expected comma-separated int"),
+                           (["--val=iid=A", "--val=iid=B"],
+                            "--val=iid=B: the name 'iid' is already given")):
         sweep.FLAGS.unparse_flags()
+        sweep.FLAGS(base + extra)
+        try:
+            with pytest.raises(app.UsageError, match=message):
+                sweep.build_config()
+        finally:
+            sweep.FLAGS.unparse_flags()
 
 
 # 4. Two validation sets of one name: refused, not one dropped.

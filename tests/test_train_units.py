@@ -209,7 +209,7 @@ def test_generations_flag_takes_the_published_optimum_and_explicit_flags_win(tmp
         (tmp_path / "syn" / store_lib.METADATA).write_text(json.dumps(dict(meta, max_generations=16)))
         f.unparse_flags()
         f([*base, "--generations=32"])
-        with pytest.raises(app.UsageError, match="max_generations=16, but --generations=32"):
+        with pytest.raises(app.UsageError, match="max_generations=16, but --published_generations=32"):
             train_main.check_recipe("stitched")
     finally:
         f.unparse_flags()

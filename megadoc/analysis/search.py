@@ -7,8 +7,9 @@ also interior: on an axis where it sits at the first or last value, the neighbou
 tried, so the result says `at_bound` (those axes) instead, as the megadocs paper flags its
 bound-limited runs (Appendix B). Every finished run is appended to a JSONL file, so a restarted
 search re-runs nothing.
-The launcher is any callable `run(point) -> loss`; `TrainLauncher` runs `experiments.train`.
-Neighbours may run concurrently (`parallel`), e.g. one cluster job each.
+The launcher is any callable `run(point) -> loss` (megadoc.pipelines.search trains each point in
+this process). Neighbours may run concurrently (`parallel`) for a launcher that submits each
+one elsewhere, e.g. one cluster job each.
 """
 from __future__ import annotations
 
@@ -16,9 +17,6 @@ import concurrent.futures
 import dataclasses
 import json
 import math
-import os
-import subprocess
-import sys
 import threading
 import time
 from typing import Callable, Mapping
@@ -194,42 +192,6 @@ def search(
         certified=certified,
         at_bound=at_bound,
     )
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainLauncher:
-    """Runs `python -m experiments.train` once per point, one after another, and returns the
-    final loss on validation set `val_set` (one of the runs' --val names) from summary.json.
-
-    Each point gets its own workdir under `root`, so an interrupted run resumes from its own
-    checkpoint when the search is restarted. A run that stops on a non-finite loss counts as
-    diverged (worst); any other failure stops the search.
-    """
-
-    root: str
-    base_flags: tuple[str, ...]  # e.g. ("--preset=tiny", "--real=...", "--val=val=...")
-    val_set: str = "val"
-
-    def workdir(self, point: Mapping) -> str:
-        return fs.join(self.root, point_name(point))
-
-    def __call__(self, point: Mapping) -> float:
-        workdir = self.workdir(point)
-        flags = [f"--{k}={v}" for k, v in point.items()]
-        cmd = [sys.executable, "-m", "experiments.train", *self.base_flags, *flags,
-               f"--workdir={workdir}"]
-        print(f"[search] $ {' '.join(cmd)}", flush=True)
-        # stderr is captured (and echoed) to tell a diverged run from a crash.
-        proc = subprocess.run(cmd, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
-        sys.stderr.write(proc.stderr)
-        if proc.returncode != 0:
-            if "FloatingPointError" in proc.stderr:
-                print(f"[search]   diverged (non-finite loss): {workdir}", flush=True)
-                return math.nan
-            raise RuntimeError(f"experiments.train failed (exit {proc.returncode}) for "
-                               f"{dict(point)} in {workdir}:\n{proc.stderr[-2000:]}")
-        summary = json.loads(fs.read_text(fs.join(workdir, "summary.json")))
-        return final_eval_loss(summary, self.val_set)
 
 
 def point_name(point: Mapping) -> str:

@@ -63,7 +63,8 @@ class PrepareConfig:
     """seed of the document permutation"""
     output: str
     """store directory (local or gs://)"""
-    generations: str | None = None
+    generations: str | None = dataclasses.field(default=None,
+                                                metadata={"flag": "generation_records"})
     """generation records (synthetic recipes only)"""
     real_position: str = "last"
     """stitched only: where the real text sits in the megadoc"""

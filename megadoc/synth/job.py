@@ -68,7 +68,7 @@ class JobConfig:
     """source docs {id, text}: JSONL(.gz)/Parquet file, dir or glob"""
     output: str
     """output directory (local or gs://)"""
-    generations: int = 1
+    generations: int = dataclasses.field(default=1, metadata={"flag": "generations_per_doc"})
     """rephrase, qa: samples per document; focal_rewrite: rewrites per question"""
     splits: int = 1
     """latent_thoughts: split points per document (k+1 pieces)"""

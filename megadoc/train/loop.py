@@ -149,10 +149,20 @@ def _restore_or_init(cfg, mgr, optimizer, mesh, run: dict) -> tuple[dict, int]:
     return state, start
 
 
+class Diverged(FloatingPointError):
+    """The run's loss or gradient norm became non-finite at `step`: a result of its
+    hyper-parameters (a search counts it as the worst loss), not a fault of the machinery."""
+
+    def __init__(self, step: int, message: str):
+        super().__init__(message)
+        self.step = step
+
+
 def train(cfg: config_lib.TrainConfig, objective: step_lib.Objective | None = None) -> dict:
     """Train (or resume) the run `cfg` describes, minimising `objective` (default: the
     next-token loss); returns the summary also written to summary.json, or
-    {"status": "preempted", "step": k} after a SIGTERM save. One job per workdir: a second one
+    {"status": "preempted", "step": k} after a SIGTERM save; raises `Diverged` on a non-finite
+    loss (after saving the state before it). One job per workdir: a second one
     refuses to start (workdir_lock)."""
     objective = objective or step_lib.language_model(cfg.model)
     check_writable(cfg.workdir)
@@ -228,10 +238,9 @@ def _train(cfg: config_lib.TrainConfig, objective: step_lib.Objective) -> dict:
             mgr.wait_until_finished()
             writer.flush()
             what = f"loss is {loss}" if not math.isfinite(loss) else f"grad_norm is {grad_norm}"
-            raise FloatingPointError(
-                f"{what} at step {step}; the state before that update is saved as "
-                f"checkpoint {step - 1} in {checkpoint.directory(cfg.workdir)} (resuming "
-                f"reproduces the NaN)")
+            raise Diverged(step, f"{what} at step {step}; the state before that update is "
+                           f"saved as checkpoint {step - 1} in "
+                           f"{checkpoint.directory(cfg.workdir)} (resuming reproduces the NaN)")
         writer.write({"step": step, "loss": loss, "lr": float(out["lr"]),
                       "grad_norm": grad_norm,
                       **{name: float(out[name]) for name in objective.metric_names},

@@ -1,0 +1,97 @@
+"""Multiple-choice accuracy (PIQA, SciQ, ARC-Easy; lm-eval-harness scoring) of a megadoc run, a
+Hugging Face Llama directory, or an ensemble of runs (their logits averaged)
+(megadoc.analysis.benchmarks)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from megadoc import fs
+from megadoc.analysis import benchmarks, ensemble
+
+DTYPES = ("float32", "bfloat16")
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchmarksConfig:
+    """The model (or ensemble), the task files, and how they are scored."""
+    model: str | None = None
+    """a megadoc training run (its newest checkpoint) or a Hugging Face Llama directory"""
+    workdirs: tuple[str, ...] = ()
+    """training run(s) whose newest checkpoints are scored; several = an ensemble"""
+    dtype: str = "float32"
+    """compute dtype of the scoring forward pass (lm-eval scores in float32)"""
+    step: int | None = None
+    """checkpoint step of a single run (default: the newest)"""
+    average: str = "logits"
+    """how ensemble members are combined: logits | probs"""
+    tokenizer: str | None = None
+    """the model's tokenizer (.model, tokenizer.json or a dir); default for a Hugging Face
+    --model: its directory"""
+    piqa: str | None = None
+    """PIQA JSONL {goal, sol1, sol2, label}"""
+    sciq: str | None = None
+    """SciQ JSONL {question, distractor1-3, correct_answer, support}"""
+    arc_easy: str | None = None
+    """ARC-Easy JSONL (nested or flat Hugging Face layout)"""
+    batch_size: int = 16
+    """sequences per forward pass"""
+    output: str | None = None
+    """JSON results path (default for one run: <workdir>/benchmarks.json)"""
+
+    def __post_init__(self):
+        if bool(self.model) == bool(self.workdirs):
+            raise ValueError("pass --model (a run or a Hugging Face directory) or --workdirs")
+        if len(self.workdirs) > 1 and (self.step is not None or not self.output):
+            raise ValueError("an ensemble (several --workdirs) takes --output and no --step")
+        if not self.tasks():
+            raise ValueError(f"pass at least one of --{', --'.join(benchmarks.READERS)}")
+
+    def tasks(self) -> dict[str, str]:
+        return {task: getattr(self, task) for task in benchmarks.READERS if getattr(self, task)}
+
+
+def is_hf_dir(path: str) -> bool:
+    return any(n.endswith(".safetensors") or n.endswith(".safetensors.index.json")
+               for n in fs.listdir(path))
+
+
+def run(cfg: BenchmarksConfig) -> dict:
+    """{task: {"acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "n"}, "average": ...}, also
+    written to the output path."""
+    from megadoc.data import tokenizer as tokenizer_lib
+    from megadoc.models import hf, sharding
+    from megadoc.train import checkpoint
+
+    hf_model = bool(cfg.model) and is_hf_dir(cfg.model)
+    tokenizer_path = cfg.tokenizer or (cfg.model if hf_model else None)
+    if not tokenizer_path:
+        raise ValueError("--tokenizer is required for a megadoc run")
+    if hf_model and (cfg.step is not None or not cfg.output):
+        raise ValueError("a Hugging Face --model takes --output and no --step")
+    workdirs = [cfg.model] if cfg.model else list(cfg.workdirs)
+    tokenizer = tokenizer_lib.load(tokenizer_path)
+    if not hf_model:
+        for workdir in workdirs:
+            checkpoint.check_tokenizer(workdir, tokenizer)
+    average = None
+    if hf_model:
+        config, params = hf.load(cfg.model)
+    elif len(workdirs) == 1:
+        config, params = checkpoint.load_params(workdirs[0], cfg.step)
+    else:
+        config, params = ensemble.load_members(workdirs)
+        average = cfg.average
+    config = dataclasses.replace(config, dtype=cfg.dtype)
+    if tokenizer.vocab_size > config.vocab_size:
+        raise ValueError(f"{tokenizer_path}: vocab {tokenizer.vocab_size} exceeds the model's "
+                         f"{config.vocab_size}")
+    loglikelihood = benchmarks.model_loglikelihood(config, params, tokenizer,
+                                                   batch_size=cfg.batch_size,
+                                                   mesh=sharding.make_mesh(),
+                                                   ensemble_average=average)
+    results = benchmarks.evaluate(cfg.tasks(), loglikelihood)
+    results.update(model=cfg.model, workdirs=workdirs, step=cfg.step, dtype=cfg.dtype)
+    fs.write_text(cfg.output or fs.join(workdirs[0], "benchmarks.json"),
+                  json.dumps(results, indent=1) + "\n")
+    return results
