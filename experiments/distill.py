@@ -56,6 +56,7 @@ def build_config(f=FLAGS) -> distill.DistillConfig:
 def main(argv):
     del argv
     from megadoc.analysis import ensemble
+    from megadoc.data import store as store_lib
 
     train.initialize_distributed(FLAGS)
     cfg = build_config()
@@ -63,6 +64,7 @@ def main(argv):
         summary = distill.train_on_texts(cfg, FLAGS.texts)
     else:
         teacher_config, teacher = ensemble.load_members(list(cfg.teacher))
+        ensemble.check_store(cfg.teacher, store_lib.open(cfg.data.real))  # by fingerprint
         summary = distill.distill(cfg, teacher_config, teacher)
     if summary["status"] == "preempted":
         raise runs.Preempted(cfg.workdir, summary["step"])

@@ -105,8 +105,9 @@ def main(argv):
         from megadoc.data import tokenizer
 
         cfg = build_unconditional_config()
-        model_config, stacked = ensemble.load_members(cfg.generator.split(","))
-        unconditional.run(cfg, model_config, stacked, tokenizer.load(FLAGS.tokenizer))
+        tok = tokenizer.load(FLAGS.tokenizer)  # the members' ids must be this tokenizer's
+        model_config, stacked = ensemble.load_members(cfg.generator.split(","), tok)
+        unconditional.run(cfg, model_config, stacked, tok)
         return
     for cfg in build_configs():
         job.run(cfg)

@@ -10,8 +10,10 @@ flags of the same names, can share a process, as the tests do), parsed by `parse
 answers --help with the generated flags and exit 0; `build` turns them into the config. Every
 command runs through `run`: absl's `app.run`, with the errors a user can fix (bad input, a
 missing, unreadable or unwritable path, a full disk) reported as one line `error: ...` and exit
-code 2 instead of a traceback; an exception carrying an `exit_code` (a preempted run: 143)
-ends with that code; other exceptions keep their traceback (bugs).
+code 2 instead of a traceback; so are usage errors (`app.UsageError`: a missing or
+contradictory flag), flags that do not parse, and a run that diverged (`FloatingPointError`:
+its hyper-parameters are the user's to change). An exception carrying an `exit_code` (a
+preempted run: 143) ends with that code; other exceptions keep their traceback (bugs).
 """
 from __future__ import annotations
 
@@ -26,7 +28,8 @@ import typing
 
 from absl import app, flags
 
-USER_ERRORS = (ValueError, OSError)  # FileNotFoundError, PermissionError, StorageError: OSErrors
+# FileNotFoundError, PermissionError, StorageError are OSErrors; UnicodeDecodeError a ValueError.
+USER_ERRORS = (ValueError, OSError, FloatingPointError, app.UsageError)
 EXIT_USER_ERROR = 2
 
 
@@ -132,13 +135,18 @@ def field_values(cls, flag_values: flags.FlagValues = flags.FLAGS) -> dict:
         if _is_named_paths(hint):
             value = tuple(parse_named(value, flag).items())
         elif typing.get_origin(hint) is tuple:
-            item = typing.get_args(hint)[0]
-            try:
-                value = tuple(item(x) for x in value)
-            except ValueError as e:
-                raise app.UsageError(f"--{flag}={','.join(value)}: {e}") from e
+            value = parse_list(value, typing.get_args(hint)[0], flag)
         out[field.name] = value
     return out
+
+
+def parse_list(items, item_type, flag: str) -> tuple:
+    """The items of a comma-separated --flag as `item_type`s, or a UsageError naming the flag."""
+    try:
+        return tuple(item_type(x) for x in items)
+    except ValueError as e:
+        raise app.UsageError(f"--{flag}={','.join(items)}: expected comma-separated "
+                             f"{item_type.__name__} values ({e})") from e
 
 
 def build(cls, flag_values: flags.FlagValues, **given):
@@ -182,12 +190,16 @@ def flat_names(cls) -> set[str]:
 
 
 def parse_named(items, flag: str) -> dict[str, str]:
-    """{NAME: PATH} from repeated --flag=NAME=PATH values."""
+    """{NAME: PATH} from repeated --flag=NAME=PATH values; a NAME given twice is refused (one of
+    the two would be dropped)."""
     out = {}
     for item in items:
         name, sep, path = item.partition("=")
         if not sep or not name or not path:
             raise app.UsageError(f"--{flag}={item!r}: expected NAME=PATH")
+        if name in out:
+            raise app.UsageError(f"--{flag}={item}: the name {name!r} is already given to "
+                                 f"{out[name]}; give each set its own name")
         out[name] = path
     return out
 
@@ -199,28 +211,33 @@ def parser(flag_values: flags.FlagValues):
     def parse(argv):
         if any(a in ("-h", "--help", "-help", "--helpfull") for a in argv[1:]):
             print(sys.modules["__main__"].__doc__ or "")
-            print(flag_values.get_help())
+            print(flag_values.main_module_help() if flag_values is flags.FLAGS
+                  else flag_values.get_help())
             sys.exit(0)
         try:
             rest = flag_values(argv)
         except flags.Error as e:
-            sys.exit(f"{e}\nSee --help.")
+            _exit_user_error(f"{e} (see --help)")
         flags.FLAGS.mark_as_parsed()
         return rest
     return parse
+
+
+def _exit_user_error(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(EXIT_USER_ERROR)
 
 
 def plain_errors(main):
     """`main` with no positional arguments (no experiment takes any) and user errors as one line."""
     @functools.wraps(main)
     def wrapped(argv):
-        if len(argv) > 1:
-            raise app.UsageError(f"unexpected arguments: {argv[1:]}")
         try:
+            if len(argv) > 1:
+                raise app.UsageError(f"unexpected arguments: {argv[1:]}")
             return main(argv)
         except USER_ERRORS as e:
-            print(f"error: {e}", file=sys.stderr, flush=True)
-            sys.exit(EXIT_USER_ERROR)
+            _exit_user_error(str(e))
         except Exception as e:  # a typed stop that names its exit code (a preempted run: 143)
             if not isinstance(getattr(e, "exit_code", None), int):
                 raise
@@ -230,11 +247,9 @@ def plain_errors(main):
 
 
 def run(main, flags_parser=None) -> None:
-    """`app.run(main)` (with `flags_parser` when the module keeps its own flag namespace)."""
-    if flags_parser is None:
-        app.run(plain_errors(main))
-    else:
-        app.run(plain_errors(main), flags_parser=flags_parser)
+    """`app.run(main)`, parsing the global flags (or, with `flags_parser`, the module's own
+    namespace); a flag that does not parse is one line and exit 2 either way."""
+    app.run(plain_errors(main), flags_parser=flags_parser or parser(flags.FLAGS))
 
 
 def run_flags(job, flag_values) -> None:

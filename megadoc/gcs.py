@@ -241,8 +241,7 @@ def append_bytes(path: str, data: bytes) -> None:
 
 def create_exclusive(path: str, data: bytes) -> bool:
     """Uploads the object only if none exists (a precondition GCS checks atomically); False when
-    one already does. The existence check first spares an upload in the common case (and
-    keeps servers that ignore preconditions, such as the test emulator, right when unraced)."""
+    one already does. The existence check first spares an upload in the common case."""
     if is_object(path):
         return False
     try:

@@ -55,9 +55,12 @@ ENV_KEYS = ("STORAGE_EMULATOR_HOST", "TENSORSTORE_GCS_HTTP_URL", "GOOGLE_AUTH_TO
 #   GCS publishes an object whole), so a stopped server never serves a torn object;
 # - its HTTPServer serves one request at a time with a listen backlog of 5, so a burst of
 #   parallel connections (tensorstore, orbax) has SYNs dropped and waits out TCP's 1 s
-#   retransmit; a deeper backlog keeps the burst queued instead.
+#   retransmit; a deeper backlog keeps the burst queued instead;
 # - a compose honours ifGenerationMatch on its destination (gcs.append_bytes relies on it to
-#   never append twice).
+#   never append twice);
+# - real GCS refuses an upload whose `ifGenerationMatch` precondition fails (412; 0: "no object
+#   yet"), which exclusive creation and the workdir lock's takeover rely on; the emulator
+#   ignored it. It serves one request at a time, so the check and the write are atomic.
 _SERVE = """
 import http.server, json, os, sys
 from gcp_storage_emulator.handlers import objects
@@ -103,6 +106,28 @@ def compose(request, response, storage, *args, **kwargs):
     _compose(request, response, storage, *args, **kwargs)
 
 objects.compose = compose
+
+_insert = objects.insert
+from http import HTTPStatus
+
+def insert(request, response, storage, *args, **kwargs):
+    want = (request.query.get("ifGenerationMatch") or [None])[0]
+    if want is not None:
+        name = (request.query.get("name") or [None])[0]
+        if name is None and isinstance(request.data, dict):
+            name = (request.data.get("meta") or {}).get("name")
+        try:
+            have = storage.get_file_obj(request.params["bucket_name"], name)["generation"]
+        except Exception:  # NotFound: no object, generation 0
+            have = "0"
+        if str(have) != str(want):
+            response.status = HTTPStatus.PRECONDITION_FAILED
+            response.json({"error": {"code": 412, "message": "conditionNotMet", "errors": [
+                {"reason": "conditionNotMet", "message": "Precondition Failed"}]}})
+            return
+    return _insert(request, response, storage, *args, **kwargs)
+
+objects.insert = insert
 
 from gcp_storage_emulator import server
 

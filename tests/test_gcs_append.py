@@ -46,12 +46,12 @@ def test_uploaded_bytes_grow_linearly_over_metric_flushes(proxy, gcs_server, flu
 
 def test_an_append_whose_compose_answer_was_lost_is_not_doubled(proxy, gcs_server):
     path = fs.join(gcs_server.fresh_path(), "log.jsonl")
-    fs.append_text(path, "one\n")
+    fs.append_bytes(path, b"one\n")
     # metadata read, part upload, then the compose happens but its answer is lost: the retry
     # finds the object already appended to.
     proxy.inject(None, None, "lost")
-    fs.append_text(path, "two\n")
+    fs.append_bytes(path, b"two\n")
     assert proxy.pending() == 0
     assert fs.read_text(path) == "one\ntwo\n"
-    fs.append_text(path, "three\n")
+    fs.append_bytes(path, b"three\n")
     assert fs.read_text(path) == "one\ntwo\nthree\n"

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import json
 
 import jax
 import jax.numpy as jnp
@@ -94,19 +96,38 @@ def texts_store_path(workdir: str) -> str:
 
 def texts_store(texts: str, workdir: str, real: str, seed: int) -> str:
     """The generation records at `texts` as a window store under <workdir>/texts: each record one
-    stream document, tokenized as the real store was."""
+    stream document, tokenized as the real store was. The texts are part of the run's identity:
+    a workdir started on other texts (by content, wherever they live) is refused, since its
+    student has trained on those."""
     bad = docs.BadRecords()
     documents = fs.join(workdir, "texts", "docs.jsonl")
-    if not fs.exists(documents):
-        docs.write_jsonl(documents, ({"id": f"{g['doc_id']}/{g['method']}/{g['sample']}",
-                                      "text": g["text"]}
-                                     for g in docs.read_generations(texts, bad) if g["text"]))
+    rows = [{"id": f"{g['doc_id']}/{g['method']}/{g['sample']}", "text": g["text"]}
+            for g in docs.read_generations(texts, bad) if g["text"]]
+    source = fs.join(workdir, "texts", "source.json")
+    if fs.exists(documents):
+        if _digest(docs.read_docs(documents)) != _digest(rows):
+            was = (json.loads(fs.read_text(source))["texts"] if fs.exists(source)
+                   else "other texts")
+            raise ValueError(f"--texts={texts}: {workdir} was started on other texts ({was}) "
+                             f"and its student has trained on them; use a new --workdir for "
+                             f"these texts, or --texts={was} to continue that run")
+    else:
+        fs.write_text(source, json.dumps({"texts": texts, "records": len(rows)}) + "\n")
+        docs.write_jsonl(documents, rows)
     real_store = store_lib.open(real)
     output = texts_store_path(workdir)
     prepare.prepare(prepare.PrepareConfig(
-        docs=documents, recipe="real", tokenizer=real_store.metadata["tokenizer_path"],
+        docs=documents, recipe="real", tokenizer=store_lib.recorded_tokenizer_path(real_store),
         seq_len=real_store.seq_len, seed=seed, output=output))
     return output
+
+
+def _digest(records) -> str:
+    """sha256 over the (id, text) of documents, in order."""
+    h = hashlib.sha256()
+    for r in records:
+        h.update(json.dumps([r["id"], r["text"]]).encode("utf-8") + b"\n")
+    return h.hexdigest()
 
 
 def train_on_texts(cfg: config_lib.TrainConfig, texts: str) -> dict:

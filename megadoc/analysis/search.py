@@ -105,15 +105,11 @@ class SearchResult:
 
 
 def load_results(path: str) -> list[tuple[Point, float]]:
-    """Finished runs from a results file; a non-finite loss (diverged run) is stored as null."""
-    if not fs.exists(path):
-        return []
+    """Finished runs from a results file; a non-finite loss (diverged run) is stored as null.
+    A torn last line (a search killed while recording a run) is cut off: that run is redone."""
     out = []
-    for lineno, line in enumerate(fs.read_text(path).splitlines(), 1):
-        if not line.strip():
-            continue
+    for lineno, row in fs.read_jsonl_log(path):
         try:
-            row = json.loads(line)
             point, loss = dict(row["point"]), row["loss"]
         except (ValueError, KeyError, TypeError) as e:
             raise ValueError(
@@ -154,7 +150,7 @@ def search(
         loss = float(run(point))
         row = {"point": point, "loss": loss if math.isfinite(loss) else None, "time": time.time()}
         with lock:
-            fs.append_text(results_path, json.dumps(row) + "\n")
+            fs.append_jsonl(results_path, [row])
             losses[index] = loss if math.isfinite(loss) else math.inf
             order.append(index)
             print(f"[search]   {point}: loss {loss:.5f} ({len(order)} runs)", flush=True)

@@ -165,9 +165,9 @@ def _generation_problem(record: dict) -> str | None:
         return "'doc_id' must be a string"
     if record.get("method") not in methods_lib.METHODS:
         return f"'method' must be one of {tuple(methods_lib.METHODS)}, got {record.get('method')!r}"
-    if not isinstance(record.get("sample"), int):
+    if type(record.get("sample")) is not int:  # bool is an int to isinstance
         return "'sample' must be an int"
-    if methods_lib.METHODS[record["method"]].offsets and not isinstance(record.get("offset"), int):
+    if methods_lib.METHODS[record["method"]].offsets and type(record.get("offset")) is not int:
         return f"a {record['method']} record needs an int 'offset'"
     return None
 

@@ -113,6 +113,14 @@ class PrepareConfig:
         return out
 
 
+def content_id(settings: dict) -> str:
+    """What the store holds, as a hash of what determines it (inputs with their versions, recipe,
+    tokenizer, seed, layout; not where it is written): a run's identity names its stores by
+    this, not by their sizes, which another corpus can share."""
+    what = {k: v for k, v in settings.items() if k != "output"}
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode("utf-8")).hexdigest()[:16]
+
+
 def differing_settings(old: dict, new: dict) -> list[str]:
     """Settings that differ, each as "name: old -> new"; the --output's own location and the
     spelling of a local path (`./x` is `x`) do not count."""
@@ -216,8 +224,10 @@ def _spill(config: PrepareConfig, spill: str, bad: docs_lib.BadRecords):
     docs.close()
     gens = _Buckets(spill, "generations", config.buckets)
     if config.generations:
+        highest = -1
         for order, g in enumerate(docs_lib.read_generations(config.generations, bad)):
             counts["generations_read"] += 1
+            highest = max(highest, g["sample"])
             if config.max_generations is not None and g["sample"] >= config.max_generations:
                 counts["generations_beyond_max"] += 1  # a prefix of a larger run, by design
                 continue
@@ -230,8 +240,22 @@ def _spill(config: PrepareConfig, spill: str, bad: docs_lib.BadRecords):
                 bad.add("think_tag_in_generation", g["where"], f"doc {g['doc_id']!r}")
                 continue
             gens.write(shuffle_key(config.seed, g["doc_id"]), dict(g, order=order))
+        if config.max_generations is not None:
+            check_samples(config.generations, config.max_generations, highest)
     gens.close()
     return counts, docs, gens
+
+
+def check_samples(generations: str, n: int, highest: int | None = None) -> None:
+    """Refuse a store of N = `n` generations per document from records whose samples stop
+    before N-1 (`highest`: their largest sample index, read when None): it would hold fewer
+    and be reported as N."""
+    if highest is None:
+        highest = max((g["sample"] for g in docs_lib.read_generations(generations)), default=-1)
+    if highest + 1 < n:
+        raise ValueError(f"--max_generations={n}: {generations} holds samples 0..{highest} "
+                         f"({highest + 1} per document at most), so a store of N={n} would hold "
+                         f"{highest + 1}; synthesize at least {n} samples per document first")
 
 
 def _spill_stream_documents(config, spill: str, doc_buckets, gen_buckets, bad, counts) -> _Buckets:
@@ -358,8 +382,10 @@ def _write(config, tokenizer, stream_buckets, bad, counts) -> dict:
     if writer.num_windows == 0:
         raise ValueError(f"{config.docs}: {windower.num_tokens} tokens in all, fewer than "
                          f"seq_len+1={config.seq_len + 1}: no window can be made")
+    settings = config.settings()
     metadata = {
-        "settings": config.settings(),
+        "settings": settings,
+        "content_id": content_id(settings),
         "recipe": config.recipe,
         "max_generations": config.max_generations,
         "seed": config.seed,

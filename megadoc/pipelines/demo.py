@@ -216,8 +216,7 @@ def untrained_loss(workdir: str, scale: Scale, seed: int) -> float:
 
 def _eval_curve(run_dir: str) -> tuple[list[int], list[float]]:
     steps, losses = [], []
-    for line in fs.read_text(fs.join(run_dir, "metrics.jsonl")).splitlines():
-        row = json.loads(line)
+    for _, row in fs.read_jsonl_log(fs.join(run_dir, "metrics.jsonl")):
         if "eval/iid/loss" in row:
             steps.append(row["step"])
             losses.append(row["eval/iid/loss"])

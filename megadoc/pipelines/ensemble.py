@@ -112,6 +112,7 @@ def evaluate(cfg: EnsembleConfig) -> EnsembleResult:
     val = {}
     for name, path in cfg.val:
         store = store_lib.open(path)
+        ensemble.check_store(workdirs, store)  # the members' tokenizer, by fingerprint
         losses = []
         for n in counts:
             first_n = jax.tree.map(lambda x: x[:n], stacked)

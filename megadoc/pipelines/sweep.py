@@ -15,6 +15,7 @@ import json
 
 from megadoc import fs
 from megadoc.analysis import plots, search, sweep
+from megadoc.data import prepare
 from megadoc.data import store as store_lib
 from megadoc.pipelines import runs
 from megadoc.pipelines import search as search_pipeline
@@ -128,6 +129,7 @@ def _search(cfg: SweepConfig, name: str, grid_name: str, start: dict, real: str,
 def run(cfg: SweepConfig) -> SweepResult:
     """Prepare, search every count, and write the table and figure."""
     real_grid, synthetic_grid = GRIDS[cfg.grid]
+    prepare.check_samples(cfg.generations, max(cfg.counts, default=0))  # every count, up front
     real = _prepare(cfg, "real")
     preset = config.preset(cfg.preset)
     if cfg.preset in published.REAL_ONLY:  # the published optimum is the first guess

@@ -269,14 +269,21 @@ def run(cfg: JobConfig) -> dict:
     process_count = jax.process_count() if cfg.num_processes is None else cfg.num_processes
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_id {process_index} outside [0, {process_count})")
-    fs.check_writable(cfg.output)  # a missing or read-only bucket fails before any work
     method = cfg.method
     template = prompts.load_template(cfg.template or prompts.builtin_template(method), method)
     bad = docs_lib.BadRecords()
     inputs = (knowledge.read_questions(cfg.questions) if cfg.questions else
               knowledge.read_entities(cfg.entities) if cfg.entities else {})
-    doc_samples = [cfg.samples(doc, inputs) for doc in docs_lib.read_docs(cfg.docs, bad)]
+    doc_samples, without_inputs = [], 0
+    for doc in docs_lib.read_docs(cfg.docs, bad):
+        doc_samples.append(cfg.samples(doc, inputs))
+        without_inputs += doc["id"] not in inputs
     num_docs = len(doc_samples)
+    if cfg.questions or cfg.entities:
+        knowledge.check_inputs(cfg.questions or cfg.entities, "questions" if cfg.questions
+                               else "entities", num_docs, without_inputs)
+    # Validated: only now is anything written (a refused job leaves no --output behind).
+    fs.check_writable(cfg.output)  # a missing or read-only bucket fails before the model loads
     num_shards = math.ceil(num_docs / cfg.shard_size)
     mesh = sharding.make_mesh(tensor=cfg.tensor_parallel, devices=jax.local_devices())
     gen = generator_lib.load(cfg.generator, mesh)
@@ -442,4 +449,4 @@ class _Progress:
         eta_text = f"ETA <= {eta / 60:.1f} min" if rate else "ETA - (prefilling)"
         print(f"[synth] docs {self.docs_done}/{self.docs_total}  {tokens:,} tokens  "
               f"{rate:.1f} generated tok/s  {eta_text}", flush=True)
-        fs.append_text(self.path, json.dumps(line) + "\n")
+        fs.append_jsonl(self.path, [line])

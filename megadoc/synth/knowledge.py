@@ -65,6 +65,20 @@ def _read_field(path: str, field: str) -> dict[str, list]:
     return {d: [v for _, v in sorted(vs, key=lambda x: x[0])] for d, vs in found.items()}
 
 
+def check_inputs(path: str, kind: str, num_docs: int, without: int) -> None:
+    """Refuse --questions / --entities that give none of the documents any (wrong records, or
+    another corpus); say how many documents go without (each gets a record saying so)."""
+    field, stage, reason = (("question", "qa", NO_QUESTIONS) if kind == "questions" else
+                            ("entities", "entigraph_entities", NO_ENTITIES))
+    if num_docs and without == num_docs:
+        raise ValueError(f"--{kind}={path}: no {kind} for any of the {num_docs} documents (no "
+                         f"record with a non-empty {field!r} for their doc_id); expected the "
+                         f"{stage} output of these documents")
+    if without:
+        print(f"[synth] {without} of {num_docs} documents have no {kind} in {path}; each gets "
+              f"records with finish_reason {reason}", flush=True)
+
+
 def read_questions(path: str) -> dict[str, list[str]]:
     """doc_id -> its questions (qa output, or any records with a `question`)."""
     return _read_field(path, "question")

@@ -30,8 +30,10 @@ from megadoc.train import state as state_lib
 from megadoc.train import step as step_lib
 from megadoc.train import workdir_lock
 
+# content_id: what the store holds (data.prepare); the sizes alone would let a store of another
+# corpus with the same counts pass as this run's.
 STORE_IDENTITY = ("tokenizer_fingerprint", "vocab_size", "seq_len", "num_windows", "num_tokens",
-                  "recipe")
+                  "recipe", "content_id")
 
 
 def open_stores(cfg: config_lib.TrainConfig) -> dict:
@@ -47,6 +49,8 @@ def open_stores(cfg: config_lib.TrainConfig) -> dict:
                 f"{s.path}: tokenized with {s.metadata.get('tokenizer_fingerprint')} "
                 f"({s.metadata.get('tokenizer_path')}), but {real.path} with {fingerprint} "
                 f"({real.metadata.get('tokenizer_path')}); prepare every store with one tokenizer")
+    if cfg.init:  # the pre-trained model's ids must mean what the stores' ids mean
+        pretrained.check_store(cfg.init, real)
     vocab = real.metadata.get("vocab_size", 0)
     if vocab > cfg.model.vocab_size:
         raise ValueError(f"{real.path}: tokenizer vocab {vocab} exceeds the model's "

@@ -65,11 +65,7 @@ def tokenizer_path(path: str) -> str:
         return path
     where = fs.join(path, "config.json")
     real = json.loads(fs.read_text(where))["data"]["real"]
-    found = store_lib.open(real).metadata.get("tokenizer_path")
-    if not found:
-        raise ValueError(f"{where}: its real store {real} records no tokenizer_path; pass "
-                         f"--tokenizer")
-    return found
+    return store_lib.recorded_tokenizer_path(store_lib.open(real))
 
 
 def load_tokenizer(path: str, override: str | None = None) -> tokenizer_lib.Tokenizer:
@@ -84,3 +80,21 @@ def check_tokenizer(path: str, tokenizer) -> None:
     """For a workdir, refuse a tokenizer other than its training data's (checkpoint.py)."""
     if kind(path) == "workdir":
         checkpoint.check_tokenizer(path, tokenizer)
+
+
+def tokenizer_fingerprint(path: str) -> str | None:
+    """The fingerprint of the model's tokenizer (a workdir's: its training data's; None for a
+    run that recorded none)."""
+    if kind(path) == "workdir":
+        return checkpoint.tokenizer_fingerprint(path)
+    return load_tokenizer(path).fingerprint
+
+
+def check_store(path: str, store: store_lib.WindowStore) -> None:
+    """Refuse to put the model at `path` on a store tokenized by another tokenizer than the
+    model's: the fingerprint the benchmarks check, not the vocabulary size (two tokenizers of
+    one size give the same ids other meanings). A workdir's tokenizer is the one its training
+    data was prepared with (from its run record; a run that recorded none is not checked)."""
+    fingerprint = tokenizer_fingerprint(path)
+    if fingerprint is not None:
+        store_lib.check_fingerprint(store, fingerprint, f"the model {path}")
