@@ -157,7 +157,7 @@ def train_point(cfg: SweepConfig, root: str, real: str,
                                    epochs=point["epochs"], seed=cfg.seed,
                                    global_batch=preset.global_batch),
             optimizer=config.OptimizerConfig(lr=point["lr"], weight_decay=point["weight_decay"]),
-            workdir=workdir, microbatches=preset.microbatches, mesh=cfg.mesh, val=cfg.val)
+            workdir=workdir, rows_per_device=preset.rows_per_device, mesh=cfg.mesh, val=cfg.val)
         try:
             summary = loop.train(train_cfg)
         except FloatingPointError as e:

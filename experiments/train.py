@@ -29,12 +29,13 @@ FLAGS = flags.FLAGS
 
 def define_flags(flag_values: flags.FlagValues) -> None:
     """Every field of a TrainConfig as a flag (megadoc.cli's convention); lr, weight_decay,
-    global_batch, microbatches and remat default to the preset's."""
+    global_batch, rows_per_device and remat default to the preset's (the microbatches follow
+    from rows_per_device and the mesh)."""
     flags.DEFINE_string("preset", "tiny", f"training preset: {' | '.join(config.PRESETS)} "
                         "(cpt when --init is given)", flag_values=flag_values)
     preset = "the preset's"
     cli.define_fields(config.TrainConfig, flag_values, skip=("model", "data", "optimizer"),
-                      filled={"microbatches": preset})
+                      filled={"rows_per_device": preset})
     cli.define_fields(config.DataConfig, flag_values, filled={"global_batch": preset})
     cli.define_fields(config.OptimizerConfig, flag_values,
                       only=("lr", "weight_decay", "warmup_frac"), aliases={"warmup_frac": "warmup"},
@@ -79,7 +80,7 @@ def build_config(f=FLAGS, config_class=config.TrainConfig):
     optimizer = {"lr": p.lr, "weight_decay": p.weight_decay,
                  "warmup_frac": p.warmup_frac} | cli.field_values(
         config.OptimizerConfig, f)
-    run = {"microbatches": p.microbatches} | cli.field_values(config_class, f)
+    run = {"rows_per_device": p.rows_per_device} | cli.field_values(config_class, f)
     return config_class(model=model, data=config.DataConfig(**data),
                         optimizer=config.OptimizerConfig(**optimizer), **run)
 

@@ -20,6 +20,7 @@ from jax.sharding import NamedSharding
 
 from megadoc.models import attention
 from megadoc.models import matmul
+from megadoc.models import platform
 from megadoc.models import sharding
 
 REMAT_POLICIES = ("none", "full", "dots")
@@ -190,7 +191,7 @@ def cache_dtype(config: LlamaConfig):
     layer of every decode step (at the SmolLM2-135M shape, batch 8, 384 cached positions: ~40%
     of a step). Keys and values are written already rounded to the compute dtype, and attention
     rounds its probabilities to it too, so fp32 storage changes no result, only the bytes."""
-    return jnp.dtype(jnp.float32) if jax.default_backend() == "cpu" else config.compute_dtype
+    return jnp.dtype(jnp.float32) if platform.name() == "cpu" else config.compute_dtype
 
 
 def init_cache(config: LlamaConfig, batch_size: int, max_len: int) -> dict:
@@ -306,7 +307,7 @@ def _unroll_layers() -> bool:
     layer's weight slice and stacks every layer's residuals (the attention probabilities
     among them) through dynamic slices; unrolled, the demo's students train ~20% faster. TPU
     and GPU keep the rolled scan, whose compile time does not grow with depth."""
-    return jax.default_backend() == "cpu"
+    return platform.name() == "cpu"
 
 
 def hidden_states(config: LlamaConfig, params: dict, tokens: jax.Array, segment_ids=None, *,

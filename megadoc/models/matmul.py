@@ -16,11 +16,13 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from megadoc.models import platform
+
 
 def dot_dtype(dtype):
     """The dtype a dot of `dtype`-rounded operands reads: fp32 for bf16 on XLA:CPU."""
     dtype = jnp.dtype(dtype)
-    if dtype == jnp.bfloat16 and jax.default_backend() == "cpu":
+    if dtype == jnp.bfloat16 and platform.name() == "cpu":
         return jnp.dtype(jnp.float32)
     return dtype
 
