@@ -17,6 +17,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+
+# A plan only compiles: it never claims the TPU of the host it runs on (a training job may).
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 from absl import app, flags
 

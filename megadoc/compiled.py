@@ -75,7 +75,14 @@ def parse_slice(name: str) -> Slice:
 
 
 def slice_devices(slice_: Slice) -> list:
-    """The slice's devices, described by libtpu (no TPU needed)."""
+    """The slice's devices, described by libtpu (no TPU needed). A process that runs on no TPU
+    itself lets other processes load libtpu too (its lock guards chips this one never uses),
+    so plans and tests can run side by side, and beside a training job."""
+    import os
+
+    import jax
+    if jax.default_backend() != "tpu":
+        os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     try:
         from jax.experimental import topologies
         kw = {"chip_config_name": "megacore"} if slice_.chip.kind == "v4" else {}
