@@ -15,7 +15,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
+
+import jax
+from jax.extend import core
 
 GiB = 1024**3
 
@@ -78,9 +82,6 @@ def slice_devices(slice_: Slice) -> list:
     """The slice's devices, described by libtpu (no TPU needed). A process that runs on no TPU
     itself lets other processes load libtpu too (its lock guards chips this one never uses),
     so plans and tests can run side by side, and beside a training job."""
-    import os
-
-    import jax
     if jax.default_backend() != "tpu":
         os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     try:
@@ -119,7 +120,6 @@ def memory_of(executable) -> Memory:
 def shard_bytes(abstract_tree) -> int:
     """Bytes one device holds of a tree of ShapeDtypeStructs with shardings (the most any
     device holds, leaf by leaf)."""
-    import jax
     return sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize
                for x in jax.tree.leaves(abstract_tree))
 
@@ -183,7 +183,6 @@ def _mesh_size(mesh) -> int:
 
 
 def _sub_jaxprs(params: dict):
-    from jax.extend import core
     for value in params.values():
         for v in value if isinstance(value, (tuple, list)) else (value,):
             if isinstance(v, core.ClosedJaxpr):
@@ -277,8 +276,6 @@ def plan_report(traced, mesh, chip: Chip | None, inputs: dict, tokens: int, effi
     `kernel_flops` is added for the attention kernels whose FLOPs the trace cannot see;
     `bytes_read` per device per call bounds the time from below by the HBM bandwidth (a decode
     step reads every weight and the cache)."""
-    import jax
-
     devices = mesh.devices.size
     counted = program_flops(traced.jaxpr)
     flops = counted.total + (kernel_flops if counted.kernels_uncounted else 0.0)

@@ -124,8 +124,8 @@ def _check(config: Any, **rules: tuple) -> None:
 
 
 # Fields that may change between a run and its resume without changing what is trained.
-RESUMABLE_FIELDS = ("workdir", "mesh", "microbatches", "rows_per_device", "val", "eval_every", "eval_batch_size",
-                    "checkpoint_every_steps", "checkpoint_every_minutes", "keep_checkpoints",
+RESUMABLE_FIELDS = ("workdir", "mesh", "microbatches", "rows_per_device", "val", "eval_every",
+                    "eval_batch_size", "checkpoint_every_steps", "checkpoint_every_minutes", "keep_checkpoints",
                     "log_every", "peak_flops", "data.real", "data.synthetic", "model.remat",
                     "model.attention")
 

@@ -58,9 +58,9 @@ def train_plan(model_config: llama.LlamaConfig, layout: Layout, devices, global_
     model = dataclasses.replace(model_config, remat=layout.remat, max_seq_len=seq_len)
     optimizer = optimizer_lib.make(_OPTIMIZER, 1000)
     with platform.target(devices[0].platform):
-        step = step_lib.make_train_step(model, optimizer, optimizer_lib.lr_schedule(_OPTIMIZER, 1000),
-                                        state_lib.shardings(model, optimizer, mesh), mesh,
-                                        layout.microbatches)
+        step = step_lib.make_train_step(
+            model, optimizer, optimizer_lib.lr_schedule(_OPTIMIZER, 1000),
+            state_lib.shardings(model, optimizer, mesh), mesh, layout.microbatches)
         state = state_lib.abstract(model, optimizer, mesh)
         batch = abstract_batch(global_batch, seq_len, mesh)
         traced = step.trace(state, batch, _scalar(mesh))

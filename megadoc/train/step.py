@@ -125,7 +125,7 @@ def make_train_step(model_config, optimizer, schedule, state_shardings, mesh, mi
                                    {"tokens": batch_sh, "segment_ids": batch_sh}, replicated),
                      out_shardings=(state_shardings, replicated))
 
-    return _with_lower(jitted, mesh, lambda state, batch, step: (state, frozen, batch,
+    return _under_mesh(jitted, mesh, lambda state, batch, step: (state, frozen, batch,
                                                                  _step_index(step)))
 
 
@@ -144,7 +144,7 @@ def make_eval_step(token_losses_fn, param_shardings, mesh):
         param_shardings, {"tokens": batch_sh, "segment_ids": batch_sh},
         NamedSharding(mesh, P(batch_sh.spec[0]))))
 
-    return _with_lower(jitted, mesh, lambda *args: args)
+    return _under_mesh(jitted, mesh, lambda *args: args)
 
 
 def make_row_scorer(score_fn, param_shardings, mesh):
@@ -152,20 +152,16 @@ def make_row_scorer(score_fn, param_shardings, mesh):
     tuple of [B, ...] arrays) are split as the batch is; the result is whole on every process."""
     jitted = jax.jit(score_fn, in_shardings=(param_shardings, sharding.batch_sharding(mesh)),
                      out_shardings=NamedSharding(mesh, P()))
-
-    def run(params, rows):
-        with jax.set_mesh(mesh):
-            return jitted(params, rows)
-
-    return run
+    return _under_mesh(jitted, mesh, lambda *args: args)
 
 
-def _with_lower(jitted, mesh, arguments):
-    """`run(*args)`: `jitted` under the mesh; and for arguments given as ShapeDtypeStructs
-    (with shardings) instead of arrays, `run.trace(*args)` (the traced program: a plan counts its FLOPs and lowers it for a slice it
-    does not have, train/plan.py) and `run.compile(*args)`, which compiles ahead of the first
-    call, so its memory can be checked before any data is read; later calls run that
-    executable. `arguments(*args)` is what `run` passes the jitted function."""
+def _under_mesh(jitted, mesh, arguments):
+    """`run(*args)`: `jitted` under the mesh. For arguments given as ShapeDtypeStructs (with
+    shardings) instead of arrays, `run.trace(*args)` gives the traced program (a plan counts
+    its FLOPs and compiles it for a slice it does not have: train/plan.py) and
+    `run.compile(*args)` compiles it ahead of the first call, so its memory is known before any
+    data is read; later calls run that executable. `arguments(*args)` is what `run` passes
+    the jitted function."""
     ahead = {}
 
     def call(*args):
