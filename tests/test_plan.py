@@ -3,7 +3,6 @@ XLA's TPU compiler compiles for it), the memory and FLOPs they report, and the b
 that are refused instead of silently replicated."""
 import dataclasses
 import json
-import math
 import os
 import subprocess
 import sys
@@ -190,7 +189,9 @@ def test_sampler_plan_compiles_prefill_and_decode(v4_8):
 @pytest.mark.slow
 @pytest.mark.parametrize("preset", ["150m", "300m", "600m", "1.5b"])
 def test_every_student_preset_fits_a_v4_64_with_its_defaults(preset, tmp_path):
-    """The paper's 64 x 4096 batch on its own hardware (2-4 min of compile per preset)."""
+    """The paper's 64 x 4096 batch on its own hardware (3-7 min of compile per preset on 2
+    busy cores). FLOPs are the MFU count, plus, under full remat (600m, 1.5b), the layers'
+    forward matmuls done again in the backward pass: at most 8/6 of it."""
     out = tmp_path / "plan.json"
     run = subprocess.run([sys.executable, "-m", "experiments.plan", f"--preset={preset}",
                           "--topology=v4-64", "--nosearch", f"--output={out}"], cwd=REPO,
@@ -198,4 +199,5 @@ def test_every_student_preset_fits_a_v4_64_with_its_defaults(preset, tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     p = json.loads(out.read_text())
     assert p["fits"] and p["microbatches"] == 1 and p["total_bytes"] < 30 * 1024**3
-    assert math.isclose(p["flops_per_step"], p["model_flops_per_step"], rel_tol=0.1)
+    ratio = p["flops_per_step"] / p["model_flops_per_step"]
+    assert 0.99 <= ratio <= (8 / 6 if p["remat"] == "full" else 1.1)
