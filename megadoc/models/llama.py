@@ -20,6 +20,7 @@ from jax.sharding import NamedSharding
 
 from megadoc.models import attention
 from megadoc.models import matmul
+from megadoc.models import platform
 from megadoc.models import sharding
 
 REMAT_POLICIES = ("none", "full", "dots")
@@ -193,7 +194,7 @@ def cache_dtype(config: LlamaConfig):
     rounds its probabilities to it too, so fp32 storage changes no result, only the bytes. The
     conversion is XLA:CPU's batched-dot code, not a trait of one chip, so this is not a per-CPU
     choice (unlike `matmul.dot_dtype`; not re-measured on a CPU with bf16 units)."""
-    return jnp.dtype(jnp.float32) if jax.default_backend() == "cpu" else config.compute_dtype
+    return jnp.dtype(jnp.float32) if platform.name() == "cpu" else config.compute_dtype
 
 
 def init_cache(config: LlamaConfig, batch_size: int, max_len: int) -> dict:
@@ -311,7 +312,7 @@ def _unroll_layers() -> bool:
     and GPU keep the rolled scan, whose compile time does not grow with depth. The copies are
     XLA:CPU's code for a rolled scan, not a trait of one chip, so this is not a per-CPU choice
     (unlike `matmul.dot_dtype`)."""
-    return jax.default_backend() == "cpu"
+    return platform.name() == "cpu"
 
 
 def hidden_states(config: LlamaConfig, params: dict, tokens: jax.Array, segment_ids=None, *,

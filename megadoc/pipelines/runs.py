@@ -41,11 +41,12 @@ def train(cfg: config.TrainConfig, objective=None) -> dict:
 
 def define_flags(flag_values: flags.FlagValues) -> None:
     """Every field of a TrainConfig as a flag (megadoc.cli's convention); lr, weight_decay,
-    global_batch, microbatches and remat default to the preset's."""
+    global_batch, rows_per_device and remat default to the preset's (the microbatches follow
+    from rows_per_device and the mesh)."""
     flags.DEFINE_string("preset", "tiny", f"training preset: {' | '.join(config.PRESETS)} "
                         "(cpt when --init is given)", flag_values=flag_values)
     cli.define_fields(config.TrainConfig, flag_values, skip=("model", "data", "optimizer"),
-                      filled={"microbatches": PRESET_FILLED})
+                      filled={"rows_per_device": PRESET_FILLED})
     cli.define_fields(config.DataConfig, flag_values, filled={"global_batch": PRESET_FILLED})
     cli.define_fields(config.OptimizerConfig, flag_values,
                       only=("lr", "weight_decay", "warmup_frac"), aliases={"warmup_frac": "warmup"},
@@ -99,7 +100,7 @@ def train_config(settings: Mapping[str, Any], config_class=config.TrainConfig):
     optimizer = config.OptimizerConfig(**take(config.OptimizerConfig, lr=p.lr,
                                               weight_decay=p.weight_decay,
                                               warmup_frac=p.warmup_frac))
-    run = take(config_class, microbatches=p.microbatches)
+    run = take(config_class, rows_per_device=p.rows_per_device)
     if s:
         raise ValueError(f"unknown run settings: {', '.join(sorted(s))}")
     return config_class(model=model, data=data, optimizer=optimizer, **run)

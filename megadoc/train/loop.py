@@ -25,7 +25,7 @@ from megadoc.models import llama, sharding
 from megadoc.train import checkpoint, evaluate, metrics
 from megadoc.train import config as config_lib
 from megadoc.train import optimizer as optimizer_lib
-from megadoc.train import pretrained
+from megadoc.train import plan, pretrained
 from megadoc.train import state as state_lib
 from megadoc.train import step as step_lib
 from megadoc.train import workdir_lock
@@ -178,10 +178,20 @@ def _train(cfg: config_lib.TrainConfig, objective: step_lib.Objective) -> dict:
         len(stores["real"]), len(synthetic) if synthetic else 0, cfg.data.global_batch,
         cfg.data.mix, cfg.data.epochs, cfg.data.seed)
     num_steps = schedule.num_steps
+    shards = plan.batch_shards(mesh)
+    microbatches = cfg.microbatches or config_lib.microbatches_for(
+        cfg.data.global_batch, shards, cfg.rows_per_device)
+    config_lib.check_batch_split(cfg.data.global_batch, microbatches, shards)
     optimizer = optimizer_lib.make(cfg.optimizer, num_steps)
     lr = optimizer_lib.lr_schedule(cfg.optimizer, num_steps)
     shardings = state_lib.shardings(cfg.model, optimizer, mesh)
     run = run_record(cfg, stores, num_steps) | objective.record
+    seq_len = stores["real"].seq_len
+    train_step = step_lib.make_train_step(cfg.model, optimizer, lr, shardings, mesh,
+                                          microbatches, objective)
+    plan.compile_or_advise(train_step, cfg.model, plan.Layout(
+        microbatches, cfg.model.remat, tuple(mesh.shape.values())), mesh,
+        cfg.data.global_batch, seq_len, optimizer)
 
     mgr = checkpoint.manager(cfg.workdir, keep=cfg.keep_checkpoints)
     state, start = _restore_or_init(cfg, mgr, optimizer, mesh, run)
@@ -197,13 +207,10 @@ def _train(cfg: config_lib.TrainConfig, objective: step_lib.Objective) -> dict:
 
     writer = metrics.Writer(cfg.workdir, num_steps, cfg.log_every)
     writer.truncate_after(start)
-    seq_len = stores["real"].seq_len
     tokens_per_step = cfg.data.global_batch * seq_len
     flops_per_step = (metrics.flops_per_token(cfg.model, seq_len)
                       + objective.flops_per_token) * tokens_per_step
     peak = metrics.total_peak_flops(cfg.peak_flops)
-    train_step = step_lib.make_train_step(cfg.model, optimizer, lr, shardings, mesh,
-                                          cfg.microbatches, objective)
     evaluator = evaluate.Evaluator(cfg.model, mesh, cfg.eval_batch_size or cfg.data.global_batch)
     loader = loader_lib.BatchLoader(schedule, stores["real"], synthetic,
                                    sharding.batch_sharding(mesh), start_step=start)
