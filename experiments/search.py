@@ -23,7 +23,9 @@ from megadoc import cli
 # Own FlagValues: see experiments/ensemble.py.
 FLAGS = flags.FlagValues()
 flags.DEFINE_string("grid", "synthetic", "grid preset: real (lr, weight_decay, epochs) | synthetic "
-                    "(+ mix) | toy-real | toy-synthetic (2 values an axis)", flag_values=FLAGS)
+                    "(+ mix) | synthetic-only (mix 1, epochs over the synthetic store: the "
+                    "megadocs paper's no-real-data ablation, Appendix D.1) | toy-real | "
+                    "toy-synthetic (2 values an axis)", flag_values=FLAGS)
 flags.DEFINE_multi_string("axis", [], "NAME=V1,V2,... replaces one axis's values (repeatable)", flag_values=FLAGS)
 flags.DEFINE_string("start", None, "the first guess, NAME=VALUE,... for every axis", flag_values=FLAGS)
 flags.DEFINE_string("root", None, "directory for the runs and results (local or gs://)", flag_values=FLAGS)
