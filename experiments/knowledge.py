@@ -43,7 +43,11 @@ flags.DEFINE_integer("global_batch", 16, "CPT windows per step", **_IN)
 flags.DEFINE_string("replay", None, "store of generic text replayed during CPT (same "
                     "tokenizer)", **_IN)
 flags.DEFINE_float("replay_mix", 0.1, "fraction of each CPT batch from --replay", **_IN)
-flags.DEFINE_integer("top_k", 8, "RAG chunks in the prompt", **_IN)
+flags.DEFINE_integer("top_k", 8, "RAG chunks in the prompt (retrieved from every article)",
+                     **_IN)
+flags.DEFINE_enum("split", "all", ["all", "dev", "test"], "questions evaluated: dev (a fixed "
+                  "fifth of the articles, by id; tune on it), test (the rest) or all; synthesis "
+                  "and retrieval use every article", **_IN)
 flags.DEFINE_integer("seed", 0, "seed of synthesis, data order and entity sampling", **_IN)
 
 
@@ -135,7 +139,7 @@ def run(f=FLAGS) -> dict:
     def evaluate(model: str) -> dict:
         config, params = pretrained.load(model, mesh)
         ll = benchmarks.model_loglikelihood(config, params, tokenizer, batch_size=8, mesh=mesh)
-        return {mode: quality.evaluate(articles, mode, ll, top_k=f.top_k)
+        return {mode: quality.evaluate(articles, mode, ll, top_k=f.top_k, split=f.split)
                 for mode in quality.MODES}
 
     def scores(evals: dict) -> dict:
@@ -185,7 +189,8 @@ def run(f=FLAGS) -> dict:
         curves, {mode: a["accuracy"] for mode, a in results["base"].items()},
         fs.join(f.workdir, "accuracy.png"),
         title=f"{'+'.join(f.methods)} on {len(articles)} articles")
-    results.update(generator=f.generator, base_model=base, quality=path, methods=list(f.methods),
+    results.update(generator=f.generator, base_model=base, quality=path, split=f.split,
+                   methods=list(f.methods),
                    stage_seconds=seconds)
     fs.write_text(fs.join(f.workdir, "results.json"), json.dumps(results, indent=1) + "\n")
     print("[knowledge] " + json.dumps({k: results[k] for k in ("base", "volumes")}), flush=True)

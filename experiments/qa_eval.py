@@ -10,8 +10,11 @@ checkpoint); its tokenizer comes with it (a workdir's: the one its stores were p
 unless --tokenizer says otherwise. --scoring=loglikelihood (default) scores each option by its
 log-likelihood; --scoring=generate parses the answer letter from a chain-of-thought generation
 after worked examples (EntiGraph's protocol, temperature 0.1), the examples as earlier turns of
-the model's chat template (megadoc.analysis.quality.cot_messages). Writes {"accuracy", "n", "attempt_rate", "questions": [...], ...}
-to --output.
+the model's chat template (megadoc.analysis.quality.cot_messages). Every prompt names the
+article (title, author, year where the file has them). RAG retrieves from the whole file's
+articles (--scope=corpus) or, as an oracle, the question's own (--scope=article). --split=dev
+(tune on it) or test evaluates a fixed part of the articles. Writes {"accuracy", "n",
+"attempt_rate", "questions": [{"prompt", "predicted_label", ...}], ...} to --output.
 """
 from __future__ import annotations
 
@@ -27,8 +30,16 @@ flags.DEFINE_string("model", None, ".gguf file, Hugging Face directory or megado
 flags.DEFINE_string("quality", None, "QuALITY-format JSONL (article, questions, gold_label)",
                     **_IN)
 flags.DEFINE_enum("mode", "closed_book", ["closed_book", "rag"], "without the article, or with "
-                  "its top-k BM25 chunks", **_IN)
+                  "the top-k BM25 chunks", **_IN)
 flags.DEFINE_integer("top_k", 8, "rag: chunks of 1,024 characters put in the prompt", **_IN)
+flags.DEFINE_enum("scope", "corpus", ["corpus", "article"], "rag: retrieve from every article "
+                  "of the file (the knowledge papers' protocol) or, as an oracle, from the "
+                  "question's own article only", **_IN)
+flags.DEFINE_integer("rerank_from", 0, "rag: rerank this many BM25 candidates by the model's "
+                     "log-likelihood of the question after each, keeping --top_k (0: no rerank)",
+                     **_IN)
+flags.DEFINE_enum("split", "all", ["all", "dev", "test"], "questions of these articles: dev "
+                  "(a fixed fifth of the articles, by id; tune on it) or test (the rest)", **_IN)
 flags.DEFINE_enum("scoring", "loglikelihood", ["loglikelihood", "generate"], "option "
                   "log-likelihoods, or the letter parsed from a generation", **_IN)
 flags.DEFINE_float("temperature", 0.1, "generate: sampling temperature (0: greedy)", **_IN)
@@ -50,8 +61,8 @@ def run(f=FLAGS) -> dict:
     missing = [n for n in ("model", "quality", "output") if not getattr(f, n)]
     if missing:
         raise app.UsageError(f"missing required flags: {', '.join('--' + n for n in missing)}")
-    if f.top_k < 1:
-        raise app.UsageError("--top_k must be >= 1")
+    if f.top_k < 1 or (f.rerank_from and f.rerank_from < f.top_k):
+        raise app.UsageError("--top_k must be >= 1, and --rerank_from 0 or at least --top_k")
     articles = quality.read_quality(f.quality)
     tokenizer = tokenizer_lib.load(f.tokenizer or pretrained.tokenizer_path(f.model))
     mesh = sharding.make_mesh()
@@ -62,7 +73,8 @@ def run(f=FLAGS) -> dict:
     if f.scoring == "loglikelihood":
         loglikelihood = benchmarks.model_loglikelihood(config, params, tokenizer,
                                                        batch_size=f.batch_size, mesh=mesh)
-        results = quality.evaluate(articles, f.mode, loglikelihood, top_k=f.top_k)
+        results = quality.evaluate(articles, f.mode, loglikelihood, top_k=f.top_k,
+                                   scope=f.scope, split=f.split, rerank_from=f.rerank_from)
     else:
         def generate(conversations):
             ids = sampler.generate(config, params, [quality.encode_cot(tokenizer, c)
@@ -72,7 +84,13 @@ def run(f=FLAGS) -> dict:
                                    batch_size=f.batch_size, mesh=mesh)
             return [tokenizer.decode(t) for t in ids]
 
-        results = quality.evaluate_generated(articles, f.mode, generate, top_k=f.top_k)
+        reranker = None
+        if f.rerank_from:
+            reranker = quality.likelihood_reranker(benchmarks.model_loglikelihood(
+                config, params, tokenizer, batch_size=f.batch_size, mesh=mesh))
+        results = quality.evaluate_generated(articles, f.mode, generate, top_k=f.top_k,
+                                             scope=f.scope, split=f.split,
+                                             rerank_from=f.rerank_from, reranker=reranker)
     results.update(model=f.model, quality=f.quality)
     fs.write_text(f.output, json.dumps(results, indent=1) + "\n")
     print(f"[qa_eval] {f.mode}: accuracy {results['accuracy']:.4f} (n={results['n']}, "
