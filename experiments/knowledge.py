@@ -8,9 +8,10 @@ and plot accuracy against synthetic tokens.
 
 The corpus is the QuALITY file's articles (default: the fixture megadoc ships). Synthesis runs
 once at the largest volume: `qa` writes V question–answer pairs per article and
-`focal_rewrite` one rewrite per question; `entigraph` writes 2·V entity pairs and V triples.
-Volume v trains on the QA pairs with sample < v and the rewrites of their questions (2·v pairs
-and v triples for EntiGraph), so smaller volumes are exact subsets of larger ones. Each volume gets a `simple` store (the articles and every generation) and a CPT run from
+`focal_rewrite` one rewrite per question; `entigraph` writes 3·V entity groups (EntiGraph's
+order: every pair, then triples). Volume v trains on the QA pairs with sample < v and the
+rewrites of their questions (the first 3·v groups for EntiGraph), so smaller volumes are exact
+subsets of larger ones. Each volume gets a `simple` store (the articles and every generation) and a CPT run from
 --base (default: the generator); --replay=STORE mixes generic text at --replay_mix (10% in both
 papers). Rerunning resumes every stage. Writes <workdir>/results.json (per mode, for the base
 model and each volume: accuracy and n; each stage's wall seconds) and accuracy.png.
@@ -74,7 +75,7 @@ def _synthesize(f, docs: str, synth_dir: str, max_volume: int) -> dict[str, str]
         out["entigraph"] = fs.join(synth_dir, "entigraph_relations")
         job.run(job.JobConfig(method="entigraph_entities", output=entities, **common))
         job.run(job.JobConfig(method="entigraph_relations", output=out["entigraph"],
-                              entities=entities, pairs=2 * max_volume, triples=max_volume,
+                              entities=entities, relations=3 * max_volume,
                               **common))
     unknown = set(f.methods) - {"qa", "focal_rewrite", "entigraph"}
     if unknown:
@@ -84,7 +85,7 @@ def _synthesize(f, docs: str, synth_dir: str, max_volume: int) -> dict[str, str]
 
 def _volume(records: list[dict], volume: int, max_volume: int) -> list[dict]:
     """The records of volume v: qa samples < v; the focal rewrites of those QA pairs'
-    questions; the first 2v pairs and first v triples of EntiGraph's seeded order, and every
+    questions; the first 3v groups of EntiGraph's seeded order, and every
     stage-1 summary."""
     qa = [r for r in records if r["method"] == "qa" and r["sample"] < volume]
     questions = {(r["doc_id"], r.get("question")) for r in qa}
@@ -94,7 +95,7 @@ def _volume(records: list[dict], volume: int, max_volume: int) -> list[dict]:
         if r["method"] == "focal_rewrite":
             return (r["doc_id"], r.get("question")) in questions
         if r["method"] == "entigraph_relation":
-            return s < 2 * volume or 2 * max_volume <= s < 2 * max_volume + volume
+            return s < 3 * volume
         return r["method"] == "entigraph_entities"
 
     return qa + [r for r in records if r["method"] != "qa" and kept(r)]
