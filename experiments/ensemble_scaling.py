@@ -4,7 +4,8 @@ loss fitted against k to read off its ensemble asymptote.
 
     python -m experiments.ensemble_scaling --workdir=gs://b/ens_scaling --real=gs://b/stores/real \\
         --synthetic=simple=gs://b/stores/simple32 --synthetic=stitched=gs://b/stores/stitched32 \\
-        --synthetic=latent=gs://b/stores/latent32 --synthetic=self_distillation=gs://b/stores/self \\
+        --synthetic=latent=gs://b/stores/latent32 \\
+        --synthetic=self_distillation=gs://b/stores/self \\
         --val=iid=gs://b/stores/val --members=8 --rule=b3 --generations=32 --preset=300m
 
 --rule=b3 (Appendix B.3) trains every synthetic method at simple rephrasing's best single-model

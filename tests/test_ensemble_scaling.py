@@ -82,6 +82,8 @@ def test_two_methods_table_fit_plot_and_a_rerun_that_retrains_only_the_lost_memb
     assert mtimes(kept) == before
     assert again.arms == first.arms  # the same params (checksums) and so the same scores
     assert lib.run(config(stores, workdir)).new_members == 0
+    with pytest.raises(ValueError, match="finished with other settings.*data.seed"):
+        lib.run(config(stores, workdir, seed=1))  # the same member dirs, other seeds
 
 
 @pytest.mark.slow

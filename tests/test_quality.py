@@ -1,5 +1,6 @@
-"""QuALITY-format evaluation: the fixture, chunking, whole-corpus BM25, splits, and log-likelihood scoring checked
-against option log-likelihoods computed by hand from the model's logits."""
+"""QuALITY-format evaluation: the fixture, chunking, whole-corpus BM25, splits, and
+log-likelihood scoring checked against option log-likelihoods computed by hand from the model's
+logits."""
 import json
 
 import jax

@@ -205,7 +205,8 @@ def test_flag_misuse(setup):
 
     base = ["s", f"--generator={setup['model']}", "--docs=d", "--output=o"]
     for extra in (["--method=qa", "--splits=2"], ["--method=focal_rewrite"],
-                  ["--method=qa", "--questions=q"], ["--method=entigraph_relations", "--relations=1"],
+                  ["--method=qa", "--questions=q"],
+                  ["--method=entigraph_relations", "--relations=1"],
                   ["--method=qa", "--attempts=2"],
                   ["--method=entigraph", "--template=t.txt"]):
         synthesize.FLAGS.unparse_flags()

@@ -31,6 +31,8 @@ import dataclasses
 import json
 import math
 
+import jax
+
 from megadoc import compile_cache, fs
 from megadoc.analysis import ensemble, plots, scaling, search
 from megadoc.data import store as store_lib
@@ -187,12 +189,18 @@ def member_configs(cfg: EnsembleScalingConfig, method: str, synthetic: str | Non
 
 
 def train_member(train_cfg: config_lib.TrainConfig) -> tuple[dict, bool]:
-    """(summary, whether this call trained) of one member; a finished member is left alone."""
+    """(summary, whether this call trained) of one member. A finished member is left alone
+    (checked against its summary's config, without restoring its checkpoint)."""
     path = fs.join(train_cfg.workdir, "summary.json")
     if fs.exists(path):
         summary = json.loads(fs.read_text(path))
-        if summary.get("status") == "finished":
-            return summary, False
+        current = config_lib.to_dict(train_cfg)
+        changed = config_lib.differing_fields(
+            {k: summary["config"].get(k) for k in current}, current)
+        if changed:
+            raise ValueError(f"{path}: this member finished with other settings "
+                             f"({', '.join(changed)}); use another --workdir")
+        return summary, False
     summary = loop.train(train_cfg)
     if summary["status"] != "finished":
         raise Preempted(f"{train_cfg.workdir}: member stopped at step {summary.get('step')} "
@@ -238,8 +246,8 @@ def score_arm(cfg: EnsembleScalingConfig, method: str, workdirs: list[str], shas
     for name, store in val_sets.items():
         for k in range(1, len(shas) + 1):
             if losses[name][k - 1] is None:
-                loss = ensemble.ensemble_loss(model, _first(stacked, k), store, cfg.eval_batch_size, mesh,
-                                              average=cfg.average)
+                loss = ensemble.ensemble_loss(model, _first(stacked, k), store,
+                                              cfg.eval_batch_size, mesh, average=cfg.average)
                 scores.put(method, name, shas[:k], cfg.average, loss)
                 losses[name][k - 1] = loss
                 print(f"[ensemble_scaling] {method} {name}: {k} member(s) loss {loss:.5f}",
@@ -248,8 +256,6 @@ def score_arm(cfg: EnsembleScalingConfig, method: str, workdirs: list[str], shas
 
 
 def _first(stacked: dict, k: int) -> dict:
-    import jax
-
     return jax.tree.map(lambda x: x[:k], stacked)
 
 
