@@ -19,6 +19,8 @@ import os
 import jax
 import jax.numpy as jnp
 
+from megadoc.models import platform
+
 
 OVERRIDE_ENV = "MEGADOC_CPU_DOTS"
 """Environment variable that forces the XLA:CPU dot form: "bf16" or "fp32" (tests, benches)."""
@@ -59,7 +61,7 @@ def dot_dtype(dtype):
     """The dtype a dot of `dtype`-rounded operands reads: fp32 for bf16 on XLA:CPU unless the
     CPU has bf16 dot units (`cpu_dot_choice`)."""
     dtype = jnp.dtype(dtype)
-    if (dtype == jnp.bfloat16 and jax.default_backend() == "cpu"
+    if (dtype == jnp.bfloat16 and platform.name() == "cpu"
             and cpu_dot_choice()[0] == "fp32"):
         return jnp.dtype(jnp.float32)
     return dtype
