@@ -11,38 +11,24 @@ loss fitted against k to read off its ensemble asymptote.
 --rule=b3 (Appendix B.3) trains every synthetic method at simple rephrasing's best single-model
 point with its epochs doubled and real-only members by Kim et al.'s rule (epochs doubled, weight
 decay halved); --rule=kim applies Kim et al.'s rule to each method's own published point;
---rule=explicit takes --epochs, --lr, --weight_decay and --mix. Rerunning resumes: finished
-members are not trained again, an interrupted one continues from its checkpoint, scored
+--rule=explicit takes --epochs, --lr, --weight_decay and --mix. Members train in this process
+(megadoc.pipelines.ensemble_scaling). Rerunning resumes: finished members are not trained
+again, an interrupted one continues from its checkpoint (a preempted member exits 143), scored
 ensembles are not scored again. Writes <workdir>/ensemble_scaling.{json,md} and
-ensemble_scaling_<val>.png (megadoc.analysis.ensemble_scaling).
+ensemble_scaling_<val>.png.
 """
-from __future__ import annotations
-
-import sys
-
-from absl import flags
-
 from megadoc import cli
-from megadoc.analysis import ensemble_scaling as lib
+from megadoc.analysis import ensemble
+from megadoc.analysis import ensemble_scaling as rules
+from megadoc.pipelines import ensemble_scaling
 
-# Own FlagValues: several experiment modules share a process in the tests.
-FLAGS = flags.FlagValues()
-cli.define_fields(lib.EnsembleScalingConfig, FLAGS,
-                  choices={"rule": lib.RULES, "average": ("logits", "probs")})
+FLAGS = cli.command_flags(ensemble_scaling.EnsembleScalingConfig,
+                          choices={"rule": rules.RULES, "average": ensemble.AVERAGES})
 
 
-def main(argv):
-    del argv
-    from absl import app
-
-    if not FLAGS.workdir or not FLAGS.real:
-        raise app.UsageError("--workdir and --real are required")
-    try:
-        lib.run(lib.EnsembleScalingConfig(**cli.field_values(lib.EnsembleScalingConfig, FLAGS)))
-    except lib.Preempted as e:
-        print(f"[ensemble_scaling] {e}", flush=True)
-        sys.exit(143)  # 128 + SIGTERM: a preempted, resumable job
+def build_config(f=FLAGS) -> ensemble_scaling.EnsembleScalingConfig:
+    return cli.build(ensemble_scaling.EnsembleScalingConfig, f)
 
 
 if __name__ == "__main__":
-    cli.run(main, flags_parser=cli.parser(FLAGS))
+    cli.run_flags(lambda: ensemble_scaling.run(build_config()), FLAGS)

@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from megadoc.analysis import ensemble_scaling as lib
+from megadoc.analysis import ensemble_scaling as rules
+from megadoc.pipelines import ensemble_scaling as lib
 from megadoc.train import published
 from train_fixtures import make_store
 
@@ -18,7 +19,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_rules_give_the_papers_member_points():
-    b3 = {m: lib.member_point("b3", m, "300m", 32) for m in ("real", "simple", "stitched",
+    b3 = {m: rules.member_point("b3", m, "300m", 32) for m in ("real", "simple", "stitched",
                                                                "latent", "self_distillation")}
     simple32 = published.point("simple", 32, "300m")
     # B.3: the best simple-rephrasing point with doubled epochs, shared by the megadoc methods
@@ -28,13 +29,13 @@ def test_rules_give_the_papers_member_points():
     # real data: Kim et al.'s rule, epochs doubled and weight decay halved (16, 3e-3, 1.6)
     assert b3["real"] == published.Point(epochs=32, lr=3e-3, weight_decay=0.8)
     stitched32 = published.point("stitched", 32, "300m")
-    assert lib.member_point("kim", "stitched", "300m", 32) == published.Point(
+    assert rules.member_point("kim", "stitched", "300m", 32) == published.Point(
         epochs=64, lr=stitched32.lr, weight_decay=0.2, mix=stitched32.mix)
     with pytest.raises(ValueError, match="self-distillation has no published"):
-        lib.member_point("kim", "self_distillation", "300m", 32)
+        rules.member_point("kim", "self_distillation", "300m", 32)
     explicit = published.Point(epochs=3, lr=1e-2, weight_decay=0.1, mix=0.5)
-    assert lib.member_point("explicit", "real", "tiny", 32, explicit).mix == 0.0
-    assert lib.member_point("explicit", "latent", "tiny", 32, explicit) == explicit
+    assert rules.member_point("explicit", "real", "tiny", 32, explicit).mix == 0.0
+    assert rules.member_point("explicit", "latent", "tiny", 32, explicit) == explicit
 
 
 @pytest.fixture(scope="module")
