@@ -255,3 +255,27 @@ def test_qa_eval_generate_prompts_through_the_models_chat_template(tmp_path, mon
         ids = list(ids)  # turns: system, 2 worked examples (user + assistant), question, answer
         assert ids.count(im_start) == 7
         assert tokenizer.decode(ids[len(ids) - ids[::-1].index(im_start):]) == "assistant\n"
+
+
+def test_qa_eval_and_knowledge_flags_carry_the_protocol_into_their_configs():
+    from experiments import knowledge, qa_eval
+
+    from megadoc import cli
+
+    common = ["--model=m", "--quality=q.jsonl", "--output=o.json"]
+    for argv, want in ((["--scope=article", "--split=dev", "--rerank_from=4", "--top_k=2"],
+                        dict(scope="article", split="dev", rerank_from=4, rag_chunks=2)),
+                       ([], dict(scope="corpus", split="all", rerank_from=0, rag_chunks=8))):
+        qa_eval.FLAGS.unparse_flags()
+        qa_eval.FLAGS(["qa_eval", *common, *argv])
+        cfg = cli.build(qa_eval.qa_eval.QaEvalConfig, qa_eval.FLAGS)
+        assert {k: getattr(cfg, k) for k in want} == want
+    qa_eval.FLAGS.unparse_flags()
+    qa_eval.FLAGS(["qa_eval", *common, "--rerank_from=1", "--top_k=2"])
+    with pytest.raises(ValueError, match="rerank_from must be 0 or at least"):
+        cli.build(qa_eval.qa_eval.QaEvalConfig, qa_eval.FLAGS)
+    qa_eval.FLAGS.unparse_flags()
+    knowledge.FLAGS.unparse_flags()
+    knowledge.FLAGS(["knowledge", "--generator=g", "--workdir=w", "--split=dev"])
+    assert knowledge.build_config().split == "dev"
+    knowledge.FLAGS.unparse_flags()
