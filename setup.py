@@ -27,6 +27,7 @@ setup(
         "scipy>=1.13",
         "matplotlib>=3.9",
         "numpy>=2.0",
+        "bm25s>=0.2",  # BM25 retrieval for the knowledge evaluation (RAG)
     ],
     extras_require={
         # Test-only peers: the reference implementations megadoc is checked against.
