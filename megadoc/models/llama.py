@@ -189,7 +189,9 @@ def cache_dtype(config: LlamaConfig):
     bf16 kernel for attention's batched dots and converts the whole cache to fp32 in every
     layer of every decode step (at the SmolLM2-135M shape, batch 8, 384 cached positions: ~40%
     of a step). Keys and values are written already rounded to the compute dtype, and attention
-    rounds its probabilities to it too, so fp32 storage changes no result, only the bytes."""
+    rounds its probabilities to it too, so fp32 storage changes no result, only the bytes. The
+    conversion is XLA:CPU's batched-dot code, not a trait of one chip, so this is not a per-CPU
+    choice (unlike `matmul.dot_dtype`; not re-measured on a CPU with bf16 units)."""
     return jnp.dtype(jnp.float32) if jax.default_backend() == "cpu" else config.compute_dtype
 
 
@@ -305,7 +307,9 @@ def _unroll_layers() -> bool:
     """Whether the layer scan is unrolled: on XLA:CPU only, where a rolled scan copies each
     layer's weight slice and stacks every layer's residuals (the attention probabilities
     among them) through dynamic slices; unrolled, the demo's students train ~20% faster. TPU
-    and GPU keep the rolled scan, whose compile time does not grow with depth."""
+    and GPU keep the rolled scan, whose compile time does not grow with depth. The copies are
+    XLA:CPU's code for a rolled scan, not a trait of one chip, so this is not a per-CPU choice
+    (unlike `matmul.dot_dtype`)."""
     return jax.default_backend() == "cpu"
 
 

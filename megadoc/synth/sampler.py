@@ -309,7 +309,8 @@ def _decode(config, settings, mesh, params, state, max_steps, refill_at, attend_
 
 def _compute_dtype_weights(config, params):
     """Params with every weight matrix (not the norm scales) already rounded to the compute
-    dtype and held in the dtype the dots read (`matmul.dot_dtype`: bf16, or fp32 on XLA:CPU).
+    dtype and held in the dtype the dots read (`matmul.dot_dtype`: bf16, or fp32 on
+    XLA:CPU without bf16 dot units).
     The model rounds each weight before use anyway, so outputs are bit-identical, but a decode
     step then reads the weights as they are: no cast per step (on XLA:CPU the rounding of
     loop-invariant fp32 weights is hoisted out of the decode loop)."""

@@ -34,7 +34,7 @@ def flops_per_token(config: llama.LlamaConfig, seq_len: int) -> float:
 
 def measure_matmul_peak(n: int = 2048, iters: int = 5) -> float:
     """FLOP/s of the model's matmul form on the first local device: bf16 values in the dtype
-    its dots read (`matmul.dot_dtype`: fp32 on XLA:CPU, where that is the faster form), products
+    its dots read (`matmul.dot_dtype`: fp32 on a CPU without bf16 dot units), products
     accumulated in fp32."""
     device = jax.local_devices()[0]
     a = jax.device_put(jnp.ones((n, n), matmul.dot_dtype(jnp.bfloat16)), device)
