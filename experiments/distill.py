@@ -26,13 +26,12 @@ from __future__ import annotations
 
 from absl import flags
 
-from experiments import train
 from megadoc import cli
 from megadoc.analysis import distill as distill_lib
 from megadoc.pipelines import distill, runs
 
 FLAGS = flags.FlagValues()
-train.define_flags(FLAGS)
+runs.define_flags(FLAGS)
 cli.define_fields(distill_lib.DistillConfig, FLAGS, only=("teacher", "kl_weight", "teacher_average"),
                   choices={"teacher_average": distill_lib.AVERAGES}, aliases={"teacher": "teachers"})
 cli.define_fields(distill.DistillJob, FLAGS, skip=("student",))
@@ -44,7 +43,7 @@ def build_config(f=FLAGS) -> distill_lib.DistillConfig:
 
 
 def main():
-    train.initialize_distributed(FLAGS)
+    cli.build(runs.Launch, FLAGS).initialize()
     distill.run(distill.DistillJob(build_config(), FLAGS.texts))
 
 

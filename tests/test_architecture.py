@@ -1,7 +1,9 @@
 """The layering ARCHITECTURE.md describes, checked on the source: imports point one way, and
 compiled steps and checkpoint managers live in one place."""
 import ast
+import collections
 import pathlib
+import re
 
 import pytest
 
@@ -135,3 +137,29 @@ def test_the_compile_check_sees_each_form(source, expected):
     visitor = _Compiles()
     visitor.visit(ast.parse(source))
     assert visitor.uses == expected
+
+
+def six_line_copies(texts: dict[str, str]) -> list[list[tuple[str, int]]]:
+    """Places where the same six code lines (blank lines and comments skipped, whitespace
+    collapsed; windows of under 120 characters, e.g. closing brackets, ignored) appear twice."""
+    seen = collections.defaultdict(list)
+    for name, text in texts.items():
+        lines = [(n, re.sub(r"\s+", " ", line.strip()))
+                 for n, line in enumerate(text.splitlines(), 1)
+                 if line.strip() and not line.strip().startswith("#")]
+        for k in range(len(lines) - 5):
+            window = tuple(line for _, line in lines[k:k + 6])
+            if sum(map(len, window)) >= 120:
+                seen[window].append((name, lines[k][0]))
+    return [places for places in seen.values() if len(places) > 1]
+
+
+def test_no_six_line_copies_inside_megadoc():
+    assert not six_line_copies({rel(p): p.read_text() for p in sources("megadoc")})
+
+
+def test_the_copy_check_sees_a_copy_with_other_indentation():
+    body = "\n".join(f"value_{i} = compute_something_long(argument_{i}, other)" for i in range(6))
+    indented = "def f():\n" + "\n".join("    " + line for line in body.splitlines())
+    assert six_line_copies({"a.py": body, "b.py": indented}) == [[("a.py", 1), ("b.py", 2)]]
+    assert not six_line_copies({"a.py": body, "b.py": body.replace("value_3", "other_3")})
