@@ -12,7 +12,6 @@ over. Each worker appends the shards it starts to `_job/claims-w<i>.jsonl` (host
 from __future__ import annotations
 
 import collections
-import json
 import os
 import socket
 import time
@@ -42,10 +41,9 @@ class ShardWorker:
         if self.runner is None:
             self.runner = job.Runner(job.plan(self.cfg))
             self.runner.check_output()
-        fs.append_text(fs.join(self.cfg.output, "_job", f"claims-w{self.index}.jsonl"),
-                       json.dumps({"shard": shard, "worker": self.index,
-                                   "host": socket.gethostname(), "pid": os.getpid(),
-                                   "time": round(time.time(), 1)}) + "\n")
+        fs.append_jsonl(fs.join(self.cfg.output, "_job", f"claims-w{self.index}.jsonl"),
+                        [{"shard": shard, "worker": self.index, "host": socket.gethostname(),
+                          "pid": os.getpid(), "time": round(time.time(), 1)}])
         return self.runner.run_shards([shard], f"w{self.index}")
 
 
@@ -56,8 +54,8 @@ def run_ray(cfg: job.JobConfig) -> dict:
     except ImportError:
         raise ValueError("executor ray needs the ray package: pip install '.[ray]'") from None
     start = time.time()
-    fs.check_writable(cfg.output)
     job_plan = job.plan(cfg)
+    fs.check_writable(cfg.output)  # validated first: a refused job leaves no --output behind
     fs.makedirs(fs.join(cfg.output, "_job"))
     done = job.finished_shards(cfg.output, range(job_plan.num_shards))
     todo = collections.deque(j for j in range(job_plan.num_shards) if j not in done)

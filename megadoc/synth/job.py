@@ -18,9 +18,11 @@ Every (document, sample) yields exactly one record. Records that carry no genera
 `finish_reason`, with empty text: "empty_document", "prompt_too_long" (the prompt does not fit in
 the generator's context; never truncated), "error" (logged with the document's location). A
 generation the repetition guard ended (`repetition_ngram`, off by default) says "repetition".
-For latent thoughts `sample` is the split index (0..k-1) and `offset` the split's character offset.
-The knowledge methods (qa, focal_rewrite, entigraph_entities, entigraph_relations) add their
-parsed fields to the record and give malformed output a status: megadoc/synth/knowledge.py.
+What each method (megadoc/data/methods.py) prompts with and how many records it writes per
+document follow from its template's fields: one prompt per document ({document}), per split
+point ({prefix}/{suffix}: `sample` is the split index 0..k-1, `offset` its character offset), per
+question ({question}) or per entity group ({entities}). Methods with a parser add its fields to
+the record and give malformed output a status: megadoc/synth/knowledge.py.
 """
 from __future__ import annotations
 
@@ -39,20 +41,13 @@ import jax
 
 from megadoc import fs
 from megadoc.data import docs as docs_lib
+from megadoc.data import methods as methods_lib
 from megadoc.models import sharding
 from megadoc.synth import generator as generator_lib
 from megadoc.synth import knowledge
 from megadoc.synth import prompts
 from megadoc.synth import sampler as sampler_lib
 from megadoc.synth import split
-
-# Job method (flag value) -> record method; and the papers' max new tokens for each.
-RECORD_METHOD = {"rephrase": "rephrase", "latent_thoughts": "latent_thought", "qa": "qa",
-                 "focal_rewrite": "focal_rewrite", "entigraph_entities": "entigraph_entities",
-                 "entigraph_relations": "entigraph_relation"}
-PAPER_MAX_NEW_TOKENS = {"rephrase": 1024, "latent_thoughts": 512, "qa": 256,
-                        "focal_rewrite": 1024, "entigraph_entities": 512,
-                        "entigraph_relations": 1024}
 
 EMPTY_DOCUMENT = "empty_document"
 ERROR = "error"
@@ -63,17 +58,18 @@ PROGRESS_EVERY_S = 10.0
 class JobConfig:
     """One synthesis job: what to generate from which documents with which generator."""
     method: str
-    """what to generate: rephrase | latent_thoughts | qa | focal_rewrite | entigraph_entities |
-    entigraph_relations (unconditional: see synth/unconditional.py, which runs on this job's
-    sampler and shard writer)"""
+    """what to generate: a prompted method of data/methods.py (rephrase, latent_thoughts, qa,
+    focal_rewrite, entigraph_entities, entigraph_relations; unconditional: see
+    synth/unconditional.py, which runs on this job's sampler and shard writer)"""
     generator: str
-    """Hugging Face Llama dir with its tokenizer, or a Llama-architecture .gguf file (local or
-    gs://); unconditional: megadoc training workdirs, comma-separated (an ensemble)"""
+    """Hugging Face Llama dir with its tokenizer, a Llama-architecture .gguf file, or a megadoc
+    training workdir (local or gs://; see train/pretrained.py); unconditional: megadoc training
+    workdirs, comma-separated (an ensemble)"""
     docs: str
     """source docs {id, text}: JSONL(.gz)/Parquet file, dir or glob"""
     output: str
     """output directory (local or gs://)"""
-    generations: int = 1
+    generations: int = dataclasses.field(default=1, metadata={"flag": "generations_per_doc"})
     """rephrase, qa: samples per document; focal_rewrite: rewrites per question"""
     splits: int = 1
     """latent_thoughts: split points per document (k+1 pieces)"""
@@ -81,12 +77,14 @@ class JobConfig:
     """focal_rewrite: records with a question per document (qa output)"""
     entities: str | None = None
     """entigraph_relations: records with an entity list per document (entigraph_entities)"""
-    pairs: int = 0
-    """entigraph_relations: entity pairs per document (a seeded sample)"""
-    triples: int = 0
-    """entigraph_relations: entity triples per document (a seeded sample)"""
+    relations: int = 0
+    """entigraph_relations: entity groups per document, EntiGraph's order: every pair of its
+    entities, then its triples, each in a seeded shuffle, as far as this budget goes"""
+    attempts: int = 3
+    """entigraph_entities: generations tried per document until one parses as the entity
+    JSON (each retry a fresh sample; the record says how many it took)"""
     max_new_tokens: int | None = None
-    """None: the papers' value for the method (1024 rephrase / 512 latent_thoughts)"""
+    """None: the method's default, the papers' value (1024 rephrase / 512 latent_thoughts)"""
     temperature: float = 1.0
     """sampling temperature (0: greedy)"""
     top_p: float = 1.0
@@ -130,9 +128,12 @@ class JobConfig:
     the input: they are sampled, nothing is written (0: run the job)"""
 
     def __post_init__(self):
-        if self.method not in RECORD_METHOD:
-            raise ValueError(f"method {self.method!r}: expected one of {sorted(RECORD_METHOD)}")
-        for name in ("generations", "splits", "batch_size", "shard_size", "tensor_parallel"):
+        """Every setting checked before the job writes anything."""
+        if self.method not in methods_lib.prompted():
+            raise ValueError(f"method {self.method!r}: expected one of "
+                             f"{sorted(methods_lib.prompted())}")
+        for name in ("generations", "splits", "batch_size", "shard_size", "tensor_parallel",
+                     "attempts"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         self.sampler_settings(())  # the sampling values, checked before anything is written
@@ -145,20 +146,20 @@ class JobConfig:
             datetime.date.fromisoformat(self.chat_date)
         except ValueError:
             raise ValueError(f"chat_date {self.chat_date!r}: expected YYYY-MM-DD") from None
-        if (self.method == "focal_rewrite") != bool(self.questions):
-            raise ValueError("questions (records with a question per document) go with "
-                             "method focal_rewrite, and only with it")
-        if (self.method == "entigraph_relations") != bool(self.entities):
-            raise ValueError("entities (entigraph_entities output) go with method "
-                             "entigraph_relations, and only with it")
-        if self.method == "entigraph_relations" and (min(self.pairs, self.triples) < 0
-                                                     or self.pairs + self.triples < 1):
-            raise ValueError(f"entigraph_relations needs pairs + triples >= 1, got "
-                             f"{self.pairs} + {self.triples}")
+        inputs = methods_lib.get(self.method).inputs
+        for name, what in (("questions", "records with a question per document"),
+                           ("entities", "entigraph_entities output")):
+            users = [m for m in methods_lib.prompted() if name in methods_lib.get(m).inputs]
+            if (name in inputs) != bool(getattr(self, name)):
+                raise ValueError(f"{name} ({what}) go with method {'|'.join(users)}, and only "
+                                 "with it")
+        if "relations" in inputs and self.relations < 1:
+            raise ValueError(f"{self.method} needs relations >= 1, got {self.relations}")
 
     @property
     def new_tokens(self) -> int:
-        return PAPER_MAX_NEW_TOKENS[self.method] if self.max_new_tokens is None \
+        """New tokens per generation: the setting, or the method's default (the papers')."""
+        return methods_lib.get(self.method).max_new_tokens if self.max_new_tokens is None \
             else self.max_new_tokens
 
     def sampler_settings(self, stop_tokens) -> sampler_lib.Settings:
@@ -179,15 +180,8 @@ class JobConfig:
     def samples(self, doc: dict, inputs: dict) -> int:
         """Records the job writes for `doc`, given the per-document inputs (questions or
         entities) of the methods that take them."""
-        if self.method == "latent_thoughts":
-            return self.splits
-        if self.method == "focal_rewrite":
-            return len(inputs.get(doc["id"], ())) * self.generations or 1
-        if self.method == "entigraph_relations":
-            return self.pairs + self.triples
-        if self.method == "entigraph_entities":
-            return 1
-        return self.generations
+        return methods_lib.samples_per_document(methods_lib.get(self.method), self,
+                                                len(inputs.get(doc["id"], ())))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -360,13 +354,17 @@ class Plan:
 
 
 def plan(cfg: JobConfig) -> Plan:
-    """Read the documents (and the per-document inputs) and check the template."""
-    method = RECORD_METHOD[cfg.method]
+    """Read the documents (and the per-document inputs) and check the template and inputs;
+    writes nothing."""
+    method = cfg.method
     template = prompts.load_template(cfg.template or prompts.builtin_template(method), method)
     bad = docs_lib.BadRecords()
     inputs = (knowledge.read_questions(cfg.questions) if cfg.questions else
               knowledge.read_entities(cfg.entities) if cfg.entities else {})
     docs = list(docs_lib.read_docs(cfg.docs, bad))
+    if cfg.questions or cfg.entities:
+        knowledge.check_inputs(cfg.questions or cfg.entities, "questions" if cfg.questions
+                               else "entities", len(docs), sum(d["id"] not in inputs for d in docs))
     return Plan(cfg, method, template, inputs, docs, [cfg.samples(d, inputs) for d in docs], bad)
 
 
@@ -391,8 +389,9 @@ class Runner:
         fs.makedirs(fs.join(cfg.output, "_job"))
         check_job_config(fs.join(cfg.output, "_job", "config.json"), dict(
             self.produced_by, samples=sum(p.doc_samples), generations=cfg.generations,
-            splits=cfg.splits, questions=cfg.questions, entities=cfg.entities, pairs=cfg.pairs,
-            triples=cfg.triples, shard_size=cfg.shard_size, num_docs=len(p.docs)))
+            splits=cfg.splits, questions=cfg.questions, entities=cfg.entities,
+            relations=cfg.relations, attempts=cfg.attempts, shard_size=cfg.shard_size,
+            num_docs=len(p.docs)))
 
     def sampler(self) -> sampler_lib.Sampler:
         return sampler_lib.Sampler(self.gen.config, self.gen.params, self.settings,
@@ -455,17 +454,37 @@ class Runner:
                     else:
                         direct.append(r)
 
-        for c in sampler.run(requests()):
+        # Then the entity lists that did not parse, sampled again: at most attempts - 1 rounds,
+        # each retry raising the sample by one.
+        pending = requests()
+        while pending:
+            retries = []
+            for c in sampler.run(pending):
+                while direct:
+                    yield (*direct.pop(), None)
+                out = self.output(c)
+                if isinstance(out, sampler_lib.Request):
+                    retries.append(out)
+                else:
+                    yield c.request.tag, out, c
             while direct:
                 yield (*direct.pop(), None)
-            text = self.gen.tokenizer.decode(c.tokens) if c.tokens else ""
-            out = Output(c.sample, text, c.finish_reason, c.request.tag.fields)
-            if c.tokens:
-                out = Output(c.sample, *knowledge.finish(self.plan.method, text, c.finish_reason,
-                                                         out.fields))
-            yield c.request.tag, out, c
-        while direct:
-            yield (*direct.pop(), None)
+            pending = retries
+
+    def output(self, c: sampler_lib.Completion) -> Output | sampler_lib.Request:
+        """A completion's output, or the retry of an entity list that did not parse (sample a
+        is attempt a + 1; the one record says how many attempts it took)."""
+        text = self.gen.tokenizer.decode(c.tokens) if c.tokens else ""
+        out = Output(c.sample, text, c.finish_reason, c.request.tag.fields)
+        if c.tokens:
+            out = Output(c.sample, *knowledge.finish(self.plan.method, text, c.finish_reason,
+                                                     out.fields))
+        if "attempts" in methods_lib.get(self.plan.method).inputs:
+            if out.finish_reason == knowledge.MALFORMED and c.sample + 1 < self.cfg.attempts:
+                return dataclasses.replace(c.request, first_sample=c.sample + 1, num_samples=1)
+            out = Output(0, out.text, out.finish_reason,
+                         dict(out.fields or {}, attempts=c.sample + 1))
+        return out
 
 
 def run(cfg: JobConfig) -> dict:
@@ -475,8 +494,9 @@ def run(cfg: JobConfig) -> dict:
     process_count = jax.process_count() if cfg.num_processes is None else cfg.num_processes
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_id {process_index} outside [0, {process_count})")
-    fs.check_writable(cfg.output)  # a missing or read-only bucket fails before any work
     job_plan = plan(cfg)
+    # Validated: only now is anything written (a refused job leaves no --output behind).
+    fs.check_writable(cfg.output)  # a missing or read-only bucket fails before the model loads
     runner = Runner(job_plan)
     runner.check_output()
     mine = owned_shards(job_plan.num_shards, process_index, process_count)
@@ -530,31 +550,36 @@ def _doc_requests(cfg: JobConfig, gen, template, doc: dict, origin: Origin,
     nothing to sample, (Origin, Output) pairs to record directly."""
     text, n, doc_id = doc["text"], cfg.samples(doc, inputs), origin.doc_id
     key = sample_stream(doc_id)
+    method = methods_lib.get(cfg.method)
+
+    def encode(**fields) -> list[int]:  # the chat template prints the job's date, not today's
+        return gen.encode_prompt(*template.render(**fields), cfg.chat_date)
+
     if not text.strip():
         logging.warning("document %r at %s is empty", doc_id, doc["where"])
-        at = origin if cfg.method != "latent_thoughts" else dataclasses.replace(origin, offset=0)
+        at = dataclasses.replace(origin, offset=0) if method.offsets else origin
         return [(at, Output(s, "", EMPTY_DOCUMENT)) for s in range(n)]
-    if cfg.method in ("rephrase", "qa", "entigraph_entities"):
-        prompt = gen.encode_prompt(*template.render(document=text))
+    if method.prompt_fields == ("document",):
+        prompt = encode(document=text)
         return [sampler_lib.Request(prompt, key, num_samples=n, tag=origin)]
-    if cfg.method == "focal_rewrite":
+    if "question" in method.prompt_fields:
         if doc_id not in inputs:
             return [(origin, Output(0, "", knowledge.NO_QUESTIONS))]
         return [sampler_lib.Request(
-            gen.encode_prompt(*template.render(document=text, question=q)), key,
+            encode(document=text, question=q), key,
             num_samples=cfg.generations, first_sample=i * cfg.generations,
             tag=dataclasses.replace(origin, fields={"question": q}))
             for i, q in enumerate(inputs[doc_id])]
-    if cfg.method == "entigraph_relations":
-        groups = knowledge.entity_groups(inputs.get(doc_id, []), cfg.pairs, cfg.triples,
-                                         cfg.seed, key)
+    if "entities" in method.prompt_fields:
+        groups = knowledge.entity_groups(inputs.get(doc_id, []), cfg.relations, cfg.seed,
+                                         key)
         reason = knowledge.TOO_FEW_ENTITIES if doc_id in inputs else knowledge.NO_ENTITIES
         return [sampler_lib.Request(
-            gen.encode_prompt(*template.render(document=text, entities="; ".join(g))), key,
+            encode(document=text, entities="; ".join(g)), key,
             first_sample=i, tag=dataclasses.replace(origin, fields={"entities": list(g)}))
             if g else (origin, Output(i, "", reason)) for i, g in enumerate(groups)]
     return [sampler_lib.Request(
-        gen.encode_prompt(*template.render(prefix=text[:offset], suffix=text[offset:])), key,
+        encode(prefix=text[:offset], suffix=text[offset:]), key,
         first_sample=i, tag=dataclasses.replace(origin, offset=offset))
         for i, offset in enumerate(split.split_offsets(gen.tokenizer, text, n))]
 
@@ -627,4 +652,4 @@ class Progress:
               f"({rate / cost.devices:.1f}/device)  prefill {line['prefill_device_s']:.0f} + "
               f"decode {line['decode_device_s']:.0f} device-s  useful row-steps "
               f"{useful if useful is not None else '-'}  {eta_text}", flush=True)
-        fs.append_text(self.path, json.dumps(line) + "\n")
+        fs.append_jsonl(self.path, [line])
