@@ -27,6 +27,7 @@ setup(
         "scipy>=1.13",
         "matplotlib>=3.9",
         "numpy>=2.0",
+        "faiss-cpu>=1.9",  # nearest-neighbour document pairs (experiments.pairs, experiments.sbp)
     ],
     extras_require={
         # Test-only peers: the reference implementations megadoc is checked against.
