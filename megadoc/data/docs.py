@@ -19,7 +19,7 @@ from megadoc import fs
 
 SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet")
 METHODS = ("rephrase", "latent_thought", "unconditional", "qa", "focal_rewrite",
-           "entigraph_entities", "entigraph_relation")
+           "entigraph_entities", "entigraph_relation", "sbp")
 
 
 class BadRecords:

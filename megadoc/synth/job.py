@@ -18,6 +18,10 @@ the generator's context; never truncated), "error" (logged with the document's l
 For latent thoughts `sample` is the split index (0..k-1) and `offset` the split's character offset.
 The knowledge methods (qa, focal_rewrite, entigraph_entities, entigraph_relations) add their
 parsed fields to the record and give malformed output a status: megadoc/synth/knowledge.py.
+`sbp` (Synthetic Bootstrapped Pretraining) samples a related document x2 from a conditional
+model given the document as x1 (`BOS x1 <separator>`, megadoc/data/pairs.py), with no template
+and no chat; its generator is the conditional model, usually a megadoc workdir (see
+megadoc/analysis/sbp.py `conditional_generator`).
 """
 from __future__ import annotations
 
@@ -35,6 +39,7 @@ import jax
 
 from megadoc import fs
 from megadoc.data import docs as docs_lib
+from megadoc.data import pairs as pairs_lib
 from megadoc.models import sharding
 from megadoc.synth import generator as generator_lib
 from megadoc.synth import knowledge
@@ -45,10 +50,11 @@ from megadoc.synth import split
 # Job method (flag value) -> record method; and the papers' max new tokens for each.
 RECORD_METHOD = {"rephrase": "rephrase", "latent_thoughts": "latent_thought", "qa": "qa",
                  "focal_rewrite": "focal_rewrite", "entigraph_entities": "entigraph_entities",
-                 "entigraph_relations": "entigraph_relation"}
+                 "entigraph_relations": "entigraph_relation", "sbp": "sbp"}
 PAPER_MAX_NEW_TOKENS = {"rephrase": 1024, "latent_thoughts": 512, "qa": 256,
                         "focal_rewrite": 1024, "entigraph_entities": 512,
-                        "entigraph_relations": 1024}
+                        "entigraph_relations": 1024, "sbp": 1024}
+UNTEMPLATED = ("sbp",)  # methods that prompt with the document itself, not a template
 
 EMPTY_DOCUMENT = "empty_document"
 ERROR = "error"
@@ -60,7 +66,7 @@ class JobConfig:
     """One synthesis job: what to generate from which documents with which generator."""
     method: str
     """what to generate: rephrase | latent_thoughts | qa | focal_rewrite | entigraph_entities |
-    entigraph_relations (unconditional: see synth/unconditional.py)"""
+    entigraph_relations | sbp (unconditional: see synth/unconditional.py)"""
     generator: str
     """Hugging Face Llama dir with its tokenizer, or a Llama-architecture .gguf file (local or
     gs://); unconditional: megadoc training workdirs, comma-separated (an ensemble)"""
@@ -69,7 +75,7 @@ class JobConfig:
     output: str
     """output directory (local or gs://)"""
     generations: int = 1
-    """rephrase, qa: samples per document; focal_rewrite: rewrites per question"""
+    """rephrase, qa, sbp: samples per document; focal_rewrite: rewrites per question"""
     splits: int = 1
     """latent_thoughts: split points per document (k+1 pieces)"""
     questions: str | None = None
@@ -122,6 +128,9 @@ class JobConfig:
         if (self.method == "entigraph_relations") != bool(self.entities):
             raise ValueError("entities (entigraph_entities output) go with method "
                              "entigraph_relations, and only with it")
+        if self.method in UNTEMPLATED and self.template:
+            raise ValueError(f"method {self.method} takes no template: it prompts with the "
+                             f"document itself")
         if self.method == "entigraph_relations" and (min(self.pairs, self.triples) < 0
                                                      or self.pairs + self.triples < 1):
             raise ValueError(f"entigraph_relations needs pairs + triples >= 1, got "
@@ -265,8 +274,10 @@ def _summary(output: str, num_shards: int, extra: dict) -> dict:
                 generated_tokens=tokens, finish_reason=dict(sorted(counts.items())))
 
 
-def run(cfg: JobConfig) -> dict:
-    """Run (or resume) the job for this process's shards; returns the summary."""
+def run(cfg: JobConfig, load_generator=generator_lib.load) -> dict:
+    """Run (or resume) the job for this process's shards; returns the summary.
+    `load_generator(path, mesh) -> Generator` loads `cfg.generator` (sbp passes one that also
+    takes a megadoc workdir)."""
     start = time.time()
     process_index = jax.process_index() if cfg.process_id is None else cfg.process_id
     process_count = jax.process_count() if cfg.num_processes is None else cfg.num_processes
@@ -274,7 +285,8 @@ def run(cfg: JobConfig) -> dict:
         raise ValueError(f"process_id {process_index} outside [0, {process_count})")
     fs.check_writable(cfg.output)  # a missing or read-only bucket fails before any work
     method = RECORD_METHOD[cfg.method]
-    template = prompts.load_template(cfg.template or prompts.builtin_template(method), method)
+    template = None if cfg.method in UNTEMPLATED else prompts.load_template(
+        cfg.template or prompts.builtin_template(method), method)
     bad = docs_lib.BadRecords()
     inputs = (knowledge.read_questions(cfg.questions) if cfg.questions else
               knowledge.read_entities(cfg.entities) if cfg.entities else {})
@@ -282,12 +294,13 @@ def run(cfg: JobConfig) -> dict:
     num_docs = len(doc_samples)
     num_shards = math.ceil(num_docs / cfg.shard_size)
     mesh = sharding.make_mesh(tensor=cfg.tensor_parallel, devices=jax.local_devices())
-    gen = generator_lib.load(cfg.generator, mesh)
+    gen = load_generator(cfg.generator, mesh)
     max_new = (PAPER_MAX_NEW_TOKENS[cfg.method] if cfg.max_new_tokens is None
                else cfg.max_new_tokens)
     fs.makedirs(fs.join(cfg.output, "_job"))
     _check_job_config(fs.join(cfg.output, "_job", "config.json"), {
-        "method": cfg.method, "generator": gen.name, "template": template.name, "seed": cfg.seed,
+        "method": cfg.method, "generator": gen.name, "template": template and template.name,
+        "seed": cfg.seed,
         "samples": sum(doc_samples), "generations": cfg.generations, "splits": cfg.splits,
         "questions": cfg.questions, "entities": cfg.entities, "pairs": cfg.pairs,
         "triples": cfg.triples, "max_new_tokens": max_new,
@@ -315,7 +328,7 @@ def run(cfg: JobConfig) -> dict:
     def emit(origin: Origin, out: Output, generated_tokens: int = 0):
         record = dict(doc_id=origin.doc_id, method=method, sample=out.sample,
                       offset=origin.offset, text=out.text, finish_reason=out.finish_reason,
-                      seed=cfg.seed, generator=gen.name, template=template.name,
+                      seed=cfg.seed, generator=gen.name, template=template and template.name,
                       sampling=sampling, **(out.fields or {}))
         where = (origin.shard, origin.position)
         outstanding[where] -= 1
@@ -373,6 +386,11 @@ def _doc_requests(cfg: JobConfig, gen, template, doc: dict, origin: Origin,
         logging.warning("document %r at %s is empty", doc_id, doc["where"])
         at = origin if cfg.method != "latent_thoughts" else dataclasses.replace(origin, offset=0)
         return [(at, Output(s, "", EMPTY_DOCUMENT)) for s in range(n)]
+    if cfg.method == "sbp":
+        context, max_new = gen.config.max_seq_len, cfg.max_new_tokens or PAPER_MAX_NEW_TOKENS["sbp"]
+        prompt = pairs_lib.conditional_prompt(gen.tokenizer, text,
+                                              max(context // 2, context - max_new))
+        return [sampler_lib.Request(prompt, key, num_samples=n, tag=origin)]
     if cfg.method in ("rephrase", "qa", "entigraph_entities"):
         prompt = gen.encode_prompt(*template.render(document=text))
         return [sampler_lib.Request(prompt, key, num_samples=n, tag=origin)]
