@@ -16,7 +16,8 @@ def make_embedding_model(path: str) -> str:
     """A Llama whose layers barely touch the residual stream (weights ~0.01, embeddings ~1):
     its mean-pooled states are close to a bag of its token embeddings, so texts sharing most of
     their tokens embed close together, as a trained model's paraphrases do."""
-    tokenizer_lib.train_sentencepiece(fixture_texts() * 4, 700, os.path.join(path, "tokenizer.model"))
+    tokenizer_lib.train_sentencepiece(fixture_texts() * 4, 700,
+                                      os.path.join(path, "tokenizer.model"))
     config = llama.LlamaConfig(vocab_size=tokenizer_lib.load(path).vocab_size, hidden=64,
                                ffn=128, layers=2, heads=4, kv_heads=2, max_seq_len=256)
     rng = np.random.default_rng(0)

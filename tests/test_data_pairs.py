@@ -81,7 +81,8 @@ def test_pair_window_is_x1_separator_x2_with_the_loss_on_x2(tokenizer):
     tokens, segments, mask, cut = pairs_lib.pair_window(tokenizer, x1, x2, width)
     want = head + a + [eos] + head + b + [eos]
     assert tokens[:len(want)].tolist() == want and not cut
-    assert tokens[len(want):].tolist() == [eos] * 5 and segments.tolist() == [1] * len(want) + [2] * 5
+    assert tokens[len(want):].tolist() == [eos] * 5
+    assert segments.tolist() == [1] * len(want) + [2] * 5
     x2_start = len(head) + len(a) + 1 + len(head)
     assert mask.tolist() == [0] * x2_start + [1] * (len(b) + 1) + [0] * 5
     prompt = pairs_lib.conditional_prompt(tokenizer, x1, 1000)

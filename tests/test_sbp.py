@@ -1,6 +1,6 @@
-"""SBP end to end at the smallest scale: pairs → pair store → conditional training from the base →
-`sbp` synthesis (one record per document, exactly once) → students at equal compute → table and
-plot; and the `experiments.synthesize --method=sbp` flags."""
+"""SBP end to end at the smallest scale: pairs → pair store → conditional training from the
+base → `sbp` synthesis (one record per document, exactly once) → students at equal compute →
+table and plot; and the `experiments.synthesize --method=sbp` flags."""
 import json
 
 import pytest

@@ -96,4 +96,5 @@ def test_kill_9_during_embedding_resumes_to_the_same_bytes(corpus, tmp_path):
         name = f"shard-{j:05d}.jsonl"
         assert (output / "embeddings" / name).read_bytes() == \
             (tmp_path / "whole" / "embeddings" / name).read_bytes(), name
-    assert (output / "pairs.jsonl").read_bytes() == (tmp_path / "whole" / "pairs.jsonl").read_bytes()
+    whole_pairs = (tmp_path / "whole" / "pairs.jsonl").read_bytes()
+    assert (output / "pairs.jsonl").read_bytes() == whole_pairs

@@ -139,7 +139,7 @@ class StoreWriter:
 
     def finish(self, metadata: dict) -> dict:
         self.flush()
-        for name in self.arrays:  # drop rows an interrupted earlier run may have written past the end
+        for name in self.arrays:  # drop rows an interrupted earlier run wrote past the end
             self._arrays[name] = self._arrays[name].resize(
                 exclusive_max=[self.num_windows, None], resize_metadata_only=True).result()
         metadata = dict(metadata, format=FORMAT, seq_len=self.seq_len,
@@ -199,7 +199,8 @@ class WindowStore:
             bad |= (out[LOSS_MASK] < 0).any(axis=1)
         if bad.any():
             window = int(indices[bad][0])
-            shard = fs.join(self.path, "{" + ",".join(self.arrays) + "}", "c", str(window // self.shard_windows), "0")
+            shard = fs.join(self.path, "{" + ",".join(self.arrays) + "}", "c",
+                            str(window // self.shard_windows), "0")
             raise ValueError(
                 f"{self.path}: windows {sorted(set(indices[bad].tolist()))[:8]} hold no data: "
                 f"shard {shard} is missing or truncated; the store is corrupt, prepare it again")

@@ -69,7 +69,8 @@ class JobConfig:
     entigraph_relations | sbp (unconditional: see synth/unconditional.py)"""
     generator: str
     """Hugging Face Llama dir with its tokenizer, or a Llama-architecture .gguf file (local or
-    gs://); unconditional: megadoc training workdirs, comma-separated (an ensemble)"""
+    gs://); sbp: the conditional model, also a megadoc workdir; unconditional: megadoc training
+    workdirs, comma-separated (an ensemble)"""
     docs: str
     """source docs {id, text}: JSONL(.gz)/Parquet file, dir or glob"""
     output: str
@@ -387,7 +388,9 @@ def _doc_requests(cfg: JobConfig, gen, template, doc: dict, origin: Origin,
         at = origin if cfg.method != "latent_thoughts" else dataclasses.replace(origin, offset=0)
         return [(at, Output(s, "", EMPTY_DOCUMENT)) for s in range(n)]
     if cfg.method == "sbp":
-        context, max_new = gen.config.max_seq_len, cfg.max_new_tokens or PAPER_MAX_NEW_TOKENS["sbp"]
+        # x1 keeps its head: at most what leaves max_new_tokens of the context, or half of it.
+        context = gen.config.max_seq_len
+        max_new = cfg.max_new_tokens or PAPER_MAX_NEW_TOKENS["sbp"]
         prompt = pairs_lib.conditional_prompt(gen.tokenizer, text,
                                               max(context // 2, context - max_new))
         return [sampler_lib.Request(prompt, key, num_samples=n, tag=origin)]
