@@ -111,3 +111,6 @@ def test_build_writes_one_masked_window_per_pair(tmp_path, tokenizer):
     pairs.write_text('{"x1": "d0", "x2": "nope", "score": 0.9}\n')
     with pytest.raises(ValueError, match="not documents of"):
         pairs_lib.build(cfg)
+    pairs.write_text('{"x1": "d0", "x2": "d1", "score": 0.9}\n{"x1": "d0"\n')
+    with pytest.raises(ValueError, match=r"pairs.jsonl:2: expected a pair record"):
+        pairs_lib.build(cfg)

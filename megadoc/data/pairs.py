@@ -85,8 +85,12 @@ def read_pairs(path: str) -> list[dict]:
     """The pair records of a JSONL file, each checked to name two documents and a score."""
     out = []
     for n, line in enumerate(fs.read_text(path).splitlines(), 1):
-        record = json.loads(line)
-        if not (isinstance(record.get("x1"), str) and isinstance(record.get("x2"), str)
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = {}
+        if not (isinstance(record, dict) and isinstance(record.get("x1"), str)
+                and isinstance(record.get("x2"), str)
                 and isinstance(record.get("score"), (int, float))):
             raise ValueError(f"{path}:{n}: expected a pair record {{x1: id, x2: id, score}}, "
                              f"got {line[:200]}")
