@@ -11,24 +11,15 @@ document and each neighbour whose score (cosine of the centred embeddings) is at
 the scores. Several hosts: the same command with --process_id=i --num_processes=n; a rerun after
 all are done writes the pairs. Details: megadoc/analysis/neighbours.py.
 """
-from __future__ import annotations
-
-from absl import app, flags
-
 from megadoc import cli
 from megadoc.analysis import neighbours
 
-FLAGS = flags.FlagValues()
-cli.define_fields(neighbours.PairsConfig, FLAGS)
+FLAGS = cli.command_flags(neighbours.PairsConfig)
 
 
-def main(argv):
-    del argv
-    missing = [n for n in ("model", "docs", "output") if not getattr(FLAGS, n)]
-    if missing:
-        raise app.UsageError(f"missing required flags: {', '.join('--' + n for n in missing)}")
-    neighbours.run(neighbours.PairsConfig(**cli.field_values(neighbours.PairsConfig, FLAGS)))
+def main():
+    neighbours.run(cli.build(neighbours.PairsConfig, FLAGS))
 
 
 if __name__ == "__main__":
-    cli.run(main, flags_parser=cli.parser(FLAGS))
+    cli.run_flags(main, FLAGS)

@@ -1,5 +1,8 @@
 """Flags generated from the config dataclasses (megadoc.cli)."""
 import dataclasses
+import importlib
+import inspect
+import pathlib
 
 import pytest
 from absl import app, flags
@@ -71,3 +74,21 @@ def test_bad_values_and_undocumented_fields_are_refused():
 def test_every_config_field_has_a_docstring():
     for cls in (config.TrainConfig, config.DataConfig, config.OptimizerConfig):
         assert set(cli.field_docs(cls)) == {f.name for f in dataclasses.fields(cls)}
+
+
+COMMANDS = sorted(p.stem for p in pathlib.Path(__file__).parent.parent.glob("experiments/*.py")
+                  if p.stem != "__init__")
+
+
+@pytest.mark.parametrize("module", COMMANDS)
+def test_every_command_answers_help_with_its_generated_flags_and_exit_0(module, capsys):
+    mod = importlib.import_module(f"experiments.{module}")
+    source = inspect.getsource(mod)
+    assert "cli.run_flags(" in source or "cli.parser(FLAGS)" in source or \
+        "train.run_experiment(" in source  # each parses its own FLAGS through cli.parser
+    with pytest.raises(SystemExit) as exit_:
+        cli.parser(mod.FLAGS)(["prog", "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    for name in mod.FLAGS:
+        assert f"--{name}" in out.replace("--[no]", "--"), name

@@ -20,7 +20,7 @@ def real(tmp_path_factory):
 
 @pytest.mark.parametrize("flag, message", [
     ("--global_batch=0", "global_batch must be >= 1, got 0"),
-    ("--microbatches=0", "microbatches must be >= 1, got 0"),
+    ("--microbatches=-1", "microbatches must be >= 0, got -1"),
     ("--lr=-0.003", "lr must be > 0, got -0.003"),
     ("--weight_decay=-5", "weight_decay must be >= 0, got -5"),
     ("--warmup=1.5", r"warmup_frac must be in \[0, 1\), got 1.5"),

@@ -6,7 +6,7 @@ import json
 import pytest
 from absl import app
 
-from megadoc.analysis import sbp
+from megadoc.pipelines import sbp
 from megadoc.data import docs as docs_lib
 from megadoc.data import store as store_lib
 from sbp_fixtures import make_embedding_model, planted_corpus
@@ -54,7 +54,7 @@ def test_pairs_conditional_training_and_sbp_synthesis(tmp_path):
 def test_end_to_end_with_students_table_and_plot(tmp_path):
     cfg = _config(tmp_path)
     results = sbp.run(cfg)
-    rows = {r["student"]: r for r in results["students"]}
+    rows = {r["student"]: r for r in results.students}
     assert set(rows) == {"real", "sbp", "oracle"}
     assert rows["real"]["steps"] == rows["sbp"]["steps"]  # equal compute
     assert rows["sbp"]["windows"]["synthetic_windows"] == rows["sbp"]["steps"] * 8 // 2
@@ -63,7 +63,7 @@ def test_end_to_end_with_students_table_and_plot(tmp_path):
         assert (tmp_path / "run" / name).exists()
     assert "| sbp | 12 |" in (tmp_path / "run" / "results.md").read_text()
     again = sbp.run(cfg)  # every stage done: nothing reruns, the same table
-    assert again["students"] == results["students"]
+    assert again.students == results.students
 
 
 def test_synthesize_flags_for_sbp():
@@ -73,7 +73,7 @@ def test_synthesize_flags_for_sbp():
     f.unparse_flags()
     try:
         f(["synthesize", "--method=sbp", "--generator=RUN", "--docs=D", "--output=O",
-           "--generations=2"])
+           "--generations_per_doc=2"])
         cfg = synthesize.build_config()
         assert (cfg.method, cfg.generations, cfg.template) == ("sbp", 2, None)
         f.unparse_flags()

@@ -11,6 +11,7 @@ import time
 import pytest
 
 from megadoc.analysis import quality
+from megadoc.data import methods
 from megadoc.synth import job, knowledge
 from knowledge_fixtures import make_hf_model
 
@@ -18,10 +19,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_qa_parsing():
-    assert knowledge.parse_qa("Sure!\nQuestion: Who built it?\n Answer: Ilse Varga.\n") == \
+    assert methods.parse_qa("Sure!\nQuestion: Who built it?\n Answer: Ilse Varga.\n") == \
         ("Who built it?", "Ilse Varga.")
     for bad in ("Who built it? Ilse Varga.", "Question: Who?\nAnswer:   ", "Answer: x\n"):
-        assert knowledge.parse_qa(bad) is None
+        assert methods.parse_qa(bad) is None
     text, reason, fields = knowledge.finish("qa", "Question: Q?\nAnswer: A.", "eos", None)
     assert (text, reason, fields) == ("Question: Q?\nAnswer: A.", "eos",
                                       {"question": "Q?", "answer": "A."})
@@ -31,10 +32,10 @@ def test_qa_parsing():
 
 def test_entity_parsing():
     out = 'Here: {"summary": "A clock.", "entities": ["clock", " Varga ", "clock", ""]} done'
-    assert knowledge.parse_entities(out) == ("A clock.", ["clock", "Varga"])
+    assert methods.parse_entities(out) == ("A clock.", ["clock", "Varga"])
     for bad in ('{"summary": "x"}', '{"summary": "x", "entities": []}', "[1, 2]", "{oops}",
                 '{"summary": 3, "entities": ["a"]}'):
-        assert knowledge.parse_entities(bad) is None
+        assert methods.parse_entities(bad) is None
     assert knowledge.finish("entigraph_entities", out, "eos", None) == \
         ("A clock.", "eos", {"entities": ["clock", "Varga"]})
 
@@ -108,7 +109,7 @@ def test_qa_records_parse_or_say_malformed(setup):
         if r["finish_reason"] == "malformed":
             assert r["text"] == "" and r["raw"] and "question" not in r
         else:
-            assert r["text"] == knowledge.qa_text(r["question"], r["answer"])
+            assert r["text"] == methods.qa_text(r["question"], r["answer"])
 
 
 def test_focal_rewrites_one_per_question_and_generation(setup):
@@ -157,16 +158,27 @@ def test_entigraph_both_stages_through_the_flags(setup):
                       "--max_new_tokens=8", "--batch_size=4"])
     try:
         stage1, stage2 = synthesize.build_configs()
-        synthesize.main([])
+        try:
+            synthesize.main([])
+        except ValueError as e:  # stage 1 parsed no document's entities: stage 2 is refused
+            refused = str(e)
+        else:
+            refused = None
     finally:
         synthesize.FLAGS.unparse_flags()
     assert stage2.entities == stage1.output == str(out / "entities")
     entities = _records(out / "entities")
-    relations = _records(out / "relations")
-    assert len(entities) == 6 and len(relations) == 6 * 3
+    assert len(entities) == 6
     parsed = {r["doc_id"] for r in entities if r["finish_reason"] != "malformed"}
     for r in entities:  # a random tiny model rarely writes JSON: malformed, with its raw text
         assert ("entities" in r) == (r["doc_id"] in parsed) and ("raw" in r) != ("entities" in r)
+    if not parsed:
+        assert refused.startswith(f"--entities={out / 'entities'}: no entities for any of the "
+                                  f"6 documents")
+        assert not (out / "relations").exists()
+        return
+    relations = _records(out / "relations")
+    assert refused is None and len(relations) == 6 * 3
     assert {r["finish_reason"] for r in relations if r["doc_id"] not in parsed} <= \
         {"no_entities"}
 

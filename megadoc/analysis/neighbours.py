@@ -81,6 +81,41 @@ def embeddings_dir(output: str) -> str:
     return fs.join(output, "embeddings")
 
 
+class _ShardRunner:
+    """This process's embedding shards, run by the synthesis job's shard machinery
+    (megadoc/synth/job.py: layout, done markers, settings check, summary). The one place this
+    module touches that job, so a change to its shard runner is a change here alone."""
+
+    def __init__(self, out: str, settings: dict, num_docs: int, shard_size: int,
+                 process_index: int, process_count: int):
+        self.out, self.num_shards = out, math.ceil(num_docs / shard_size)
+        fs.makedirs(fs.join(out, "_job"))
+        job_lib._check_job_config(fs.join(out, "_job", "config.json"), settings)
+        self.mine = job_lib.owned_shards(self.num_shards, process_index, process_count)
+        self.todo = [j for j in self.mine if j not in job_lib._finished_shards(out, self.mine)]
+        self._shards = job_lib._Shards(out, {j: min(shard_size, num_docs - j * shard_size)
+                                             for j in self.todo})
+
+    def add(self, shard: int, position: int, record: dict) -> None:
+        """One document's record; a shard is written (then its marker) once it is complete."""
+        self._shards.add(shard, (position,), record, 0)
+
+    def summary(self, extra: dict) -> dict:
+        return job_lib._summary(self.out, self.num_shards, {
+            "shards_written_now": len(self._shards.written), **extra})
+
+    @staticmethod
+    def records(out: str, num_shards: int):
+        """Every record of finished shards, in order; refuses an unfinished shard."""
+        for j in range(num_shards):
+            problem = job_lib.shard_problem(out, j)
+            if problem:
+                raise ValueError(f"{out}: embedding shard {j} is not finished ({problem}); run "
+                                 f"the pairs command again to finish it")
+            for line in fs.read_text(job_lib.shard_path(out, j)).splitlines():
+                yield json.loads(line)
+
+
 def _pooler(config: llama.LlamaConfig, mesh):
     """`pool(params, (tokens_BxT, mask_BxT)) -> [B, H]` fp32 mean of the final hidden states over
     the positions the mask marks."""
@@ -107,22 +142,17 @@ def embed(cfg: PairsConfig) -> dict:
     fs.check_writable(out)
     bad = docs_lib.BadRecords()
     num_docs = sum(1 for _ in docs_lib.read_docs(cfg.docs, bad))
-    num_shards = math.ceil(num_docs / cfg.shard_size)
     mesh = sharding.make_mesh(devices=jax.local_devices())
     config, params = pretrained.load(cfg.model, mesh)
     tokenizer = pretrained.load_tokenizer(cfg.model)
     max_tokens = min(cfg.max_tokens, config.max_seq_len)
-    fs.makedirs(fs.join(out, "_job"))
-    job_lib._check_job_config(fs.join(out, "_job", "config.json"), {
+    shards = _ShardRunner(out, {
         "method": "embed", "model": cfg.model, "tokenizer_fingerprint": tokenizer.fingerprint,
         "max_tokens": max_tokens, "batch_size": cfg.batch_size, "shard_size": cfg.shard_size,
-        "num_docs": num_docs})
-    mine = job_lib.owned_shards(num_shards, process_index, process_count)
-    todo = [j for j in mine if j not in job_lib._finished_shards(out, mine)]
-    print(f"[pairs] {num_docs} docs in {num_shards} embedding shards; process {process_index}/"
-          f"{process_count} owns {len(mine)}, {len(mine) - len(todo)} already done", flush=True)
-    expected = {j: min(cfg.shard_size, num_docs - j * cfg.shard_size) for j in todo}
-    shards = job_lib._Shards(out, expected)
+        "num_docs": num_docs}, num_docs, cfg.shard_size, process_index, process_count)
+    print(f"[pairs] {num_docs} docs in {shards.num_shards} embedding shards; process "
+          f"{process_index}/{process_count} owns {len(shards.mine)}, "
+          f"{len(shards.mine) - len(shards.todo)} already done", flush=True)
     pool = _pooler(config, mesh)
     batch = -(-cfg.batch_size // len(mesh.devices.flat)) * len(mesh.devices.flat)
     pending: list[tuple] = []  # (shard, position, doc_id, ids, truncated)
@@ -134,12 +164,12 @@ def embed(cfg: PairsConfig) -> dict:
             tokens[r, :len(ids)], mask[r, :len(ids)] = ids, 1
         vectors = np.asarray(jax.device_get(pool(params, (tokens, mask))), np.float32)
         for (shard, pos, doc_id, ids, cut), v in zip(pending, vectors):
-            shards.add(shard, (pos,), {"doc_id": doc_id, "finish_reason": TRUNCATED if cut else
-                                       EMBEDDED, "tokens": len(ids),
-                                       "embedding": base64.b64encode(v.tobytes()).decode()}, 0)
+            shards.add(shard, pos, {"doc_id": doc_id, "finish_reason": TRUNCATED if cut else
+                                    EMBEDDED, "tokens": len(ids),
+                                    "embedding": base64.b64encode(v.tobytes()).decode()})
         pending.clear()
 
-    todo_set = set(todo)
+    todo_set = set(shards.todo)
     for i, doc in enumerate(docs_lib.read_docs(cfg.docs)):
         shard, pos = divmod(i, cfg.shard_size)
         if shard not in todo_set:
@@ -149,13 +179,12 @@ def embed(cfg: PairsConfig) -> dict:
         if doc["text"].strip():
             pending.append((shard, pos, doc["id"], *_encode(tokenizer, doc["text"], max_tokens)))
         else:
-            shards.add(shard, (pos,), {"doc_id": doc["id"], "finish_reason": EMPTY, "tokens": 0,
-                                       "embedding": None}, 0)
+            shards.add(shard, pos, {"doc_id": doc["id"], "finish_reason": EMPTY, "tokens": 0,
+                                    "embedding": None})
     if pending:
         flush()
-    summary = job_lib._summary(out, num_shards, {
-        "process_index": process_index, "shards_written_now": len(shards.written),
-        "elapsed_s": round(time.time() - start, 1), "bad_input_records": bad.as_dict()})
+    summary = shards.summary({
+        "process_index": process_index, "elapsed_s": round(time.time() - start, 1), "bad_input_records": bad.as_dict()})
     fs.write_text(fs.join(out, "summary.json"), json.dumps(summary, indent=1))
     return summary
 
@@ -167,16 +196,10 @@ def read_embeddings(output: str) -> tuple[list[str], np.ndarray]:
     settings = json.loads(fs.read_text(fs.join(out, "_job", "config.json")))
     num_shards = math.ceil(settings["num_docs"] / settings["shard_size"])
     ids, vectors = [], []
-    for j in range(num_shards):
-        problem = job_lib.shard_problem(out, j)
-        if problem:
-            raise ValueError(f"{out}: embedding shard {j} is not finished ({problem}); run the "
-                             f"pairs command again to finish it")
-        for line in fs.read_text(job_lib.shard_path(out, j)).splitlines():
-            record = json.loads(line)
-            if record["embedding"] is not None:
-                ids.append(record["doc_id"])
-                vectors.append(np.frombuffer(base64.b64decode(record["embedding"]), np.float32))
+    for record in _ShardRunner.records(out, num_shards):
+        if record["embedding"] is not None:
+            ids.append(record["doc_id"])
+            vectors.append(np.frombuffer(base64.b64decode(record["embedding"]), np.float32))
     return ids, np.stack(vectors)
 
 

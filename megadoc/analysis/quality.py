@@ -67,13 +67,14 @@ def read_quality(path: str) -> list[Article]:
         article_id = str(row.get("article_id", row.get("set_unique_id", lineno)))
         questions = []
         for i, q in enumerate(row["questions"]):
+            raw, q = q, q if isinstance(q, dict) else {}
             options, gold = q.get("options"), q.get("gold_label")
             if (not isinstance(q.get("question"), str) or not isinstance(options, list)
                     or len(options) != 4 or not all(isinstance(o, str) for o in options)
-                    or not isinstance(gold, int) or not 1 <= gold <= 4):
+                    or type(gold) is not int or not 1 <= gold <= 4):  # true is no label
                 raise ValueError(f"{where}: question {i} of article {article_id!r}: expected "
                                  f"a question, 4 options and gold_label 1..4; got "
-                                 f"{json.dumps(q)[:200]}")
+                                 f"{json.dumps(raw)[:200]}")
             qid = str(q.get("question_unique_id", f"{article_id}-{i}"))
             questions.append(Question(qid, q["question"], tuple(options), gold - 1))
         articles.append(Article(article_id, str(row.get("title", "")), row["article"],

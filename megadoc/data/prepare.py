@@ -37,6 +37,7 @@ import numpy as np
 from megadoc import fs
 from megadoc.data import docs as docs_lib
 from megadoc.data import megadocs
+from megadoc.data import methods
 from megadoc.data import store as store_lib
 from megadoc.data import tokenizer as tokenizer_lib
 from megadoc.data.windows import Windower
@@ -63,7 +64,8 @@ class PrepareConfig:
     """seed of the document permutation"""
     output: str
     """store directory (local or gs://)"""
-    generations: str | None = None
+    generations: str | None = dataclasses.field(default=None,
+                                                metadata={"flag": "generation_records"})
     """generation records (synthetic recipes only)"""
     real_position: str = "last"
     """stitched only: where the real text sits in the megadoc"""
@@ -77,13 +79,20 @@ class PrepareConfig:
     buckets: int = 64
     """spill buckets; memory holds one bucket (~corpus/buckets)"""
 
-    def check(self) -> None:
+    def __post_init__(self):
+        """Every setting checked before the job writes anything."""
         if self.recipe not in megadocs.RECIPES:
             raise ValueError(f"--recipe={self.recipe}: expected one of {megadocs.RECIPES}")
         if self.recipe in SYNTHETIC_RECIPES and not self.generations:
             raise ValueError(f"--recipe={self.recipe} needs --generations")
         if self.recipe == "real" and self.generations:
             raise ValueError("--recipe=real does not use --generations; drop it")
+        if self.real_position not in megadocs.REAL_POSITIONS:
+            raise ValueError(f"--real_position={self.real_position}: expected one of "
+                             f"{megadocs.REAL_POSITIONS}")
+        if self.recipe == "latent" and not self.include_real:
+            raise ValueError("--recipe=latent puts the thoughts into the real text: "
+                             "--include_real=false has no meaning for it")
         if self.recipe != "stitched" and self.real_position != "last":
             raise ValueError("--real_position applies to --recipe=stitched only")
         if self.seq_len < 1 or self.workers < 1 or self.buckets < 1:
@@ -102,6 +111,14 @@ class PrepareConfig:
         out["inputs"] = [dict(file=f, **fs.version(f)) for f in files]
         out["stream_layout"] = STREAM_LAYOUT
         return out
+
+
+def content_id(settings: dict) -> str:
+    """What the store holds, as a hash of what determines it (inputs with their versions, recipe,
+    tokenizer, seed, layout; not where it is written): a run's identity names its stores by
+    this, not by their sizes, which another corpus can share."""
+    what = {k: v for k, v in settings.items() if k != "output"}
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode("utf-8")).hexdigest()[:16]
 
 
 def differing_settings(old: dict, new: dict) -> list[str]:
@@ -127,7 +144,6 @@ def shuffle_key(seed: int, doc_id: str, part: str = "") -> int:
 
 
 def prepare(config: PrepareConfig) -> dict:
-    config.check()
     if store_lib.is_complete(config.output):
         existing = store_lib.open(config.output).metadata
         changed = differing_settings(existing.get("settings") or {}, config.settings())
@@ -208,8 +224,10 @@ def _spill(config: PrepareConfig, spill: str, bad: docs_lib.BadRecords):
     docs.close()
     gens = _Buckets(spill, "generations", config.buckets)
     if config.generations:
+        highest = -1
         for order, g in enumerate(docs_lib.read_generations(config.generations, bad)):
             counts["generations_read"] += 1
+            highest = max(highest, g["sample"])
             if config.max_generations is not None and g["sample"] >= config.max_generations:
                 counts["generations_beyond_max"] += 1  # a prefix of a larger run, by design
                 continue
@@ -222,8 +240,22 @@ def _spill(config: PrepareConfig, spill: str, bad: docs_lib.BadRecords):
                 bad.add("think_tag_in_generation", g["where"], f"doc {g['doc_id']!r}")
                 continue
             gens.write(shuffle_key(config.seed, g["doc_id"]), dict(g, order=order))
+        if config.max_generations is not None:
+            check_samples(config.generations, config.max_generations, highest)
     gens.close()
     return counts, docs, gens
+
+
+def check_samples(generations: str, n: int, highest: int | None = None) -> None:
+    """Refuse a store of N = `n` generations per document from records whose samples stop
+    before N-1 (`highest`: their largest sample index, read when None): it would hold fewer
+    and be reported as N."""
+    if highest is None:
+        highest = max((g["sample"] for g in docs_lib.read_generations(generations)), default=-1)
+    if highest + 1 < n:
+        raise ValueError(f"--max_generations={n}: {generations} holds samples 0..{highest} "
+                         f"({highest + 1} per document at most), so a store of N={n} would hold "
+                         f"{highest + 1}; synthesize at least {n} samples per document first")
 
 
 def _spill_stream_documents(config, spill: str, doc_buckets, gen_buckets, bad, counts) -> _Buckets:
@@ -256,7 +288,7 @@ def _bucket_documents(config, docs: list[dict], gens: list[dict], bad,
             bad.add("unknown_doc_id", g["where"], f"doc_id {g['doc_id']!r}")
         elif identity in seen:
             bad.add("duplicate_generation", g["where"], f"{identity}")
-        elif g["method"] == "latent_thought" and not 0 <= g["offset"] <= len(doc["text"]):
+        elif methods.METHODS[g["method"]].offsets and not 0 <= g["offset"] <= len(doc["text"]):
             bad.add("offset_out_of_range", g["where"], f"offset {g['offset']} in a text of "
                                                         f"{len(doc['text'])} characters")
         else:
@@ -350,8 +382,10 @@ def _write(config, tokenizer, stream_buckets, bad, counts) -> dict:
     if writer.num_windows == 0:
         raise ValueError(f"{config.docs}: {windower.num_tokens} tokens in all, fewer than "
                          f"seq_len+1={config.seq_len + 1}: no window can be made")
+    settings = config.settings()
     metadata = {
-        "settings": config.settings(),
+        "settings": settings,
+        "content_id": content_id(settings),
         "recipe": config.recipe,
         "max_generations": config.max_generations,
         "seed": config.seed,

@@ -1,6 +1,6 @@
 """The global batch at every step, as a pure function of (seed, step, batch, mix, store sizes).
 
-Mixing is exact over the run (DESIGN decision 2): with global batch B and synthetic fraction w,
+Mixing is exact over the run (DESIGN.md, decision 2): with global batch B and synthetic fraction w,
 the first s batches hold `floor(w·B·s)` synthetic windows, so batch s holds
 `floor(w·B·(s+1)) - floor(w·B·s)` of them (⌊wB⌋ or ⌈wB⌉) and the realised fraction is w, not
 round(w·B)/B. w is taken as the exact decimal it is written as (0.9 is 9/10), so the counts do

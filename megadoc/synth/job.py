@@ -15,13 +15,14 @@ written as soon as its last record arrives.
 Every (document, sample) yields exactly one record. Records that carry no generation say why in
 `finish_reason`, with empty text: "empty_document", "prompt_too_long" (the prompt does not fit in
 the generator's context; never truncated), "error" (logged with the document's location).
-For latent thoughts `sample` is the split index (0..k-1) and `offset` the split's character offset.
-The knowledge methods (qa, focal_rewrite, entigraph_entities, entigraph_relations) add their
-parsed fields to the record and give malformed output a status: megadoc/synth/knowledge.py.
-`sbp` (Synthetic Bootstrapped Pretraining) samples a related document x2 from a conditional
-model given the document as x1 (`BOS x1 <separator>`, megadoc/data/pairs.py), with no template
-and no chat; its generator is the conditional model, usually a megadoc workdir (see
-megadoc/analysis/sbp.py `conditional_generator`).
+What each method (megadoc/data/methods.py) prompts with and how many records it writes per
+document follow from its template's fields: one prompt per document ({document}), per split
+point ({prefix}/{suffix}: `sample` is the split index 0..k-1, `offset` its character offset), per
+question ({question}) or per entity group ({entities}). Methods with a parser add its fields to
+the record and give malformed output a status: megadoc/synth/knowledge.py.
+`sbp` (Synthetic Bootstrapped Pretraining) is conditional: no template and no chat; the
+generator, a conditional model p(x2 | x1), samples a related document after the document as
+x1 (`BOS x1 <separator>`, megadoc/data/pairs.py), which keeps x1's head to leave room for x2.
 """
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ import jax
 
 from megadoc import fs
 from megadoc.data import docs as docs_lib
+from megadoc.data import methods as methods_lib
 from megadoc.data import pairs as pairs_lib
 from megadoc.models import sharding
 from megadoc.synth import generator as generator_lib
@@ -46,15 +48,6 @@ from megadoc.synth import knowledge
 from megadoc.synth import prompts
 from megadoc.synth import sampler as sampler_lib
 from megadoc.synth import split
-
-# Job method (flag value) -> record method; and the papers' max new tokens for each.
-RECORD_METHOD = {"rephrase": "rephrase", "latent_thoughts": "latent_thought", "qa": "qa",
-                 "focal_rewrite": "focal_rewrite", "entigraph_entities": "entigraph_entities",
-                 "entigraph_relations": "entigraph_relation", "sbp": "sbp"}
-PAPER_MAX_NEW_TOKENS = {"rephrase": 1024, "latent_thoughts": 512, "qa": 256,
-                        "focal_rewrite": 1024, "entigraph_entities": 512,
-                        "entigraph_relations": 1024, "sbp": 1024}
-UNTEMPLATED = ("sbp",)  # methods that prompt with the document itself, not a template
 
 EMPTY_DOCUMENT = "empty_document"
 ERROR = "error"
@@ -65,17 +58,18 @@ PROGRESS_EVERY_S = 10.0
 class JobConfig:
     """One synthesis job: what to generate from which documents with which generator."""
     method: str
-    """what to generate: rephrase | latent_thoughts | qa | focal_rewrite | entigraph_entities |
-    entigraph_relations | sbp (unconditional: see synth/unconditional.py)"""
+    """what to generate: a prompted method of data/methods.py (rephrase, latent_thoughts, qa,
+    focal_rewrite, entigraph_entities, entigraph_relations, sbp; unconditional: see
+    synth/unconditional.py)"""
     generator: str
-    """Hugging Face Llama dir with its tokenizer, or a Llama-architecture .gguf file (local or
-    gs://); sbp: the conditional model, also a megadoc workdir; unconditional: megadoc training
-    workdirs, comma-separated (an ensemble)"""
+    """Hugging Face Llama dir with its tokenizer, a Llama-architecture .gguf file, or a megadoc
+    training workdir (local or gs://; see train/pretrained.py); sbp: the conditional model;
+    unconditional: megadoc training workdirs, comma-separated (an ensemble)"""
     docs: str
     """source docs {id, text}: JSONL(.gz)/Parquet file, dir or glob"""
     output: str
     """output directory (local or gs://)"""
-    generations: int = 1
+    generations: int = dataclasses.field(default=1, metadata={"flag": "generations_per_doc"})
     """rephrase, qa, sbp: samples per document; focal_rewrite: rewrites per question"""
     splits: int = 1
     """latent_thoughts: split points per document (k+1 pieces)"""
@@ -88,7 +82,7 @@ class JobConfig:
     triples: int = 0
     """entigraph_relations: entity triples per document (a seeded sample)"""
     max_new_tokens: int | None = None
-    """None: the papers' value for the method (1024 rephrase / 512 latent_thoughts)"""
+    """None: the method's default, the papers' value (1024 rephrase / 512 latent_thoughts)"""
     temperature: float = 1.0
     """sampling temperature (0: greedy)"""
     top_p: float = 1.0
@@ -114,8 +108,10 @@ class JobConfig:
     """processes (None: jax.process_count())"""
 
     def __post_init__(self):
-        if self.method not in RECORD_METHOD:
-            raise ValueError(f"method {self.method!r}: expected one of {sorted(RECORD_METHOD)}")
+        """Every setting checked before the job writes anything."""
+        if self.method not in methods_lib.prompted():
+            raise ValueError(f"method {self.method!r}: expected one of "
+                             f"{sorted(methods_lib.prompted())}")
         for name in ("generations", "splits", "batch_size", "shard_size", "tensor_parallel"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -123,32 +119,30 @@ class JobConfig:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if not self.temperature >= 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if (self.method == "focal_rewrite") != bool(self.questions):
-            raise ValueError("questions (records with a question per document) go with "
-                             "method focal_rewrite, and only with it")
-        if (self.method == "entigraph_relations") != bool(self.entities):
-            raise ValueError("entities (entigraph_entities output) go with method "
-                             "entigraph_relations, and only with it")
-        if self.method in UNTEMPLATED and self.template:
-            raise ValueError(f"method {self.method} takes no template: it prompts with the "
-                             f"document itself")
-        if self.method == "entigraph_relations" and (min(self.pairs, self.triples) < 0
-                                                     or self.pairs + self.triples < 1):
-            raise ValueError(f"entigraph_relations needs pairs + triples >= 1, got "
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        inputs = methods_lib.get(self.method).inputs
+        for name, what in (("questions", "records with a question per document"),
+                           ("entities", "entigraph_entities output")):
+            users = [m for m in methods_lib.prompted() if name in methods_lib.get(m).inputs]
+            if (name in inputs) != bool(getattr(self, name)):
+                raise ValueError(f"{name} ({what}) go with method {'|'.join(users)}, and only "
+                                 "with it")
+        if methods_lib.get(self.method).template is None and self.template:
+            raise ValueError(f"method {self.method} takes no template: the document itself is "
+                             f"its prompt")
+        if "pairs" in inputs and (min(self.pairs, self.triples) < 0
+                                  or self.pairs + self.triples < 1):
+            raise ValueError(f"{self.method} needs pairs + triples >= 1, got "
                              f"{self.pairs} + {self.triples}")
 
     def samples(self, doc: dict, inputs: dict) -> int:
         """Records the job writes for `doc`, given the per-document inputs (questions or
         entities) of the methods that take them."""
-        if self.method == "latent_thoughts":
-            return self.splits
-        if self.method == "focal_rewrite":
-            return len(inputs.get(doc["id"], ())) * self.generations or 1
-        if self.method == "entigraph_relations":
-            return self.pairs + self.triples
-        if self.method == "entigraph_entities":
-            return 1
-        return self.generations
+        return methods_lib.samples_per_document(methods_lib.get(self.method), self,
+                                                len(inputs.get(doc["id"], ())))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -275,29 +269,36 @@ def _summary(output: str, num_shards: int, extra: dict) -> dict:
                 generated_tokens=tokens, finish_reason=dict(sorted(counts.items())))
 
 
-def run(cfg: JobConfig, load_generator=generator_lib.load) -> dict:
-    """Run (or resume) the job for this process's shards; returns the summary.
-    `load_generator(path, mesh) -> Generator` loads `cfg.generator` (sbp passes one that also
-    takes a megadoc workdir)."""
+def run(cfg: JobConfig) -> dict:
+    """Run (or resume) the job for this process's shards; returns the summary."""
     start = time.time()
     process_index = jax.process_index() if cfg.process_id is None else cfg.process_id
     process_count = jax.process_count() if cfg.num_processes is None else cfg.num_processes
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_id {process_index} outside [0, {process_count})")
-    fs.check_writable(cfg.output)  # a missing or read-only bucket fails before any work
-    method = RECORD_METHOD[cfg.method]
-    template = None if cfg.method in UNTEMPLATED else prompts.load_template(
+    method = cfg.method
+    template = methods_lib.get(method).template and prompts.load_template(
         cfg.template or prompts.builtin_template(method), method)
     bad = docs_lib.BadRecords()
     inputs = (knowledge.read_questions(cfg.questions) if cfg.questions else
               knowledge.read_entities(cfg.entities) if cfg.entities else {})
-    doc_samples = [cfg.samples(doc, inputs) for doc in docs_lib.read_docs(cfg.docs, bad)]
+    doc_samples, without_inputs = [], 0
+    for doc in docs_lib.read_docs(cfg.docs, bad):
+        doc_samples.append(cfg.samples(doc, inputs))
+        without_inputs += doc["id"] not in inputs
     num_docs = len(doc_samples)
+    if cfg.questions or cfg.entities:
+        knowledge.check_inputs(cfg.questions or cfg.entities, "questions" if cfg.questions
+                               else "entities", num_docs, without_inputs)
+    # Validated: only now is anything written (a refused job leaves no --output behind).
+    fs.check_writable(cfg.output)  # a missing or read-only bucket fails before the model loads
     num_shards = math.ceil(num_docs / cfg.shard_size)
     mesh = sharding.make_mesh(tensor=cfg.tensor_parallel, devices=jax.local_devices())
-    gen = load_generator(cfg.generator, mesh)
-    max_new = (PAPER_MAX_NEW_TOKENS[cfg.method] if cfg.max_new_tokens is None
+    gen = generator_lib.load(cfg.generator, mesh)
+    max_new = (methods_lib.get(method).max_new_tokens if cfg.max_new_tokens is None
                else cfg.max_new_tokens)
+    settings = sampler_lib.Settings(max_new_tokens=max_new, temperature=cfg.temperature,
+                                    top_p=cfg.top_p, top_k=cfg.top_k, stop_tokens=gen.stop_tokens)
     fs.makedirs(fs.join(cfg.output, "_job"))
     _check_job_config(fs.join(cfg.output, "_job", "config.json"), {
         "method": cfg.method, "generator": gen.name, "template": template and template.name,
@@ -316,8 +317,6 @@ def run(cfg: JobConfig, load_generator=generator_lib.load) -> dict:
     docs_todo = sum(min(cfg.shard_size, num_docs - j * cfg.shard_size) for j in todo)
     shards = _Shards(cfg.output, {j: sum(doc_samples[j * cfg.shard_size:(j + 1) * cfg.shard_size])
                                   for j in todo})
-    settings = sampler_lib.Settings(max_new_tokens=max_new, temperature=cfg.temperature,
-                                    top_p=cfg.top_p, top_k=cfg.top_k, stop_tokens=gen.stop_tokens)
     sampling = {"temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": cfg.top_k,
                 "max_new_tokens": max_new}
     sampler = sampler_lib.Sampler(gen.config, gen.params, settings, batch_size=cfg.batch_size,
@@ -377,27 +376,32 @@ def run(cfg: JobConfig, load_generator=generator_lib.load) -> dict:
     return summary
 
 
+def _x1_budget(cfg: JobConfig, gen) -> int:
+    """Prompt tokens a conditional method's x1 may take: what leaves max_new_tokens of the
+    generator's context, but at least half of it."""
+    context = gen.config.max_seq_len
+    max_new = cfg.max_new_tokens or methods_lib.get(cfg.method).max_new_tokens
+    return max(context // 2, context - max_new)
+
+
 def _doc_requests(cfg: JobConfig, gen, template, doc: dict, origin: Origin,
                   inputs: dict) -> list:
     """Sampler requests for one document (tagged with their Origin), or, where there is
     nothing to sample, (Origin, Output) pairs to record directly."""
     text, n, doc_id = doc["text"], cfg.samples(doc, inputs), origin.doc_id
     key = sample_stream(doc_id)
+    method = methods_lib.get(cfg.method)
     if not text.strip():
         logging.warning("document %r at %s is empty", doc_id, doc["where"])
-        at = origin if cfg.method != "latent_thoughts" else dataclasses.replace(origin, offset=0)
+        at = dataclasses.replace(origin, offset=0) if method.offsets else origin
         return [(at, Output(s, "", EMPTY_DOCUMENT)) for s in range(n)]
-    if cfg.method == "sbp":
-        # x1 keeps its head: at most what leaves max_new_tokens of the context, or half of it.
-        context = gen.config.max_seq_len
-        max_new = cfg.max_new_tokens or PAPER_MAX_NEW_TOKENS["sbp"]
-        prompt = pairs_lib.conditional_prompt(gen.tokenizer, text,
-                                              max(context // 2, context - max_new))
+    if method.conditional:
+        prompt = pairs_lib.conditional_prompt(gen.tokenizer, text, _x1_budget(cfg, gen))
         return [sampler_lib.Request(prompt, key, num_samples=n, tag=origin)]
-    if cfg.method in ("rephrase", "qa", "entigraph_entities"):
+    if method.prompt_fields == ("document",):
         prompt = gen.encode_prompt(*template.render(document=text))
         return [sampler_lib.Request(prompt, key, num_samples=n, tag=origin)]
-    if cfg.method == "focal_rewrite":
+    if "question" in method.prompt_fields:
         if doc_id not in inputs:
             return [(origin, Output(0, "", knowledge.NO_QUESTIONS))]
         return [sampler_lib.Request(
@@ -405,7 +409,7 @@ def _doc_requests(cfg: JobConfig, gen, template, doc: dict, origin: Origin,
             num_samples=cfg.generations, first_sample=i * cfg.generations,
             tag=dataclasses.replace(origin, fields={"question": q}))
             for i, q in enumerate(inputs[doc_id])]
-    if cfg.method == "entigraph_relations":
+    if "entities" in method.prompt_fields:
         groups = knowledge.entity_groups(inputs.get(doc_id, []), cfg.pairs, cfg.triples,
                                          cfg.seed, key)
         reason = knowledge.TOO_FEW_ENTITIES if doc_id in inputs else knowledge.NO_ENTITIES
@@ -465,4 +469,4 @@ class _Progress:
         eta_text = f"ETA <= {eta / 60:.1f} min" if rate else "ETA - (prefilling)"
         print(f"[synth] docs {self.docs_done}/{self.docs_total}  {tokens:,} tokens  "
               f"{rate:.1f} generated tok/s  {eta_text}", flush=True)
-        fs.append_text(self.path, json.dumps(line) + "\n")
+        fs.append_jsonl(self.path, [line])

@@ -3,8 +3,8 @@ template.
 
 A template file holds a `[system]` section and a `[user]` section, each marker alone on its line;
 a file without markers is all user message. Placeholders are `{name}` (literal braces: `{{`, `}}`):
-`rephrase` templates take {document}, `latent_thought` templates take {prefix} and {suffix};
-the knowledge methods' fields are in METHOD_FIELDS.
+each method's are its `prompt_fields` in data/methods.py (`rephrase` takes {document},
+`latent_thoughts` {prefix} and {suffix}).
 
 Chat templates are the model's own Jinja template (a GGUF's `tokenizer.chat_template`, a Hugging
 Face directory's tokenizer_config.json or chat_template.jinja), rendered as transformers'
@@ -27,19 +27,17 @@ import jinja2.ext
 import jinja2.sandbox
 
 from megadoc import fs
+from megadoc.data import methods as methods_lib
 
-METHOD_FIELDS = {"rephrase": ("document",), "latent_thought": ("prefix", "suffix"),
-                 "qa": ("document",), "focal_rewrite": ("document", "question"),
-                 "entigraph_entities": ("document",),
-                 "entigraph_relation": ("document", "entities")}
 _SECTIONS = ("[system]", "[user]")
 _TEMPLATE_DIR = os.path.join(os.path.dirname(__file__), "templates")
 
 def builtin_template(method: str) -> str:
     """Path of the template shipped for a method."""
-    if method not in METHOD_FIELDS:
-        raise ValueError(f"unknown method {method!r}; expected one of {sorted(METHOD_FIELDS)}")
-    return os.path.join(_TEMPLATE_DIR, f"{method}.txt")
+    template = methods_lib.get(method).template
+    if template is None:
+        raise ValueError(f"method {method!r} is not prompted with a template")
+    return os.path.join(_TEMPLATE_DIR, template)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,9 +54,7 @@ class Template:
 def load_template(path: str, method: str) -> Template:
     """Read and check a template: exactly the method's placeholders, or a ValueError naming
     the file and what was expected."""
-    if method not in METHOD_FIELDS:
-        raise ValueError(f"unknown method {method!r}; expected one of {sorted(METHOD_FIELDS)}")
-    expected = set(METHOD_FIELDS[method])
+    expected = set(methods_lib.get(method).prompt_fields)
     text = fs.read_text(path)
     system, user = _split_sections(path, text)
     used = set()
