@@ -25,8 +25,9 @@ jax.distributed, whose process index and count are the defaults). Records, layou
 reasons: megadoc/synth/job.py. SBP (Synthetic Bootstrapped Pretraining) samples a related
 document for each document from a conditional model (trained on a pair store: experiments.pairs,
 then experiments.sbp); CONDITIONAL is its megadoc workdir, a HF directory or a .gguf file.
-Unconditional documents (self-distillation) are drawn from BOS by a trained megadoc run, or by several (their logits averaged at every step): see
-megadoc/synth/unconditional.py; experiments.distill --texts trains a student on them.
+Unconditional documents (self-distillation) are drawn from BOS by a trained megadoc run, or by
+several (their logits averaged at every step): see megadoc/synth/unconditional.py;
+experiments.distill --texts trains a student on them.
 """
 from __future__ import annotations
 

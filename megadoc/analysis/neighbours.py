@@ -183,8 +183,9 @@ def embed(cfg: PairsConfig) -> dict:
                                     "embedding": None})
     if pending:
         flush()
-    summary = shards.summary({
-        "process_index": process_index, "elapsed_s": round(time.time() - start, 1), "bad_input_records": bad.as_dict()})
+    summary = shards.summary({"process_index": process_index,
+                              "elapsed_s": round(time.time() - start, 1),
+                              "bad_input_records": bad.as_dict()})
     fs.write_text(fs.join(out, "summary.json"), json.dumps(summary, indent=1))
     return summary
 
