@@ -24,51 +24,28 @@ come from --real.
 """
 from __future__ import annotations
 
-from absl import app, flags
+from absl import flags
 
-from experiments import train
 from megadoc import cli
-from megadoc.analysis import distill
-from megadoc.pipelines import runs
+from megadoc.analysis import distill as distill_lib
+from megadoc.pipelines import distill, runs
 
 FLAGS = flags.FlagValues()
-train.define_flags(FLAGS)
-cli.define_fields(distill.DistillConfig, FLAGS, only=("teacher", "kl_weight", "teacher_average"),
-                  choices={"teacher_average": distill.AVERAGES}, aliases={"teacher": "teachers"})
-flags.DEFINE_string("texts", None, "generation records to train the student on (with --mix of each "
-                    "batch; instead of --teachers)", flag_values=FLAGS)
+runs.define_flags(FLAGS)
+cli.define_fields(distill_lib.DistillConfig, FLAGS, only=("teacher", "kl_weight", "teacher_average"),
+                  choices={"teacher_average": distill_lib.AVERAGES}, aliases={"teacher": "teachers"})
+cli.define_fields(distill.DistillJob, FLAGS, skip=("student",))
 FLAGS.set_default("checkpoint_every_steps", 200)
 
 
-def build_config(f=FLAGS) -> distill.DistillConfig:
-    if bool(f.teacher) == bool(f.texts):
-        raise app.UsageError("--workdir, --real and one of --teachers or --texts are required")
-    settings = runs.flag_settings(f, distill.DistillConfig)
-    if f.texts:  # the texts are the synthetic stream, prepared into <workdir>/texts/store
-        if f.synthetic:
-            raise app.UsageError("--texts becomes the synthetic stream; drop --synthetic")
-        if not f.mix > 0:
-            raise app.UsageError("--texts needs --mix > 0: the fraction of each batch from the texts")
-        settings["synthetic"] = distill.texts_store_path(f.workdir)
-    return runs.train_config(settings, distill.DistillConfig)
+def build_config(f=FLAGS) -> distill_lib.DistillConfig:
+    return distill.student_config(runs.flag_settings(f, distill_lib.DistillConfig), f.texts)
 
 
-def main(argv):
-    del argv
-    from megadoc.analysis import ensemble
-    from megadoc.data import store as store_lib
-
-    train.initialize_distributed(FLAGS)
-    cfg = build_config()
-    if FLAGS.texts:
-        summary = distill.train_on_texts(cfg, FLAGS.texts)
-    else:
-        teacher_config, teacher = ensemble.load_members(list(cfg.teacher))
-        ensemble.check_store(cfg.teacher, store_lib.open(cfg.data.real))  # by fingerprint
-        summary = distill.distill(cfg, teacher_config, teacher)
-    if summary["status"] == "preempted":
-        raise runs.Preempted(cfg.workdir, summary["step"])
+def main():
+    cli.build(runs.Launch, FLAGS).initialize()
+    distill.run(distill.DistillJob(build_config(), FLAGS.texts))
 
 
 if __name__ == "__main__":
-    cli.run(main, flags_parser=cli.parser(FLAGS))
+    cli.run_flags(main, FLAGS)

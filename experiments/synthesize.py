@@ -10,7 +10,7 @@
     python -m experiments.synthesize --method=focal_rewrite --questions=QA --generator=MODEL \\
         --docs=DOCS --output=FOCAL --generations_per_doc=2 --temperature=0.7 --top_p=0.95
     python -m experiments.synthesize --method=entigraph --generator=MODEL --docs=DOCS \\
-        --output=EG --pairs=16 --triples=8     # EG/entities (stage 1), then EG/relations
+        --output=EG --relations=24     # EG/entities (stage 1), then EG/relations
     python -m experiments.synthesize --method=sbp --generator=CONDITIONAL --docs=DOCS \\
         --output=DIR [--generations_per_doc=1 --max_new_tokens=1024 ...]
     python -m experiments.synthesize --method=unconditional --generator=RUN[,RUN...] \\
@@ -89,7 +89,7 @@ def build_configs(f=FLAGS) -> list:
     if f.method != "entigraph":
         return [job.JobConfig(**values)]
     entities = fs.join(f.output, "entities")
-    stage1 = {k: v for k, v in values.items() if k not in ("pairs", "triples")}
+    stage1 = {k: v for k, v in values.items() if k != "relations"}
     return [job.JobConfig(**dict(stage1, method="entigraph_entities", output=entities)),
             job.JobConfig(**dict(values, method="entigraph_relations", entities=entities,
                                  output=fs.join(f.output, "relations")))]

@@ -23,22 +23,7 @@ from megadoc.pipelines import runs
 from megadoc.train import config, published
 
 FLAGS = flags.FlagValues()  # also the paper-experiment modules' (baseline, stitched, ...)
-
-
-def define_flags(flag_values: flags.FlagValues) -> None:
-    """The run's flags (megadoc.pipelines.runs) and the multi-host ones."""
-    runs.define_flags(flag_values)
-    flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() (multi-host)",
-                      flag_values=flag_values)
-    flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (with --distributed)",
-                        flag_values=flag_values)
-    flags.DEFINE_integer("num_processes", None, "number of processes (with --distributed)",
-                         flag_values=flag_values)
-    flags.DEFINE_integer("process_id", None, "this process's index (with --distributed)",
-                         flag_values=flag_values)
-
-
-define_flags(FLAGS)
+runs.define_flags(FLAGS)
 
 
 def build_config(f=FLAGS, config_class=config.TrainConfig):
@@ -46,11 +31,7 @@ def build_config(f=FLAGS, config_class=config.TrainConfig):
 
 
 def initialize_distributed(f=FLAGS) -> None:
-    import jax
-
-    if f.distributed:
-        jax.distributed.initialize(coordinator_address=f.coordinator_address,
-                                   num_processes=f.num_processes, process_id=f.process_id)
+    cli.build(runs.Launch, f).initialize()
 
 
 def main(argv):

@@ -1,6 +1,7 @@
 """The layering ARCHITECTURE.md describes, checked on the source: imports point one way, and
 compiled steps and checkpoint managers live in one place."""
 import ast
+import collections
 import pathlib
 import re
 

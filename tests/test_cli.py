@@ -92,3 +92,26 @@ def test_every_command_answers_help_with_its_generated_flags_and_exit_0(module, 
     out = capsys.readouterr().out
     for name in mod.FLAGS:
         assert f"--{name}" in out.replace("--[no]", "--"), name
+
+
+@dataclasses.dataclass(frozen=True)
+class Outer:
+    inner: Example
+    """nested: its fields are flags of their own names"""
+    name: str = "o"
+    """a name"""
+
+
+def test_nested_configs_are_built_from_flat_flags_and_replaced_by_flat_names():
+    f = flags.FlagValues()
+    cli.define_fields(Outer, f)
+    f(["prog", "--path=p", "--count=5", "--name=n"])
+    outer = cli.build(Outer, f)
+    assert outer == Outer(Example("p", 5), "n")
+    assert cli.replace(outer, count=7, name="m") == Outer(Example("p", 7), "m")
+    with pytest.raises(ValueError, match="Outer has no field nope"):
+        cli.replace(outer, nope=1)
+    f.unparse_flags()
+    f(["prog", "--count=5"])
+    with pytest.raises(app.UsageError, match="missing required flags: --path"):
+        cli.build(Outer, f)

@@ -31,7 +31,7 @@ BAD = [
     ("job", {"top_k": -1}, "top_k"), ("job", {"temperature": float("nan")}, "temperature"),
     ("job", {"method": "latent_thought"}, "method"), ("job", {"splits": 0}, "splits"),
     ("job", {"questions": "q"}, "questions"), ("job", {"method": "focal_rewrite"}, "questions"),
-    ("job", {"method": "entigraph_relations", "entities": "e"}, "pairs"),
+    ("job", {"method": "entigraph_relations", "entities": "e"}, "relations"),
     ("prepare", {"real_position": "middle"}, "real_position"),
     ("prepare", {"recipe": "latent", "include_real": False}, "include_real"),
     ("prepare", {"seq_len": 0}, "seq_len"),

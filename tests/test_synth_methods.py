@@ -42,7 +42,8 @@ def test_every_method_has_one_name_its_template_and_its_fields():
         assert os.path.basename(path) == name + ".txt"  # the file is named as the method
         prompts.load_template(path, name)  # exactly the method's placeholders
     assert not set(methods.LEGACY_NAMES) & set(methods.METHODS)
-    assert methods.reading("pairs") == ["entigraph_relations", "entigraph"]
+    assert methods.reading("relations") == ["entigraph_relations", "entigraph"]
+    assert methods.reading("attempts") == ["entigraph_entities", "entigraph"]
     assert methods.reading("entities") == ["entigraph_relations"]  # the staged one makes its own
     assert methods.from_documents("simple") == ["rephrase", "qa", "entigraph_entities"]
     assert "sbp" in methods.reading("generations")  # --generations_per_doc: samples per document

@@ -231,3 +231,15 @@ def test_workdir_on_gcs_trains_resumes_and_loads(data, gcs_server):
     _, params = checkpoint.load_params(root)
     assert loop.params_sha256(params) == s["params_sha256"]
     assert loop.train(train_config(argv))["params_sha256"] == s["params_sha256"]  # resumes at the end
+
+
+def test_mix_1_trains_on_the_synthetic_store_alone_for_its_epochs(data, tmp_path):
+    """Appendix D.1's "no real data": 12 synthetic windows × 2 epochs in batches of 8 are 3
+    steps of synthetic windows only (the 64 real windows would have made 16)."""
+    synthetic = make_store(str(tmp_path / "syn"), 12, seed=3, recipe="simple")
+    s = loop.train(train_config(["--preset=tiny", f"--workdir={tmp_path / 'w'}",
+                                 f"--real={data['real']}", f"--synthetic={synthetic}", "--mix=1",
+                                 "--epochs=2", "--checkpoint_every_minutes=0"]))
+    assert s["final_step"] == 3
+    assert s["windows"] == {"steps": 3, "real_windows": 0, "synthetic_windows": 24,
+                            "synthetic_fraction": 1.0, "wrapped_windows": 0}

@@ -110,10 +110,10 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("qa", "qa.txt", ("document",), ("generations",), _REPHRASED, 256, _qa_record),
     Method("focal_rewrite", "focal_rewrite.txt", ("document", "question"),
            ("generations", "questions"), _REPHRASED, 1024),
-    Method("entigraph_entities", "entigraph_entities.txt", ("document",), (), _REPHRASED, 512,
-           _entities_record),
+    Method("entigraph_entities", "entigraph_entities.txt", ("document",), ("attempts",),
+           _REPHRASED, 512, _entities_record),
     Method("entigraph_relations", "entigraph_relations.txt", ("document", "entities"),
-           ("entities", "pairs", "triples"), _REPHRASED, 1024),
+           ("entities", "relations"), _REPHRASED, 1024),
     Method("sbp", None, (X1,), ("generations",), _REPHRASED, 1024),
     Method("unconditional", None, (), (), _REPHRASED, 1024),
 )}
@@ -122,7 +122,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
 STAGED = {"entigraph": ("entigraph_entities", "entigraph_relations")}
 """Methods that run as several jobs in order, each stage reading the one before."""
 
-JOB_INPUTS = ("generations", "splits", "questions", "entities", "pairs", "triples")
+JOB_INPUTS = ("generations", "splits", "questions", "entities", "relations", "attempts")
 """The job settings only some methods read (Method.inputs); the rest refuse them."""
 _FROM_OTHER_JOBS = ("questions", "entities")
 
@@ -165,8 +165,8 @@ def samples_per_document(method: Method, settings, questions: int = 0) -> int:
     prompted per question, the document's number of questions."""
     if "splits" in method.inputs:
         return settings.splits
-    if "pairs" in method.inputs:
-        return settings.pairs + settings.triples
+    if "relations" in method.inputs:
+        return settings.relations
     if "questions" in method.inputs:
         return questions * settings.generations or 1
     if "generations" in method.inputs:

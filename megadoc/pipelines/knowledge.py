@@ -3,9 +3,10 @@ small corpus, continue pre-training the base model on it, evaluate closed-book a
 and plot accuracy against synthetic tokens.
 
 Synthesis runs once at the largest volume: `qa` writes V question–answer pairs per article and
-`focal_rewrite` one rewrite per question; `entigraph` writes 2·V entity pairs and V triples.
-Volume v trains on the QA pairs with sample < v and the rewrites of their questions (2·v pairs
-and v triples for EntiGraph), so smaller volumes are exact subsets of larger ones. Each volume
+`focal_rewrite` one rewrite per question; `entigraph` writes 3·V entity groups (EntiGraph's
+order: every pair, then triples). Volume v trains on the QA pairs with sample < v and the
+rewrites of their questions (the first 3·v groups for EntiGraph), so smaller volumes are exact
+subsets of larger ones. Each volume
 gets a `simple` store (the articles and every generation) and a CPT run from the base model
 (`runs.train`, in this process). Every stage resumes on a rerun.
 """
@@ -62,7 +63,10 @@ class KnowledgeConfig:
     replay_mix: float = 0.1
     """fraction of each CPT batch from --replay"""
     rag_chunks: int = 8
-    """RAG: retrieved chunks in the prompt"""
+    """RAG: chunks in the prompt, retrieved from every article"""
+    split: str = "all"
+    """questions evaluated: dev (a fixed fifth of the articles, by id; tune on it), test (the
+    rest) or all; synthesis and retrieval use every article"""
     seed: int = 0
     """seed of synthesis, data order and entity sampling"""
 
@@ -72,6 +76,8 @@ class KnowledgeConfig:
             raise ValueError(f"methods: unknown {sorted(unknown)}; known: {', '.join(METHODS)}")
         if "focal_rewrite" in self.methods and "qa" not in self.methods:
             raise ValueError("methods: focal_rewrite rewrites for the questions of qa: add qa")
+        if self.split not in quality.SPLITS:
+            raise ValueError(f"split {self.split!r}: expected one of {quality.SPLITS}")
         if not self.volumes or min(self.volumes) < 1:
             raise ValueError(f"volumes {self.volumes}: positive integers")
 
@@ -107,15 +113,14 @@ def synthesize(cfg: KnowledgeConfig, docs: str, synth_dir: str, max_volume: int)
         out["entigraph"] = fs.join(synth_dir, "entigraph_relations")
         job.run(job.JobConfig(method="entigraph_entities", output=entities, **common))
         job.run(job.JobConfig(method="entigraph_relations", output=out["entigraph"],
-                              entities=entities, pairs=2 * max_volume, triples=max_volume,
-                              **common))
+                              entities=entities, relations=3 * max_volume, **common))
     return out
 
 
-def volume_records(records: list[dict], volume: int, max_volume: int) -> list[dict]:
+def volume_records(records: list[dict], volume: int) -> list[dict]:
     """The records of volume v: samples < v of the methods that write from the articles alone
     (qa; EntiGraph's one stage-1 summary); the focal rewrites of those QA pairs' questions;
-    the first 2v pairs and first v triples of EntiGraph's seeded order."""
+    the first 3v groups of EntiGraph's seeded order (its pairs, then triples)."""
     questions = {(r["doc_id"], r.get("question")) for r in records
                  if r["method"] == "qa" and r["sample"] < volume}
 
@@ -124,7 +129,7 @@ def volume_records(records: list[dict], volume: int, max_volume: int) -> list[di
         if r["method"] == "focal_rewrite":
             return (r["doc_id"], r.get("question")) in questions
         if r["method"] == "entigraph_relations":
-            return s < 2 * volume or 2 * max_volume <= s < 2 * max_volume + volume
+            return s < 3 * volume
         return s < volume
 
     return [r for r in records if kept(r)]
@@ -168,7 +173,8 @@ def run(cfg: KnowledgeConfig) -> KnowledgeResult:
     def evaluate(model: str) -> dict:
         config, params = pretrained.load(model, mesh)
         ll = benchmarks.model_loglikelihood(config, params, tokenizer, batch_size=8, mesh=mesh)
-        return {mode: quality.evaluate(articles, mode, ll, top_k=cfg.rag_chunks)
+        return {mode: quality.evaluate(articles, mode, ll, top_k=cfg.rag_chunks,
+                                      split=cfg.split)
                 for mode in quality.MODES}
 
     def scores(evals: dict) -> dict:
@@ -179,7 +185,7 @@ def run(cfg: KnowledgeConfig) -> KnowledgeResult:
     for v in volumes:
         gens = fs.join(cfg.workdir, "generations", f"volume-{v}.jsonl")
         kept = [{k: x for k, x in r.items() if k != "where"}
-                for r in volume_records(records, v, volumes[-1])]
+                for r in volume_records(records, v)]
         docs_lib.write_jsonl(gens, kept)
         tokens = sum(len(tokenizer.encode(r["text"])) + 1 for r in kept if r["text"])
         store = fs.join(cfg.workdir, "stores", f"volume-{v}")
@@ -208,7 +214,7 @@ def run(cfg: KnowledgeConfig) -> KnowledgeResult:
         title=f"{'+'.join(cfg.methods)} on {len(articles)} articles")
     result = KnowledgeResult(base_scores, tuple(rows), fits, seconds)
     written = dict(result.as_dict(), generator=cfg.generator, base_model=base, quality=path,
-                   methods=list(cfg.methods))
+                   split=cfg.split, methods=list(cfg.methods))
     fs.write_text(fs.join(cfg.workdir, "results.json"), json.dumps(written, indent=1) + "\n")
     print("[knowledge] " + json.dumps({"base": base_scores, "volumes": rows}), flush=True)
     return result

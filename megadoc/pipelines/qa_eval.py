@@ -9,7 +9,7 @@ import json
 from megadoc import fs
 from megadoc.analysis import benchmarks, quality
 
-MODES = ("closed_book", "rag")
+MODES, SCOPES, SPLITS = quality.MODES, quality.SCOPES, quality.SPLITS
 SCORINGS = ("loglikelihood", "generate")
 
 
@@ -23,9 +23,18 @@ class QaEvalConfig:
     output: str
     """JSON results path (local or gs://)"""
     mode: str = "closed_book"
-    """closed_book: without the article; rag: with its top BM25 chunks"""
+    """closed_book: without the article; rag: with the top BM25 chunks"""
     rag_chunks: int = 8
     """rag: chunks of 1,024 characters put in the prompt"""
+    scope: str = "corpus"
+    """rag: retrieve from every article of the file (the knowledge papers' protocol) or, as an
+    oracle, from the question's own article only"""
+    rerank_from: int = 0
+    """rag: rerank this many BM25 candidates by the model's log-likelihood of the question after
+    each, keeping rag_chunks (0: no rerank)"""
+    split: str = "all"
+    """questions of these articles: dev (a fixed fifth of the articles, by id; tune on it), test
+    (the rest) or all"""
     scoring: str = "loglikelihood"
     """loglikelihood: option log-likelihoods; generate: the letter parsed from a generation"""
     temperature: float = 0.1
@@ -42,9 +51,13 @@ class QaEvalConfig:
     def __post_init__(self):
         if self.rag_chunks < 1:
             raise ValueError(f"rag_chunks must be >= 1, got {self.rag_chunks}")
-        if self.mode not in MODES or self.scoring not in SCORINGS:
-            raise ValueError(f"mode {self.mode!r}, scoring {self.scoring!r}: expected one of "
-                             f"{MODES} and one of {SCORINGS}")
+        if self.rerank_from and self.rerank_from < self.rag_chunks:
+            raise ValueError(f"rerank_from must be 0 or at least rag_chunks ({self.rag_chunks}), "
+                             f"got {self.rerank_from}")
+        for name, known in (("mode", MODES), ("scoring", SCORINGS), ("scope", SCOPES),
+                            ("split", SPLITS)):
+            if getattr(self, name) not in known:
+                raise ValueError(f"{name} {getattr(self, name)!r}: expected one of {known}")
 
 
 def run(cfg: QaEvalConfig) -> dict:
@@ -63,7 +76,8 @@ def run(cfg: QaEvalConfig) -> dict:
     if cfg.scoring == "loglikelihood":
         loglikelihood = benchmarks.model_loglikelihood(config, params, tokenizer,
                                                        batch_size=cfg.batch_size, mesh=mesh)
-        results = quality.evaluate(articles, cfg.mode, loglikelihood, top_k=cfg.rag_chunks)
+        results = quality.evaluate(articles, cfg.mode, loglikelihood, top_k=cfg.rag_chunks,
+                                   scope=cfg.scope, split=cfg.split, rerank_from=cfg.rerank_from)
     else:
         def generate(conversations):
             ids = sampler.generate(config, params, [quality.encode_cot(tokenizer, c)
@@ -73,7 +87,13 @@ def run(cfg: QaEvalConfig) -> dict:
                                    batch_size=cfg.batch_size, mesh=mesh)
             return [tokenizer.decode(t) for t in ids]
 
-        results = quality.evaluate_generated(articles, cfg.mode, generate, top_k=cfg.rag_chunks)
+        reranker = None
+        if cfg.rerank_from:
+            reranker = quality.likelihood_reranker(benchmarks.model_loglikelihood(
+                config, params, tokenizer, batch_size=cfg.batch_size, mesh=mesh))
+        results = quality.evaluate_generated(articles, cfg.mode, generate, top_k=cfg.rag_chunks,
+                                             scope=cfg.scope, split=cfg.split,
+                                             rerank_from=cfg.rerank_from, reranker=reranker)
     results.update(model=cfg.model, quality=cfg.quality)
     fs.write_text(cfg.output, json.dumps(results, indent=1) + "\n")
     print(f"[qa_eval] {cfg.mode}: accuracy {results['accuracy']:.4f} (n={results['n']}, "

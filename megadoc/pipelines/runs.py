@@ -39,12 +39,34 @@ def train(cfg: config.TrainConfig, objective=None) -> dict:
     return summary
 
 
+@dataclasses.dataclass(frozen=True)
+class Launch:
+    """How a command starts its run: the preset that fills what is unset, and the hosts."""
+    preset: str = "tiny"
+    """training preset: the papers' model sizes, or cpt (the default when --init is given)"""
+    distributed: bool = False
+    """call jax.distributed.initialize() (multi-host: every host runs the same command)"""
+    coordinator_address: str | None = None
+    """host:port of process 0 (with --distributed)"""
+    num_processes: int | None = None
+    """number of processes (with --distributed)"""
+    process_id: int | None = None
+    """this process's index (with --distributed)"""
+
+    def initialize(self) -> None:
+        if self.distributed:
+            import jax
+
+            jax.distributed.initialize(coordinator_address=self.coordinator_address,
+                                       num_processes=self.num_processes,
+                                       process_id=self.process_id)
+
+
 def define_flags(flag_values: flags.FlagValues) -> None:
-    """Every field of a TrainConfig as a flag (megadoc.cli's convention); lr, weight_decay,
-    global_batch, rows_per_device and remat default to the preset's (the microbatches follow
-    from rows_per_device and the mesh)."""
-    flags.DEFINE_string("preset", "tiny", f"training preset: {' | '.join(config.PRESETS)} "
-                        "(cpt when --init is given)", flag_values=flag_values)
+    """Every field of a TrainConfig as a flag (megadoc.cli's convention), and the `Launch`
+    ones; lr, weight_decay, global_batch, rows_per_device and remat default to the preset's
+    (the microbatches follow from rows_per_device and the mesh)."""
+    cli.define_fields(Launch, flag_values, choices={"preset": config.PRESETS})
     cli.define_fields(config.TrainConfig, flag_values, skip=("model", "data", "optimizer"),
                       filled={"rows_per_device": PRESET_FILLED})
     cli.define_fields(config.DataConfig, flag_values, filled={"global_batch": PRESET_FILLED})

@@ -26,8 +26,9 @@ class SearchConfig:
     """the run every point starts from: a point sets its axes (lr, weight_decay, epochs, mix) and
     its workdir"""
     grid: str = "synthetic"
-    """grid preset: real (lr, weight_decay, epochs) | synthetic (+ mix) | toy-real |
-    toy-synthetic (2 values an axis)"""
+    """grid preset: real (lr, weight_decay, epochs) | synthetic (+ mix) | synthetic-only (mix 1,
+    epochs over the synthetic store: the megadocs paper's no-real-data ablation, Appendix D.1) |
+    toy-real | toy-synthetic (2 values an axis)"""
     axis: tuple[tuple[str, str], ...] = ()
     """NAME=V1,V2,... replaces one axis's values"""
     val_set: str = "iid"

@@ -77,10 +77,12 @@ class JobConfig:
     """focal_rewrite: records with a question per document (qa output)"""
     entities: str | None = None
     """entigraph_relations: records with an entity list per document (entigraph_entities)"""
-    pairs: int = 0
-    """entigraph_relations: entity pairs per document (a seeded sample)"""
-    triples: int = 0
-    """entigraph_relations: entity triples per document (a seeded sample)"""
+    relations: int = 0
+    """entigraph_relations: entity groups per document, EntiGraph's order: every pair of its
+    entities, then its triples, each in a seeded shuffle, as far as this budget goes"""
+    attempts: int = 3
+    """entigraph_entities: generations tried per document until one parses as the entity
+    JSON (each retry a fresh sample; the record says how many it took)"""
     max_new_tokens: int | None = None
     """None: the method's default, the papers' value (1024 rephrase / 512 latent_thoughts)"""
     temperature: float = 1.0
@@ -112,7 +114,8 @@ class JobConfig:
         if self.method not in methods_lib.prompted():
             raise ValueError(f"method {self.method!r}: expected one of "
                              f"{sorted(methods_lib.prompted())}")
-        for name in ("generations", "splits", "batch_size", "shard_size", "tensor_parallel"):
+        for name in ("generations", "splits", "batch_size", "shard_size", "tensor_parallel",
+                     "attempts"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
@@ -133,10 +136,8 @@ class JobConfig:
         if methods_lib.get(self.method).template is None and self.template:
             raise ValueError(f"method {self.method} takes no template: the document itself is "
                              f"its prompt")
-        if "pairs" in inputs and (min(self.pairs, self.triples) < 0
-                                  or self.pairs + self.triples < 1):
-            raise ValueError(f"{self.method} needs pairs + triples >= 1, got "
-                             f"{self.pairs} + {self.triples}")
+        if "relations" in inputs and self.relations < 1:
+            raise ValueError(f"{self.method} needs relations >= 1, got {self.relations}")
 
     def samples(self, doc: dict, inputs: dict) -> int:
         """Records the job writes for `doc`, given the per-document inputs (questions or
@@ -304,8 +305,8 @@ def run(cfg: JobConfig) -> dict:
         "method": cfg.method, "generator": gen.name, "template": template and template.name,
         "seed": cfg.seed,
         "samples": sum(doc_samples), "generations": cfg.generations, "splits": cfg.splits,
-        "questions": cfg.questions, "entities": cfg.entities, "pairs": cfg.pairs,
-        "triples": cfg.triples, "max_new_tokens": max_new,
+        "questions": cfg.questions, "entities": cfg.entities, "relations": cfg.relations,
+        "attempts": cfg.attempts, "max_new_tokens": max_new,
         "temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": cfg.top_k,
         "shard_size": cfg.shard_size, "num_docs": num_docs})
 
@@ -357,14 +358,24 @@ def run(cfg: JobConfig) -> dict:
                 else:
                     emit(*r)
 
+    def record(c: sampler_lib.Completion) -> sampler_lib.Request | None:
+        """Records a completion, or returns the retry of an entity list that did not parse."""
+        text = gen.tokenizer.decode(c.tokens) if c.tokens else ""
+        out = Output(c.sample, text, c.finish_reason, c.request.tag.fields)
+        if c.tokens:
+            out = Output(c.sample, *knowledge.finish(method, text, c.finish_reason, out.fields))
+        if "attempts" in methods_lib.get(method).inputs:  # sample a: attempt a + 1, one record
+            if out.finish_reason == knowledge.MALFORMED and c.sample + 1 < cfg.attempts:
+                return dataclasses.replace(c.request, first_sample=c.sample + 1, num_samples=1)
+            out = Output(0, out.text, out.finish_reason,
+                         dict(out.fields or {}, attempts=c.sample + 1))
+        emit(c.request.tag, out, len(c.tokens))
+        return None
+
     with progress:
-        for c in sampler.run(requests()):
-            text = gen.tokenizer.decode(c.tokens) if c.tokens else ""
-            out = Output(c.sample, text, c.finish_reason, c.request.tag.fields)
-            if c.tokens:
-                out = Output(c.sample, *knowledge.finish(method, text, c.finish_reason,
-                                                         out.fields))
-            emit(c.request.tag, out, len(c.tokens))
+        retries = [r for c in sampler.run(requests()) if (r := record(c)) is not None]
+        while retries:  # at most attempts - 1 rounds: each retry raises the sample by one
+            retries = [r for c in sampler.run(retries) if (r := record(c)) is not None]
 
     summary = _summary(cfg.output, num_shards, {
         "process_index": process_index, "shards_written_now": len(shards.written),
@@ -410,8 +421,8 @@ def _doc_requests(cfg: JobConfig, gen, template, doc: dict, origin: Origin,
             tag=dataclasses.replace(origin, fields={"question": q}))
             for i, q in enumerate(inputs[doc_id])]
     if "entities" in method.prompt_fields:
-        groups = knowledge.entity_groups(inputs.get(doc_id, []), cfg.pairs, cfg.triples,
-                                         cfg.seed, key)
+        groups = knowledge.entity_groups(inputs.get(doc_id, []), cfg.relations, cfg.seed,
+                                         key)
         reason = knowledge.TOO_FEW_ENTITIES if doc_id in inputs else knowledge.NO_ENTITIES
         return [sampler_lib.Request(
             gen.encode_prompt(*template.render(document=text, entities="; ".join(g))), key,

@@ -5,9 +5,12 @@
     focal_rewrite        the document rewritten to focus on one question (`question`), several
                          rewrites per question; questions come from any records that carry one
     entigraph_entities   stage 1: JSON {"summary", "entities"}; `text` is the summary (trained on),
-                         `entities` the list (not trained on)
-    entigraph_relations  stage 2: how a seeded sample of entity pairs, then triples, of the
-                         document relate; `entities` names the group
+                         `entities` the list (not trained on); generated again (a fresh
+                         sample) until it parses, up to the job's `attempts`, and `attempts`
+                         records how many it took
+    entigraph_relations  stage 2: how a group of the document's entities relate, groups in
+                         EntiGraph's order (every pair, then triples) up to a budget;
+                         `entities` names the group
 
 A generation that does not parse keeps its raw text in `raw`, gets `finish_reason` "malformed"
 and an empty `text` (so no store trains on it). Documents without questions (focal) or without
@@ -41,17 +44,21 @@ def finish(method: str, text: str, reason: str, fields: dict) -> tuple[str, str,
     return parsed[0], reason, parsed[1]
 
 
-def entity_groups(entities: list[str], pairs: int, triples: int, seed: int,
+def entity_groups(entities: list[str], budget: int, seed: int,
                   key: int) -> list[tuple[str, ...] | None]:
-    """`pairs` pairs then `triples` triples, each drawn without repeats from all groups of the
-    document's entities in a shuffle seeded by (seed, key); None where the entities run out."""
+    """The first `budget` groups of EntiGraph's stage-2 enumeration: every pair of the
+    document's entities, then every triple, each size in a shuffle seeded by (seed, key); None
+    where the groups run out. EntiGraph takes the pairs in order; shuffling them too means a
+    budget smaller than the pairs draws them evenly rather than all about the first entities."""
     rng = np.random.default_rng([seed, key])
     out = []
-    for size, wanted in ((2, pairs), (3, triples)):
+    for size in (2, 3):
+        if len(out) >= budget:
+            break
         groups = list(itertools.combinations(entities, size))
-        order = rng.permutation(len(groups))[:wanted]
-        out += [groups[i] for i in order] + [None] * (wanted - len(order))
-    return out
+        out += [groups[i] for i in rng.permutation(len(groups))]
+    out = out[:budget]
+    return out + [None] * (budget - len(out))
 
 
 def _read_field(path: str, field: str) -> dict[str, list]:

@@ -41,16 +41,17 @@ class DataConfig:
     synthetic: str | None = None
     """window store of synthetic documents (megadocs)"""
     mix: float = 0.0
-    """fraction of each global batch taken from the synthetic store"""
+    """fraction of each global batch taken from the synthetic store (1: the synthetic store
+    alone; the real store then only names the tokenizer and the i.i.d. validation split)"""
     epochs: int = 1
-    """passes over the real store"""
+    """passes over the real store (over the synthetic store when mix is 1)"""
     seed: int = 0
     """seed of the data order and the model init"""
     global_batch: int = 64
     """windows per step"""
 
     def __post_init__(self):
-        _check(self, mix=_fraction, epochs=_at_least_one, global_batch=_at_least_one)
+        _check(self, mix=_unit_interval, epochs=_at_least_one, global_batch=_at_least_one)
         if self.synthetic and self.mix == 0:
             raise ValueError(f"synthetic store {self.synthetic} given with mix 0: it would never "
                              f"be read; set the fraction of each batch it supplies (--mix)")
@@ -123,6 +124,7 @@ _positive = (lambda v: v > 0, "> 0")
 _non_negative = (lambda v: v >= 0, ">= 0")
 _at_least_one = (lambda v: v >= 1, ">= 1")
 _fraction = (lambda v: 0 <= v < 1, "in [0, 1)")
+_unit_interval = (lambda v: 0 <= v <= 1, "in [0, 1]")
 
 
 def _check(config: Any, **rules: tuple) -> None:
