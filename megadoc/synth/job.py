@@ -20,6 +20,9 @@ document follow from its template's fields: one prompt per document ({document})
 point ({prefix}/{suffix}: `sample` is the split index 0..k-1, `offset` its character offset), per
 question ({question}) or per entity group ({entities}). Methods with a parser add its fields to
 the record and give malformed output a status: megadoc/synth/knowledge.py.
+`sbp` (Synthetic Bootstrapped Pretraining) is conditional: no template and no chat; the
+generator, a conditional model p(x2 | x1), samples a related document after the document as
+x1 (`BOS x1 <separator>`, megadoc/data/pairs.py), which keeps x1's head to leave room for x2.
 """
 from __future__ import annotations
 
@@ -38,6 +41,7 @@ import jax
 from megadoc import fs
 from megadoc.data import docs as docs_lib
 from megadoc.data import methods as methods_lib
+from megadoc.data import pairs as pairs_lib
 from megadoc.models import sharding
 from megadoc.synth import generator as generator_lib
 from megadoc.synth import knowledge
@@ -55,18 +59,18 @@ class JobConfig:
     """One synthesis job: what to generate from which documents with which generator."""
     method: str
     """what to generate: a prompted method of data/methods.py (rephrase, latent_thoughts, qa,
-    focal_rewrite, entigraph_entities, entigraph_relations; unconditional: see
+    focal_rewrite, entigraph_entities, entigraph_relations, sbp; unconditional: see
     synth/unconditional.py)"""
     generator: str
     """Hugging Face Llama dir with its tokenizer, a Llama-architecture .gguf file, or a megadoc
-    training workdir (local or gs://; see train/pretrained.py); unconditional: megadoc training
-    workdirs, comma-separated (an ensemble)"""
+    training workdir (local or gs://; see train/pretrained.py); sbp: the conditional model;
+    unconditional: megadoc training workdirs, comma-separated (an ensemble)"""
     docs: str
     """source docs {id, text}: JSONL(.gz)/Parquet file, dir or glob"""
     output: str
     """output directory (local or gs://)"""
     generations: int = dataclasses.field(default=1, metadata={"flag": "generations_per_doc"})
-    """rephrase, qa: samples per document; focal_rewrite: rewrites per question"""
+    """rephrase, qa, sbp: samples per document; focal_rewrite: rewrites per question"""
     splits: int = 1
     """latent_thoughts: split points per document (k+1 pieces)"""
     questions: str | None = None
@@ -129,6 +133,9 @@ class JobConfig:
             if (name in inputs) != bool(getattr(self, name)):
                 raise ValueError(f"{name} ({what}) go with method {'|'.join(users)}, and only "
                                  "with it")
+        if methods_lib.get(self.method).template is None and self.template:
+            raise ValueError(f"method {self.method} takes no template: the document itself is "
+                             f"its prompt")
         if "relations" in inputs and self.relations < 1:
             raise ValueError(f"{self.method} needs relations >= 1, got {self.relations}")
 
@@ -271,7 +278,8 @@ def run(cfg: JobConfig) -> dict:
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_id {process_index} outside [0, {process_count})")
     method = cfg.method
-    template = prompts.load_template(cfg.template or prompts.builtin_template(method), method)
+    template = methods_lib.get(method).template and prompts.load_template(
+        cfg.template or prompts.builtin_template(method), method)
     bad = docs_lib.BadRecords()
     inputs = (knowledge.read_questions(cfg.questions) if cfg.questions else
               knowledge.read_entities(cfg.entities) if cfg.entities else {})
@@ -294,7 +302,8 @@ def run(cfg: JobConfig) -> dict:
                                     top_p=cfg.top_p, top_k=cfg.top_k, stop_tokens=gen.stop_tokens)
     fs.makedirs(fs.join(cfg.output, "_job"))
     _check_job_config(fs.join(cfg.output, "_job", "config.json"), {
-        "method": cfg.method, "generator": gen.name, "template": template.name, "seed": cfg.seed,
+        "method": cfg.method, "generator": gen.name, "template": template and template.name,
+        "seed": cfg.seed,
         "samples": sum(doc_samples), "generations": cfg.generations, "splits": cfg.splits,
         "questions": cfg.questions, "entities": cfg.entities, "relations": cfg.relations,
         "attempts": cfg.attempts, "max_new_tokens": max_new,
@@ -320,7 +329,7 @@ def run(cfg: JobConfig) -> dict:
     def emit(origin: Origin, out: Output, generated_tokens: int = 0):
         record = dict(doc_id=origin.doc_id, method=method, sample=out.sample,
                       offset=origin.offset, text=out.text, finish_reason=out.finish_reason,
-                      seed=cfg.seed, generator=gen.name, template=template.name,
+                      seed=cfg.seed, generator=gen.name, template=template and template.name,
                       sampling=sampling, **(out.fields or {}))
         where = (origin.shard, origin.position)
         outstanding[where] -= 1
@@ -378,6 +387,14 @@ def run(cfg: JobConfig) -> dict:
     return summary
 
 
+def _x1_budget(cfg: JobConfig, gen) -> int:
+    """Prompt tokens a conditional method's x1 may take: what leaves max_new_tokens of the
+    generator's context, but at least half of it."""
+    context = gen.config.max_seq_len
+    max_new = cfg.max_new_tokens or methods_lib.get(cfg.method).max_new_tokens
+    return max(context // 2, context - max_new)
+
+
 def _doc_requests(cfg: JobConfig, gen, template, doc: dict, origin: Origin,
                   inputs: dict) -> list:
     """Sampler requests for one document (tagged with their Origin), or, where there is
@@ -389,6 +406,9 @@ def _doc_requests(cfg: JobConfig, gen, template, doc: dict, origin: Origin,
         logging.warning("document %r at %s is empty", doc_id, doc["where"])
         at = dataclasses.replace(origin, offset=0) if method.offsets else origin
         return [(at, Output(s, "", EMPTY_DOCUMENT)) for s in range(n)]
+    if method.conditional:
+        prompt = pairs_lib.conditional_prompt(gen.tokenizer, text, _x1_budget(cfg, gen))
+        return [sampler_lib.Request(prompt, key, num_samples=n, tag=origin)]
     if method.prompt_fields == ("document",):
         prompt = gen.encode_prompt(*template.render(document=text))
         return [sampler_lib.Request(prompt, key, num_samples=n, tag=origin)]
