@@ -27,6 +27,7 @@ setup(
         "scipy>=1.13",
         "matplotlib>=3.9",
         "numpy>=2.0",
+        "faiss-cpu>=1.9",  # nearest-neighbour document pairs (experiments.pairs, experiments.sbp)
         "bm25s>=0.2",  # BM25 retrieval for the knowledge evaluation (RAG)
     ],
     extras_require={

@@ -11,6 +11,8 @@
         --docs=DOCS --output=FOCAL --generations_per_doc=2 --temperature=0.7 --top_p=0.95
     python -m experiments.synthesize --method=entigraph --generator=MODEL --docs=DOCS \\
         --output=EG --relations=24     # EG/entities (stage 1), then EG/relations
+    python -m experiments.synthesize --method=sbp --generator=CONDITIONAL --docs=DOCS \\
+        --output=DIR [--generations_per_doc=1 --max_new_tokens=1024 ...]
     python -m experiments.synthesize --method=unconditional --generator=RUN[,RUN...] \\
         --tokenizer=TOKENIZER --output=DIR --num_documents=100000 [--max_new_tokens=1024 ...]
 
@@ -22,9 +24,12 @@ hosts: run the same command on each with --process_id=i --num_processes=n (or un
 jax.distributed, whose process index and count are the defaults), or hand the shards to a Ray
 cluster's workers with --executor=ray --workers=N (pip install '.[ray]'); --dry_run=N estimates the
 whole job's tokens and device-hours from N documents. Records, layout and finish
-reasons: megadoc/synth/job.py. Unconditional documents (self-distillation) are drawn from BOS by a
-trained megadoc run, or by several (their logits averaged at every step): see
-megadoc/synth/unconditional.py; experiments.distill --texts trains a student on them.
+reasons: megadoc/synth/job.py. SBP (Synthetic Bootstrapped Pretraining) samples a related
+document for each document from a conditional model (trained on a pair store: experiments.pairs,
+then experiments.sbp); CONDITIONAL is its megadoc workdir, a HF directory or a .gguf file.
+Unconditional documents (self-distillation) are drawn from BOS by a trained megadoc run, or by
+several (their logits averaged at every step): see megadoc/synth/unconditional.py;
+experiments.distill --texts trains a student on them.
 """
 from __future__ import annotations
 

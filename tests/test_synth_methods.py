@@ -33,8 +33,11 @@ def summary(tmp_path, monkeypatch):
 
 def test_every_method_has_one_name_its_template_and_its_fields():
     assert set(methods.METHODS) == {"rephrase", "latent_thoughts", "qa", "focal_rewrite",
-                                    "entigraph_entities", "entigraph_relations", "unconditional"}
-    for name in methods.prompted():
+                                    "entigraph_entities", "entigraph_relations", "sbp",
+                                    "unconditional"}
+    conditional = [n for n in methods.prompted() if methods.METHODS[n].conditional]
+    assert conditional == ["sbp"] and methods.METHODS["sbp"].template is None
+    for name in set(methods.prompted()) - set(conditional):
         path = prompts.builtin_template(name)
         assert os.path.basename(path) == name + ".txt"  # the file is named as the method
         prompts.load_template(path, name)  # exactly the method's placeholders
@@ -43,6 +46,7 @@ def test_every_method_has_one_name_its_template_and_its_fields():
     assert methods.reading("attempts") == ["entigraph_entities", "entigraph"]
     assert methods.reading("entities") == ["entigraph_relations"]  # the staged one makes its own
     assert methods.from_documents("simple") == ["rephrase", "qa", "entigraph_entities"]
+    assert "sbp" in methods.reading("generations")  # --generations_per_doc: samples per document
 
 
 def test_a_new_method_runs_through_synthesis_and_prepare(summary, tmp_path):

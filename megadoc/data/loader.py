@@ -2,7 +2,8 @@
 
 A grain pipeline over step numbers reads the process's rows of each step's batch (from the
 schedule, in background threads with prefetch); the main thread turns them into global
-`jax.Array`s laid out with `sharding.batch_sharding(mesh)`. The rows a process reads depend on
+`jax.Array`s laid out with `sharding.batch_sharding(mesh)`: the arrays the stores hold (tokens,
+segment ids, and a loss-masked store's loss mask). The rows a process reads depend on
 the sharding alone, so the global batch at a step is the same on any number of hosts or devices,
 and resuming at step s needs only s.
 """
@@ -43,7 +44,8 @@ class BatchLoader:
         """This process's rows of the batch at `step`, in global row order."""
         streams, windows = self.schedule.batch_indices(step)
         streams, windows = streams[self.local_rows], windows[self.local_rows]
-        out = {k: np.empty((len(self.local_rows), self.shape[1]), np.int32) for k in store_lib.ARRAYS}
+        out = {k: np.empty((len(self.local_rows), self.shape[1]), np.int32)
+               for k in self.stores[REAL].arrays}
         for stream in (REAL, SYNTHETIC):
             mask = streams == stream
             if mask.any():
@@ -68,6 +70,9 @@ def _check_stores(schedule, real, synthetic) -> None:
     if synthetic is None or len(synthetic) != schedule.num_synthetic:
         raise ValueError(f"synthetic store {getattr(synthetic, 'path', None)}: expected "
                          f"{schedule.num_synthetic} windows for mix={schedule.mix}")
+    if synthetic.arrays != real.arrays:
+        raise ValueError(f"{synthetic.path}: holds {synthetic.arrays}, but {real.path} holds "
+                         f"{real.arrays}; a loss-masked store mixes only with another")
     if synthetic.seq_len != real.seq_len:
         raise ValueError(f"{synthetic.path}: seq_len {synthetic.seq_len} differs from "
                          f"{real.path}: {real.seq_len}")

@@ -2,7 +2,8 @@
 
 A method's name is its one spelling: the `--method` value, the `method` of every record it
 writes, its output folder in the pipelines and the stem of its shipped template. Adding a method
-is one entry in METHODS plus its template file in megadoc/synth/templates/; the synthesis job,
+is one entry in METHODS plus its template file in megadoc/synth/templates/ (a conditional method,
+sbp, has none: the document is its prompt); the synthesis job,
 `prepare`, `synthesize --help` and the knowledge pipeline read this table.
 
 The table lives in data/ because a method is first of all a kind of record: the readers (data.docs,
@@ -20,6 +21,9 @@ from typing import Callable
 # What a completion became: (text to train on, fields added to its record), or None: malformed.
 Parse = Callable[[str], "tuple[str, dict] | None"]
 
+X1 = "x1"
+"""The prompt field of a conditional method: the document is the prompt (no template, no chat)."""
+
 
 @dataclasses.dataclass(frozen=True)
 class Method:
@@ -27,10 +31,12 @@ class Method:
     """the one spelling: flag value, record `method`, output folder"""
     template: str | None
     """the shipped prompt template: a file name in megadoc/synth/templates/ (an absolute path
-    is used as is); None: not prompted from a document (unconditional)"""
+    is used as is); None: no template (see prompt_fields)"""
     prompt_fields: tuple[str, ...]
     """the template's placeholders: ("document",) one prompt per document; ("prefix", "suffix")
-    one per split point; a "question" or "entities" field: one per question or entity group"""
+    one per split point; a "question" or "entities" field: one per question or entity group;
+    (X1,) untemplated, one prompt per document: the document itself as x1 of a conditional
+    model's `x1 <separator>` prompt (data/pairs.py); (): not prompted (unconditional)"""
     inputs: tuple[str, ...]
     """the synthesis job settings (JobConfig fields) it reads beyond the common ones; the
     count of records per document follows from them (see samples_per_document)"""
@@ -40,6 +46,11 @@ class Method:
     """new tokens per generation when the job is not told otherwise (the papers' value)"""
     parse: Parse | None = None
     """how a completion becomes a record (None: its text as is)"""
+
+    @property
+    def conditional(self) -> bool:
+        """Prompted with the document as x1 of a conditional model p(x2 | x1), not a template."""
+        return self.prompt_fields == (X1,)
 
     @property
     def offsets(self) -> bool:
@@ -103,6 +114,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            _REPHRASED, 512, _entities_record),
     Method("entigraph_relations", "entigraph_relations.txt", ("document", "entities"),
            ("entities", "relations"), _REPHRASED, 1024),
+    Method("sbp", None, (X1,), ("generations",), _REPHRASED, 1024),
     Method("unconditional", None, (), (), _REPHRASED, 1024),
 )}
 """Every method, by its one name."""
@@ -126,13 +138,15 @@ def get(name: str) -> Method:
 
 
 def prompted() -> list[str]:
-    """The methods the synthesis job runs (prompted with a template)."""
-    return [n for n, m in METHODS.items() if m.template is not None]
+    """The methods the synthesis job runs (prompted with a template, or conditional)."""
+    return [n for n, m in METHODS.items() if m.prompt_fields]
 
 
 def from_documents(recipe: str) -> list[str]:
-    """The prompted methods that need nothing but the documents and feed `recipe`."""
+    """The template-prompted methods that need nothing but the documents (and an instruction
+    generator: not a conditional model) and feed `recipe`."""
     return [n for n in prompted() if recipe in METHODS[n].recipes
+            and METHODS[n].template is not None
             and not set(_FROM_OTHER_JOBS) & set(METHODS[n].inputs)]
 
 

@@ -3,12 +3,15 @@
 Layout of a store directory:
     tokens/        zarr3 array int32 [num_windows, seq_len+1]
     segment_ids/   zarr3 array int32 [num_windows, seq_len+1]; 1, 2, ... per document in a window
+    loss_mask/     (loss-masked stores only) zarr3 array int32 [num_windows, seq_len+1]: 1 where
+                   the token is a target the loss counts, 0 where it is context (a pair store's
+                   x1); its metadata says `"loss_mask": true`
     metadata.json  written last: a store without it is incomplete and refused
 
 Each array is cut into shards of `shard_windows` rows (one object each) holding one compressed
 chunk per window, so reading a random window touches one small chunk. Unwritten rows read back as
 -1 tokens and 0 segment ids, which no complete store contains: reads check for them, so a lost or
-truncated shard is an error, never a batch of zeros.
+truncated shard is an error, never a batch of zeros. A loss mask reads back -1 where unwritten.
 """
 from __future__ import annotations
 
@@ -25,10 +28,11 @@ from megadoc.data import tokenizer as tokenizer_lib
 FORMAT = "megadoc.windows/1"
 METADATA = "metadata.json"
 ARRAYS = ("tokens", "segment_ids")
-_FILL = {"tokens": -1, "segment_ids": 0}
+LOSS_MASK = "loss_mask"
+_FILL = {"tokens": -1, "segment_ids": 0, LOSS_MASK: -1}
 # What a store directory may hold (prepare keeps its resume point beside the arrays): only a
 # directory holding nothing else is ever replaced by a new store.
-OWN_ENTRIES = (*ARRAYS, METADATA, "prepare_progress.json")
+OWN_ENTRIES = (*ARRAYS, LOSS_MASK, METADATA, "prepare_progress.json")
 _SHARD_BYTES = 8 << 20
 
 
@@ -46,12 +50,14 @@ class StoreWriter:
 
     `resume_at=n` reopens a partial store and continues after its first n windows (anything the
     interrupted job wrote beyond them is overwritten); otherwise `path` is started afresh.
+    `loss_mask=True` writes a loss-masked store: every `append` then gives the mask too.
     """
 
     def __init__(self, path: str, seq_len: int, shard_windows: int | None = None,
-                 resume_at: int | None = None):
+                 resume_at: int | None = None, loss_mask: bool = False):
         self.path = path
         self.seq_len = seq_len
+        self.arrays = (*ARRAYS, LOSS_MASK) if loss_mask else ARRAYS
         self.shard_windows = shard_windows or default_shard_windows(seq_len)
         self._pending: list[dict[str, np.ndarray]] = []
         self._pending_rows = 0
@@ -60,10 +66,10 @@ class StoreWriter:
             if fs.exists(path):
                 fs.rmtree(path)
             fs.makedirs(path)
-            self._arrays = {name: self._create(name) for name in ARRAYS}
+            self._arrays = {name: self._create(name) for name in self.arrays}
             self.num_windows = 0
         else:
-            self._arrays = {name: self._reopen(name) for name in ARRAYS}
+            self._arrays = {name: self._reopen(name) for name in self.arrays}
             self.num_windows = resume_at
 
     def _reopen(self, name: str) -> ts.TensorStore:
@@ -96,13 +102,18 @@ class StoreWriter:
         }
         return ts.open(spec, context=_context(0)).result()  # written once, never read back
 
-    def append(self, tokens_NxW: np.ndarray, segment_ids_NxW: np.ndarray) -> None:
+    def append(self, tokens_NxW: np.ndarray, segment_ids_NxW: np.ndarray,
+               loss_mask_NxW: np.ndarray | None = None) -> None:
         width = self.seq_len + 1
-        if tokens_NxW.shape != segment_ids_NxW.shape or tokens_NxW.shape[1:] != (width,):
+        given = {"tokens": tokens_NxW, "segment_ids": segment_ids_NxW, LOSS_MASK: loss_mask_NxW}
+        if (loss_mask_NxW is not None) != (LOSS_MASK in self.arrays):
+            raise ValueError(f"{self.path}: a loss mask goes with every append to a loss-masked "
+                             f"store, and only there")
+        shapes = [given[k].shape for k in self.arrays]
+        if any(shape != (len(tokens_NxW), width) for shape in shapes):
             raise ValueError(f"{self.path}: windows must be [n, {width}], got "
-                             f"{tokens_NxW.shape} and {segment_ids_NxW.shape}")
-        self._pending.append({"tokens": tokens_NxW.astype(np.int32),
-                              "segment_ids": segment_ids_NxW.astype(np.int32)})
+                             f"{' and '.join(map(str, shapes))}")
+        self._pending.append({k: given[k].astype(np.int32) for k in self.arrays})
         self._pending_rows += len(tokens_NxW)
         while self._pending_rows >= self._rows_to_shard_end():
             self._write(self._rows_to_shard_end())
@@ -115,12 +126,12 @@ class StoreWriter:
             self._write(self._pending_rows)
 
     def _write(self, rows: int) -> None:
-        block = {k: np.concatenate([p[k] for p in self._pending]) for k in ARRAYS}
+        block = {k: np.concatenate([p[k] for p in self._pending]) for k in self.arrays}
         rest = {k: v[rows:] for k, v in block.items()}
         self._pending = [rest] if len(rest["tokens"]) else []
         self._pending_rows = len(rest["tokens"])
         start, stop = self.num_windows, self.num_windows + rows
-        for name in ARRAYS:
+        for name in self.arrays:
             arr = self._arrays[name]
             if stop > arr.shape[0]:
                 arr = self._arrays[name] = arr.resize(exclusive_max=[stop, None], expand_only=True).result()
@@ -129,11 +140,13 @@ class StoreWriter:
 
     def finish(self, metadata: dict) -> dict:
         self.flush()
-        for name in ARRAYS:  # drop rows an interrupted earlier run may have written past the end
+        for name in self.arrays:  # drop rows an interrupted earlier run wrote past the end
             self._arrays[name] = self._arrays[name].resize(
                 exclusive_max=[self.num_windows, None], resize_metadata_only=True).result()
         metadata = dict(metadata, format=FORMAT, seq_len=self.seq_len,
                         num_windows=self.num_windows, shard_windows=self.shard_windows)
+        if LOSS_MASK in self.arrays:
+            metadata[LOSS_MASK] = True
         fs.write_text(fs.join(self.path, METADATA), json.dumps(metadata, indent=1, sort_keys=True))
         return metadata
 
@@ -157,6 +170,7 @@ class WindowStore:
         self.metadata = metadata
         self.seq_len = int(metadata["seq_len"])
         self.shard_windows = int(metadata["shard_windows"])
+        self.arrays = tuple(arrays)  # the names `read` returns: ARRAYS, and LOSS_MASK if masked
         self._arrays = arrays
 
     def __len__(self) -> int:
@@ -171,20 +185,23 @@ class WindowStore:
         """Windows at `indices` (any order, repeats allowed) as int32 [n, seq_len+1] arrays."""
         indices = np.asarray(indices, dtype=np.int64).reshape(-1)
         if len(indices) == 0:
-            return {k: np.zeros((0, self.seq_len + 1), np.int32) for k in ARRAYS}
+            return {k: np.zeros((0, self.seq_len + 1), np.int32) for k in self.arrays}
         if indices.min() < 0 or indices.max() >= len(self):
             raise IndexError(f"{self.path}: window indices must lie in [0, {len(self)})")
         unique, inverse = np.unique(indices, return_inverse=True)
         try:
-            futures = {k: self._arrays[k].oindex[unique].read() for k in ARRAYS}
+            futures = {k: self._arrays[k].oindex[unique].read() for k in self.arrays}
             out = {k: f.result()[inverse] for k, f in futures.items()}
         except ValueError as e:
             raise ValueError(f"{self.path}: store is corrupt; reading windows "
                              f"{unique[:8].tolist()}... failed: {e}") from e
         bad = (out["segment_ids"] <= 0).any(axis=1) | (out["tokens"] < 0).any(axis=1)
+        if LOSS_MASK in out:
+            bad |= (out[LOSS_MASK] < 0).any(axis=1)
         if bad.any():
             window = int(indices[bad][0])
-            shard = fs.join(self.path, "{tokens,segment_ids}", "c", str(window // self.shard_windows), "0")
+            shard = fs.join(self.path, "{" + ",".join(self.arrays) + "}", "c",
+                            str(window // self.shard_windows), "0")
             raise ValueError(
                 f"{self.path}: windows {sorted(set(indices[bad].tolist()))[:8]} hold no data: "
                 f"shard {shard} is missing or truncated; the store is corrupt, prepare it again")
@@ -211,7 +228,7 @@ def open(path: str) -> WindowStore:  # noqa: A001 - the contract's name
         raise ValueError(f"{meta_path}: format {metadata.get('format')!r}, expected {FORMAT!r}")
     expected = [int(metadata["num_windows"]), int(metadata["seq_len"]) + 1]
     arrays = {}
-    for name in ARRAYS:
+    for name in (*ARRAYS, LOSS_MASK) if metadata.get(LOSS_MASK) else ARRAYS:
         try:
             arr = ts.open({"driver": "zarr3", "kvstore": fs.tensorstore_kvstore(fs.join(path, name)),
                            "open": True, "recheck_cached_data": "open",

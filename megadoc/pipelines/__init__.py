@@ -1,6 +1,6 @@
 """Jobs, each a function `run(config) -> result` of a frozen config: the demo, the knowledge
-pipeline, the generations sweep, the certified search, ensembles, distillation, and the
-evaluations a command runs (benchmarks, qa_eval).
+pipeline, the generations sweep, the certified search, ensembles, distillation, SBP (Synthetic
+Bootstrapped Pretraining), and the evaluations a command runs (benchmarks, qa_eval).
 
 Every training run they start goes through `runs.train` (megadoc.train.loop, in this process),
 every synthesis through `megadoc.synth.job.run`; a rerun with the same config resumes, and the

@@ -23,6 +23,9 @@ document follow from its template's fields: one prompt per document ({document})
 point ({prefix}/{suffix}: `sample` is the split index 0..k-1, `offset` its character offset), per
 question ({question}) or per entity group ({entities}). Methods with a parser add its fields to
 the record and give malformed output a status: megadoc/synth/knowledge.py.
+`sbp` (Synthetic Bootstrapped Pretraining) is conditional: no template and no chat; the
+generator, a conditional model p(x2 | x1), samples a related document after the document as
+x1 (`BOS x1 <separator>`, megadoc/data/pairs.py), which keeps x1's head to leave room for x2.
 """
 from __future__ import annotations
 
@@ -42,6 +45,7 @@ import jax
 from megadoc import fs
 from megadoc.data import docs as docs_lib
 from megadoc.data import methods as methods_lib
+from megadoc.data import pairs as pairs_lib
 from megadoc.models import sharding
 from megadoc.synth import generator as generator_lib
 from megadoc.synth import knowledge
@@ -59,18 +63,18 @@ class JobConfig:
     """One synthesis job: what to generate from which documents with which generator."""
     method: str
     """what to generate: a prompted method of data/methods.py (rephrase, latent_thoughts, qa,
-    focal_rewrite, entigraph_entities, entigraph_relations; unconditional: see
+    focal_rewrite, entigraph_entities, entigraph_relations, sbp; unconditional: see
     synth/unconditional.py, which runs on this job's sampler and shard writer)"""
     generator: str
     """Hugging Face Llama dir with its tokenizer, a Llama-architecture .gguf file, or a megadoc
-    training workdir (local or gs://; see train/pretrained.py); unconditional: megadoc training
-    workdirs, comma-separated (an ensemble)"""
+    training workdir (local or gs://; see train/pretrained.py); sbp: the conditional model;
+    unconditional: megadoc training workdirs, comma-separated (an ensemble)"""
     docs: str
     """source docs {id, text}: JSONL(.gz)/Parquet file, dir or glob"""
     output: str
     """output directory (local or gs://)"""
     generations: int = dataclasses.field(default=1, metadata={"flag": "generations_per_doc"})
-    """rephrase, qa: samples per document; focal_rewrite: rewrites per question"""
+    """rephrase, qa, sbp: samples per document; focal_rewrite: rewrites per question"""
     splits: int = 1
     """latent_thoughts: split points per document (k+1 pieces)"""
     questions: str | None = None
@@ -153,6 +157,9 @@ class JobConfig:
             if (name in inputs) != bool(getattr(self, name)):
                 raise ValueError(f"{name} ({what}) go with method {'|'.join(users)}, and only "
                                  "with it")
+        if methods_lib.get(self.method).template is None and self.template:
+            raise ValueError(f"method {self.method} takes no template: the document itself is "
+                             f"its prompt")
         if "relations" in inputs and self.relations < 1:
             raise ValueError(f"{self.method} needs relations >= 1, got {self.relations}")
 
@@ -335,7 +342,7 @@ class Plan:
     """The job without its model: the documents, the records each one gives, the shards."""
     cfg: JobConfig
     method: str
-    template: prompts.Template
+    template: prompts.Template | None  # None: a conditional method (sbp) has none
     inputs: dict
     docs: list
     doc_samples: list
@@ -357,7 +364,8 @@ def plan(cfg: JobConfig) -> Plan:
     """Read the documents (and the per-document inputs) and check the template and inputs;
     writes nothing."""
     method = cfg.method
-    template = prompts.load_template(cfg.template or prompts.builtin_template(method), method)
+    template = methods_lib.get(method).template and prompts.load_template(
+        cfg.template or prompts.builtin_template(method), method)
     bad = docs_lib.BadRecords()
     inputs = (knowledge.read_questions(cfg.questions) if cfg.questions else
               knowledge.read_entities(cfg.entities) if cfg.entities else {})
@@ -380,7 +388,8 @@ class Runner:
         self.produced_by = {"method": cfg.method, "generator": self.gen.name,
                             "generator_digest": generator_lib.digest(self.gen.config,
                                                                      self.gen.params),
-                            "template": job_plan.template.name, "chat_date": cfg.chat_date,
+                            "template": job_plan.template and job_plan.template.name,
+                            "chat_date": cfg.chat_date,
                             "sampling": cfg.sampling(), "seed": cfg.seed}
 
     def check_output(self) -> None:
@@ -429,7 +438,8 @@ class Runner:
         return dict(doc_id=origin.doc_id, method=self.plan.method, sample=out.sample,
                     offset=origin.offset, text=out.text, finish_reason=out.finish_reason,
                     seed=self.cfg.seed, generator=self.gen.name,
-                    template=self.plan.template.name, sampling=self.cfg.sampling(),
+                    template=self.plan.template and self.plan.template.name,
+                    sampling=self.cfg.sampling(),
                     **(out.fields or {}))
 
     def outputs(self, doc_indices: list[int], sampler):
@@ -544,6 +554,13 @@ def estimate(cfg: JobConfig) -> dict:
     return out
 
 
+def _x1_budget(cfg: JobConfig, gen) -> int:
+    """Prompt tokens a conditional method's x1 may take: what leaves max_new_tokens of the
+    generator's context, but at least half of it."""
+    context = gen.config.max_seq_len
+    return max(context // 2, context - cfg.new_tokens)
+
+
 def _doc_requests(cfg: JobConfig, gen, template, doc: dict, origin: Origin,
                   inputs: dict) -> list:
     """Sampler requests for one document (tagged with their Origin), or, where there is
@@ -559,6 +576,9 @@ def _doc_requests(cfg: JobConfig, gen, template, doc: dict, origin: Origin,
         logging.warning("document %r at %s is empty", doc_id, doc["where"])
         at = dataclasses.replace(origin, offset=0) if method.offsets else origin
         return [(at, Output(s, "", EMPTY_DOCUMENT)) for s in range(n)]
+    if method.conditional:
+        prompt = pairs_lib.conditional_prompt(gen.tokenizer, text, _x1_budget(cfg, gen))
+        return [sampler_lib.Request(prompt, key, num_samples=n, tag=origin)]
     if method.prompt_fields == ("document",):
         prompt = encode(document=text)
         return [sampler_lib.Request(prompt, key, num_samples=n, tag=origin)]

@@ -49,6 +49,10 @@ def open_stores(cfg: config_lib.TrainConfig) -> dict:
                 f"{s.path}: tokenized with {s.metadata.get('tokenizer_fingerprint')} "
                 f"({s.metadata.get('tokenizer_path')}), but {real.path} with {fingerprint} "
                 f"({real.metadata.get('tokenizer_path')}); prepare every store with one tokenizer")
+    for s in val.values():
+        if s.metadata.get(store_lib.LOSS_MASK):
+            raise ValueError(f"{s.path}: a loss-masked store; validation scores every token, "
+                             f"so give a plain window store as --val")
     if cfg.init:  # the pre-trained model's ids must mean what the stores' ids mean
         pretrained.check_store(cfg.init, real)
     vocab = real.metadata.get("vocab_size", 0)
@@ -160,18 +164,31 @@ class Diverged(FloatingPointError):
 
 def train(cfg: config_lib.TrainConfig, objective: step_lib.Objective | None = None) -> dict:
     """Train (or resume) the run `cfg` describes, minimising `objective` (default: the
-    next-token loss); returns the summary also written to summary.json, or
-    {"status": "preempted", "step": k} after a SIGTERM save; raises `Diverged` on a non-finite
-    loss (after saving the state before it). One job per workdir: a second one
-    refuses to start (workdir_lock)."""
-    objective = objective or step_lib.language_model(cfg.model)
+    next-token loss, or on a loss-masked store its masked form); returns the summary also
+    written to summary.json, or {"status": "preempted", "step": k} after a SIGTERM save; raises
+    `Diverged` on a non-finite loss (after saving the state before it). One job per workdir: a
+    second one refuses to start (workdir_lock)."""
     check_writable(cfg.workdir)
     with workdir_lock.held(cfg.workdir, enabled=jax.process_index() == 0):
         return _train(cfg, objective)
 
 
-def _train(cfg: config_lib.TrainConfig, objective: step_lib.Objective) -> dict:
+def default_objective(cfg: config_lib.TrainConfig, real: store_lib.WindowStore,
+                      objective: step_lib.Objective | None) -> step_lib.Objective:
+    """`objective`, or the next-token loss that fits the real store; refuses an objective that
+    would ignore a store's loss mask, or one that reads a mask the store lacks."""
+    masked = store_lib.LOSS_MASK in real.arrays
+    if objective is None:
+        return (step_lib.masked_language_model if masked else step_lib.language_model)(cfg.model)
+    if masked != (store_lib.LOSS_MASK in objective.inputs):
+        raise ValueError(f"{real.path}: {'a' if masked else 'no'} loss mask, but the objective "
+                         f"reads {objective.inputs}")
+    return objective
+
+
+def _train(cfg: config_lib.TrainConfig, objective: step_lib.Objective | None) -> dict:
     stores = open_stores(cfg)
+    objective = default_objective(cfg, stores["real"], objective)
     mesh = make_mesh(cfg.mesh)
     synthetic = stores["synthetic"]
     schedule = schedule_lib.MixSchedule(
@@ -191,7 +208,7 @@ def _train(cfg: config_lib.TrainConfig, objective: step_lib.Objective) -> dict:
                                           microbatches, objective)
     plan.compile_or_advise(train_step, cfg.model, plan.Layout(
         microbatches, cfg.model.remat, tuple(mesh.shape.values())), mesh,
-        cfg.data.global_batch, seq_len, optimizer)
+        cfg.data.global_batch, seq_len, optimizer, stores["real"].arrays)
 
     mgr = checkpoint.manager(cfg.workdir, keep=cfg.keep_checkpoints)
     state, start = _restore_or_init(cfg, mgr, optimizer, mesh, run)

@@ -38,12 +38,13 @@ class Layout:
     mesh: tuple[int, int, int]  # data, fsdp, tensor: resolved sizes
 
 
-def abstract_batch(global_batch: int, seq_len: int, mesh) -> dict:
+def abstract_batch(global_batch: int, seq_len: int, mesh,
+                   arrays: tuple[str, ...] = ("tokens", "segment_ids")) -> dict:
     """The batch a step takes, as ShapeDtypeStructs laid out on the mesh (windows of
-    seq_len + 1 tokens)."""
+    seq_len + 1 tokens; `arrays`: the store's, a loss mask too for a loss-masked store)."""
     rows = sharding.batch_sharding(mesh)
     return {k: jax.ShapeDtypeStruct((global_batch, seq_len + 1), jnp.int32, sharding=rows)
-            for k in ("tokens", "segment_ids")}
+            for k in arrays}
 
 
 def batch_shards(mesh) -> int:
@@ -161,13 +162,15 @@ def advice(layout: Layout, fitting: dict | None) -> str:
 
 
 def compile_or_advise(train_step, model_config, layout: Layout, mesh, global_batch: int,
-                      seq_len: int, optimizer) -> None:
-    """Compile the loop's own train step ahead of its first call (the compile it needs anyway);
-    when XLA says it does not fit the devices, search for the smallest change that does and
-    raise ValueError with it."""
+                      seq_len: int, optimizer,
+                      arrays: tuple[str, ...] = ("tokens", "segment_ids")) -> None:
+    """Compile the loop's own train step ahead of its first call (the compile it needs anyway)
+    for batches of the store's `arrays`; when XLA says it does not fit the devices, search for
+    the smallest change that does and raise ValueError with it."""
     state = state_lib.abstract(model_config, optimizer, mesh)
     try:
-        train_step.compile(state, abstract_batch(global_batch, seq_len, mesh), _scalar(mesh))
+        train_step.compile(state, abstract_batch(global_batch, seq_len, mesh, arrays),
+                           _scalar(mesh))
     except Exception as e:  # XLA raises its own error types; only out-of-memory is ours
         message = compiled_lib.out_of_memory(e)
         if message is None:

@@ -1,7 +1,8 @@
 """The jitted SPMD train and eval steps, for any objective.
 
 An objective is a loss function of the params and a batch (see `Objective`); the language-model
-loss is the default and distillation is another. Token losses are fp32
+loss is the default, the masked one (a loss-masked store's targets only) and distillation are
+others. Token losses are fp32
 `logsumexp(logits) - logit[target]`: ~24% faster on CPU than integer-label cross-entropy, whose
 backward scatters over all logits. A global batch of B windows is split into `microbatches`
 slices accumulated under `lax.scan`, so the papers' 64 × 4096 batch fits a small slice; each
@@ -44,7 +45,8 @@ def mean_loss(model_config, params, tokens_BxW, segment_ids_BxW):
 class Objective:
     """What a run minimises.
 
-    `loss(params, frozen, tokens_BxW, segment_ids_BxW) -> (loss, {name: scalar})` is
+    `loss(params, frozen, *arrays) -> (loss, {name: scalar})`, the arrays being the batch's
+    `inputs` in that order (by default `tokens_BxW, segment_ids_BxW`), is
     differentiated in `params` only; `frozen` is a pytree the loss reads but never trains (a
     teacher), placed as `frozen_shardings(mesh)` says and passed to every step. `record` joins the run's
     identity (a resume with a different objective is refused); `flops_per_token` adds the
@@ -55,6 +57,7 @@ class Objective:
     frozen_shardings: Callable | None = None
     record: dict = dataclasses.field(default_factory=dict)
     flops_per_token: float = 0.0
+    inputs: tuple[str, ...] = ("tokens", "segment_ids")
 
 
 def language_model(model_config) -> Objective:
@@ -62,6 +65,24 @@ def language_model(model_config) -> Objective:
     def loss(params, frozen, tokens_BxW, segment_ids_BxW):
         return mean_loss(model_config, params, tokens_BxW, segment_ids_BxW), {}
     return Objective(loss)
+
+
+def masked_mean_loss(model_config, params, tokens_BxW, segment_ids_BxW, loss_mask_BxW):
+    """Mean next-token loss over the targets whose loss mask is 1 (a window's token t is the
+    target of position t-1, so the mask's first column is never read)."""
+    losses_BxT = token_losses(model_config, params, tokens_BxW, segment_ids_BxW)
+    mask_BxT = loss_mask_BxW[:, 1:].astype(jnp.float32)
+    return jnp.sum(losses_BxT * mask_BxT) / jnp.maximum(jnp.sum(mask_BxT), 1.0)
+
+
+def masked_language_model(model_config) -> Objective:
+    """The next-token loss on a loss-masked store's targets only: a pair store's x2 given x1
+    (a conditional LM). With microbatches the loss is the mean of each slice's masked mean."""
+    def loss(params, frozen, tokens_BxW, segment_ids_BxW, loss_mask_BxW):
+        return masked_mean_loss(model_config, params, tokens_BxW, segment_ids_BxW,
+                                loss_mask_BxW), {}
+    return Objective(loss, record={"objective": "masked_language_model"},
+                     inputs=("tokens", "segment_ids", "loss_mask"))
 
 
 def _split_microbatches(x_BxW, microbatches, mesh):
@@ -78,9 +99,8 @@ def grads_and_loss(objective, params, frozen, batch, microbatches, mesh):
     """((loss, metrics), grads) averaged over the microbatches."""
     loss_and_grad = jax.value_and_grad(objective.loss, has_aux=True)
     if microbatches == 1:
-        return loss_and_grad(params, frozen, batch["tokens"], batch["segment_ids"])
-    slices = (_split_microbatches(batch["tokens"], microbatches, mesh),
-              _split_microbatches(batch["segment_ids"], microbatches, mesh))
+        return loss_and_grad(params, frozen, *[batch[k] for k in objective.inputs])
+    slices = tuple(_split_microbatches(batch[k], microbatches, mesh) for k in objective.inputs)
 
     def accumulate(total, mb):
         return jax.tree.map(jnp.add, total, loss_and_grad(params, frozen, *mb)), None
@@ -121,8 +141,7 @@ def make_train_step(model_config, optimizer, schedule, state_shardings, mesh, mi
     batch_sh = sharding.batch_sharding(mesh)
     replicated = NamedSharding(mesh, P())
     jitted = jax.jit(train_step, donate_argnums=(0,),
-                     in_shardings=(state_shardings, frozen_sh,
-                                   {"tokens": batch_sh, "segment_ids": batch_sh}, replicated),
+                     in_shardings=(state_shardings, frozen_sh, batch_sh, replicated),
                      out_shardings=(state_shardings, replicated))
 
     return _under_mesh(jitted, mesh, lambda state, batch, step: (state, frozen, batch,
