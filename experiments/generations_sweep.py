@@ -39,7 +39,8 @@ flags.DEFINE_enum("recipe", None, ["simple", "stitched", "latent"], "the synthet
 flags.DEFINE_string("docs", None, "real documents {id, text} (JSONL/Parquet file, dir or glob)",
                     **_IN)
 flags.DEFINE_string("generations", None, "generation records of one synthesis run with at least "
-                    "max(--counts) samples per document", **_IN)
+                    "max(--counts) samples per document (latent: a run with --splits=<the "
+                    "counts>, each count's thoughts at its own equal split points)", **_IN)
 flags.DEFINE_string("tokenizer", None, "sentencepiece .model, tokenizer.json, or a dir with one",
                     **_IN)
 flags.DEFINE_integer("seq_len", None, "window length of every store", **_IN)

@@ -4,7 +4,7 @@
         --output=DIR --generations=4 [--max_new_tokens=1024 --temperature=1.0 --top_p=1.0 \\
         --top_k=0 --seed=0]
     python -m experiments.synthesize --method=latent_thoughts --generator=MODEL --docs=DOCS \\
-        --output=DIR --splits=8 [--max_new_tokens=512 ...]
+        --output=DIR --splits=1,2,4,8 [--max_new_tokens=512 ...]  # thoughts for each count
     python -m experiments.synthesize --method=qa --generator=MODEL --docs=DOCS --output=QA \\
         --generations=8
     python -m experiments.synthesize --method=focal_rewrite --questions=QA --generator=MODEL \\

@@ -15,7 +15,8 @@ written as soon as its last record arrives.
 Every (document, sample) yields exactly one record. Records that carry no generation say why in
 `finish_reason`, with empty text: "empty_document", "prompt_too_long" (the prompt does not fit in
 the generator's context; never truncated), "error" (logged with the document's location).
-For latent thoughts `sample` is the split index (0..k-1) and `offset` the split's character offset.
+For latent thoughts `offset` is the split's character offset and `splits` its count k: a run at
+counts (1, 2, 4) writes samples 0 (k=1), 1-2 (k=2), 3-6 (k=4), each count at its own equal splits.
 The knowledge methods (qa, focal_rewrite, entigraph_entities, entigraph_relations) add their
 parsed fields to the record and give malformed output a status: megadoc/synth/knowledge.py.
 """
@@ -70,8 +71,10 @@ class JobConfig:
     """output directory (local or gs://)"""
     generations: int = 1
     """rephrase, qa: samples per document; focal_rewrite: rewrites per question"""
-    splits: int = 1
-    """latent_thoughts: split points per document (k+1 pieces)"""
+    splits: tuple[int, ...] = (1,)
+    """latent_thoughts: split counts; for each count k, thoughts at its own k equal split points
+    (k+1 pieces, §4.2), each record naming its count in `splits`, so that one run serves a
+    sweep over the counts (prepare --max_generations=k takes count k's thoughts)"""
     questions: str | None = None
     """focal_rewrite: records with a question per document (qa output)"""
     entities: str | None = None
@@ -109,7 +112,11 @@ class JobConfig:
     def __post_init__(self):
         if self.method not in RECORD_METHOD:
             raise ValueError(f"method {self.method!r}: expected one of {sorted(RECORD_METHOD)}")
-        for name in ("generations", "splits", "batch_size", "shard_size", "tensor_parallel"):
+        if isinstance(self.splits, int):  # one count, as JobConfig(splits=8)
+            object.__setattr__(self, "splits", (self.splits,))
+        if not self.splits or min(self.splits) < 1 or len(set(self.splits)) < len(self.splits):
+            raise ValueError(f"splits must be distinct counts >= 1, got {list(self.splits)}")
+        for name in ("generations", "batch_size", "shard_size", "tensor_parallel"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
@@ -131,7 +138,7 @@ class JobConfig:
         """Records the job writes for `doc`, given the per-document inputs (questions or
         entities) of the methods that take them."""
         if self.method == "latent_thoughts":
-            return self.splits
+            return sum(self.splits)
         if self.method == "focal_rewrite":
             return len(inputs.get(doc["id"], ())) * self.generations or 1
         if self.method == "entigraph_relations":
@@ -288,7 +295,7 @@ def run(cfg: JobConfig) -> dict:
     fs.makedirs(fs.join(cfg.output, "_job"))
     _check_job_config(fs.join(cfg.output, "_job", "config.json"), {
         "method": cfg.method, "generator": gen.name, "template": template.name, "seed": cfg.seed,
-        "samples": sum(doc_samples), "generations": cfg.generations, "splits": cfg.splits,
+        "samples": sum(doc_samples), "generations": cfg.generations, "splits": list(cfg.splits),
         "questions": cfg.questions, "entities": cfg.entities, "pairs": cfg.pairs,
         "triples": cfg.triples, "max_new_tokens": max_new,
         "temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": cfg.top_k,
@@ -371,8 +378,11 @@ def _doc_requests(cfg: JobConfig, gen, template, doc: dict, origin: Origin,
     key = sample_stream(doc_id)
     if not text.strip():
         logging.warning("document %r at %s is empty", doc_id, doc["where"])
-        at = origin if cfg.method != "latent_thoughts" else dataclasses.replace(origin, offset=0)
-        return [(at, Output(s, "", EMPTY_DOCUMENT)) for s in range(n)]
+        if cfg.method == "latent_thoughts":
+            return [(dataclasses.replace(origin, offset=0), Output(s, "", EMPTY_DOCUMENT,
+                                                                   {"splits": k}))
+                    for s, (k, _) in enumerate(split.sweep_points(cfg.splits))]
+        return [(origin, Output(s, "", EMPTY_DOCUMENT)) for s in range(n)]
     if cfg.method in ("rephrase", "qa", "entigraph_entities"):
         prompt = gen.encode_prompt(*template.render(document=text))
         return [sampler_lib.Request(prompt, key, num_samples=n, tag=origin)]
@@ -392,10 +402,13 @@ def _doc_requests(cfg: JobConfig, gen, template, doc: dict, origin: Origin,
             gen.encode_prompt(*template.render(document=text, entities="; ".join(g))), key,
             first_sample=i, tag=dataclasses.replace(origin, fields={"entities": list(g)}))
             if g else (origin, Output(i, "", reason)) for i, g in enumerate(groups)]
+    offsets = {k: split.split_offsets(gen.tokenizer, text, k) for k in cfg.splits}
     return [sampler_lib.Request(
-        gen.encode_prompt(*template.render(prefix=text[:offset], suffix=text[offset:])), key,
-        first_sample=i, tag=dataclasses.replace(origin, offset=offset))
-        for i, offset in enumerate(split.split_offsets(gen.tokenizer, text, n))]
+        gen.encode_prompt(*template.render(prefix=text[:offsets[k][i]],
+                                           suffix=text[offsets[k][i]:])), key,
+        first_sample=s, tag=dataclasses.replace(origin, offset=offsets[k][i],
+                                                fields={"splits": k}))
+        for s, (k, i) in enumerate(split.sweep_points(cfg.splits))]
 
 
 class _Progress:

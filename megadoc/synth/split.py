@@ -2,12 +2,19 @@
 
 Split i (1..k) sits after token floor(i·n/(k+1)); the prompt for it holds the whole text before
 that point and the whole text after it, and the record stores the point as a character offset.
+A sweep over counts takes each count's own points (the 2 points of k=2 are not among the 4 of
+k=4), so a run at several counts writes every count's thoughts, in `sweep_points` order.
 """
 from __future__ import annotations
 
 # How far a cut may move to land on a token boundary that is also a character boundary (a
 # byte-level tokenizer can end a token inside a multi-byte character).
 _MAX_NUDGE = 4
+
+
+def sweep_points(counts) -> list[tuple[int, int]]:
+    """(count k, split index 0..k-1) of each sample of a run at these split counts."""
+    return [(k, i) for k in counts for i in range(k)]
 
 
 def split_offsets(tokenizer, text: str, splits: int) -> list[int]:
