@@ -86,7 +86,8 @@ def test_rephrase_records_follow_the_schema_with_explicit_reasons(rephrased):
     per_doc = collections.defaultdict(list)
     for r in records:
         assert set(r) == {"doc_id", "method", "sample", "offset", "text", "finish_reason", "seed",
-                          "generator", "template", "sampling"}
+                          "generator", "template", "sampling", "fidelity", "fidelity_logprob",
+                          "max_similarity", "source_overlap"}
         assert (r["method"], r["offset"], r["seed"]) == ("rephrase", None, 3)
         assert r["generator"] == "generator0" and r["template"].startswith("short_rephrase@")
         per_doc[r["doc_id"]].append(r)

@@ -17,6 +17,8 @@ Every (document, sample) yields exactly one record. Records that carry no genera
 the generator's context; never truncated), "error" (logged with the document's location).
 For latent thoughts `offset` is the split's character offset and `splits` its count k: a run at
 counts (1, 2, 4) writes samples 0 (k=1), 1-2 (k=2), 3-6 (k=4), each count at its own equal splits.
+Rephrase records also carry `fidelity`, `fidelity_logprob`, `max_similarity` and
+`source_overlap` (megadoc/synth/fidelity.py), and summary.json their distributions.
 The knowledge methods (qa, focal_rewrite, entigraph_entities, entigraph_relations) add their
 parsed fields to the record and give malformed output a status: megadoc/synth/knowledge.py.
 """
@@ -37,6 +39,7 @@ import jax
 from megadoc import fs
 from megadoc.data import docs as docs_lib
 from megadoc.models import sharding
+from megadoc.synth import fidelity
 from megadoc.synth import generator as generator_lib
 from megadoc.synth import knowledge
 from megadoc.synth import prompts
@@ -200,10 +203,12 @@ def _check_job_config(path: str, settings: dict) -> None:
 
 
 class _Shards:
-    """Collects records per shard and writes a shard (then its marker) once it is complete."""
+    """Collects records per shard and writes a shard (then its marker) once it is complete.
+    `annotate(shard, records)`, when given, adds fields to the records and returns statistics
+    for the marker."""
 
-    def __init__(self, output: str, expected: dict[int, int]):
-        self.output, self.expected = output, expected
+    def __init__(self, output: str, expected: dict[int, int], annotate=None):
+        self.output, self.expected, self.annotate = output, expected, annotate
         self.records: dict[int, list] = collections.defaultdict(list)
         self.written: list[int] = []
 
@@ -215,12 +220,14 @@ class _Shards:
     def _write(self, shard: int) -> None:
         entries = sorted(self.records.pop(shard), key=lambda x: x[0])
         rows = [r for _, r, _ in entries]
+        stats = self.annotate(shard, rows) if self.annotate else None
         docs_lib.write_jsonl(shard_path(self.output, shard), rows)
         written = fs.read_bytes(shard_path(self.output, shard))
         counts = collections.Counter(r["finish_reason"] for r in rows)
         fs.write_text(marker_path(self.output, shard), json.dumps(
             {"records": len(rows), "sha256": hashlib.sha256(written).hexdigest(),
-             "finish_reason": dict(counts), "generated_tokens": sum(n for _, _, n in entries)}))
+             "finish_reason": dict(counts), "generated_tokens": sum(n for _, _, n in entries),
+             **({"quality": stats} if stats else {})}))
         self.written.append(shard)
 
 
@@ -260,7 +267,7 @@ def _finished_shards(output: str, shards: list[int]) -> set[int]:
 
 
 def _summary(output: str, num_shards: int, extra: dict) -> dict:
-    counts, records, tokens, done = collections.Counter(), 0, 0, 0
+    counts, records, tokens, done, quality = collections.Counter(), 0, 0, 0, []
     for j in range(num_shards):
         if fs.exists(marker_path(output, j)):
             m = json.loads(fs.read_text(marker_path(output, j)))
@@ -268,8 +275,10 @@ def _summary(output: str, num_shards: int, extra: dict) -> dict:
             records += m["records"]
             tokens += m["generated_tokens"]
             done += 1
+            quality += [m["quality"]] if "quality" in m else []
     return dict(extra, shards_total=num_shards, shards_done=done, records=records,
-                generated_tokens=tokens, finish_reason=dict(sorted(counts.items())))
+                generated_tokens=tokens, finish_reason=dict(sorted(counts.items())),
+                **({"quality": fidelity.summarize(quality)} if quality else {}))
 
 
 def run(cfg: JobConfig) -> dict:
@@ -307,8 +316,13 @@ def run(cfg: JobConfig) -> dict:
     print(f"[synth] {num_docs} docs in {num_shards} shards; process {process_index}/"
           f"{process_count} owns {len(mine)}, {len(mine) - len(todo)} already done", flush=True)
     docs_todo = sum(min(cfg.shard_size, num_docs - j * cfg.shard_size) for j in todo)
+    sources: dict[int, dict[str, str]] = collections.defaultdict(dict)  # shard -> doc texts
+    annotate = None
+    if cfg.method == "rephrase":  # fidelity and diversity of every rephrase: synth/fidelity.py
+        scorer = fidelity.Scorer(gen.config, gen.params, gen.tokenizer, mesh=mesh)
+        annotate = lambda shard, rows: fidelity.annotate(scorer, rows, sources.pop(shard))
     shards = _Shards(cfg.output, {j: sum(doc_samples[j * cfg.shard_size:(j + 1) * cfg.shard_size])
-                                  for j in todo})
+                                  for j in todo}, annotate)
     settings = sampler_lib.Settings(max_new_tokens=max_new, temperature=cfg.temperature,
                                     top_p=cfg.top_p, top_k=cfg.top_k, stop_tokens=gen.stop_tokens)
     sampling = {"temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": cfg.top_k,
@@ -338,6 +352,8 @@ def run(cfg: JobConfig) -> dict:
             if shard not in todo_set:
                 continue
             outstanding[shard, pos] = doc_samples[i]
+            if annotate:
+                sources[shard][doc["id"]] = doc["text"]
             origin = Origin(shard, pos, doc["id"])
             try:
                 reqs = _doc_requests(cfg, gen, template, doc, origin, inputs)
