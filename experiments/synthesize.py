@@ -58,7 +58,8 @@ def build_unconditional_config(f=FLAGS):
 # Flags that only some methods read; any other method refuses them. (The entigraph stages also
 # run alone: entigraph_entities, then entigraph_relations --entities=EG/entities, each with its
 # own --template.)
-_METHOD_FLAGS = {"generations": ("rephrase", "qa", "focal_rewrite"),
+_METHOD_FLAGS = {"generations": ("rephrase", "qa", "focal_rewrite"), "styles": ("rephrase",),
+                 "continue_template": ("rephrase",),
                  "splits": ("latent_thoughts",), "questions": ("focal_rewrite",),
                  "entities": ("entigraph_relations",),
                  "pairs": ("entigraph", "entigraph_relations"),

@@ -14,7 +14,8 @@ written as soon as its last record arrives.
 
 Every (document, sample) yields exactly one record. Records that carry no generation say why in
 `finish_reason`, with empty text: "empty_document", "prompt_too_long" (the prompt does not fit in
-the generator's context; never truncated), "error" (logged with the document's location).
+the generator's context; never truncated; a rephrase is rewritten chunk-wise instead, see
+megadoc/synth/chunked.py, its record listing its `chunks`), "error" (logged with the document's location).
 For latent thoughts `offset` is the split's character offset and `splits` its count k: a run at
 counts (1, 2, 4) writes samples 0 (k=1), 1-2 (k=2), 3-6 (k=4), each count at its own equal splits.
 Rephrase records also carry `fidelity`, `fidelity_logprob`, `max_similarity` and
@@ -39,12 +40,14 @@ import jax
 from megadoc import fs
 from megadoc.data import docs as docs_lib
 from megadoc.models import sharding
+from megadoc.synth import chunked
 from megadoc.synth import fidelity
 from megadoc.synth import generator as generator_lib
 from megadoc.synth import knowledge
 from megadoc.synth import prompts
 from megadoc.synth import sampler as sampler_lib
 from megadoc.synth import split
+from megadoc.synth import styles as styles_lib
 
 # Job method (flag value) -> record method; and the papers' max new tokens for each.
 RECORD_METHOD = {"rephrase": "rephrase", "latent_thoughts": "latent_thought", "qa": "qa",
@@ -104,6 +107,15 @@ class JobConfig:
     """documents per output shard"""
     template: str | None = None
     """prompt template file (None: the one shipped for the method)"""
+    continue_template: str | None = None
+    """rephrase: prompt template for each next chunk of a document too long for the
+    generator's context, with {previous} (the end of the rewrite so far) and {document} (the
+    chunk) (None: the shipped one)"""
+    styles: tuple[str, ...] = ()
+    """rephrase: draw each sample's template from these, by (seed, document, sample): shipped
+    styles (wikipedia, textbook, qa, beginner, academic; `all` for every one) or template
+    files; the record's `template` names the one drawn (empty: the one --template, by default
+    the paper's single Wikipedia-style prompt)"""
     tensor_parallel: int = 1
     """devices each model copy is split over"""
     # Synthesis processes never talk to each other: each just takes its share of the shards.
@@ -126,6 +138,11 @@ class JobConfig:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if not self.temperature >= 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if isinstance(self.styles, str):
+            object.__setattr__(self, "styles", (self.styles,))
+        if self.styles and (self.method != "rephrase" or self.template):
+            raise ValueError("styles choose among rephrase templates: they go with method "
+                             "rephrase and without template")
         if (self.method == "focal_rewrite") != bool(self.questions):
             raise ValueError("questions (records with a question per document) go with "
                              "method focal_rewrite, and only with it")
@@ -290,7 +307,12 @@ def run(cfg: JobConfig) -> dict:
         raise ValueError(f"process_id {process_index} outside [0, {process_count})")
     fs.check_writable(cfg.output)  # a missing or read-only bucket fails before any work
     method = RECORD_METHOD[cfg.method]
-    template = prompts.load_template(cfg.template or prompts.builtin_template(method), method)
+    if cfg.styles:
+        templates = styles_lib.load(cfg.styles)
+    else:
+        templates = [prompts.load_template(cfg.template or prompts.builtin_template(method),
+                                           method)]
+    template = templates[0]
     bad = docs_lib.BadRecords()
     inputs = (knowledge.read_questions(cfg.questions) if cfg.questions else
               knowledge.read_entities(cfg.entities) if cfg.entities else {})
@@ -303,7 +325,9 @@ def run(cfg: JobConfig) -> dict:
                else cfg.max_new_tokens)
     fs.makedirs(fs.join(cfg.output, "_job"))
     _check_job_config(fs.join(cfg.output, "_job", "config.json"), {
-        "method": cfg.method, "generator": gen.name, "template": template.name, "seed": cfg.seed,
+        "method": cfg.method, "generator": gen.name, "seed": cfg.seed,
+        "template": template.name if len(templates) == 1 else [t.name for t in templates],
+        "continue_template": cfg.continue_template,
         "samples": sum(doc_samples), "generations": cfg.generations, "splits": list(cfg.splits),
         "questions": cfg.questions, "entities": cfg.entities, "pairs": cfg.pairs,
         "triples": cfg.triples, "max_new_tokens": max_new,
@@ -337,7 +361,8 @@ def run(cfg: JobConfig) -> dict:
         record = dict(doc_id=origin.doc_id, method=method, sample=out.sample,
                       offset=origin.offset, text=out.text, finish_reason=out.finish_reason,
                       seed=cfg.seed, generator=gen.name, template=template.name,
-                      sampling=sampling, **(out.fields or {}))
+                      sampling=sampling)
+        record.update(out.fields or {})  # a style's template, a knowledge method's fields
         where = (origin.shard, origin.position)
         outstanding[where] -= 1
         if not outstanding[where]:
@@ -356,7 +381,10 @@ def run(cfg: JobConfig) -> dict:
                 sources[shard][doc["id"]] = doc["text"]
             origin = Origin(shard, pos, doc["id"])
             try:
-                reqs = _doc_requests(cfg, gen, template, doc, origin, inputs)
+                if cfg.method == "rephrase":
+                    reqs = _rephrase_requests(cfg, gen, templates, max_new, doc, origin)
+                else:
+                    reqs = _doc_requests(cfg, gen, template, doc, origin, inputs)
             except Exception as e:  # one bad document never stops the others
                 logging.error("document %r at %s failed: %s\n%s", doc["id"], doc["where"], e,
                               traceback.format_exc())
@@ -364,9 +392,12 @@ def run(cfg: JobConfig) -> dict:
             for r in reqs:
                 if isinstance(r, sampler_lib.Request):
                     yield r
+                elif isinstance(r, chunked.Item):
+                    long_samples.append(r)
                 else:
                     emit(*r)
 
+    long_samples: list[chunked.Item] = []  # rewritten chunk-wise once the rest is done
     with progress:
         for c in sampler.run(requests()):
             text = gen.tokenizer.decode(c.tokens) if c.tokens else ""
@@ -375,6 +406,8 @@ def run(cfg: JobConfig) -> dict:
                 out = Output(c.sample, *knowledge.finish(method, text, c.finish_reason,
                                                          out.fields))
             emit(c.request.tag, out, len(c.tokens))
+        if long_samples:
+            _rewrite_chunkwise(cfg, gen, sampler, templates, max_new, long_samples, emit)
 
     summary = _summary(cfg.output, num_shards, {
         "process_index": process_index, "shards_written_now": len(shards.written),
@@ -384,6 +417,47 @@ def run(cfg: JobConfig) -> dict:
     fs.write_text(fs.join(cfg.output, "summary.json"), json.dumps(summary, indent=1))
     print("[synth] summary " + json.dumps(summary), flush=True)
     return summary
+
+
+def _rewrite_chunkwise(cfg: JobConfig, gen, sampler, templates: list, max_new: int,
+                       items: list, emit) -> None:
+    continuation = prompts.load_template(
+        cfg.continue_template or prompts.builtin_template("rephrase_continue"),
+        "rephrase_continue")
+    size = chunked.chunk_tokens(gen, templates, continuation, max_new)
+    for r in chunked.rewrite(sampler, gen, items, continuation, max_new, size):
+        fields = dict(r.item.tag.fields or {}, **({"chunks": r.chunks} if r.chunks else {}))
+        emit(r.item.tag, Output(r.item.sample, r.text, r.finish_reason, fields),
+             r.generated_tokens)
+
+
+def _rephrase_requests(cfg: JobConfig, gen, templates: list, max_new: int, doc: dict,
+                       origin: Origin) -> list:
+    """A document's rephrase requests: a run of samples with one template shares a request
+    (one prefill); a sample whose prompt and generation do not fit in the generator's context
+    becomes a chunked.Item, rewritten chunk-wise after the rest."""
+    text, key = doc["text"], sample_stream(origin.doc_id)
+    if not text.strip():
+        logging.warning("document %r at %s is empty", origin.doc_id, doc["where"])
+        return [(origin, Output(s, "", EMPTY_DOCUMENT)) for s in range(cfg.generations)]
+    picks = [styles_lib.draw(cfg.seed, key, s, len(templates)) if len(templates) > 1 else 0
+             for s in range(cfg.generations)]
+    prompts_by_pick = {i: gen.encode_prompt(*templates[i].render(document=text))
+                       for i in set(picks)}
+    out, s = [], 0
+    while s < cfg.generations:
+        run = next((e for e in range(s, cfg.generations) if picks[e] != picks[s]),
+                   cfg.generations) - s
+        template, prompt = templates[picks[s]], prompts_by_pick[picks[s]]
+        tag = origin if len(templates) == 1 else dataclasses.replace(
+            origin, fields={"template": template.name})
+        if chunked.too_long(len(prompt), max_new, gen.config.max_seq_len):
+            out += [chunked.Item(tag, key, i, text, template) for i in range(s, s + run)]
+        else:
+            out.append(sampler_lib.Request(prompt, key, num_samples=run, first_sample=s,
+                                           tag=tag))
+        s += run
+    return out
 
 
 def _doc_requests(cfg: JobConfig, gen, template, doc: dict, origin: Origin,
@@ -399,7 +473,7 @@ def _doc_requests(cfg: JobConfig, gen, template, doc: dict, origin: Origin,
                                                                    {"splits": k}))
                     for s, (k, _) in enumerate(split.sweep_points(cfg.splits))]
         return [(origin, Output(s, "", EMPTY_DOCUMENT)) for s in range(n)]
-    if cfg.method in ("rephrase", "qa", "entigraph_entities"):
+    if cfg.method in ("qa", "entigraph_entities"):
         prompt = gen.encode_prompt(*template.render(document=text))
         return [sampler_lib.Request(prompt, key, num_samples=n, tag=origin)]
     if cfg.method == "focal_rewrite":

@@ -3,7 +3,8 @@ template.
 
 A template file holds a `[system]` section and a `[user]` section, each marker alone on its line;
 a file without markers is all user message. Placeholders are `{name}` (literal braces: `{{`, `}}`):
-`rephrase` templates take {document}, `latent_thought` templates take {prefix} and {suffix};
+`rephrase` templates take {document}, `rephrase_continue` (the next chunk of a long document:
+synth/chunked.py) {previous} and {document}, `latent_thought` templates {prefix} and {suffix};
 the knowledge methods' fields are in METHOD_FIELDS.
 
 Chat templates are the model's own Jinja template (a GGUF's `tokenizer.chat_template`, a Hugging
@@ -28,7 +29,8 @@ import jinja2.sandbox
 
 from megadoc import fs
 
-METHOD_FIELDS = {"rephrase": ("document",), "latent_thought": ("prefix", "suffix"),
+METHOD_FIELDS = {"rephrase": ("document",), "rephrase_continue": ("previous", "document"),
+                 "latent_thought": ("prefix", "suffix"),
                  "qa": ("document",), "focal_rewrite": ("document", "question"),
                  "entigraph_entities": ("document",),
                  "entigraph_relation": ("document", "entities")}

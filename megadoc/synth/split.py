@@ -24,11 +24,13 @@ def split_offsets(tokenizer, text: str, splits: int) -> list[int]:
         raise ValueError(f"splits must be >= 1, got {splits}")
     ids = tokenizer.encode(text)
     n = len(ids)
-    return [_char_offset(tokenizer, text, ids, (i * n) // (splits + 1))
+    return [char_offset(tokenizer, text, ids, (i * n) // (splits + 1))
             for i in range(1, splits + 1)]
 
 
-def _char_offset(tokenizer, text: str, ids: list[int], cut: int) -> int:
+def char_offset(tokenizer, text: str, ids: list[int], cut: int) -> int:
+    """Characters of `text` in its first `cut` tokens `ids[:cut]`, the cut nudged by up to a few
+    tokens to a character boundary."""
     for nudge in range(_MAX_NUDGE + 1):
         for c in dict.fromkeys((cut + nudge, cut - nudge)):
             if 0 <= c <= len(ids):
