@@ -100,3 +100,170 @@ def test_latent_records_without_their_count_are_refused_for_a_sweep(generator_di
         _prepare(tmp_path, "s", docs, gens, generator_dir, recipe="latent", max_generations=2)
     meta = _prepare(tmp_path, "all", docs, gens, generator_dir, recipe="latent")
     assert meta["counts"]["generations_used"] == 4
+
+
+# ----------------------------------------------------------------------------- chunk-wise rewriting
+
+def test_a_document_of_three_contexts_is_rewritten_chunkwise_whole(generator_dir, tmp_path,
+                                                                   monkeypatch):
+    from megadoc.synth import chunked
+
+    tok = tokenizer_lib.load(generator_dir)
+    paragraphs, text = [], ""
+    while len(tok.encode(text)) < 3 * 256:
+        paragraphs.append(" ".join(SENTENCES[len(paragraphs) % 5:] + SENTENCES[:2]))
+        text = "\n\n".join(paragraphs)
+    docs = _write_docs(tmp_path / "docs.jsonl", [{"id": "long", "text": text},
+                                                 {"id": "short", "text": SENTENCES[0]}])
+    prompts_seen = []
+    prompt = chunked._prompt
+
+    def spy(gen, w, continue_template, max_new_tokens):
+        ids = prompt(gen, w, continue_template, max_new_tokens)
+        prompts_seen.append((w.so_far(), gen.tokenizer.decode(ids), len(ids)))
+        return ids
+
+    monkeypatch.setattr(chunked, "_prompt", spy)
+    out = str(tmp_path / "out")
+    job.run(job.JobConfig(
+        method="rephrase", generator=generator_dir, docs=docs, output=out, generations=1,
+        max_new_tokens=24, batch_size=4,
+        template=_template(tmp_path, "Rewrite: {document}\n"),
+        continue_template=_template(tmp_path, "So far: {previous}\nNext: {document}\n",
+                                    "continue.txt")))
+    records = {(r["doc_id"], r["sample"]): r for r in _records(out)}
+    assert "chunks" not in records["short", 0]
+    for s in (0,):
+        r = records["long", s]
+        chunks = r["chunks"]
+        assert len(chunks) >= 3 and r["finish_reason"] in ("eos", "length")
+        # The chunks cover the source end to end, and the text is their rewrites stitched.
+        assert chunks[0]["source_start"] == 0 and chunks[-1]["source_end"] == len(text)
+        assert all(a["source_end"] == b["source_start"] for a, b in zip(chunks, chunks[1:]))
+        pieces = [r["text"][c["text_start"]:c["text_end"]] for c in chunks]
+        assert "\n\n".join(p for p in pieces if p) == r["text"]
+        assert {c["finish_reason"] for c in chunks} <= {"eos", "length"}
+    # Every chunk prompt leaves room for max_new_tokens; each one after the first carries the
+    # end of the rewrite so far.
+    assert all(n + 24 <= 256 for _, _, n in prompts_seen)
+    later = [(so_far, p) for so_far, p, _ in prompts_seen if so_far.strip()]
+    assert later and all(so_far.split()[-1] in p for so_far, p in later)
+
+
+def test_source_spans_cover_the_text_and_end_at_paragraphs(generator_dir):
+    from megadoc.synth import chunked
+
+    tok = tokenizer_lib.load(generator_dir)
+    text = "\n\n".join(" ".join(SENTENCES[i:] + SENTENCES[:i]) for i in range(5))
+    spans = chunked.source_spans(tok, text, 60)
+    assert spans[0][0] == 0 and spans[-1][1] == len(text) and len(spans) > 2
+    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+    assert all(len(tok.encode(text[a:b])) <= 60 + 4 for a, b in spans)
+    assert all(text[b - 2:b] == "\n\n" or text[b - 1] in " .\n" for _, b in spans[:-1])
+
+
+# ----------------------------------------------------------------------------- styles and prompts
+
+def test_each_sample_draws_its_style_by_seed_and_records_it(generator_dir, tmp_path):
+    from megadoc.synth import styles
+
+    a = _template(tmp_path, "Rewrite plainly: {document}\n", "plain.txt")
+    b = _template(tmp_path, "Rewrite as questions: {document}\n", "questions.txt")
+    docs = _write_docs(tmp_path / "docs.jsonl",
+                       [{"id": f"d{i}", "text": SENTENCES[i]} for i in range(3)])
+    out = str(tmp_path / "out")
+    job.run(job.JobConfig(method="rephrase", generator=generator_dir, docs=docs, output=out,
+                          generations=6, max_new_tokens=4, batch_size=8, seed=7,
+                          styles=(a, b)))
+    names = [t.name for t in styles.load((a, b))]
+    used = set()
+    for r in _records(out):
+        pick = styles.draw(7, job.sample_stream(r["doc_id"]), r["sample"], 2)
+        assert r["template"] == names[pick]
+        used.add(r["template"])
+    assert used == set(names)
+    with pytest.raises(ValueError, match="without template"):
+        job.JobConfig(method="rephrase", generator="g", docs="d", output="o", styles=(a,),
+                      template=a)
+    with pytest.raises(ValueError, match="neither a shipped style"):
+        styles.load(("poetry",))
+
+
+def test_shipped_templates_carry_every_instruction_of_appendix_g2():
+    from megadoc.synth import prompts, styles
+
+    for template in styles.load((styles.ALL,)):
+        user = template.user.lower()
+        assert "whole text" in user or "all of" in user, template.name  # the full article
+        assert "formatting" in user, template.name  # regardless of the original formatting
+        assert "about 500 words" in user, template.name  # the paper's mean rephrase: 708 tokens
+        assert "every fact" in user, template.name
+    assert styles.load(("wikipedia",))[0].name.startswith("rephrase@")  # the paper's default
+    latent = prompts.load_template(prompts.builtin_template("latent_thought"),
+                                   "latent_thought").user.lower()
+    for duty in ("without markdown", "do not repeat the opening part", "vague",
+                 "derivation", "step by step"):
+        assert duty in latent
+
+
+# ----------------------------------------------------------------------------- fidelity and diversity
+
+def test_fidelity_is_the_log_likelihood_the_rephrase_adds_to_the_source(generator_dir):
+    """The scorer against the model's own log-softmax, on a tiny random model."""
+    from megadoc.synth import fidelity, generator
+
+    gen = generator.load(generator_dir)
+    scorer = fidelity.Scorer(gen.config, gen.params, gen.tokenizer, tokens_per_batch=64)
+    tok = gen.tokenizer
+    rephrase, source = SENTENCES[0], SENTENCES[1]
+
+    def logprob(context, continuation):
+        seq = np.asarray([context + continuation])
+        logits = np.asarray(llama.forward(gen.config, gen.params, seq[:, :-1]), np.float64)[0]
+        logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1,
+                               keepdims=True)) - logits.max(-1, keepdims=True)
+        targets = seq[0, 1:]
+        picked = logp[np.arange(len(targets)), targets]
+        return picked[len(context) - 1:].sum()
+
+    prefix, src = [tok.bos_id], tok.encode(source)
+    with_it = logprob(prefix + tok.encode(rephrase + "\n\n"), src)
+    alone = logprob(prefix, src)
+    (gain, conditioned), = scorer.fidelity([[(rephrase, source)]])
+    assert conditioned == pytest.approx(with_it / len(src), abs=2e-3)
+    assert gain == pytest.approx((with_it - alone) / len(src), abs=2e-3)
+    # Chunks weigh by their source tokens; a piece longer than the context is not scored.
+    (two, _), = scorer.fidelity([[(rephrase, source), (rephrase, source)]])
+    assert two == pytest.approx(gain, abs=1e-3)
+    assert scorer.fidelity([[(rephrase, " ".join(SENTENCES * 20))]]) == [None]
+
+
+def test_diversity_stats_find_copies_and_near_duplicates():
+    from megadoc.data import overlap
+
+    source = " ".join(SENTENCES)
+    pair = SENTENCES[0] + " " + SENTENCES[1]
+    texts = [source, pair, pair + " Yes.", "Something else entirely, about ships at night."]
+    per, doc = overlap.generation_stats(source, texts)
+    assert per[0]["source_overlap"] == 1.0 and per[3]["source_overlap"] == 0.0
+    assert per[1]["max_similarity"] > 0.8 and per[2]["max_similarity"] > 0.8
+    assert per[3]["max_similarity"] == 0.0
+    assert doc["generations"] == 4 and doc["near_duplicates"] == 2  # 1 and 2, each other's
+
+
+@pytest.mark.slow
+def test_smollm2_fidelity_ranks_a_faithful_paraphrase_above_an_off_topic_one():
+    """SmolLM2-135M-Instruct, the demo's generator, on 16 short documents with hand-made
+    faithful paraphrases; the next document's paraphrase is the off-topic one. ~2 min on 2
+    busy cores (loading and compiling the 135M model included)."""
+    from megadoc.analysis import demo
+    from megadoc.synth import fidelity, generator
+    from tests import fidelity_fixtures as fx
+
+    gen = generator.load(demo.smollm2_path())
+    scorer = fidelity.Scorer(gen.config, gen.params, gen.tokenizer)
+    docs, good, bad = fx.docs(), fx.faithful(), fx.off_topic()
+    scores = scorer.fidelity([[(good[d["id"]], d["text"])] for d in docs]
+                             + [[(bad[d["id"]], d["text"])] for d in docs])
+    for d, faithful, off in zip(docs, scores[:16], scores[16:]):
+        assert faithful[0] > off[0], d["id"]
