@@ -267,3 +267,96 @@ def test_smollm2_fidelity_ranks_a_faithful_paraphrase_above_an_off_topic_one():
                              + [[(bad[d["id"]], d["text"])] for d in docs])
     for d, faithful, off in zip(docs, scores[:16], scores[16:]):
         assert faithful[0] > off[0], d["id"]
+
+
+# ----------------------------------------------------------------------------- prepare's filters
+
+def test_prepare_drops_unfaithful_and_duplicate_rephrases_and_counts_them(generator_dir,
+                                                                          tmp_path):
+    docs = _write_docs(tmp_path / "docs.jsonl",
+                       [{"id": f"d{i}", "text": SENTENCES[i]} for i in range(4)])
+    rows = []
+    for i in range(4):
+        texts = [SENTENCES[i] + " Indeed.", SENTENCES[i] + " Indeed!",  # 1 duplicates 0
+                 SENTENCES[(i + 1) % 5]]
+        for s, (text, fid) in enumerate(zip(texts, (1.2, 1.1, -0.3 + 0.5 * (i == 0)))):
+            rows.append({"doc_id": f"d{i}", "method": "rephrase", "sample": s, "text": text,
+                         "fidelity": fid})
+    rows.append({"doc_id": "d0", "method": "rephrase", "sample": 3, "text": "unscored"})
+    gens = _write_docs(tmp_path / "gens.jsonl", rows)
+    meta = _prepare(tmp_path, "filtered", docs, gens, generator_dir, recipe="simple",
+                    min_fidelity=0.0, max_duplicate=0.5)
+    counts = meta["counts"]
+    # Sample 2 is unfaithful in d1..d3 (fidelity -0.3), d0's passes (0.2); sample 1 repeats 0.
+    assert counts["filtered/low_fidelity"] == 3
+    assert counts["filtered/duplicate"] == 4
+    assert counts["generations_used"] == 4 + 1
+    assert meta["skipped"]["counts"]["no_fidelity_score"] == 1
+    assert meta["settings"]["min_fidelity"] == 0.0 and meta["settings"]["max_duplicate"] == 0.5
+    unfiltered = _prepare(tmp_path, "all", docs, gens, generator_dir, recipe="simple")
+    assert unfiltered["counts"]["generations_used"] == 13
+    assert "min_fidelity" not in unfiltered["settings"]  # stores from before the filters match
+    with pytest.raises(ValueError, match="filter rephrases"):
+        _prepare(tmp_path, "latent", docs, gens, generator_dir, recipe="latent", min_fidelity=0)
+
+
+# ----------------------------------------------------------------------------- leakage audit
+
+def _leaky_corpus(tmp_path):
+    words = ("alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron "
+             "pi rho sigma tau upsilon phi chi psi omega").split()
+    rng = np.random.default_rng(0)
+    texts = [" ".join(rng.choice(words, 60)) for _ in range(8)]
+    near = texts[5].split()
+    near[30] = "changed"  # one word of 60: still a near copy
+    val = _write_docs(tmp_path / "val.jsonl", [{"id": "v0", "text": texts[4]},
+                                               {"id": "v1", "text": texts[5]},
+                                               {"id": "v2", "text": texts[6]}])
+    train = [{"id": f"t{i}", "text": texts[i]} for i in range(4)]
+    train += [{"id": "t4", "text": "  " + texts[4] + "\n"},  # the same text, other whitespace
+              {"id": "t5", "text": " ".join(near)},
+              {"id": "v2", "text": texts[7]}]  # a validation document's id
+    docs = _write_docs(tmp_path / "train.jsonl", train)
+    gens = _write_docs(tmp_path / "gens.jsonl", [
+        {"doc_id": d["id"], "method": "rephrase", "sample": 0, "text": "A rephrase."}
+        for d in train])
+    return docs, gens, val
+
+
+def test_prepare_refuses_generation_sources_found_in_a_validation_set(generator_dir, tmp_path):
+    docs, gens, val = _leaky_corpus(tmp_path)
+    with pytest.raises(ValueError) as e:
+        _prepare(tmp_path, "s", docs, gens, generator_dir, recipe="stitched",
+                 val=(("iid", val),))
+    message = str(e.value)
+    assert "3 document(s) are in a validation set" in message
+    for doc_id, kind in (("t4", "text"), ("t5", "near_duplicate"), ("v2", "id")):
+        assert f"(id {doc_id!r}) matches validation set 'iid'" in message
+        assert f"by {kind}" in message
+    assert "'t0'" not in message
+    meta = _prepare(tmp_path, "dropped", docs, gens, generator_dir, recipe="stitched",
+                    val=(("iid", val),), drop_leaked=True)
+    assert meta["counts"]["leakage/leaked_docs"] == 3
+    assert meta["counts"]["docs_used"] == 4
+    assert meta["skipped"]["counts"]["document_in_validation_set"] == 3
+    assert meta["skipped"]["counts"]["generation_of_leaked_document"] == 3
+
+
+def test_prepare_val_flag_takes_the_train_spec(generator_dir, tmp_path, capsys):
+    from experiments import prepare as prepare_cmd
+
+    docs, gens, val = _leaky_corpus(tmp_path)
+    argv = ["prepare", f"--docs={docs}", f"--generations={gens}", "--recipe=simple",
+            f"--tokenizer={generator_dir}", "--seq_len=16", f"--output={tmp_path / 'out'}",
+            f"--val=iid={val}", f"--val=other={val}"]
+    prepare_cmd.FLAGS.unparse_flags()
+    prepare_cmd.FLAGS(argv)
+    try:
+        cfg = prepare_cmd.config_from_flags()
+        assert cfg.val == (("iid", val), ("other", val))
+        with pytest.raises(SystemExit) as e:
+            prepare_cmd.cli.plain_errors(prepare_cmd.main)(["prepare"])
+        assert e.value.code == 2
+        assert "are in a validation set" in capsys.readouterr().err
+    finally:
+        prepare_cmd.FLAGS.unparse_flags()
