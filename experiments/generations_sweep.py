@@ -195,6 +195,15 @@ def run_sweep(cfg: SweepConfig) -> dict:
     from megadoc.data import store as store_lib
     from megadoc.train import config, published
 
+    from megadoc.data import leakage
+
+    documents = tuple((n, p) for n, p in cfg.val if leakage.is_document_set(p))
+    if documents:  # no generation source may be a validation document
+        leakage.check(cfg.docs, documents)
+    for name, path in cfg.val:
+        if (name, path) not in documents:
+            print(f"[sweep] --val={name}={path} is a window store: no leakage audit against it "
+                  f"(give its documents to have one)", flush=True)
     real_grid, synthetic_grid = GRIDS[cfg.grid]
     real = _prepare(cfg, "real")
     preset = config.preset(cfg.preset)

@@ -206,7 +206,7 @@ def test_shipped_templates_carry_every_instruction_of_appendix_g2():
         assert duty in latent
 
 
-# ----------------------------------------------------------------------------- fidelity and diversity
+# ------------------------------------------------------------------------ fidelity and diversity
 
 def test_fidelity_is_the_log_likelihood_the_rephrase_adds_to_the_source(generator_dir):
     """The scorer against the model's own log-softmax, on a tiny random model."""
@@ -315,7 +315,7 @@ def _leaky_corpus(tmp_path):
     train = [{"id": f"t{i}", "text": texts[i]} for i in range(4)]
     train += [{"id": "t4", "text": "  " + texts[4] + "\n"},  # the same text, other whitespace
               {"id": "t5", "text": " ".join(near)},
-              {"id": "v2", "text": texts[7]}]  # a validation document's id
+              {"id": "v2", "text": texts[7]}]  # a validation document's id, another text
     docs = _write_docs(tmp_path / "train.jsonl", train)
     gens = _write_docs(tmp_path / "gens.jsonl", [
         {"doc_id": d["id"], "method": "rephrase", "sample": 0, "text": "A rephrase."}
@@ -323,23 +323,27 @@ def _leaky_corpus(tmp_path):
     return docs, gens, val
 
 
-def test_prepare_refuses_generation_sources_found_in_a_validation_set(generator_dir, tmp_path):
+def test_prepare_refuses_generation_sources_found_in_a_validation_set(generator_dir, tmp_path,
+                                                                      capsys):
     docs, gens, val = _leaky_corpus(tmp_path)
     with pytest.raises(ValueError) as e:
         _prepare(tmp_path, "s", docs, gens, generator_dir, recipe="stitched",
                  val=(("iid", val),))
     message = str(e.value)
-    assert "3 document(s) are in a validation set" in message
-    for doc_id, kind in (("t4", "text"), ("t5", "near_duplicate"), ("v2", "id")):
+    assert "2 document(s) are in a validation set" in message
+    for doc_id, kind in (("t4", "text"), ("t5", "near_duplicate")):
         assert f"(id {doc_id!r}) matches validation set 'iid'" in message
         assert f"by {kind}" in message
-    assert "'t0'" not in message
+    assert "'t0'" not in message and "'v2'" not in message
     meta = _prepare(tmp_path, "dropped", docs, gens, generator_dir, recipe="stitched",
                     val=(("iid", val),), drop_leaked=True)
-    assert meta["counts"]["leakage/leaked_docs"] == 3
-    assert meta["counts"]["docs_used"] == 4
-    assert meta["skipped"]["counts"]["document_in_validation_set"] == 3
-    assert meta["skipped"]["counts"]["generation_of_leaked_document"] == 3
+    assert meta["counts"]["leakage/leaked_docs"] == 2
+    # The same id with another text is reported, not dropped (ids numbered per file collide).
+    assert meta["counts"]["leakage/same_id_other_text"] == 1
+    assert meta["counts"]["docs_used"] == 5
+    assert meta["skipped"]["counts"]["document_in_validation_set"] == 2
+    assert meta["skipped"]["counts"]["generation_of_leaked_document"] == 2
+    assert "not a leak, but check the ids" in capsys.readouterr().out
 
 
 def test_prepare_val_flag_takes_the_train_spec(generator_dir, tmp_path, capsys):
@@ -360,3 +364,16 @@ def test_prepare_val_flag_takes_the_train_spec(generator_dir, tmp_path, capsys):
         assert "are in a validation set" in capsys.readouterr().err
     finally:
         prepare_cmd.FLAGS.unparse_flags()
+
+
+def test_the_sweep_refuses_a_planted_validation_document_before_any_work(generator_dir,
+                                                                         tmp_path):
+    from experiments import generations_sweep as sweep_exp
+
+    docs, gens, val = _leaky_corpus(tmp_path)
+    cfg = sweep_exp.SweepConfig(recipe="stitched", docs=docs, generations=gens,
+                                tokenizer=generator_dir, seq_len=16, val=(("iid", val),),
+                                counts=(0, 1), workdir=str(tmp_path / "sweep"))
+    with pytest.raises(ValueError, match=r"2 document\(s\) are in a validation set"):
+        sweep_exp.run_sweep(cfg)
+    assert not (tmp_path / "sweep" / "stores").exists()

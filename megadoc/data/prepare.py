@@ -78,7 +78,8 @@ class PrepareConfig:
     val: tuple[tuple[str, str], ...] = ()
     """validation documents (as train --val names them) that no document of this store, and so
     no generation's source, may be: one with a validation document's id, text or a near copy of
-    it (word-5-gram Jaccard >= 0.8) stops the job with the list (see drop_leaked)"""
+    it (word-5-gram Jaccard >= 0.8) stops the job with the list (see drop_leaked); one with a
+    validation document's id but another text is reported"""
     drop_leaked: bool = False
     """drop the documents found in a --val set (and their generations) instead of stopping; the
     store's metadata counts them (skipped: document_in_validation_set) with the first few"""
@@ -332,9 +333,15 @@ class _LeakageAudit:
         self.index = leakage.ValidationIndex(config.val)
         self.matches: list[leakage.Match] = []
         self.leaked: set[str] = set()
+        self.same_ids = 0  # documents with a validation document's id but another text
 
     def leaks(self, doc: dict, bad) -> bool:
         found = self.index.matches(doc)
+        for m in (m for m in found if not m.leaks()):
+            self.same_ids += 1
+            print(f"[prepare] leakage audit: not a leak, but check the ids: {m.describe()}",
+                  flush=True)
+        found = [m for m in found if m.leaks()]
         if found:
             self.matches += found
             self.leaked.add(doc["id"])
@@ -345,6 +352,7 @@ class _LeakageAudit:
     def finish(self, counts) -> None:
         counts["leakage/validation_docs"] = len(self.index)
         counts["leakage/leaked_docs"] = len(self.leaked)
+        counts["leakage/same_id_other_text"] = self.same_ids
         if not self.matches:
             print(f"[prepare] leakage audit: no document matches the {len(self.index)} "
                   f"validation documents", flush=True)

@@ -15,7 +15,8 @@ written as soon as its last record arrives.
 Every (document, sample) yields exactly one record. Records that carry no generation say why in
 `finish_reason`, with empty text: "empty_document", "prompt_too_long" (the prompt does not fit in
 the generator's context; never truncated; a rephrase is rewritten chunk-wise instead, see
-megadoc/synth/chunked.py, its record listing its `chunks`), "error" (logged with the document's location).
+megadoc/synth/chunked.py, its record listing its `chunks`), "error" (logged with the
+document's location).
 For latent thoughts `offset` is the split's character offset and `splits` its count k: a run at
 counts (1, 2, 4) writes samples 0 (k=1), 1-2 (k=2), 3-6 (k=4), each count at its own equal splits.
 Rephrase records also carry `fidelity`, `fidelity_logprob`, `max_similarity` and
