@@ -1,6 +1,5 @@
 """What the generator writes: latent sweeps at equal splits per count, fidelity and diversity,
 style templates, chunk-wise rewriting of long documents, and the leakage audit."""
-import json
 import os
 
 import jax
@@ -11,7 +10,7 @@ from megadoc.data import docs as docs_lib
 from megadoc.data import prepare as prepare_lib
 from megadoc.data import tokenizer as tokenizer_lib
 from megadoc.models import hf, llama
-from megadoc.synth import job, split
+from megadoc.synth import job
 
 SENTENCES = ["The river floods every spring and the farmers plant after it recedes.",
              "A prime number has exactly two divisors: one and itself.",
