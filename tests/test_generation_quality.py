@@ -1,5 +1,6 @@
 """What the generator writes: latent sweeps at equal splits per count, fidelity and diversity,
 style templates, chunk-wise rewriting of long documents, and the leakage audit."""
+import dataclasses
 import os
 
 import jax
@@ -376,3 +377,40 @@ def test_the_sweep_refuses_a_planted_validation_document_before_any_work(generat
     with pytest.raises(ValueError, match=r"2 document\(s\) are in a validation set"):
         sweep_exp.run_sweep(cfg)
     assert not (tmp_path / "sweep" / "stores").exists()
+
+
+@pytest.mark.slow
+def test_smollm2_rewrites_a_document_of_three_contexts_chunkwise(tmp_path, monkeypatch):
+    """SmolLM2-135M-Instruct with its context held to 1,024 tokens (its own 8,192 would make a
+    3x document ~25k tokens, hours of CPU decoding), on a document of the builtin corpus
+    stitched to 3x that context. A few minutes on 2 cores."""
+    from megadoc.analysis import demo
+    from megadoc.data import builtin_corpus
+    from megadoc.synth import generator as generator_lib
+
+    context = 1024
+    load = generator_lib.load
+
+    def held_to_context(path, mesh=None):
+        gen = load(path, mesh)
+        return dataclasses.replace(gen, config=dataclasses.replace(gen.config,
+                                                                   max_seq_len=context))
+
+    monkeypatch.setattr(generator_lib, "load", held_to_context)
+    gen = load(demo.smollm2_path())
+    text = ""
+    for d in builtin_corpus.python_docs(max_chars=4000):
+        text = (text + "\n\n" + d["text"]).strip()
+        if len(gen.tokenizer.encode(text)) > 3 * context:
+            break
+    docs = _write_docs(tmp_path / "docs.jsonl", [{"id": "long", "text": text}])
+    out = str(tmp_path / "out")
+    summary = job.run(job.JobConfig(method="rephrase", generator=demo.smollm2_path(), docs=docs,
+                                    output=out, generations=1, max_new_tokens=64,
+                                    temperature=0.7, top_p=0.9, batch_size=1))
+    (record,) = _records(out)
+    chunks = record["chunks"]
+    assert len(chunks) >= 4 and record["text"] and record["fidelity"] is not None
+    assert chunks[0]["source_start"] == 0 and chunks[-1]["source_end"] == len(text)
+    assert all(a["source_end"] == b["source_start"] for a, b in zip(chunks, chunks[1:]))
+    assert summary["finish_reason"] == {record["finish_reason"]: 1}
