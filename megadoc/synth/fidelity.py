@@ -28,7 +28,7 @@ import numpy as np
 from megadoc.data import overlap
 from megadoc.models import llama
 
-TOKENS_PER_BATCH = 4096  # bounds the logits in memory: batch x length x vocabulary floats
+TOKENS_PER_BATCH = 2048  # bounds the logits in memory: batch x length x vocabulary floats
 
 
 def _summed_logprobs(config, params, tokens_BxT, targets_BxT, mask_BxT):
