@@ -397,6 +397,10 @@ def test_smollm2_rewrites_a_document_of_three_contexts_chunkwise(tmp_path, monke
                                                                    max_seq_len=context))
 
     monkeypatch.setattr(generator_lib, "load", held_to_context)
+    # One device: on the suite's 8 simulated CPU devices the job's mesh would hold 8 copies of
+    # the 135M weights (fp32 + bf16), ~7 GB, and the shared machine kills the test.
+    one = jax.devices()[:1]
+    monkeypatch.setattr(jax, "local_devices", lambda *args, **kwargs: one)
     gen = load(demo.smollm2_path())
     text = ""
     for d in builtin_corpus.python_docs(max_chars=4000):
