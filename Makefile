@@ -22,7 +22,9 @@ $(STAMP): $(RUNTIME)
 	touch $(STAMP)
 
 # `make test` (what CI runs) skips the tests marked slow: the toy sweep, the end-to-end knowledge
-# run, the gs:// pipeline, two-process runs and the kill/resume batteries. `make test-all` runs them.
+# run, the gs:// pipeline and the golden check's extra real changes. It keeps the promises' tests:
+# bitwise resume after SIGTERM and kill -9 mid-save, the 2-process run, the synthesis job's kill -9
+# exactly-once, the truncated-checkpoint fallback, the NaN guard. `make test-all` runs everything.
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" tests
 

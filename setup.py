@@ -27,6 +27,7 @@ setup(
         "scipy>=1.13",
         "matplotlib>=3.9",
         "numpy>=2.0",
+        "bm25s>=0.2",  # BM25 retrieval for the knowledge evaluation (RAG)
     ],
     extras_require={
         # Test-only peers: the reference implementations megadoc is checked against.
@@ -37,6 +38,11 @@ setup(
             "accelerate>=1.0",  # transformers loads GGUF files (gguf_file=) through it
             "gcp-storage-emulator>=2024.8",
             "lm_eval==0.4.13",  # the harness the papers' benchmark numbers come from
+            # The plan tests compile megadoc's steps for TPU slices: the only check, on a
+            # machine without a TPU, that the code fits the hardware it is written for.
+            "libtpu",
         ],
+        # Compiling for TPU slices on any machine (experiments.plan); on a TPU VM, jax[tpu].
+        "tpu": ["libtpu"],
     },
 )

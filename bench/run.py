@@ -14,6 +14,24 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 SECTIONS = ["bench.loader", "bench.train_step", "bench.sampler", "bench.gpu"]
 
 
+def _cpu_line() -> str:
+    """The CPU the numbers come from: model name, bf16 dot units, and the dot form XLA:CPU runs
+    bf16 values in (`megadoc.models.matmul.cpu_dot_choice`) with its reason."""
+    from megadoc.models import matmul
+
+    model = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f
+                          if line.startswith(("model name", "Model"))), model)
+    except OSError:
+        pass
+    flags = ", ".join(matmul.cpu_bf16_flags()) or "none"
+    form, why = matmul.cpu_dot_choice()
+    return (f"CPU: {model}; bf16 dot units ({'/'.join(matmul.BF16_CPU_FLAGS)} flags): {flags}. "
+            f"XLA:CPU runs bf16 dots as {form}: {why}.")
+
+
 def main() -> None:
     load_before = os.getloadavg()[0]
     only = sys.argv[1:] or SECTIONS
@@ -23,6 +41,8 @@ def main() -> None:
         f"Produced by `make bench` (`{' '.join(['python -m bench.run', *sys.argv[1:]])}`) on "
         f"{datetime.date.today()}, {platform.machine()}, {os.cpu_count()} CPU cores, "
         f"python {platform.python_version()}.",
+        "",
+        _cpu_line(),
         "",
     ]
     for name in only:
@@ -40,7 +60,7 @@ def main() -> None:
             continue
         print(section, flush=True)
         parts += [section, ""]
-    parts[4:4] = [f"Load average when it started: {load_before:.2f} (1 min) on {os.cpu_count()} "
+    parts[6:6] = [f"Load average when it started: {load_before:.2f} (1 min) on {os.cpu_count()} "
                   "cores (it decays over minutes, so it also counts work that ended just before); "
                   "a high value means other work may have shared the machine, lowering the "
                   "absolute numbers more than the interleaved ratios.", ""]

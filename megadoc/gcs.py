@@ -205,10 +205,43 @@ def write_bytes(path: str, data: bytes) -> None:
     retrying(path, lambda: blob(path).upload_from_string(data, retry=None))
 
 
+def append_bytes(path: str, data: bytes) -> None:
+    """Appends `data` to the object (creating it) uploading only `data`: a part object next to
+    it, composed onto its end and then deleted, so a log of n flushes costs O(its size), not
+    O(n · its size). The compose replaces the object atomically and only if it is still the
+    generation read here; a compose whose answer was lost is recognised by the object's new
+    size, so a retry never appends twice. One writer per object."""
+    target = blob(path)
+    try:
+        retrying(path, lambda: target.reload(retry=None))
+    except FileNotFoundError:
+        write_bytes(path, data)
+        return
+    generation, size = target.generation, target.size
+    directory, _, name = path.rpartition("/")
+    part = f"{directory}/.{name}.append-{os.urandom(8).hex()}"
+    write_bytes(part, data)
+    attempts = []
+
+    def compose():
+        attempts.append(1)
+        try:
+            blob(path).compose([blob(path), blob(part)], if_generation_match=generation,
+                               retry=None)
+        except api_exceptions.PreconditionFailed:
+            if len(attempts) > 1 and version(path)["size"] == size + len(data):
+                return  # an earlier attempt composed; only its answer was lost
+            raise
+
+    try:
+        retrying(path, compose)
+    finally:
+        remove(part)
+
+
 def create_exclusive(path: str, data: bytes) -> bool:
     """Uploads the object only if none exists (a precondition GCS checks atomically); False when
-    one already does. The existence check first spares an upload in the common case (and
-    keeps servers that ignore preconditions, such as the test emulator, right when unraced)."""
+    one already does. The existence check first spares an upload in the common case."""
     if is_object(path):
         return False
     try:

@@ -41,7 +41,7 @@ ENV_KEYS = ("STORAGE_EMULATOR_HOST", "TENSORSTORE_GCS_HTTP_URL", "GOOGLE_AUTH_TO
             "GOOGLE_CLOUD_PROJECT", "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT",
             "DISABLE_GCS_PYTHON_CLIENT_OTEL_BUCKET_METADATA")
 
-# Six fidelity fixes to the emulator, applied in its own process before it builds its routes
+# Seven fidelity fixes to the emulator, applied in its own process before it builds its routes
 # (plus a watchdog that ends the server when the test process dies without cleaning up):
 # - real GCS answers a media download with `x-goog-generation`; tensorstore reads the object's
 #   generation from it (OCDBT, hence orbax, fails with "Malformed StorageGeneration" without it);
@@ -55,7 +55,12 @@ ENV_KEYS = ("STORAGE_EMULATOR_HOST", "TENSORSTORE_GCS_HTTP_URL", "GOOGLE_AUTH_TO
 #   GCS publishes an object whole), so a stopped server never serves a torn object;
 # - its HTTPServer serves one request at a time with a listen backlog of 5, so a burst of
 #   parallel connections (tensorstore, orbax) has SYNs dropped and waits out TCP's 1 s
-#   retransmit; a deeper backlog keeps the burst queued instead.
+#   retransmit; a deeper backlog keeps the burst queued instead;
+# - a compose honours ifGenerationMatch on its destination (gcs.append_bytes relies on it to
+#   never append twice);
+# - real GCS refuses an upload whose `ifGenerationMatch` precondition fails (412; 0: "no object
+#   yet"), which exclusive creation and the workdir lock's takeover rely on; the emulator
+#   ignored it. It serves one request at a time, so the check and the write are atomic.
 _SERVE = """
 import http.server, json, os, sys
 from gcp_storage_emulator.handlers import objects
@@ -85,6 +90,44 @@ def ls(request, response, storage, *args, **kwargs):
         response.json(body)
 
 objects.ls = ls
+_compose = objects.compose
+
+def compose(request, response, storage, *args, **kwargs):
+    wanted = (request.query.get("ifGenerationMatch") or [None])[0]
+    if wanted is not None:
+        try:
+            current = storage.get_file_obj(request.params["bucket_name"],
+                                           request.params["object_id"])["generation"]
+        except Exception:
+            current = "0"
+        if str(current) != str(wanted):
+            response.status = objects.HTTPStatus.PRECONDITION_FAILED
+            return
+    _compose(request, response, storage, *args, **kwargs)
+
+objects.compose = compose
+
+_insert = objects.insert
+from http import HTTPStatus
+
+def insert(request, response, storage, *args, **kwargs):
+    want = (request.query.get("ifGenerationMatch") or [None])[0]
+    if want is not None:
+        name = (request.query.get("name") or [None])[0]
+        if name is None and isinstance(request.data, dict):
+            name = (request.data.get("meta") or {}).get("name")
+        try:
+            have = storage.get_file_obj(request.params["bucket_name"], name)["generation"]
+        except Exception:  # NotFound: no object, generation 0
+            have = "0"
+        if str(have) != str(want):
+            response.status = HTTPStatus.PRECONDITION_FAILED
+            response.json({"error": {"code": 412, "message": "conditionNotMet", "errors": [
+                {"reason": "conditionNotMet", "message": "Precondition Failed"}]}})
+            return
+    return _insert(request, response, storage, *args, **kwargs)
+
+objects.insert = insert
 
 from gcp_storage_emulator import server
 
@@ -359,6 +402,7 @@ class FaultProxy:
         self.read_only = False
         # "METHOD path[ name=object]" of every request seen, faulted or not
         self.requests: list[str] = []
+        self.uploaded_bytes = 0  # request bodies of every POST, PUT and PATCH
         self._faults: list = []
         self._lock = threading.Lock()
         self._saved: dict[str, str | None] = {}
@@ -373,6 +417,8 @@ class FaultProxy:
                     line += f" name={name.group(1).decode()}" if name else ""
                 with proxy._lock:
                     proxy.requests.append(line)
+                    if self.command in ("POST", "PUT", "PATCH"):
+                        proxy.uploaded_bytes += len(body)
                     fault = proxy._faults.pop(0) if proxy._faults else None
                 if fault is None and proxy.read_only and self.command in proxy._WRITES:
                     fault = 403

@@ -57,8 +57,10 @@ def sentencepiece_vocab(tmp_dir):
     return tokens, types, scores
 
 
-def write(path, *, tied=False, vocab="gpt2", tmp_dir=None, seed=0, architecture="llama"):
-    """A random two-layer Llama GGUF at `path`; returns the number of tokens."""
+def write(path, *, tied=False, vocab="gpt2", tmp_dir=None, seed=0, architecture="llama",
+          extra=None):
+    """A random two-layer Llama GGUF at `path`, plus the `extra` metadata {key: str or bool};
+    returns the number of tokens."""
     rng = np.random.default_rng(seed)
     h, f, n, k = SHAPE["hidden"], SHAPE["ffn"], SHAPE["heads"], SHAPE["kv_heads"]
     dh = h // n
@@ -91,6 +93,8 @@ def write(path, *, tied=False, vocab="gpt2", tmp_dir=None, seed=0, architecture=
     w.add_rope_freq_base(10000.0)
     w.add_layer_norm_rms_eps(1e-5)
     w.add_vocab_size(v)
+    for key, value in (extra or {}).items():
+        (w.add_bool if isinstance(value, bool) else w.add_string)(key, value)
 
     def add(name, shape, scale=0.2):
         kind = name.split(".")[-2]

@@ -68,6 +68,17 @@ def test_logit_average_equals_averaging_members_by_hand(members, member_logits):
     np.testing.assert_allclose(jnp.exp(probs), mean_p, rtol=1e-4, atol=1e-7)
 
 
+def test_members_are_scanned_one_at_a_time(members):
+    """ARCHITECTURE.md's design note: a scan over members (one member's activations live at a
+    time), not a vmap that batches every member's forward pass."""
+    jaxpr = jax.make_jaxpr(lambda s: ensemble.ensemble_logits(CONFIG, s, TOKENS[:, :-1]))(
+        ensemble.stack_params(members))
+    primitives = {e.primitive.name for e in jaxpr.jaxpr.eqns}
+    assert "scan" in primitives
+    scanned = next(e for e in jaxpr.jaxpr.eqns if e.primitive.name == "scan")
+    assert scanned.params["length"] == len(members)
+
+
 def test_one_member_ensemble_loss_equals_the_single_model_loss(members, member_logits):
     store = MemoryStore(TOKENS, SEGS)
     mesh = sharding.make_mesh(data=4, fsdp=2)

@@ -13,11 +13,14 @@ from experiments import distill as distill_exp
 from experiments import ensemble as ensemble_exp
 from experiments import search as search_exp
 from megadoc.analysis import scaling
+from megadoc.pipelines import ensemble
+from megadoc.pipelines import search as search_pipeline
 from megadoc.data import store as store_lib
 from megadoc.data import tokenizer as tokenizer_lib
 from megadoc.models import llama
 from megadoc.train import checkpoint
 from megadoc.train import config as config_lib
+from megadoc.train import loop
 
 SEQ = 16
 
@@ -31,8 +34,7 @@ def parse(module, *argv):
 def save_run(workdir, config, params):
     """A checkpoint as the trainer leaves one, as far as load_params reads it."""
     mgr = checkpoint.manager(workdir)
-    checkpoint.save(mgr, {"step": jnp.int32(1), "params": params}, {"model": config_lib.to_dict(config)},
-                    {"next_step": 1})
+    checkpoint.save(mgr, {"step": jnp.int32(1), "params": params}, {"model": config_lib.to_dict(config)})
     mgr.wait_until_finished()
     mgr.close()
     return workdir
@@ -64,28 +66,36 @@ def runs(tmp_path_factory):
 def test_ensemble_experiment_writes_the_member_curve_and_its_fit(runs, tmp_path):
     parse(ensemble_exp, f"--workdirs={','.join(runs['workdirs'])}", f"--val=iid={runs['val']}",
               "--curve", f"--output={tmp_path}", "--baseline_loss=9.0")
-    ensemble_exp.main(["prog"])
+    result = ensemble.run(ensemble_exp.build_config())
     out = json.loads((tmp_path / "ensemble.json").read_text())["val"]["iid"]
+    assert out == json.loads(json.dumps(result.val["iid"]))
     assert [k for k, _ in out["curve"]] == [1, 2, 3]
     assert out["loss"] == out["curve"][-1][1]
     assert set(out["law"]) == {"A", "B", "C", "C_stderr"}
     assert out["data_efficiency"]["loss"] == pytest.approx(scaling.data_efficiency(out["loss"], 9.0))
-    assert ensemble_exp.data_efficiencies({"loss": 2.0}, 3.0) == {"loss": None}  # below the law's C
+    assert ensemble.data_efficiencies({"loss": 2.0}, 3.0) == {"loss": None}  # below the law's C
     assert (tmp_path / "ensemble_iid.png").read_bytes()[:4] == b"\x89PNG"
-    assert ensemble_exp.member_workdirs(parse(ensemble_exp, "--root=R", "--members=2")) == ["R/member_0", "R/member_1"]
+    cfg = ensemble.EnsembleConfig(root="R", members=2, val=(("iid", "V"),))
+    assert cfg.member_workdirs() == ["R/member_0", "R/member_1"]
+    with pytest.raises(ValueError, match="--train needs --root"):
+        parse(ensemble_exp, "--workdirs=A,B", "--output=O", "--train",
+              f"--train_flags=--real={runs['real']}")
+        ensemble_exp.build_config()
 
 
-def test_ensemble_experiment_trains_missing_members_with_their_own_seeds(tmp_path, monkeypatch):
+def test_ensemble_experiment_trains_missing_members_in_process_with_their_own_seeds(
+        runs, tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(ensemble_exp.subprocess, "run", lambda cmd, check: calls.append(cmd))
+    monkeypatch.setattr(loop, "train", lambda cfg, objective=None: calls.append(cfg) or {
+        "status": "finished"})
     (tmp_path / "member_0").mkdir()
     (tmp_path / "member_0" / "summary.json").write_text("{}")
     parse(ensemble_exp, f"--root={tmp_path}", "--members=3", "--train", "--seed=5",
-          "--train_flags=--preset=tiny --real=R")
-    ensemble_exp.main(["prog"])
-    assert [c[-2:] for c in calls] == [["--seed=6", f"--workdir={tmp_path}/member_1"],
-                                       ["--seed=7", f"--workdir={tmp_path}/member_2"]]
-    assert calls[0][1:5] == ["-m", "experiments.train", "--preset=tiny", "--real=R"]
+          f"--train_flags=--preset=tiny --real={runs['real']} --lr=0.01")
+    assert ensemble.run(ensemble_exp.build_config()) is None  # no --val: nothing to evaluate
+    assert [(c.data.seed, c.workdir) for c in calls] == [(6, f"{tmp_path}/member_1"),
+                                                         (7, f"{tmp_path}/member_2")]
+    assert calls[0].optimizer.lr == 0.01 and calls[0].data.real == runs["real"]
 
 
 def test_benchmarks_experiment_scores_a_checkpoint(runs, tmp_path):
@@ -110,6 +120,24 @@ def test_benchmarks_experiment_scores_a_checkpoint(runs, tmp_path):
         benchmarks_exp.run()
 
 
+def test_benchmarks_find_a_runs_tokenizer_without_the_flag(runs, tmp_path):
+    """A run's tokenizer is the one its real store was prepared with (train.pretrained)."""
+    workdir = save_run(str(tmp_path / "run"), runs["config"],
+                       jax.jit(llama.init, static_argnums=0)(runs["config"], jax.random.key(0)))
+    real = str(tmp_path / "real")
+    writer = store_lib.StoreWriter(real, SEQ)
+    writer.append(np.zeros((1, SEQ + 1), np.int32), np.ones((1, SEQ + 1), np.int32))
+    writer.finish({"tokenizer_path": runs["tokenizer"], "num_tokens": SEQ, "recipe": "real"})
+    checkpoint.save_json(f"{workdir}/config.json", {"data": {"real": real}})
+    piqa = tmp_path / "piqa.jsonl"
+    piqa.write_text(json.dumps({"goal": "Cool tea.", "sol1": "Add ice.", "sol2": "Add fire.", "label": 0}) + "\n")
+    parse(benchmarks_exp, f"--model={workdir}", f"--piqa={piqa}", "--batch_size=8")
+    found = benchmarks_exp.run()
+    parse(benchmarks_exp, f"--model={workdir}", f"--piqa={piqa}", "--batch_size=8",
+          f"--tokenizer={runs['tokenizer']}")
+    assert benchmarks_exp.run()["piqa"] == found["piqa"]
+
+
 def test_distill_experiment_builds_the_student_from_the_flags(runs, tmp_path):
     parse(distill_exp, f"--teachers={','.join(runs['workdirs'][:2])}", "--preset=tiny",
           f"--workdir={tmp_path}", f"--real={runs['real']}", f"--val=iid={runs['val']}", "--mesh=8,1,1",
@@ -125,28 +153,32 @@ def test_distill_experiment_builds_the_student_from_the_flags(runs, tmp_path):
     assert cfg.model.hidden == llama.preset("tiny").hidden
 
 
-def test_search_experiment_parses_the_grid_and_writes_its_summary(tmp_path):
-    grid = search_exp.build_grid("real", ["epochs=1,2,4,8"])
+def test_search_experiment_parses_the_grid_and_writes_its_summary(runs, tmp_path):
+    parse(search_exp, "--grid=real", "--axis=epochs=1,2,4,8", f"--root={tmp_path}",
+          "--start=lr=3e-3,weight_decay=0.4,epochs=2", f"--train_flags=--real={runs['real']}")
+    cfg = search_exp.build_config()
+    grid = cfg.search_grid()
     assert dict(grid.axes)["epochs"] == (1, 2, 4, 8)
     assert dict(grid.axes)["lr"] == (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
     assert dict(grid.axes)["weight_decay"][-2:] == (3.2, 6.4)  # Marin's 600M/1.5B sit at 3.2
-    start = search_exp.parse_point("lr=3e-3,weight_decay=0.4,epochs=2")
+    start = cfg.start_point()
     assert start == {"lr": 0.003, "weight_decay": 0.4, "epochs": 2} and isinstance(start["epochs"], int)
+    assert (cfg.train.optimizer.lr, cfg.train.data.epochs, cfg.train.data.real) == (3e-3, 2, runs["real"])
 
     def objective(p):  # best at lr=1e-3, wd=0.8, epochs=4
         return abs(math.log10(p["lr"]) + 3) + abs(p["weight_decay"] - 0.8) + abs(p["epochs"] - 4)
 
-    summary = search_exp.run_search(grid, start, str(tmp_path), objective, parallel=2)
-    assert summary["best"] == {"lr": 1e-3, "weight_decay": 0.8, "epochs": 4}
-    assert summary["certified"] and summary["at_bound"] == []
+    summary = search_pipeline.run_search(grid, start, str(tmp_path), objective)
+    assert summary.best == {"lr": 1e-3, "weight_decay": 0.8, "epochs": 4}
+    assert summary.certified and summary.at_bound == ()
     assert (tmp_path / "search.png").exists() and (tmp_path / "results.jsonl").exists()
-    edge = search_exp.run_search(search_exp.build_grid("real", ["epochs=1,2,4"]), start,
-                                 str(tmp_path / "edge"), objective)
-    assert edge["best"]["epochs"] == 4 and not edge["certified"] and edge["at_bound"] == ["epochs"]
+    edge_grid = dataclasses.replace(cfg, axis=(("epochs", "1,2,4"),)).search_grid()
+    edge = search_pipeline.run_search(edge_grid, start, str(tmp_path / "edge"), objective)
+    assert edge.best["epochs"] == 4 and not edge.certified and edge.at_bound == ("epochs",)
     on_disk = json.loads((tmp_path / "edge" / "search.json").read_text())
     assert on_disk["at_bound"] == ["epochs"] and on_disk["certified"] is False
-    with pytest.raises(Exception, match="NAME=V1"):
-        search_exp.build_grid("real", ["momentum=1,2"])
+    with pytest.raises(ValueError, match="NAME=V1"):
+        dataclasses.replace(cfg, axis=(("momentum", "1,2"),)).search_grid()
 
 
 def test_benchmarks_refuse_a_tokenizer_other_than_the_runs(runs, tmp_path):
@@ -155,7 +187,7 @@ def test_benchmarks_refuse_a_tokenizer_other_than_the_runs(runs, tmp_path):
     params = jax.jit(llama.init, static_argnums=0)(runs["config"], jax.random.key(0))
     record = {"model": config_lib.to_dict(runs["config"]),
               "stores": {"real": {"tokenizer_fingerprint": "spm:0123456789abcdef"}}}
-    checkpoint.save(mgr, {"step": jnp.int32(1), "params": params}, record, {"next_step": 1})
+    checkpoint.save(mgr, {"step": jnp.int32(1), "params": params}, record)
     mgr.wait_until_finished()
     mgr.close()
     piqa = tmp_path / "piqa.jsonl"

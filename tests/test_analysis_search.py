@@ -1,8 +1,6 @@
 import collections
 import json
 import math
-import os
-import subprocess
 import threading
 import time
 
@@ -150,31 +148,39 @@ def test_bad_start_points_and_results_files_are_clear_errors(tmp_path):
         search.grid_preset("nope")
 
 
-def test_train_launcher_runs_experiments_train_and_reads_the_summary(tmp_path, monkeypatch):
+def test_the_launcher_trains_each_point_in_process_and_a_divergence_is_nan(tmp_path, monkeypatch):
+    from megadoc.pipelines import runs
+    from megadoc.pipelines import search as search_pipeline
+    from megadoc.train import config, loop
+
     seen = []
 
-    def fake_run(cmd, stderr, text, env):
-        seen.append(cmd)
-        workdir = next(a for a in cmd if a.startswith("--workdir=")).split("=", 1)[1]
-        lr = float(next(a for a in cmd if a.startswith("--lr=")).split("=", 1)[1])
-        if lr == 1e-2:
-            return subprocess.CompletedProcess(cmd, 1, stderr="FloatingPointError: loss is nan at step 3")
-        if lr == 3e-3:
-            return subprocess.CompletedProcess(cmd, 1, stderr="OSError: disk full")
-        os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, "summary.json"), "w") as f:
-            json.dump({"status": "finished", "eval": {"val": 4.0 + lr}}, f)
-        return subprocess.CompletedProcess(cmd, 0, stderr="")
+    def fake_train(cfg, objective=None):
+        seen.append(cfg)
+        if cfg.optimizer.lr == 1e-2:
+            raise loop.Diverged(3, "loss is nan at step 3")
+        if cfg.optimizer.lr == 3e-3:
+            raise OSError("disk full")
+        if cfg.data.epochs == 2:
+            return {"status": "preempted", "step": 5}
+        return {"status": "finished", "eval": {"val": 4.0 + cfg.optimizer.lr}}
 
-    monkeypatch.setattr(search.subprocess, "run", fake_run)
-    launcher = search.TrainLauncher(str(tmp_path), ("--preset=tiny", "--real=R"))
-    assert launcher(START) == pytest.approx(4.001)
-    cmd = seen[0]
-    assert cmd[1:3] == ["-m", "experiments.train"]
-    assert {"--preset=tiny", "--real=R", "--lr=0.001", "--weight_decay=0.1", "--epochs=1", "--mix=0.5"} <= set(cmd)
-    assert launcher.workdir(START).startswith(str(tmp_path))
+    monkeypatch.setattr(loop, "train", fake_train)
+    base = config.TrainConfig(model=config.llama.preset("tiny"),
+                              data=config.DataConfig(real="R", synthetic="S", mix=0.75),
+                              optimizer=config.OptimizerConfig(lr=1.0, weight_decay=0.0),
+                              workdir="unused")
+    launch = search_pipeline.launcher(base, str(tmp_path), "val")
+    assert launch(START) == pytest.approx(4.001)
+    cfg = seen[0]
+    assert (cfg.optimizer.lr, cfg.optimizer.weight_decay, cfg.data.epochs, cfg.data.mix) == (
+        1e-3, 0.1, 1, 0.5)
+    assert (cfg.data.real, cfg.data.synthetic) == ("R", "S")
+    assert cfg.workdir == str(tmp_path / search.point_name(START))
+    assert math.isnan(launch(dict(START, lr=1e-2)))
+    with pytest.raises(OSError, match="disk full"):
+        launch(dict(START, lr=3e-3))
+    with pytest.raises(runs.Preempted, match="rerun to resume"):
+        launch(dict(START, epochs=2))
     with pytest.raises(KeyError, match="no final eval loss for 'iid'"):
-        search.TrainLauncher(str(tmp_path), (), val_set="iid")(START)
-    assert math.isnan(launcher(dict(START, lr=1e-2)))
-    with pytest.raises(RuntimeError, match="disk full"):
-        launcher(dict(START, lr=3e-3))
+        search_pipeline.launcher(base, str(tmp_path), "iid")(START)

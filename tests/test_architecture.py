@@ -1,7 +1,9 @@
 """The layering ARCHITECTURE.md describes, checked on the source: imports point one way, and
 compiled steps and checkpoint managers live in one place."""
 import ast
+import collections
 import pathlib
+import re
 
 import pytest
 
@@ -43,12 +45,17 @@ def test_data_imports_nothing_from_models_train_synth_or_analysis():
 # ARCHITECTURE.md's table: the megadoc parts each package may import.
 ALLOWED = {
     "cli.py": set(),
+    "compiled.py": set(),
     "fs.py": {"gcs"},
     "gguf_file.py": {"fs", "gcs"},
     "data": {"fs", "gcs", "gguf_file", "data"},
     "models": {"fs", "gcs", "gguf_file", "models"},
-    "train": {"fs", "gcs", "data", "models", "train"},
-    "synth": {"fs", "gcs", "gguf_file", "data", "models", "synth"},
+    "train": {"fs", "gcs", "compiled", "data", "models", "train"},
+    "synth": {"fs", "gcs", "gguf_file", "compiled", "data", "models", "train", "synth"},
+    "analysis": {"fs", "gcs", "gguf_file", "compile_cache", "data", "models", "train", "synth",
+                 "analysis"},
+    "pipelines": {"fs", "gcs", "gguf_file", "cli", "compile_cache", "data", "models", "train",
+                  "synth", "analysis", "pipelines"},
 }
 
 
@@ -62,6 +69,17 @@ def test_each_package_imports_only_the_layers_below_it(part):
         if used - ALLOWED[part]:
             found[rel(path)] = sorted(used - ALLOWED[part])
     assert not found
+
+
+def test_the_library_starts_no_process():
+    """Training runs and synthesis jobs start in process (megadoc.pipelines), never as a
+    subprocess of a command whose output is then read back (data.prepare's tokenizer workers
+    are a multiprocessing pool of functions, not commands)."""
+    found = {rel(p): sorted(m for m in imported_modules(p) if m.split(".")[0] == "subprocess")
+             for p in sources("megadoc")}
+    found.update({rel(p): ["sys.executable"] for p in sources("megadoc")
+                  if "sys.executable" in p.read_text()})
+    assert not {k: v for k, v in found.items() if v}
 
 
 def test_sharding_imports_no_other_model_module():
@@ -122,3 +140,87 @@ def test_the_compile_check_sees_each_form(source, expected):
     visitor = _Compiles()
     visitor.visit(ast.parse(source))
     assert visitor.uses == expected
+
+
+def test_every_document_the_code_cites_is_in_the_repository():
+    cited = {}
+    for path in [*sources("megadoc"), *sources("experiments"), *ROOT.glob("*.md")]:
+        for name in re.findall(r"\b[A-Z][A-Z_]+\.md\b", path.read_text()):
+            if not (ROOT / name).exists():
+                cited.setdefault(rel(path), []).append(name)
+    assert not cited
+
+
+def _calls(folder, names):
+    """{file: [line numbers]} of calls to any of `names` (as `x.name(...)` or `name(...)`)."""
+    found = {}
+    for path in sources(folder):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Call):
+                f = node.func
+                name = f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", None)
+                if name in names:
+                    found.setdefault(rel(path), []).append(node.lineno)
+    return found
+
+
+def test_only_host_rows_builds_global_arrays_from_host_data():
+    builders = {"make_array_from_callback", "make_array_from_process_local_data",
+                "make_array_from_single_device_arrays"}
+    found = set(_calls("megadoc", builders))
+    # host_rows for batches; hf places the params it reads, shard by shard
+    assert found <= {"megadoc/data/host_rows.py", "megadoc/models/hf.py"}
+
+
+def test_only_the_loop_makes_a_train_step():
+    # train.plan lowers the same step from abstract shapes and compiles it for a slice; it
+    # never runs it
+    assert set(_calls("megadoc", {"make_train_step"})) == {"megadoc/train/loop.py",
+                                                            "megadoc/train/plan.py"}
+
+
+def test_every_test_architecture_md_names_exists():
+    """Each shared mechanism and design note names a test that checks it, and it exists."""
+    text = (ROOT / "ARCHITECTURE.md").read_text()
+    named = re.findall(r"`(test_\w+\.py)::(test_\w+)`", text)
+    missing = [f"{file}::{name}" for file, name in named
+               if not re.search(rf"^def {name}\(", (ROOT / "tests" / file).read_text(), re.M)]
+    assert named and not missing
+    for section in ("## The few shared mechanisms", "## Design notes"):
+        body = text.split(section, 1)[1].split("\n## ", 1)[0]
+        bullets = ["- " + b for b in body.split("\n- ")[1:]]
+        assert bullets and all("::test_" in b for b in bullets), section
+    tables = re.findall(r"`(test_\w+\.py)`", text)
+    assert all((ROOT / "tests" / t).exists() for t in tables)
+
+
+def _significant_lines(path):
+    """(line number, text) of the lines that carry code: comments, blank lines, imports and lone
+    closing brackets dropped, whitespace runs collapsed."""
+    out = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        text = re.sub(r"\s+", " ", line.split("  #", 1)[0].strip())
+        if text and not text.startswith(("#", "import ", "from ")) and text.strip(")]}:,"):
+            out.append((number, text))
+    return out
+
+
+def near_copies(paths, size=6):
+    """Runs of `size` significant lines that occur more than once: [[file:line, ...], ...]."""
+    seen = {}
+    for path in paths:
+        lines = _significant_lines(path)
+        for k in range(len(lines) - size + 1):
+            key = "\n".join(text for _, text in lines[k:k + size])
+            name = rel(path) if path.is_relative_to(ROOT) else str(path)
+            seen.setdefault(key, []).append(f"{name}:{lines[k][0]}")
+    return [where for where in seen.values() if len(where) > 1]
+
+
+def test_no_six_line_near_copy_inside_megadoc(tmp_path):
+    assert not near_copies(sources("megadoc"))
+    body = "".join(f"    total = total * {i} + step  # {i}\n" for i in range(6))
+    (tmp_path / "a.py").write_text(f"def f(total, step):\n{body}")
+    (tmp_path / "b.py").write_text(f"def g(total,  step):\n\n{body.replace('  #', '   #')}")
+    copies = near_copies([tmp_path / "a.py", tmp_path / "b.py"])
+    assert len(copies) == 1 and len(copies[0]) == 2

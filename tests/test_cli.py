@@ -1,5 +1,8 @@
 """Flags generated from the config dataclasses (megadoc.cli)."""
 import dataclasses
+import importlib
+import inspect
+import pathlib
 
 import pytest
 from absl import app, flags
@@ -71,3 +74,44 @@ def test_bad_values_and_undocumented_fields_are_refused():
 def test_every_config_field_has_a_docstring():
     for cls in (config.TrainConfig, config.DataConfig, config.OptimizerConfig):
         assert set(cli.field_docs(cls)) == {f.name for f in dataclasses.fields(cls)}
+
+
+COMMANDS = sorted(p.stem for p in pathlib.Path(__file__).parent.parent.glob("experiments/*.py")
+                  if p.stem != "__init__")
+
+
+@pytest.mark.parametrize("module", COMMANDS)
+def test_every_command_answers_help_with_its_generated_flags_and_exit_0(module, capsys):
+    mod = importlib.import_module(f"experiments.{module}")
+    source = inspect.getsource(mod)
+    assert "cli.run_flags(" in source or "cli.parser(FLAGS)" in source or \
+        "train.run_experiment(" in source  # each parses its own FLAGS through cli.parser
+    with pytest.raises(SystemExit) as exit_:
+        cli.parser(mod.FLAGS)(["prog", "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    for name in mod.FLAGS:
+        assert f"--{name}" in out.replace("--[no]", "--"), name
+
+
+@dataclasses.dataclass(frozen=True)
+class Outer:
+    inner: Example
+    """nested: its fields are flags of their own names"""
+    name: str = "o"
+    """a name"""
+
+
+def test_nested_configs_are_built_from_flat_flags_and_replaced_by_flat_names():
+    f = flags.FlagValues()
+    cli.define_fields(Outer, f)
+    f(["prog", "--path=p", "--count=5", "--name=n"])
+    outer = cli.build(Outer, f)
+    assert outer == Outer(Example("p", 5), "n")
+    assert cli.replace(outer, count=7, name="m") == Outer(Example("p", 7), "m")
+    with pytest.raises(ValueError, match="Outer has no field nope"):
+        cli.replace(outer, nope=1)
+    f.unparse_flags()
+    f(["prog", "--count=5"])
+    with pytest.raises(app.UsageError, match="missing required flags: --path"):
+        cli.build(Outer, f)

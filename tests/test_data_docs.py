@@ -61,13 +61,13 @@ def test_generation_schema_is_checked(tmp_path):
     path = str(tmp_path / "g.jsonl")
     docs.write_jsonl(path, [
         {"doc_id": "a", "method": "rephrase", "sample": 0, "offset": None, "text": "r"},
-        {"doc_id": "a", "method": "latent_thought", "sample": 0, "offset": None, "text": "t"},
+        {"doc_id": "a", "method": "latent_thoughts", "sample": 0, "offset": None, "text": "t"},
         {"doc_id": "a", "method": "summary", "sample": 0, "text": "s"},
         {"doc_id": "a", "method": "latent_thought", "sample": 0, "offset": 3, "text": "t"},
-    ])
+    ])  # the last in the spelling records had before methods got one name: read as the name
     bad = docs.BadRecords()
     got = list(docs.read_generations(path, bad))
-    assert [(g["method"], g["offset"]) for g in got] == [("rephrase", None), ("latent_thought", 3)]
+    assert [(g["method"], g["offset"]) for g in got] == [("rephrase", None), ("latent_thoughts", 3)]
     assert bad.counts == {"missing_field": 2}
 
 
@@ -102,14 +102,13 @@ def test_recipes():
 
 def test_latent_thoughts_sit_at_offsets_and_removing_them_restores_the_text():
     text = DOC["text"]
-    thoughts = [gen("latent_thought", 0, "why B", 16), gen("latent_thought", 0, "why C", 28),
-                gen("latent_thought", 1, "why B again", 16), gen("latent_thought", 0, "at end", len(text)),
+    thoughts = [gen("latent_thoughts", 0, "why B", 16), gen("latent_thoughts", 0, "why C", 28),
+                gen("latent_thoughts", 1, "why B again", 16), gen("latent_thoughts", 0, "at end", len(text)),
                 gen("rephrase", 0, "ignored")]
     [stream_doc] = megadocs.build_documents("latent", DOC, thoughts)
     [megadoc] = stream_doc.pieces
     assert megadoc.startswith("First sentence. <think>why B</think><think>why B again</think>Second one.\n")
     assert megadoc.endswith("digits.<think>at end</think>")
-    assert megadocs.remove_thoughts(megadoc) == text
     assert re.sub(r"<think>.*?</think>", "", megadoc, flags=re.S) == text
     with pytest.raises(ValueError, match="doc d: thought offset 999"):
-        megadocs.build_documents("latent", DOC, [gen("latent_thought", 0, "x", 999)])
+        megadocs.build_documents("latent", DOC, [gen("latent_thoughts", 0, "x", 999)])

@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -8,7 +9,7 @@ import pytest
 
 from data_fixtures import corpus, train_tokenizer
 from megadoc import fs
-from megadoc.data import docs, megadocs, store
+from megadoc.data import docs, store
 from megadoc.data.prepare import STREAM_LAYOUT, PrepareConfig, prepare, shuffle_key
 
 SEQ = 16
@@ -22,7 +23,7 @@ def inputs(tmp_path_factory):
     gens = [{"doc_id": x["id"], "method": "rephrase", "sample": s, "offset": None,
              "text": f"Rephrase {s} of {x['id']}.", "finish_reason": "eos", "seed": s,
              "generator": "g", "template": "t"} for x in source for s in (2, 1, 0)]
-    gens += [{"doc_id": x["id"], "method": "latent_thought", "sample": 0, "offset": len(x["text"]) // 2,
+    gens += [{"doc_id": x["id"], "method": "latent_thoughts", "sample": 0, "offset": len(x["text"]) // 2,
               "text": f"thought on {x['id']}", "finish_reason": "length"} for x in source]
     docs.write_jsonl(str(d / "gens.jsonl.gz"), gens)
     tok = train_tokenizer(str(d / "tok.model"), [x["text"] for x in source] + [g["text"] for g in gens])
@@ -153,7 +154,7 @@ def test_latent_store_gives_back_the_real_documents(inputs, tmp_path):
     texts, _ = documents(store.open(str(tmp_path / "l")), tok)
     by_text = {x["text"] for x in inputs["docs"]}
     assert len(texts) > 50 and all("<think>thought on doc" in t for t in texts)
-    assert all(megadocs.remove_thoughts(t) in by_text for t in texts)
+    assert all(re.sub(r"<think>.*?</think>", "", t, flags=re.S) in by_text for t in texts)
 
 
 def test_restart_keeps_a_complete_store_and_rewrites_a_partial_one(inputs, tmp_path, capsys):
@@ -211,7 +212,7 @@ def test_max_generations_keeps_samples_below_n_and_the_thoughts_of_count_n(input
              "text": f"Rephrase {s} of {x['id']}.", "finish_reason": "eos"}
             for x in source for s in (2, 0, 1)]
     # A latent run at split counts 2 and 3: samples 0-1 are count 2's, 2-4 count 3's.
-    gens += [{"doc_id": x["id"], "method": "latent_thought", "sample": s, "splits": k,
+    gens += [{"doc_id": x["id"], "method": "latent_thoughts", "sample": s, "splits": k,
               "offset": len(x["text"]) * (i + 1) // (k + 1), "text": f"thought k{k}-{i}",
               "finish_reason": "eos"}
              for x in source for s, (k, i) in enumerate([(2, 0), (2, 1), (3, 0), (3, 1), (3, 2)])]

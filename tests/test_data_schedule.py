@@ -70,6 +70,28 @@ def test_bad_settings_are_refused():
     with pytest.raises(ValueError, match="synthetic store is empty"):
         MixSchedule(10, 0, 8, 0.5, 1, 0)
     with pytest.raises(ValueError, match="mix must be in"):
-        MixSchedule(10, 10, 4, 1.0, 1, 0)
+        MixSchedule(10, 10, 4, 1.5, 1, 0)
+    with pytest.raises(ValueError, match="synthetic store is empty"):
+        MixSchedule(10, 0, 4, 1.0, 1, 0)
     with pytest.raises(IndexError):
         MixSchedule(10, 10, 4, 0.5, 1, 0).batch_indices(5)
+
+
+@pytest.mark.parametrize("num_synthetic,batch,epochs", [(20, 4, 3), (23, 8, 2), (5, 8, 1)])
+def test_synthetic_only_reads_no_real_row_and_counts_epochs_on_the_synthetic_stream(
+        num_synthetic, batch, epochs):
+    """mix = 1 (Appendix D.1's "no real data"): the realised windows are the synthetic stream
+    seen `epochs` times (plus the last batch's wrap), and not one real window."""
+    s = MixSchedule(10, num_synthetic, batch, 1.0, epochs, seed=2)
+    assert s.num_steps == math.ceil(epochs * num_synthetic / batch)
+    batches = all_batches(s)
+    assert all((streams == SYNTHETIC).all() for streams, _ in batches)
+    views = collections.Counter(np.concatenate([w for _, w in batches]).tolist())
+    assert sorted(views) == list(range(num_synthetic))
+    assert sum(views.values()) == epochs * num_synthetic + s.num_wrapped
+    assert set(views.values()) <= {epochs, epochs + 1, epochs + 2}  # a wrap may exceed one pass
+    assert 0 <= s.num_wrapped < batch
+    counts = s.counts()
+    assert counts["real_windows"] == 0 and counts["synthetic_fraction"] == 1.0
+    assert counts["synthetic_windows"] == batch * s.num_steps
+    assert counts["wrapped_windows"] == s.num_wrapped

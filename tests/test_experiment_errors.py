@@ -20,12 +20,12 @@ def real(tmp_path_factory):
 
 @pytest.mark.parametrize("flag, message", [
     ("--global_batch=0", "global_batch must be >= 1, got 0"),
-    ("--microbatches=0", "microbatches must be >= 1, got 0"),
+    ("--microbatches=-1", "microbatches must be >= 0, got -1"),
     ("--lr=-0.003", "lr must be > 0, got -0.003"),
     ("--weight_decay=-5", "weight_decay must be >= 0, got -5"),
     ("--warmup=1.5", r"warmup_frac must be in \[0, 1\), got 1.5"),
     ("--epochs=0", "epochs must be >= 1, got 0"),
-    ("--mix=1", r"mix must be in \[0, 1\), got 1"),
+    ("--mix=1.5", r"mix must be in \[0, 1\], got 1.5"),
     ("--keep_checkpoints=0", "keep_checkpoints must be >= 1, got 0"),
     ("--synthetic=SYN", "synthetic store SYN given with mix 0"),
     ("--mix=0.5", "mix=0.5 needs a synthetic store"),

@@ -54,11 +54,12 @@ def test_exists_listdir_glob(root):
         fs.glob(fs.join(root, "*", "*.txt"))
 
 
-def test_append_text_creates_then_appends(root):
+def test_append_jsonl_creates_then_appends(root):
     path = fs.join(root, "logs", "metrics.jsonl")
-    fs.append_text(path, '{"step": 1}\n')
-    fs.append_text(path, '{"step": 2}\n')
+    fs.append_jsonl(path, [{"step": 1}])
+    fs.append_jsonl(path, [{"step": 2}])
     assert fs.read_text(path) == '{"step": 1}\n{"step": 2}\n'
+    assert fs.read_jsonl_log(path) == [(1, {"step": 1}), (2, {"step": 2})]
 
 
 def test_remove_and_rmtree(root):
@@ -143,7 +144,7 @@ def test_tensorstore_kvstore_spec(tmp_path):
 
 def test_missing_bucket_is_a_clear_error(gcs_server):
     for op in (lambda p: fs.read_bytes(p), lambda p: fs.write_text(p, "x"), fs.exists,
-               fs.listdir, fs.remove, lambda p: fs.append_text(p, "x")):
+               fs.listdir, fs.remove, lambda p: fs.append_jsonl(p, [{}])):
         with pytest.raises(fs.StorageError, match=r"^gs://no-such-bucket/x/y: bucket does not exist"):
             op("gs://no-such-bucket/x/y")
 

@@ -36,11 +36,12 @@ def test_transient_failures_are_retried_through(proxy, gcs_server):
     assert fs.listdir(root) == ["a.txt"]
     proxy.inject(504)
     assert fs.exists(path)
+    fs.write_text(path, "payload\n")
     proxy.inject(None, "lost")  # the read passes; the upload's answer is lost, it is redone
-    fs.append_text(path, "+more")
+    fs.append_jsonl(path, [{"more": 1}])
     with fs.open_read(path) as f:
         proxy.inject("reset", 503)  # between opening and the ranged GET
-        assert f.read() == b"payload+more"
+        assert f.read() == b'payload\n{"more": 1}\n'
     proxy.inject(503, "reset")
     fs.rmtree(root)
     assert proxy.pending() == 0

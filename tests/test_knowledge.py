@@ -12,6 +12,7 @@ from knowledge_fixtures import make_hf_model
 @pytest.mark.slow
 def test_knowledge_end_to_end(tmp_path, monkeypatch):
     from experiments import knowledge as driver
+    from megadoc.pipelines import knowledge as knowledge_pipeline
 
     model = make_hf_model(str(tmp_path / "model"), max_seq_len=2048)  # whole articles fit
     # A random model never writes "Question: …\nAnswer: …"; take its text as the question
@@ -23,7 +24,7 @@ def test_knowledge_end_to_end(tmp_path, monkeypatch):
                   "--max_new_tokens=8", "--seq_len=64", "--epochs=1", "--global_batch=8",
                   "--lr=1e-3", "--top_k=1", "--batch_size=4"])
     try:
-        results = driver.run()
+        results = knowledge_pipeline.run(driver.build_config()).as_dict()
     finally:
         driver.FLAGS.unparse_flags()
     assert set(results["base"]) == {"closed_book", "rag"}

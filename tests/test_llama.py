@@ -38,7 +38,8 @@ def test_presets_have_the_papers_shapes():
     gen = llama.preset("llama3-8b")
     assert (gen.hidden, gen.ffn, gen.layers, gen.heads, gen.kv_heads) == (4096, 14336, 32, 32, 8)
     assert gen.rope_theta == 500000.0 and gen.rope_scaling.factor == 8.0
-    assert llama.preset("1.4b").vocab_size == 128256
+    for name in ("150m", "300m", "600m", "1.5b"):  # the students: Llama 3 vocabulary, 4096 context
+        assert (llama.preset(name).vocab_size, llama.preset(name).max_seq_len) == (128256, 4096)
 
 
 def test_unknown_preset_lists_names():

@@ -1,5 +1,6 @@
-"""QuALITY-format evaluation: the fixture, chunking, BM25, and log-likelihood scoring checked
-against option log-likelihoods computed by hand from the model's logits."""
+"""QuALITY-format evaluation: the fixture, chunking, whole-corpus BM25, splits, and
+log-likelihood scoring checked against option log-likelihoods computed by hand from the model's
+logits."""
 import json
 
 import jax
@@ -41,25 +42,68 @@ def test_chunks_are_at_most_1024_chars_and_cover_the_text():
     assert retrieval.chunk_text("x" * 2500) == ["x" * 1024, "x" * 1024, "x" * 452]
 
 
-def test_bm25_retrieves_the_gold_chunk_for_every_fixture_question():
+def gold_chunk(article, question_row):
+    """The chunk of the question's own article holding its evidence sentence."""
+    chunks = retrieval.chunks_of(article.id, article.title, article.text)
+    found = [c for c in chunks if question_row["evidence"] in c.text]
+    assert len(found) == 1
+    return found[0]
+
+
+@pytest.mark.parametrize("scope,top_k", [("corpus", 1), ("corpus", 2), ("article", 1)])
+def test_rag_retrieves_the_gold_chunk_at_rank_k_or_better_for_every_fixture_question(scope,
+                                                                                      top_k):
+    articles = quality.read_quality(quality.FIXTURE)
     with open(quality.FIXTURE) as f:
         rows = [json.loads(line) for line in f]
-    for row in rows:
-        chunks = retrieval.chunk_text(row["article"])
-        index = retrieval.BM25(chunks)
-        for q in row["questions"]:
-            best = index.rank(q["question"], 1)[0]
-            assert q["evidence"] in chunks[best], (q["question"], best)
+    items = quality.prompts(articles, "rag", top_k=top_k, scope=scope)
+    golds = [gold_chunk(a, q) for a, row in zip(articles, rows) for q in row["questions"]]
+    assert len(items) == len(golds) == 12
+    corpus_ids = set()
+    for (q, prompt, found), gold in zip(items, golds):
+        assert len(found) == top_k and gold in found, (q.question, found)
+        assert gold.text in prompt  # shown headed by its article's title
+        corpus_ids |= {c.article_id for c in found}
+    if scope == "article":
+        for (q, _, found), gold in zip(items, golds):
+            assert {c.article_id for c in found} == {gold.article_id}
+    elif top_k > 1:  # the whole corpus is searched: other articles' chunks compete
+        assert len(corpus_ids) == 3
 
 
-def test_bm25_scores_by_hand():
-    index = retrieval.BM25(["red fish blue fish", "one fish", "red car"], k1=1.2, b=0.0)
-    idf_red = np.log(1 + (3 - 2 + 0.5) / (2 + 0.5))
-    idf_blue = np.log(1 + (3 - 1 + 0.5) / (1 + 0.5))
-    tf = lambda n: n * 2.2 / (n + 1.2)  # noqa: E731
-    want = [idf_red * tf(1) + idf_blue * tf(1), 0.0, idf_red * tf(1)]
-    np.testing.assert_allclose(index.scores("red blue"), want, rtol=1e-12)
-    assert index.rank("red blue", 2) == [0, 2]
+def test_prompts_name_the_article_and_splits_partition_it(tmp_path):
+    articles = quality.read_quality(quality.FIXTURE)
+    for q, prompt, _ in quality.prompts(articles, "closed_book", top_k=1):
+        article = next(a for a in articles if q in a.questions)
+        assert f'Article: "{article.title}" by megadoc\n' in prompt and q.question in prompt
+    dated = tmp_path / "dated.jsonl"
+    dated.write_text(json.dumps({"article_id": "x", "title": "T", "author": "A. Writer",
+                                 "year": 1953, "article": "words", "questions": [
+                                     {"question": "Why?", "options": list("abcd"),
+                                      "gold_label": 1}]}) + "\n")
+    [(_, prompt, _)] = quality.prompts(quality.read_quality(str(dated)), "closed_book", 1)
+    assert prompt.startswith('Article: "T" by A. Writer (1953)\nQuestion: Why?')
+    dev, test = (quality.split_articles(articles, s) for s in ("dev", "test"))
+    assert len(dev) == 1 and len(test) == 2 and {a.id for a in dev + test} == \
+        {a.id for a in articles}
+    assert quality.split_articles(articles[::-1], "dev") == dev  # by id, not by file order
+    items = quality.prompts(articles, "rag", top_k=2, split="dev")
+    assert len(items) == 4 and {c.article_id for _, _, f in items for c in f} - {dev[0].id}
+
+
+def test_rerank_reorders_the_bm25_candidates():
+    articles = quality.read_quality(quality.FIXTURE)
+    last = {}
+
+    def reranker(question, chunks):  # prefers the candidate BM25 ranked last
+        last[question] = chunks[-1]
+        return [float(i) for i in range(len(chunks))]
+
+    items = quality.prompts(articles, "rag", top_k=1, rerank_from=3, reranker=reranker)
+    for q, _, found in items:
+        assert found == [last[q.question]]
+    with pytest.raises(ValueError, match="needs a reranker"):
+        quality.prompts(articles, "rag", top_k=1, rerank_from=3)
 
 
 @pytest.fixture(scope="module")
@@ -109,11 +153,13 @@ def test_qa_eval_matches_hand_computed_option_loglikelihoods(model_dir, by_hand,
     articles = quality.read_quality(quality.FIXTURE)
     items = quality.prompts(articles, mode, top_k=1)
     correct = 0
-    for (q, prompt, ranked), row in zip(items, results["questions"]):
+    for (q, prompt, found), row in zip(items, results["questions"]):
         assert row["id"] == q.id and row["gold_label"] == q.gold + 1
+        assert row["prompt"] == prompt  # a reader sees what the model was asked
         if mode == "rag":
-            assert row["retrieved_chunks"] == ranked and len(ranked) == 1
-            assert prompt.count("Question:") == 1 and "Passages from" in prompt
+            assert row["retrieved_chunks"] == [{"article_id": c.article_id, "chunk": c.index}
+                                               for c in found] and len(found) == 1
+            assert prompt.count("Question:") == 1 and prompt.startswith("Passages:\n")
         else:
             assert "Passages" not in prompt and q.question in prompt
         want = [by_hand(prompt, o) for o in q.options]
@@ -149,8 +195,8 @@ def test_generation_scoring_counts_unanswered_questions_as_wrong():
         assert [m["role"] for m in messages[1:]] == ["user", "assistant"] * 2 + ["user"]
         assert messages[2]["content"].startswith("Reasoning:")
         assert messages[2]["content"].endswith("Answer: B")
-    assert seen[0][-1]["content"] == quality.question_prompt(articles[0].questions[0])[
-        :-len("\nAnswer:")]
+    assert seen[0][-1]["content"] == quality.question_prompt(
+        articles[0].questions[0], articles[0])[:-len("\nAnswer:")]
 
 
 def test_plain_cot_prompt_without_a_chat_template():
@@ -201,11 +247,35 @@ def test_qa_eval_generate_prompts_through_the_models_chat_template(tmp_path, mon
 
     monkeypatch.setattr(sampler, "generate", spy)
     results = _qa_eval_generate(model, tmp_path / "gen.json", max_new_tokens=2)
-    questions = [q for a in quality.read_quality(quality.FIXTURE) for q in a.questions]
+    questions = [(q, a) for a in quality.read_quality(quality.FIXTURE) for q in a.questions]
     assert len(seen) == 12 and (results["n"], results["attempt_rate"]) == (12, 1.0)
-    for ids, q in zip(seen, questions):
-        messages = quality.cot_messages(quality.question_prompt(q))
+    for ids, (q, article) in zip(seen, questions):
+        messages = quality.cot_messages(quality.question_prompt(q, article))
         assert list(ids) == prompts.apply_chat_template(tokenizer, messages)
         ids = list(ids)  # turns: system, 2 worked examples (user + assistant), question, answer
         assert ids.count(im_start) == 7
         assert tokenizer.decode(ids[len(ids) - ids[::-1].index(im_start):]) == "assistant\n"
+
+
+def test_qa_eval_and_knowledge_flags_carry_the_protocol_into_their_configs():
+    from experiments import knowledge, qa_eval
+
+    from megadoc import cli
+
+    common = ["--model=m", "--quality=q.jsonl", "--output=o.json"]
+    for argv, want in ((["--scope=article", "--split=dev", "--rerank_from=4", "--top_k=2"],
+                        dict(scope="article", split="dev", rerank_from=4, rag_chunks=2)),
+                       ([], dict(scope="corpus", split="all", rerank_from=0, rag_chunks=8))):
+        qa_eval.FLAGS.unparse_flags()
+        qa_eval.FLAGS(["qa_eval", *common, *argv])
+        cfg = cli.build(qa_eval.qa_eval.QaEvalConfig, qa_eval.FLAGS)
+        assert {k: getattr(cfg, k) for k in want} == want
+    qa_eval.FLAGS.unparse_flags()
+    qa_eval.FLAGS(["qa_eval", *common, "--rerank_from=1", "--top_k=2"])
+    with pytest.raises(ValueError, match="rerank_from must be 0 or at least"):
+        cli.build(qa_eval.qa_eval.QaEvalConfig, qa_eval.FLAGS)
+    qa_eval.FLAGS.unparse_flags()
+    knowledge.FLAGS.unparse_flags()
+    knowledge.FLAGS(["knowledge", "--generator=g", "--workdir=w", "--split=dev"])
+    assert knowledge.build_config().split == "dev"
+    knowledge.FLAGS.unparse_flags()

@@ -8,7 +8,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from megadoc.models import llama, sharding
-from megadoc.train import state
+from megadoc.train import config, optimizer, state
 
 TINY = dataclasses.replace(llama.preset("tiny"), dtype="float32")
 TOKENS = np.random.default_rng(0).integers(0, TINY.vocab_size, (8, 33)).astype(np.int32)
@@ -26,10 +26,16 @@ def reference():
     return jax.jit(jax.value_and_grad(_loss))(params, TOKENS)
 
 
+def sharded_params(mesh):
+    """The params as a training run creates them: born in their sharding (state.create)."""
+    adamw = optimizer.make(config.OptimizerConfig(lr=1e-3, weight_decay=0.0), num_steps=10)
+    return state.create(TINY, adamw, mesh, jax.random.key(0))["params"]
+
+
 @pytest.mark.parametrize("shape", [(8, 1, 1), (2, 4, 1), (2, 2, 2)])
 def test_same_loss_and_grads_on_every_mesh(reference, shape):
     mesh = sharding.make_mesh(*shape)
-    params = state.init_params(TINY, jax.random.key(0), mesh)
+    params = sharded_params(mesh)
     tokens = jax.device_put(TOKENS, sharding.batch_sharding(mesh))
     with jax.set_mesh(mesh):
         loss, grads = jax.jit(jax.value_and_grad(_loss),
@@ -43,7 +49,7 @@ def test_same_loss_and_grads_on_every_mesh(reference, shape):
 
 def test_params_are_sharded_as_the_rules_say():
     mesh = sharding.make_mesh(2, 2, 2)
-    params = state.init_params(TINY, jax.random.key(0), mesh)
+    params = sharded_params(mesh)
     expected = {  # full shape -> per-device shard shape
         "q": (P(None, "fsdp", "tensor", None), (2, 32, 2, 16)),
         "k": (P(None, "fsdp", "tensor", None), (2, 32, 1, 16)),

@@ -1,6 +1,7 @@
 """Knowledge synthesis: QA pairs, focal rewrites, EntiGraph stages; parsing with a status for
 malformed output; exactly-once records after kill -9."""
 import collections
+import itertools
 import json
 import os
 import signal
@@ -11,6 +12,7 @@ import time
 import pytest
 
 from megadoc.analysis import quality
+from megadoc.data import methods
 from megadoc.synth import job, knowledge
 from knowledge_fixtures import make_hf_model
 
@@ -18,10 +20,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_qa_parsing():
-    assert knowledge.parse_qa("Sure!\nQuestion: Who built it?\n Answer: Ilse Varga.\n") == \
+    assert methods.parse_qa("Sure!\nQuestion: Who built it?\n Answer: Ilse Varga.\n") == \
         ("Who built it?", "Ilse Varga.")
     for bad in ("Who built it? Ilse Varga.", "Question: Who?\nAnswer:   ", "Answer: x\n"):
-        assert knowledge.parse_qa(bad) is None
+        assert methods.parse_qa(bad) is None
     text, reason, fields = knowledge.finish("qa", "Question: Q?\nAnswer: A.", "eos", None)
     assert (text, reason, fields) == ("Question: Q?\nAnswer: A.", "eos",
                                       {"question": "Q?", "answer": "A."})
@@ -31,23 +33,27 @@ def test_qa_parsing():
 
 def test_entity_parsing():
     out = 'Here: {"summary": "A clock.", "entities": ["clock", " Varga ", "clock", ""]} done'
-    assert knowledge.parse_entities(out) == ("A clock.", ["clock", "Varga"])
+    assert methods.parse_entities(out) == ("A clock.", ["clock", "Varga"])
     for bad in ('{"summary": "x"}', '{"summary": "x", "entities": []}', "[1, 2]", "{oops}",
                 '{"summary": 3, "entities": ["a"]}'):
-        assert knowledge.parse_entities(bad) is None
+        assert methods.parse_entities(bad) is None
     assert knowledge.finish("entigraph_entities", out, "eos", None) == \
         ("A clock.", "eos", {"entities": ["clock", "Varga"]})
 
 
-def test_entity_groups_are_seeded_distinct_and_padded():
-    ents = ["a", "b", "c", "d"]
-    groups = knowledge.entity_groups(ents, pairs=4, triples=5, seed=0, key=7)
-    assert groups == knowledge.entity_groups(ents, pairs=4, triples=5, seed=0, key=7)
-    assert groups != knowledge.entity_groups(ents, pairs=4, triples=5, seed=1, key=7)
-    pairs, triples = groups[:4], groups[4:]
-    assert len(set(pairs)) == 4 and all(len(p) == 2 for p in pairs)
-    assert len(set(triples[:4])) == 4 and triples[4] is None  # only 4 triples of 4 entities
-    assert knowledge.entity_groups(["a"], 2, 1, 0, 0) == [None, None, None]
+def test_entity_groups_enumerate_all_pairs_before_any_triple_under_the_budget():
+    ents = ["a", "b", "c", "d", "e"]
+    groups = knowledge.entity_groups(ents, budget=25, seed=0, key=7)
+    assert groups == knowledge.entity_groups(ents, budget=25, seed=0, key=7)
+    assert groups != knowledge.entity_groups(ents, budget=25, seed=1, key=7)
+    # EntiGraph's order: all 10 pairs, then the 10 triples (each size shuffled), then nothing
+    assert sorted(groups[:10]) == list(itertools.combinations(ents, 2))
+    assert sorted(groups[10:20]) == list(itertools.combinations(ents, 3))
+    assert groups[20:] == [None] * 5
+    assert groups[:10] != sorted(groups[:10])  # shuffled: a small budget draws pairs evenly
+    # a budget is a prefix of the same enumeration: smaller budgets are subsets of larger
+    assert knowledge.entity_groups(ents, budget=12, seed=0, key=7) == groups[:12]
+    assert knowledge.entity_groups(["a"], 3, 0, 0) == [None, None, None]
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +114,7 @@ def test_qa_records_parse_or_say_malformed(setup):
         if r["finish_reason"] == "malformed":
             assert r["text"] == "" and r["raw"] and "question" not in r
         else:
-            assert r["text"] == knowledge.qa_text(r["question"], r["answer"])
+            assert r["text"] == methods.qa_text(r["question"], r["answer"])
 
 
 def test_focal_rewrites_one_per_question_and_generation(setup):
@@ -129,22 +135,45 @@ def test_focal_rewrites_one_per_question_and_generation(setup):
 
 
 def test_entigraph_relations_for_seeded_pairs_and_triples(setup):
-    records = _run(setup, "relations", method="entigraph_relations", pairs=3, triples=2,
+    records = _run(setup, "relations", method="entigraph_relations", relations=5,
                    entities=setup["entities"])
     by_doc = collections.defaultdict(list)
     for r in records:
         by_doc[r["doc_id"]].append(r)
     assert all(len(rs) == 5 for rs in by_doc.values()) and len(by_doc) == 6
     vell = sorted(by_doc["fixture-vell-0"], key=lambda r: r["sample"])
-    groups = knowledge.entity_groups(["Vell", "Marrow River", "salt lantern", "sea"], 3, 2, 0,
+    groups = knowledge.entity_groups(["Vell", "Marrow River", "salt lantern", "sea"], 5, 0,
                                      job.sample_stream("fixture-vell-0"))
     assert [tuple(r["entities"]) for r in vell] == groups
+    assert all(len(g) == 2 for g in groups)  # 6 pairs of 4 entities: no triple within 5
     assert all(r["finish_reason"] in ("eos", "length") and r["text"] for r in vell)
     tarrow = sorted(by_doc["fixture-tarrow-1"], key=lambda r: r["sample"])
-    # two entities: one pair, then nothing for the other 2 pairs and the 2 triples
+    # two entities: one pair, no triple, then nothing for the rest of the budget
     assert [r["finish_reason"] for r in tarrow[1:]] == ["too_few_entities"] * 4
     assert tarrow[0]["entities"] == ["lamp line", "volunteers"]
     assert {r["finish_reason"] for r in by_doc["fixture-orrin-0"]} == {"no_entities"}
+
+
+def test_entity_lists_are_sampled_again_until_they_parse_at_most_attempts_times(setup,
+                                                                               monkeypatch):
+    calls = []
+    finish = knowledge.finish
+
+    def parse_from_the_second_round(method, text, reason, fields):  # 6 docs: round 1 fails
+        calls.append(text)
+        if len(calls) <= 6:
+            return "", knowledge.MALFORMED, {"raw": text}
+        return finish(method, '{"summary": "s", "entities": ["x", "y"]}', reason, fields)
+
+    monkeypatch.setattr(knowledge, "finish", parse_from_the_second_round)
+    records = _run(setup, "entities_retry", method="entigraph_entities", attempts=3)
+    assert len(calls) == 12 and len(records) == 6  # one record per document, whatever it took
+    assert all((r["sample"], r["attempts"], r["entities"]) == (0, 2, ["x", "y"])
+               for r in records)
+    calls.clear()
+    once = _run(setup, "entities_once", method="entigraph_entities", attempts=1)
+    assert len(calls) == 6 and {(r["finish_reason"], r["attempts"]) for r in once} == \
+        {(knowledge.MALFORMED, 1)}
 
 
 def test_entigraph_both_stages_through_the_flags(setup):
@@ -153,20 +182,31 @@ def test_entigraph_both_stages_through_the_flags(setup):
     out = setup["dir"] / "eg"
     synthesize.FLAGS.unparse_flags()
     synthesize.FLAGS(["synthesize", "--method=entigraph", f"--generator={setup['model']}",
-                      f"--docs={setup['docs']}", f"--output={out}", "--pairs=2", "--triples=1",
+                      f"--docs={setup['docs']}", f"--output={out}", "--relations=3",
                       "--max_new_tokens=8", "--batch_size=4"])
     try:
         stage1, stage2 = synthesize.build_configs()
-        synthesize.main([])
+        try:
+            synthesize.main([])
+        except ValueError as e:  # stage 1 parsed no document's entities: stage 2 is refused
+            refused = str(e)
+        else:
+            refused = None
     finally:
         synthesize.FLAGS.unparse_flags()
     assert stage2.entities == stage1.output == str(out / "entities")
     entities = _records(out / "entities")
-    relations = _records(out / "relations")
-    assert len(entities) == 6 and len(relations) == 6 * 3
+    assert len(entities) == 6
     parsed = {r["doc_id"] for r in entities if r["finish_reason"] != "malformed"}
     for r in entities:  # a random tiny model rarely writes JSON: malformed, with its raw text
         assert ("entities" in r) == (r["doc_id"] in parsed) and ("raw" in r) != ("entities" in r)
+    if not parsed:
+        assert refused.startswith(f"--entities={out / 'entities'}: no entities for any of the "
+                                  f"6 documents")
+        assert not (out / "relations").exists()
+        return
+    relations = _records(out / "relations")
+    assert refused is None and len(relations) == 6 * 3
     assert {r["finish_reason"] for r in relations if r["doc_id"] not in parsed} <= \
         {"no_entities"}
 
@@ -177,7 +217,9 @@ def test_flag_misuse(setup):
 
     base = ["s", f"--generator={setup['model']}", "--docs=d", "--output=o"]
     for extra in (["--method=qa", "--splits=2"], ["--method=focal_rewrite"],
-                  ["--method=qa", "--questions=q"], ["--method=entigraph_relations", "--pairs=1"],
+                  ["--method=qa", "--questions=q"],
+                  ["--method=entigraph_relations", "--relations=1"],
+                  ["--method=qa", "--attempts=2"],
                   ["--method=entigraph", "--template=t.txt"]):
         synthesize.FLAGS.unparse_flags()
         synthesize.FLAGS(base + extra)
@@ -197,8 +239,7 @@ def test_sigkill_then_restart_gives_each_record_exactly_once(setup, tmp_path, me
     output = tmp_path / "out"
     extra = {"qa": ["--generations=3"],
              "focal_rewrite": ["--generations=2", f"--questions={setup['questions']}"],
-             "entigraph_relations": ["--pairs=3", "--triples=2",
-                                     f"--entities={setup['entities']}"]}[method]
+             "entigraph_relations": ["--relations=5", f"--entities={setup['entities']}"]}[method]
     cmd = [sys.executable, "-m", "experiments.synthesize", f"--method={method}",
            f"--generator={setup['model']}", f"--docs={docs}", f"--output={output}",
            "--max_new_tokens=24", "--batch_size=2", "--shard_size=1", *extra]

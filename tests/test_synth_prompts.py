@@ -28,7 +28,7 @@ def test_builtin_templates_load_and_render():
     assert system and "Wikipedia" in user and user.endswith("THE DOC {braces} stay")
     assert rephrase.name.startswith("rephrase@")
 
-    thought = prompts.load_template(prompts.builtin_template("latent_thought"), "latent_thought")
+    thought = prompts.load_template(prompts.builtin_template("latent_thoughts"), "latent_thoughts")
     system, user = thought.render(prefix="AAA", suffix="BBB")
     assert user.index("AAA") < user.index("BBB")
     assert "step-by-step reasoning" in user
@@ -54,10 +54,10 @@ def test_broken_template_names_file_and_problem(tmp_path, body, message):
 def test_template_without_markers_is_all_user_message(tmp_path):
     path = tmp_path / "mine.txt"
     path.write_text("Before {prefix} after {suffix}, with {{literal}} braces.\n")
-    t = prompts.load_template(str(path), "latent_thought")
+    t = prompts.load_template(str(path), "latent_thoughts")
     assert t.render(prefix="P", suffix="S") == (None, "Before P after S, with {literal} braces.")
     path.write_text("Before {prefix} after {suffix}.\n")
-    assert prompts.load_template(str(path), "latent_thought").name != t.name  # content-hashed
+    assert prompts.load_template(str(path), "latent_thoughts").name != t.name  # content-hashed
 
 
 def test_plain_format_without_a_chat_template():

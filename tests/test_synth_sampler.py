@@ -194,8 +194,8 @@ def test_fp32_kv_cache_gives_the_logits_of_a_compute_dtype_cache(model, prompts,
 
 def test_weights_cast_once_give_bit_identical_logits(model, prompts):
     """The sampler holds its weights rounded to the compute dtype, in the dtype the dots read
-    (bf16; fp32 on XLA:CPU); the model would round them before every use, so the logits are
-    exactly the same."""
+    (bf16; fp32 on XLA:CPU without bf16 units); the model would round them before every use, so
+    the logits are exactly the same."""
     config, params, _ = model
     config = dataclasses.replace(config, dtype="bfloat16")
     cast = sampler._compute_dtype_weights(config, params)

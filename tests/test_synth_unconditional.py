@@ -65,7 +65,7 @@ def test_unconditional_samples_are_shared_schema_records_and_distil_through_the_
     distill_exp.FLAGS(["prog", f"--texts={d / 'self'}", "--preset=tiny", f"--workdir={d / 'distilled'}",
                        f"--real={student['real']}", "--mix=0.5", "--epochs=1",
                        f"--val=iid={student['real']}"])
-    distill_exp.main(["prog"])
+    distill_exp.main()
     summary = json.loads((d / "distilled" / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["eval"]["iid"] > 0
     texts = str(d / "distilled" / "texts" / "store")

@@ -41,7 +41,6 @@ def test_rerun_of_a_finished_run_writes_nothing(data, finished):
     assert open(os.path.join(workdir, "metrics.jsonl")).read() == before
 
 
-@pytest.mark.slow
 def test_a_truncated_newest_checkpoint_falls_back_to_the_previous_one(data, finished, tmp_path,
                                                                       capsys):
     workdir = str(tmp_path / "run")
@@ -60,7 +59,6 @@ def test_a_truncated_newest_checkpoint_falls_back_to_the_previous_one(data, fini
     assert summary["params_sha256"] == finished[1]["params_sha256"]  # redone exactly
 
 
-@pytest.mark.slow
 def test_a_non_finite_gradient_is_never_applied(data, tmp_path, monkeypatch):
     finite_loss = step_lib.mean_loss
 

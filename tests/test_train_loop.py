@@ -22,6 +22,11 @@ from train_fixtures import make_store, train_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 32  # 4 epochs of 64 windows in batches of 8
+# Another mesh sums in another order; bf16 compute amplifies that with the steps (measured in
+# tests/test_golden.py: <= 8.2e-5 over steps 1-2, <= 3e-3 by step 32, 2.4e-3 here with bf16
+# dots on an Intel AMX Xeon). A wrong data split fails the fingerprints; a wrong update shows
+# early (lr x1.05 moves step 2 by 1.3e-3).
+TOPOLOGY_EARLY_RTOL, TOPOLOGY_RTOL = 5e-4, 1e-2
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +118,6 @@ def test_tiny_run_learns_and_writes_its_outputs(data, reference):
     np.testing.assert_allclose(loss, s["eval"]["iid"], rtol=1e-5)
 
 
-@pytest.mark.slow
 def test_sigterm_then_sigkill_midsave_then_resume_is_bitwise_exact(data, reference):
     workdir = str(data["dir"] / "preempted")
     argv = args(data, workdir, "--checkpoint_every_steps=1", "--log_every=1")
@@ -147,7 +151,6 @@ def free_port():
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
 def test_same_run_on_4_devices_and_on_2_processes_of_4(data, reference):
     four, two = str(data["dir"] / "four"), str(data["dir"] / "two_procs")
     port = free_port()
@@ -170,11 +173,14 @@ def test_same_run_on_4_devices_and_on_2_processes_of_4(data, reference):
     for workdir in (four, two):
         got = train_rows(workdir)
         assert [r["data_fingerprint"] for r in got] == [r["data_fingerprint"] for r in want]
-        np.testing.assert_allclose([r["loss"] for r in got], [r["loss"] for r in want], rtol=2e-3)
+        losses, want_losses = [r["loss"] for r in got], [r["loss"] for r in want]
+        np.testing.assert_allclose(losses[:2], want_losses[:2], rtol=TOPOLOGY_EARLY_RTOL)
+        np.testing.assert_allclose(losses, want_losses, rtol=TOPOLOGY_RTOL)
     s = summary(two)
     assert s["config"]["mesh"] == [1, -1, 1]
     assert sorted(os.listdir(os.path.join(two, "checkpoints")), key=int) == ["30", "32"]
-    np.testing.assert_allclose(s["eval"]["iid"], reference["summary"]["eval"]["iid"], rtol=2e-3)
+    np.testing.assert_allclose(s["eval"]["iid"], reference["summary"]["eval"]["iid"],
+                               rtol=TOPOLOGY_RTOL)
 
 
 def test_bad_input_is_refused_with_the_reason(data, reference, tmp_path):
@@ -225,3 +231,15 @@ def test_workdir_on_gcs_trains_resumes_and_loads(data, gcs_server):
     _, params = checkpoint.load_params(root)
     assert loop.params_sha256(params) == s["params_sha256"]
     assert loop.train(train_config(argv))["params_sha256"] == s["params_sha256"]  # resumes at the end
+
+
+def test_mix_1_trains_on_the_synthetic_store_alone_for_its_epochs(data, tmp_path):
+    """Appendix D.1's "no real data": 12 synthetic windows × 2 epochs in batches of 8 are 3
+    steps of synthetic windows only (the 64 real windows would have made 16)."""
+    synthetic = make_store(str(tmp_path / "syn"), 12, seed=3, recipe="simple")
+    s = loop.train(train_config(["--preset=tiny", f"--workdir={tmp_path / 'w'}",
+                                 f"--real={data['real']}", f"--synthetic={synthetic}", "--mix=1",
+                                 "--epochs=2", "--checkpoint_every_minutes=0"]))
+    assert s["final_step"] == 3
+    assert s["windows"] == {"steps": 3, "real_windows": 0, "synthetic_windows": 24,
+                            "synthetic_fraction": 1.0, "wrapped_windows": 0}

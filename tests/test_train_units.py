@@ -62,7 +62,7 @@ def test_differing_fields_names_what_changed_and_ignores_resumable_fields():
 def test_training_presets_are_the_papers_batch_and_known_models():
     for name in ["150m", "300m", "600m", "1.5b"]:
         p = config.preset(name)
-        assert p.global_batch == 64 and p.global_batch % p.microbatches == 0
+        assert p.global_batch == 64 and p.rows_per_device > 0
         llama.preset(p.model)
     with pytest.raises(ValueError, match="known: tiny, 150m"):
         config.preset("7b")
@@ -145,7 +145,8 @@ def test_every_flag_reaches_the_config(tmp_path):
     f.unparse_flags()
     f(["train", "--preset=150m", f"--workdir={tmp_path}/w", f"--real={real}"])
     c = train_main.build_config(f)
-    assert (c.optimizer.lr, c.optimizer.weight_decay, c.microbatches, c.model.remat) == (3e-3, 0.8, 4, "dots")
+    assert (c.optimizer.lr, c.optimizer.weight_decay, c.model.remat) == (3e-3, 0.8, "dots")
+    assert (c.microbatches, c.rows_per_device) == (0, 4)  # the count follows from the mesh
     assert c.model.hidden == 512 and c.data.global_batch == 64
     f.unparse_flags()
 
@@ -209,7 +210,7 @@ def test_generations_flag_takes_the_published_optimum_and_explicit_flags_win(tmp
         (tmp_path / "syn" / store_lib.METADATA).write_text(json.dumps(dict(meta, max_generations=16)))
         f.unparse_flags()
         f([*base, "--generations=32"])
-        with pytest.raises(app.UsageError, match="max_generations=16, but --generations=32"):
+        with pytest.raises(app.UsageError, match="max_generations=16, but --published_generations=32"):
             train_main.check_recipe("stitched")
     finally:
         f.unparse_flags()

@@ -5,6 +5,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -43,7 +44,7 @@ def test_a_dead_owner_on_this_host_is_taken_over(tmp_path, capsys):
     workdir = str(tmp_path / "run")
     _write_lock(workdir, pid=_dead_pid())
     owner = workdir_lock.acquire(workdir)
-    assert "taking over the stale lock" in capsys.readouterr().out
+    assert "took over the stale lock" in capsys.readouterr().out
     assert json.loads(fs.read_text(os.path.join(workdir, "LOCK")))["token"] == owner["token"]
 
 
@@ -74,3 +75,68 @@ def test_training_on_a_workdir_in_use_refuses_before_writing_anything(tmp_path):
         with pytest.raises(workdir_lock.WorkdirBusyError):
             loop.train(cfg)
     assert os.listdir(workdir) == []
+
+
+def _race_takeovers(workdir, trials, dead_pid):
+    """Winners per trial of two jobs taking over one dead job's lock at the same moment."""
+    winners = []
+    for trial in range(trials):
+        fs.write_text(fs.join(workdir, workdir_lock.NAME), json.dumps(
+            {"host": socket.gethostname(), "pid": dead_pid, "token": f"dead-{trial}",
+             "started": 0.0, "heartbeat": 0.0}))
+        start, won = threading.Barrier(2), []
+
+        def job():
+            start.wait()
+            try:
+                won.append(workdir_lock.acquire(workdir)["token"])
+            except workdir_lock.WorkdirBusyError:
+                pass
+
+        threads = [threading.Thread(target=job) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        held = json.loads(fs.read_text(fs.join(workdir, workdir_lock.NAME)))["token"]
+        winners.append((len(won), won == [held]))
+    return winners
+
+
+def test_two_simultaneous_takeovers_have_exactly_one_winner(tmp_path, capsys):
+    winners = _race_takeovers(str(tmp_path / "run"), 200, _dead_pid())
+    assert winners == [(1, True)] * 200
+    assert os.listdir(tmp_path / "run") == [workdir_lock.NAME]  # no takeover token left
+
+
+def test_two_simultaneous_takeovers_on_gcs_have_exactly_one_winner(gcs_server):
+    """The emulator honours ifGenerationMatch (tests/gcs_server.py), as GCS does."""
+    workdir = gcs_server.fresh_path() + "/run"
+    winners = _race_takeovers(workdir, 200, _dead_pid())
+    assert winners == [(1, True)] * 200
+    assert fs.listdir(workdir) == [workdir_lock.NAME]
+
+
+def test_the_gcs_emulator_refuses_a_failed_generation_precondition(gcs_server):
+    """What the takeover's atomicity on gs:// rests on, past create_exclusive's existence check."""
+    from megadoc import gcs
+
+    path = gcs_server.fresh_path() + "/x"
+    fs.write_text(path, "first")
+    with pytest.raises(fs.StorageError, match="precondition failed"):
+        gcs.retrying(path, lambda: gcs.blob(path).upload_from_string(
+            b"second", if_generation_match=0, retry=None))
+    assert fs.read_text(path) == "first"
+
+
+def test_a_takeover_that_died_midway_is_named(tmp_path):
+    workdir = str(tmp_path / "run")
+    _write_lock(workdir, pid=_dead_pid())
+    raw = fs.read_bytes(os.path.join(workdir, "LOCK"))
+    token = workdir_lock._swap_token(os.path.join(workdir, "LOCK"), raw)
+    fs.write_text(token, "")
+    with pytest.raises(workdir_lock.WorkdirBusyError, match=r"another job is taking over this "
+                                                            r"stale lock .*died midway: remove"):
+        workdir_lock.acquire(workdir)
+    os.remove(token)
+    workdir_lock.acquire(workdir)

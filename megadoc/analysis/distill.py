@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import json
 
 import jax
 import jax.numpy as jnp
@@ -39,6 +41,14 @@ class DistillConfig(config_lib.TrainConfig):
     """loss = w · KL(teacher ‖ student) + (1 − w) · data loss"""
     teacher_average: str = "logits"
     """how the members' distributions are combined: logits | probs"""
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not 0.0 <= self.kl_weight <= 1.0:
+            raise ValueError(f"kl_weight must be in [0, 1], got {self.kl_weight}")
+        if self.teacher_average not in AVERAGES:
+            raise ValueError(f"teacher_average must be one of {AVERAGES}, got "
+                             f"{self.teacher_average!r}")
 
 
 def distill_losses(student_config, student_params, teacher_logits_BxTxV, tokens_BxW,
@@ -76,10 +86,6 @@ def distill(cfg: DistillConfig, teacher_config: llama.LlamaConfig, teacher_stack
     if teacher_config.vocab_size != cfg.model.vocab_size:
         raise ValueError(f"teacher vocab {teacher_config.vocab_size} != student vocab "
                          f"{cfg.model.vocab_size}: distillation needs one vocabulary")
-    if not 0.0 <= cfg.kl_weight <= 1.0:
-        raise ValueError(f"kl_weight must be in [0, 1], got {cfg.kl_weight}")
-    if cfg.teacher_average not in AVERAGES:
-        raise ValueError(f"teacher_average must be one of {AVERAGES}, got {cfg.teacher_average!r}")
     seq_len = store_lib.open(cfg.data.real).seq_len
     return loop.train(cfg, objective(cfg, teacher_config, teacher_stacked, seq_len))
 
@@ -90,19 +96,38 @@ def texts_store_path(workdir: str) -> str:
 
 def texts_store(texts: str, workdir: str, real: str, seed: int) -> str:
     """The generation records at `texts` as a window store under <workdir>/texts: each record one
-    stream document, tokenized as the real store was."""
+    stream document, tokenized as the real store was. The texts are part of the run's identity:
+    a workdir started on other texts (by content, wherever they live) is refused, since its
+    student has trained on those."""
     bad = docs.BadRecords()
     documents = fs.join(workdir, "texts", "docs.jsonl")
-    if not fs.exists(documents):
-        docs.write_jsonl(documents, ({"id": f"{g['doc_id']}/{g['method']}/{g['sample']}",
-                                      "text": g["text"]}
-                                     for g in docs.read_generations(texts, bad) if g["text"]))
+    rows = [{"id": f"{g['doc_id']}/{g['method']}/{g['sample']}", "text": g["text"]}
+            for g in docs.read_generations(texts, bad) if g["text"]]
+    source = fs.join(workdir, "texts", "source.json")
+    if fs.exists(documents):
+        if _digest(docs.read_docs(documents)) != _digest(rows):
+            was = (json.loads(fs.read_text(source))["texts"] if fs.exists(source)
+                   else "other texts")
+            raise ValueError(f"--texts={texts}: {workdir} was started on other texts ({was}) "
+                             f"and its student has trained on them; use a new --workdir for "
+                             f"these texts, or --texts={was} to continue that run")
+    else:
+        fs.write_text(source, json.dumps({"texts": texts, "records": len(rows)}) + "\n")
+        docs.write_jsonl(documents, rows)
     real_store = store_lib.open(real)
     output = texts_store_path(workdir)
     prepare.prepare(prepare.PrepareConfig(
-        docs=documents, recipe="real", tokenizer=real_store.metadata["tokenizer_path"],
+        docs=documents, recipe="real", tokenizer=store_lib.recorded_tokenizer_path(real_store),
         seq_len=real_store.seq_len, seed=seed, output=output))
     return output
+
+
+def _digest(records) -> str:
+    """sha256 over the (id, text) of documents, in order."""
+    h = hashlib.sha256()
+    for r in records:
+        h.update(json.dumps([r["id"], r["text"]]).encode("utf-8") + b"\n")
+    return h.hexdigest()
 
 
 def train_on_texts(cfg: config_lib.TrainConfig, texts: str) -> dict:

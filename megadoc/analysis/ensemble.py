@@ -17,7 +17,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from megadoc.models import llama, sharding
-from megadoc.train import checkpoint, evaluate
+from megadoc.train import evaluate, pretrained
 from megadoc.train import step as step_lib
 
 AVERAGES = ("logits", "probs")
@@ -46,18 +46,33 @@ def stack_params(members: Sequence[dict], names: Sequence[str] | None = None) ->
     return jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *members)
 
 
-def load_members(workdirs: Sequence[str]) -> tuple[llama.LlamaConfig, dict]:
-    """(model config, stacked params on the host) of the newest checkpoint of each training run;
-    every member must have the same config."""
+def load_members(workdirs: Sequence[str], tokenizer=None) -> tuple[llama.LlamaConfig, dict]:
+    """(model config, stacked params on the host) of each member: a training run's newest
+    checkpoint, or any model `train.pretrained` loads; every member must have the same config
+    and the same tokenizer (fingerprint, not size): the `tokenizer` the caller will read their
+    ids with, when given."""
     configs, params = [], []
+    fingerprint = pretrained.tokenizer_fingerprint(workdirs[0]) if workdirs else None
     for workdir in workdirs:
-        config, p = checkpoint.load_params(workdir)
+        config, p = pretrained.load(workdir)
         if configs and config != configs[0]:
             raise ValueError(f"ensemble member {workdir}: model config {config} differs from "
                              f"{workdirs[0]}: {configs[0]}")
+        if pretrained.tokenizer_fingerprint(workdir) != fingerprint:
+            raise ValueError(f"ensemble member {workdir}: trained on data tokenized with "
+                             f"{pretrained.tokenizer_fingerprint(workdir)}, {workdirs[0]} with "
+                             f"{fingerprint}; members must share one tokenizer")
+        if tokenizer is not None:
+            pretrained.check_tokenizer(workdir, tokenizer)
         configs.append(config)
         params.append(jax.tree.map(np.asarray, p))  # to host: K members never share one device
     return configs[0], stack_params(params, names=workdirs)
+
+
+def check_store(workdirs: Sequence[str], store) -> None:
+    """Refuse a store tokenized by another tokenizer than the members' (by fingerprint)."""
+    for workdir in workdirs:
+        pretrained.check_store(workdir, store)
 
 
 def num_members(stacked: dict) -> int:

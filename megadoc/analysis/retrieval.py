@@ -1,20 +1,34 @@
-"""Retrieval for RAG evaluation: an article cut into character chunks, ranked by Okapi BM25.
+"""Retrieval for RAG evaluation: articles cut into character chunks, each prefixed by its
+article's title, ranked by Okapi BM25 (`bm25s`) over the whole corpus or one article's chunks.
 
-No embedding model can be downloaded on the machines the tests run on, so BM25 is the default;
-any object with `rank(query, k) -> list[int]` over the same chunks fits where a `BM25` does.
+The knowledge papers retrieve over the whole corpus (EntiGraph and SMT: dense embeddings, top
+128, reranked to 8). No embedding model can be downloaded on the machines the tests run on, so
+megadoc ranks by BM25; the title prefix lets a question that names its article find that
+article's chunks. A reranker (e.g. `quality.likelihood_reranker`) may reorder the top
+candidates.
 """
 from __future__ import annotations
 
-import collections
-import math
-import re
+import dataclasses
+from typing import Sequence
+
+import bm25s
+import numpy as np
 
 CHUNK_CHARS = 1024  # EntiGraph's RAG baseline chunk size
-_WORD = re.compile(r"\w+")
-# Words that carry no topic; dropping them keeps a question's "the"/"of" from ranking chunks.
-_STOPWORDS = frozenset(
-    "a an and are as at be by did do does for from had has have how in is it its of on or that "
-    "the their them they this to was were what when where which who whom why will with".split())
+STOPWORDS = "en"
+
+
+@dataclasses.dataclass(frozen=True)
+class Chunk:
+    article_id: str
+    index: int  # position among its article's chunks
+    text: str  # as retrieved and shown: the article's title, a newline, then the chunk
+
+
+def chunks_of(article_id: str, title: str, text: str) -> list[Chunk]:
+    prefix = f"{title}\n" if title else ""
+    return [Chunk(article_id, i, prefix + c) for i, c in enumerate(chunk_text(text))]
 
 
 def chunk_text(text: str, chunk_chars: int = CHUNK_CHARS) -> list[str]:
@@ -34,31 +48,27 @@ def chunk_text(text: str, chunk_chars: int = CHUNK_CHARS) -> list[str]:
     return chunks
 
 
-def terms(text: str) -> list[str]:
-    return [w for w in _WORD.findall(text.lower()) if w not in _STOPWORDS]
-
-
 class BM25:
-    """Okapi BM25 (k1, b) with Lucene's non-negative idf, over a fixed list of passages."""
+    """Okapi BM25 (bm25s, Lucene's variant: k1 1.5, b 0.75, English stopwords dropped) over a
+    fixed list of chunks."""
 
-    def __init__(self, passages: list[str], k1: float = 1.5, b: float = 0.75):
-        self.k1, self.b = k1, b
-        self.counts = [collections.Counter(terms(p)) for p in passages]
-        self.lengths = [sum(c.values()) for c in self.counts]
-        self.mean_length = max(sum(self.lengths) / max(len(passages), 1), 1e-9)
-        docs_with = collections.Counter(t for c in self.counts for t in c)
-        n = len(passages)
-        self.idf = {t: math.log(1 + (n - m + 0.5) / (m + 0.5)) for t, m in docs_with.items()}
+    def __init__(self, chunks: Sequence[Chunk]):
+        if not chunks:
+            raise ValueError("BM25 needs at least one chunk to rank")
+        self.chunks = list(chunks)
+        self._index = bm25s.BM25()
+        self._index.index(bm25s.tokenize([c.text for c in self.chunks], stopwords=STOPWORDS,
+                                         show_progress=False), show_progress=False)
 
-    def scores(self, query: str) -> list[float]:
-        out = []
-        for counts, length in zip(self.counts, self.lengths):
-            norm = self.k1 * (1 - self.b + self.b * length / self.mean_length)
-            out.append(sum(self.idf.get(t, 0.0) * counts[t] * (self.k1 + 1) / (counts[t] + norm)
-                           for t in terms(query) if counts[t]))
-        return out
+    def scores(self, query: str) -> np.ndarray:
+        words = bm25s.tokenize([query], stopwords=STOPWORDS, show_progress=False,
+                               return_ids=False)[0]
+        known = [w for w in words if w in self._index.vocab_dict]
+        if not known:  # nothing in common with any chunk
+            return np.zeros(len(self.chunks))
+        return np.asarray(self._index.get_scores(known), np.float64)
 
     def rank(self, query: str, k: int) -> list[int]:
-        """Indices of the k best passages, best first (ties: earlier passage first)."""
-        scores = self.scores(query)
-        return sorted(range(len(scores)), key=lambda i: (-scores[i], i))[:k]
+        """Indices of the k best chunks, best first (ties: earlier chunk first)."""
+        order = np.lexsort((np.arange(len(self.chunks)), -self.scores(query)))
+        return [int(i) for i in order[:k]]

@@ -7,8 +7,9 @@ also interior: on an axis where it sits at the first or last value, the neighbou
 tried, so the result says `at_bound` (those axes) instead, as the megadocs paper flags its
 bound-limited runs (Appendix B). Every finished run is appended to a JSONL file, so a restarted
 search re-runs nothing.
-The launcher is any callable `run(point) -> loss`; `TrainLauncher` runs `experiments.train`.
-Neighbours may run concurrently (`parallel`), e.g. one cluster job each.
+The launcher is any callable `run(point) -> loss` (megadoc.pipelines.search trains each point in
+this process). Neighbours may run concurrently (`parallel`) for a launcher that submits each
+one elsewhere, e.g. one cluster job each.
 """
 from __future__ import annotations
 
@@ -16,9 +17,6 @@ import concurrent.futures
 import dataclasses
 import json
 import math
-import os
-import subprocess
-import sys
 import threading
 import time
 from typing import Callable, Mapping
@@ -86,7 +84,11 @@ SYNTHETIC_GRID = Grid.of(lr=(1e-3, 3e-3, 1e-2), weight_decay=(0.1, 0.4, 0.8, 1.6
 TOY_REAL_GRID = Grid.of(lr=(3e-3, 1e-2), weight_decay=(0.1, 0.4), epochs=(1, 2))
 TOY_SYNTHETIC_GRID = Grid.of(lr=(3e-3, 1e-2), weight_decay=(0.1, 0.4), epochs=(1, 2),
                              mix=(0.5, 0.75))
-GRIDS = {"real": REAL_GRID, "synthetic": SYNTHETIC_GRID,
+# The megadocs paper's "no real data" ablation (Appendix D.1, Figure 13): the synthetic stream
+# alone (mix 1), epochs counted as passes over it, searched on the synthetic grid's other axes.
+SYNTHETIC_ONLY_GRID = Grid.of(lr=(1e-3, 3e-3, 1e-2), weight_decay=(0.1, 0.4, 0.8, 1.6),
+                              epochs=(1, 2, 4, 8, 16, 32), mix=(1.0,))
+GRIDS = {"real": REAL_GRID, "synthetic": SYNTHETIC_GRID, "synthetic-only": SYNTHETIC_ONLY_GRID,
          "toy-real": TOY_REAL_GRID, "toy-synthetic": TOY_SYNTHETIC_GRID}
 
 
@@ -107,15 +109,11 @@ class SearchResult:
 
 
 def load_results(path: str) -> list[tuple[Point, float]]:
-    """Finished runs from a results file; a non-finite loss (diverged run) is stored as null."""
-    if not fs.exists(path):
-        return []
+    """Finished runs from a results file; a non-finite loss (diverged run) is stored as null.
+    A torn last line (a search killed while recording a run) is cut off: that run is redone."""
     out = []
-    for lineno, line in enumerate(fs.read_text(path).splitlines(), 1):
-        if not line.strip():
-            continue
+    for lineno, row in fs.read_jsonl_log(path):
         try:
-            row = json.loads(line)
             point, loss = dict(row["point"]), row["loss"]
         except (ValueError, KeyError, TypeError) as e:
             raise ValueError(
@@ -156,7 +154,7 @@ def search(
         loss = float(run(point))
         row = {"point": point, "loss": loss if math.isfinite(loss) else None, "time": time.time()}
         with lock:
-            fs.append_text(results_path, json.dumps(row) + "\n")
+            fs.append_jsonl(results_path, [row])
             losses[index] = loss if math.isfinite(loss) else math.inf
             order.append(index)
             print(f"[search]   {point}: loss {loss:.5f} ({len(order)} runs)", flush=True)
@@ -198,42 +196,6 @@ def search(
         certified=certified,
         at_bound=at_bound,
     )
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainLauncher:
-    """Runs `python -m experiments.train` once per point, one after another, and returns the
-    final loss on validation set `val_set` (one of the runs' --val names) from summary.json.
-
-    Each point gets its own workdir under `root`, so an interrupted run resumes from its own
-    checkpoint when the search is restarted. A run that stops on a non-finite loss counts as
-    diverged (worst); any other failure stops the search.
-    """
-
-    root: str
-    base_flags: tuple[str, ...]  # e.g. ("--preset=tiny", "--real=...", "--val=val=...")
-    val_set: str = "val"
-
-    def workdir(self, point: Mapping) -> str:
-        return fs.join(self.root, point_name(point))
-
-    def __call__(self, point: Mapping) -> float:
-        workdir = self.workdir(point)
-        flags = [f"--{k}={v}" for k, v in point.items()]
-        cmd = [sys.executable, "-m", "experiments.train", *self.base_flags, *flags,
-               f"--workdir={workdir}"]
-        print(f"[search] $ {' '.join(cmd)}", flush=True)
-        # stderr is captured (and echoed) to tell a diverged run from a crash.
-        proc = subprocess.run(cmd, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
-        sys.stderr.write(proc.stderr)
-        if proc.returncode != 0:
-            if "FloatingPointError" in proc.stderr:
-                print(f"[search]   diverged (non-finite loss): {workdir}", flush=True)
-                return math.nan
-            raise RuntimeError(f"experiments.train failed (exit {proc.returncode}) for "
-                               f"{dict(point)} in {workdir}:\n{proc.stderr[-2000:]}")
-        summary = json.loads(fs.read_text(fs.join(workdir, "summary.json")))
-        return final_eval_loss(summary, self.val_set)
 
 
 def point_name(point: Mapping) -> str:

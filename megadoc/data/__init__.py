@@ -3,6 +3,7 @@
 tokenizer  sentencepiece / HF tokenizer.json / GGUF vocabulary behind one interface
 gguf_vocab the tokenizer a GGUF file describes, rebuilt with `tokenizers`
 docs       source documents and generation records (JSONL, gzip, Parquet; local or gs://)
+methods    the synthesis methods: one name each, template, record parsing, recipes that take them
 megadocs   the recipes: real, simple, stitched, latent
 windows    concat-and-chunk into seq_len+1 windows with segment ids
 prepare    the job that streams, permutes, tokenizes and writes a window store

@@ -16,10 +16,9 @@ import logging
 from typing import Iterable, Iterator
 
 from megadoc import fs
+from megadoc.data import methods as methods_lib
 
 SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet")
-METHODS = ("rephrase", "latent_thought", "unconditional", "qa", "focal_rewrite",
-           "entigraph_entities", "entigraph_relation")
 
 
 class BadRecords:
@@ -145,10 +144,13 @@ def read_docs(path: str, bad: BadRecords | None = None) -> Iterator[dict]:
 
 
 def read_generations(path: str, bad: BadRecords | None = None) -> Iterator[dict]:
-    """Yields generation records (the shared schema) plus "where"; checks the fields megadocs use."""
+    """Yields generation records (the shared schema) plus "where"; checks the fields megadocs use.
+    A method's legacy spelling (methods.LEGACY_NAMES) is read as its name."""
     bad = bad if bad is not None else BadRecords()
     for file in expand(path):
         for where, record in _raw_records(file, bad):
+            if record.get("method") in methods_lib.LEGACY_NAMES:
+                record = dict(record, method=methods_lib.LEGACY_NAMES[record["method"]])
             problem = _generation_problem(record)
             if problem:
                 bad.add("missing_field", where, problem)
@@ -161,12 +163,12 @@ def read_generations(path: str, bad: BadRecords | None = None) -> Iterator[dict]
 def _generation_problem(record: dict) -> str | None:
     if not isinstance(record.get("doc_id"), (str, int)) or isinstance(record.get("doc_id"), bool):
         return "'doc_id' must be a string"
-    if record.get("method") not in METHODS:
-        return f"'method' must be one of {METHODS}, got {record.get('method')!r}"
-    if not isinstance(record.get("sample"), int):
+    if record.get("method") not in methods_lib.METHODS:
+        return f"'method' must be one of {tuple(methods_lib.METHODS)}, got {record.get('method')!r}"
+    if type(record.get("sample")) is not int:  # bool is an int to isinstance
         return "'sample' must be an int"
-    if record["method"] == "latent_thought" and not isinstance(record.get("offset"), int):
-        return "a latent_thought needs an int 'offset'"
+    if methods_lib.METHODS[record["method"]].offsets and type(record.get("offset")) is not int:
+        return f"a {record['method']} record needs an int 'offset'"
     return None
 
 

@@ -24,7 +24,8 @@ class HostRows:
         self.num_rows = num_rows
         if num_rows % self.num_shards:
             raise ValueError(f"a batch of {num_rows} rows does not split over the mesh's "
-                             f"{self.num_shards} batch shards ({self.row_axes})")
+                             f"{self.num_shards} batch shards ({self.row_axes}): use a "
+                             f"multiple of {self.num_shards} rows, or fewer batch shards")
         index_map = self.sharding(1).addressable_devices_indices_map((num_rows,))
         rows = sorted({r for idx in index_map.values() for r in range(*idx[0].indices(num_rows))})
         self.local_rows = np.asarray(rows, np.int64)  # the global rows this process holds

@@ -32,9 +32,12 @@ class BatchLoader:
         self.rows = host_rows.HostRows(batch_sharding, schedule.global_batch)
         self.local_rows = self.rows.local_rows  # the global batch rows this process reads
         self.shape = (schedule.global_batch, real_store.seq_len + 1)
-        self.prefetch = prefetch
-        self.num_threads = num_threads
-        self.set_state({"next_step": start_step})
+        if not 0 <= start_step <= schedule.num_steps:
+            raise ValueError(f"start_step {start_step} outside [0, {schedule.num_steps}]")
+        dataset = grain.MapDataset.range(start_step, schedule.num_steps).map(
+            lambda s: (s, self.read_local(s)))
+        options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
+        self._iterator = iter(dataset.to_iter_dataset(options))
 
     def read_local(self, step: int) -> dict[str, np.ndarray]:
         """This process's rows of the batch at `step`, in global row order."""
@@ -54,21 +57,7 @@ class BatchLoader:
 
     def __next__(self) -> tuple[int, dict[str, jax.Array]]:
         step, local = next(self._iterator)
-        self._next_step = step + 1
         return step, {k: self.rows.to_global(v) for k, v in local.items()}
-
-    def get_state(self) -> dict:
-        return {"next_step": self._next_step}
-
-    def set_state(self, state: dict) -> None:
-        step = int(state["next_step"])
-        if not 0 <= step <= self.schedule.num_steps:
-            raise ValueError(f"loader state step {step} outside [0, {self.schedule.num_steps}]")
-        self._next_step = step
-        dataset = grain.MapDataset.range(step, self.schedule.num_steps).map(
-            lambda s: (s, self.read_local(s)))
-        options = grain.ReadOptions(num_threads=self.num_threads, prefetch_buffer_size=self.prefetch)
-        self._iterator = iter(dataset.to_iter_dataset(options))
 
 
 def _check_stores(schedule, real, synthetic) -> None:

@@ -19,12 +19,12 @@ are each followed by EOS in the stream, and the whole starts with BOS when the t
 from __future__ import annotations
 
 import dataclasses
-import re
+
+from megadoc.data import methods
 
 RECIPES = ("real", "simple", "stitched", "latent")
 REAL_POSITIONS = ("last", "first", "none")
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
-_THINK_SPAN = re.compile(re.escape(THINK_OPEN) + ".*?" + re.escape(THINK_CLOSE), re.DOTALL)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,13 +35,15 @@ class StreamDocument:
 
 def build_documents(recipe: str, doc: dict, generations: list[dict], *,
                     real_position: str = "last", include_real: bool = True) -> list[StreamDocument]:
-    """Any generation method but latent thoughts feeds simple and stitched: rephrases, QA
-    pairs, focal rewrites and EntiGraph texts alike."""
+    """A recipe takes the generations whose method lists it (data/methods.py): latent
+    thoughts feed `latent`; rephrases, QA pairs, focal rewrites and EntiGraph texts feed
+    `simple` and `stitched` alike."""
     if recipe not in RECIPES:
         raise ValueError(f"recipe {recipe!r}: expected one of {RECIPES}")
     if real_position not in REAL_POSITIONS:
         raise ValueError(f"real_position {real_position!r}: expected one of {REAL_POSITIONS}")
     text = doc["text"]
+    generations = [g for g in generations if recipe in methods.METHODS[g["method"]].recipes]
     real = [StreamDocument("", (text,))] if include_real else []
     if recipe == "real":
         return [StreamDocument("", (text,))]
@@ -49,11 +51,9 @@ def build_documents(recipe: str, doc: dict, generations: list[dict], *,
         if not include_real:
             raise ValueError("a latent megadoc is the real text with thoughts in it: "
                              "include_real=False has no meaning for it")
-        thoughts = sorted((g for g in generations if g["method"] == "latent_thought"),
-                          key=lambda g: (g["offset"], g["sample"]))
+        thoughts = sorted(generations, key=lambda g: (g["offset"], g["sample"]))
         return [StreamDocument("", (insert_thoughts(text, thoughts, doc_id=doc["id"]),))]
-    rephrases = sorted((g for g in generations if g["method"] != "latent_thought"),
-                       key=lambda g: (g["method"], g["sample"]))
+    rephrases = sorted(generations, key=lambda g: (g["method"], g["sample"]))
     if recipe == "simple":
         return [StreamDocument(f"{g['method']} {g['sample']}", (g["text"],)) for g in rephrases] + real
     texts = tuple(g["text"] for g in rephrases)
@@ -76,6 +76,3 @@ def insert_thoughts(text: str, thoughts: list[dict], *, doc_id: str = "?") -> st
     out.append(text[start:])
     return "".join(out)
 
-
-def remove_thoughts(megadoc: str) -> str:
-    return _THINK_SPAN.sub("", megadoc)

@@ -38,6 +38,7 @@ from megadoc import fs
 from megadoc.data import docs as docs_lib
 from megadoc.data import leakage
 from megadoc.data import megadocs
+from megadoc.data import methods
 from megadoc.data import overlap
 from megadoc.data import store as store_lib
 from megadoc.data import tokenizer as tokenizer_lib
@@ -65,7 +66,8 @@ class PrepareConfig:
     """seed of the document permutation"""
     output: str
     """store directory (local or gs://)"""
-    generations: str | None = None
+    generations: str | None = dataclasses.field(default=None,
+                                                metadata={"flag": "generation_records"})
     """generation records (synthetic recipes only)"""
     real_position: str = "last"
     """stitched only: where the real text sits in the megadoc"""
@@ -94,13 +96,20 @@ class PrepareConfig:
     buckets: int = 64
     """spill buckets; memory holds one bucket (~corpus/buckets)"""
 
-    def check(self) -> None:
+    def __post_init__(self):
+        """Every setting checked before the job writes anything."""
         if self.recipe not in megadocs.RECIPES:
             raise ValueError(f"--recipe={self.recipe}: expected one of {megadocs.RECIPES}")
         if self.recipe in SYNTHETIC_RECIPES and not self.generations:
             raise ValueError(f"--recipe={self.recipe} needs --generations")
         if self.recipe == "real" and self.generations:
             raise ValueError("--recipe=real does not use --generations; drop it")
+        if self.real_position not in megadocs.REAL_POSITIONS:
+            raise ValueError(f"--real_position={self.real_position}: expected one of "
+                             f"{megadocs.REAL_POSITIONS}")
+        if self.recipe == "latent" and not self.include_real:
+            raise ValueError("--recipe=latent puts the thoughts into the real text: "
+                             "--include_real=false has no meaning for it")
         if self.recipe != "stitched" and self.real_position != "last":
             raise ValueError("--real_position applies to --recipe=stitched only")
         if self.seq_len < 1 or self.workers < 1 or self.buckets < 1:
@@ -112,6 +121,9 @@ class PrepareConfig:
                 self.recipe not in ("simple", "stitched")):
             raise ValueError("--min_fidelity and --max_duplicate filter rephrases: they go with "
                              "--recipe=simple or stitched")
+        if self.drop_leaked and not self.val:
+            raise ValueError("--drop_leaked drops the documents found in a --val set: it needs "
+                             "--val=NAME=PATH")
         if self.max_duplicate is not None and not 0 <= self.max_duplicate <= 1:
             raise ValueError(f"--max_duplicate={self.max_duplicate}: a similarity in [0, 1]")
 
@@ -131,6 +143,14 @@ class PrepareConfig:
         out["inputs"] = [dict(file=f, **fs.version(f)) for f in files]
         out["stream_layout"] = STREAM_LAYOUT
         return out
+
+
+def content_id(settings: dict) -> str:
+    """What the store holds, as a hash of what determines it (inputs with their versions, recipe,
+    tokenizer, seed, layout; not where it is written): a run's identity names its stores by
+    this, not by their sizes, which another corpus can share."""
+    what = {k: v for k, v in settings.items() if k != "output"}
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode("utf-8")).hexdigest()[:16]
 
 
 def differing_settings(old: dict, new: dict) -> list[str]:
@@ -156,7 +176,6 @@ def shuffle_key(seed: int, doc_id: str, part: str = "") -> int:
 
 
 def prepare(config: PrepareConfig) -> dict:
-    config.check()
     if store_lib.is_complete(config.output):
         existing = store_lib.open(config.output).metadata
         changed = differing_settings(existing.get("settings") or {}, config.settings())
@@ -243,17 +262,20 @@ def _spill(config: PrepareConfig, spill: str, bad: docs_lib.BadRecords):
     gens = _Buckets(spill, "generations", config.buckets)
     split_counts = set()
     if config.generations:
+        highest = -1
         for order, g in enumerate(docs_lib.read_generations(config.generations, bad)):
             counts["generations_read"] += 1
-            if g["method"] == "latent_thought":
+            if "splits" in methods.METHODS[g["method"]].inputs:  # latent: one count's thoughts
                 split_counts.add(g.get("splits"))
                 if config.max_generations is not None and (
                         g.get("splits") != config.max_generations):
                     counts["generations_of_other_split_counts"] += 1  # another count's thoughts
                     continue
-            elif config.max_generations is not None and g["sample"] >= config.max_generations:
-                counts["generations_beyond_max"] += 1  # a prefix of a larger run, by design
-                continue
+            else:
+                highest = max(highest, g["sample"])
+                if config.max_generations is not None and g["sample"] >= config.max_generations:
+                    counts["generations_beyond_max"] += 1  # a prefix of a larger run, by design
+                    continue
             if audit and g["doc_id"] in audit.leaked:
                 bad.add("generation_of_leaked_document", g["where"], f"doc {g['doc_id']!r}")
                 continue
@@ -268,30 +290,33 @@ def _spill(config: PrepareConfig, spill: str, bad: docs_lib.BadRecords):
                 bad.add("think_tag_in_generation", g["where"], f"doc {g['doc_id']!r}")
                 continue
             gens.write(shuffle_key(config.seed, g["doc_id"]), dict(g, order=order))
+        if config.max_generations is not None and not split_counts:
+            check_samples(config.generations, config.max_generations, highest)
     gens.close()
-    _check_split_counts(config, split_counts)
+    _check_split_counts(config.generations, split_counts, config.max_generations)
     return counts, docs, gens
 
 
-def _check_split_counts(config: PrepareConfig, found: set) -> None:
+def _check_split_counts(generations: str, found: set, n: int | None) -> None:
     """A latent store holds the thoughts of one count, at that count's equal split points
-    (§4.2), never the first N split points of a run at another count."""
+    (§4.2), never the first N split points of a run at another count: `found`, the split
+    counts the latent records of `generations` name (None: a record without one), must hold
+    `n` (--max_generations; None: the one count found)."""
     if not found:
         return
     known = sorted(c for c in found if c is not None)
     rerun = (f"python -m experiments.synthesize --method=latent_thoughts "
-             f"--splits={','.join(map(str, sorted({*known, config.max_generations or 1})))} ...")
-    if None in found and (config.max_generations is not None or known):
-        raise ValueError(f"{config.generations}: its latent thoughts do not record their split "
+             f"--splits={','.join(map(str, sorted({*known, n or 1})))} ...")
+    if None in found and (n is not None or known):
+        raise ValueError(f"{generations}: its latent thoughts do not record their split "
                          f"count (`splits`), so the thoughts of one count cannot be chosen; "
                          f"synthesize them again with {rerun}")
-    if config.max_generations is None and len(known) > 1:
-        raise ValueError(f"{config.generations} holds latent thoughts for split counts {known}; "
+    if n is None and len(known) > 1:
+        raise ValueError(f"{generations} holds latent thoughts for split counts {known}; "
                          f"a store takes one count: pass --max_generations=N with N in {known}")
-    if config.max_generations is not None and config.max_generations not in known:
-        raise ValueError(f"{config.generations} holds latent thoughts for split counts {known}, "
-                         f"not {config.max_generations}: the thoughts of "
-                         f"{config.max_generations} equal split points come from {rerun}")
+    if n is not None and n not in known:
+        raise ValueError(f"{generations} holds latent thoughts for split counts {known}, "
+                         f"not {n}: the thoughts of {n} equal split points come from {rerun}")
 
 
 def _faithful(config: PrepareConfig, g: dict, bad, counts) -> bool:
@@ -368,6 +393,27 @@ class _LeakageAudit:
               f"set, and their generations:\n  {listing}", flush=True)
 
 
+def check_samples(generations: str, n: int, highest: int | None = None) -> None:
+    """Refuse a store of N = `n` generations per document from records whose samples stop
+    before N-1 (`highest`: their largest sample index, read when None): it would hold fewer
+    and be reported as N. Latent thoughts are counted by split count instead: a run must have
+    written count N's (_check_split_counts)."""
+    if highest is None:
+        found, highest = set(), -1
+        for g in docs_lib.read_generations(generations):
+            if "splits" in methods.METHODS[g["method"]].inputs:
+                found.add(g.get("splits"))
+            else:
+                highest = max(highest, g["sample"])
+        if found:
+            _check_split_counts(generations, found, n)
+            return
+    if highest + 1 < n:
+        raise ValueError(f"--max_generations={n}: {generations} holds samples 0..{highest} "
+                         f"({highest + 1} per document at most), so a store of N={n} would hold "
+                         f"{highest + 1}; synthesize at least {n} samples per document first")
+
+
 def _spill_stream_documents(config, spill: str, doc_buckets, gen_buckets, bad, counts) -> _Buckets:
     streams = _Buckets(spill, "streams", config.buckets)
     for b in range(config.buckets):
@@ -398,7 +444,7 @@ def _bucket_documents(config, docs: list[dict], gens: list[dict], bad,
             bad.add("unknown_doc_id", g["where"], f"doc_id {g['doc_id']!r}")
         elif identity in seen:
             bad.add("duplicate_generation", g["where"], f"{identity}")
-        elif g["method"] == "latent_thought" and not 0 <= g["offset"] <= len(doc["text"]):
+        elif methods.METHODS[g["method"]].offsets and not 0 <= g["offset"] <= len(doc["text"]):
             bad.add("offset_out_of_range", g["where"], f"offset {g['offset']} in a text of "
                                                         f"{len(doc['text'])} characters")
         else:
@@ -492,8 +538,10 @@ def _write(config, tokenizer, stream_buckets, bad, counts) -> dict:
     if writer.num_windows == 0:
         raise ValueError(f"{config.docs}: {windower.num_tokens} tokens in all, fewer than "
                          f"seq_len+1={config.seq_len + 1}: no window can be made")
+    settings = config.settings()
     metadata = {
-        "settings": config.settings(),
+        "settings": settings,
+        "content_id": content_id(settings),
         "recipe": config.recipe,
         "max_generations": config.max_generations,
         "seed": config.seed,

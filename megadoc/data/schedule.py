@@ -1,6 +1,6 @@
 """The global batch at every step, as a pure function of (seed, step, batch, mix, store sizes).
 
-Mixing is exact over the run (DESIGN decision 2): with global batch B and synthetic fraction w,
+Mixing is exact over the run (DESIGN.md, decision 2): with global batch B and synthetic fraction w,
 the first s batches hold `floor(w·B·s)` synthetic windows, so batch s holds
 `floor(w·B·(s+1)) - floor(w·B·s)` of them (⌊wB⌋ or ⌈wB⌉) and the realised fraction is w, not
 round(w·B)/B. w is taken as the exact decimal it is written as (0.9 is 9/10), so the counts do
@@ -16,6 +16,11 @@ rows cover every epoch; the last batch *wraps* into the start of the same permut
 
 Synthetic rows: likewise `syn_perm[q % num_synthetic]`; the synthetic stream simply cycles for as
 long as the schedule runs.
+
+Synthetic only (mix = 1, the megadocs paper's "no real data" ablation, Appendix D.1): no real row
+is read and the synthetic stream sets the length instead, `epochs` counting passes over it:
+`num_steps = ceil(epochs · num_synthetic / B)`, the last batch wrapping into its permutation's
+start as the real stream's does (ARCHITECTURE.md, design notes, says why).
 
 Row placement: synthetic rows sit at the slots a per-step seeded permutation of the batch picks,
 so each data-parallel shard sees a mix close to `mix` rather than all-real or all-synthetic.
@@ -43,12 +48,19 @@ class MixSchedule:
     seed: int
 
     def __post_init__(self):
-        if not 0.0 <= self.mix < 1.0:
-            raise ValueError(f"mix must be in [0, 1): the real stream sets the length; got {self.mix}")
-        if self.global_batch <= 0 or self.num_real <= 0 or int(self.epochs) != self.epochs or self.epochs <= 0:
-            raise ValueError(f"need global_batch > 0, num_real > 0 and a whole number of epochs > 0; got {self}")
+        if not 0.0 <= self.mix <= 1.0:
+            raise ValueError(f"mix must be in [0, 1], got {self.mix}")
+        if (self.global_batch <= 0 or (self.num_real <= 0 and not self.synthetic_only)
+                or int(self.epochs) != self.epochs or self.epochs <= 0):
+            raise ValueError(f"need global_batch > 0, num_real > 0 (unless mix = 1) and a whole "
+                             f"number of epochs > 0; got {self}")
         if self.mix > 0 and self.num_synthetic <= 0:
             raise ValueError(f"mix={self.mix} asks for synthetic windows, but the synthetic store is empty")
+
+    @property
+    def synthetic_only(self) -> bool:
+        """mix = 1: the synthetic stream alone, which then sets the run's length."""
+        return self.mix == 1.0
 
     @functools.cached_property
     def _fraction(self) -> fractions.Fraction:
@@ -64,13 +76,18 @@ class MixSchedule:
 
     @property
     def num_steps(self) -> int:
+        if self.synthetic_only:
+            return math.ceil(self.epochs * self.num_synthetic / self.global_batch)
         f = self._fraction
         return math.ceil(fractions.Fraction(self.epochs * self.num_real)
                          / ((1 - f) * self.global_batch))
 
     @property
     def num_wrapped(self) -> int:
-        """Real windows the last batch takes from the start of the next (unscheduled) epoch."""
+        """Windows the last batch takes from the start of the next (unscheduled) epoch of the
+        stream that sets the length: the real one, or the synthetic one when mix = 1."""
+        if self.synthetic_only:
+            return self.synthetic_before(self.num_steps) - self.epochs * self.num_synthetic
         return self.real_before(self.num_steps) - self.epochs * self.num_real
 
     def counts(self) -> dict:
@@ -79,11 +96,11 @@ class MixSchedule:
         total = self.global_batch * self.num_steps
         return {"steps": self.num_steps, "real_windows": total - synthetic,
                 "synthetic_windows": synthetic, "synthetic_fraction": synthetic / total,
-                "wrapped_real_windows": self.num_wrapped}
+                "wrapped_windows": self.num_wrapped}
 
     @functools.cached_property
     def _real_perm(self) -> np.ndarray:
-        return np.random.default_rng([self.seed, REAL]).permutation(self.num_real)
+        return np.random.default_rng([self.seed, REAL]).permutation(max(self.num_real, 1))
 
     @functools.cached_property
     def _synthetic_perm(self) -> np.ndarray:
@@ -96,7 +113,7 @@ class MixSchedule:
         s0, s1 = self.synthetic_before(step), self.synthetic_before(step + 1)
         r0 = self.real_before(step)
         S = s1 - s0
-        real = self._real_perm[(r0 + np.arange(self.global_batch - S)) % self.num_real]
+        real = self._real_perm[(r0 + np.arange(self.global_batch - S)) % max(self.num_real, 1)]
         synthetic = self._synthetic_perm[(s0 + np.arange(S)) % max(self.num_synthetic, 1)]
         slots = np.random.default_rng([self.seed, 2, step]).permutation(self.global_batch)
         streams = np.full(self.global_batch, REAL, np.int64)

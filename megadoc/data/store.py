@@ -20,6 +20,7 @@ import numpy as np
 import tensorstore as ts
 
 from megadoc import fs
+from megadoc.data import tokenizer as tokenizer_lib
 
 FORMAT = "megadoc.windows/1"
 METADATA = "metadata.json"
@@ -224,12 +225,43 @@ def open(path: str) -> WindowStore:  # noqa: A001 - the contract's name
     return WindowStore(path, metadata, arrays)
 
 
+def recorded_tokenizer_path(store: WindowStore) -> str:
+    """The tokenizer path the store's metadata records, checked to be readable from here: a
+    relative one is read from the directory prepare ran in, and from elsewhere is an error
+    saying so, not a bare "No such file"."""
+    path = store.metadata.get("tokenizer_path")
+    if not path:
+        raise ValueError(f"{fs.join(store.path, METADATA)}: records no tokenizer_path; pass the "
+                         f"tokenizer the store was prepared with")
+    if not fs.exists(path):
+        where = (f"a relative path, read from the directory prepare ran in, not from "
+                 f"{os.getcwd()}; run from there, or prepare the store again with an absolute "
+                 f"--tokenizer" if not fs.is_gcs(path) and not os.path.isabs(path)
+                 else "it was moved or deleted; put it back, or prepare the store again")
+        raise FileNotFoundError(f"{fs.join(store.path, METADATA)}: the store's recorded "
+                                f"tokenizer {path!r} does not exist ({where})")
+    return path
+
+
+def recorded_tokenizer(store: WindowStore):
+    """The tokenizer the store was prepared with (from its recorded path, checked against its
+    recorded fingerprint)."""
+    tokenizer = tokenizer_lib.load(recorded_tokenizer_path(store))
+    check_tokenizer(store, tokenizer)
+    return tokenizer
+
+
 def check_tokenizer(store: WindowStore, tokenizer) -> None:
     """Refuse a store tokenized by a different tokenizer than the one the model uses."""
+    check_fingerprint(store, tokenizer.fingerprint, getattr(tokenizer, "path", "?"))
+
+
+def check_fingerprint(store: WindowStore, fingerprint: str, source: str) -> None:
+    """Refuse a store whose token ids are another tokenizer's than `fingerprint` (that of
+    `source`): with the same vocabulary size or not, its ids would mean other strings."""
     want = store.metadata.get("tokenizer_fingerprint")
-    if want != tokenizer.fingerprint:
+    if want != fingerprint:
         raise ValueError(
             f"{store.path}: prepared with tokenizer {want} "
-            f"({store.metadata.get('tokenizer_path')}), but the tokenizer given has fingerprint "
-            f"{tokenizer.fingerprint} ({getattr(tokenizer, 'path', '?')}); prepare the data again "
-            f"with this tokenizer")
+            f"({store.metadata.get('tokenizer_path')}), but {source} has tokenizer fingerprint "
+            f"{fingerprint}; prepare the data again with that tokenizer")

@@ -17,7 +17,6 @@ import numpy as np
 from megadoc import fs
 from megadoc.data import docs as docs_lib
 from megadoc.data import store as store_lib
-from megadoc.data import tokenizer as tokenizer_lib
 from megadoc.data.prepare import encode_document
 from megadoc.data.windows import Windower
 
@@ -47,10 +46,14 @@ def is_store(path: str) -> bool:
 
 
 def open_sets(val: tuple[tuple[str, str], ...], real: store_lib.WindowStore) -> dict:
-    """{name: store or WindowArray} for every --val set, document sets with their halves."""
+    """{name: store or WindowArray} for every --val set, document sets with their halves; a
+    name given twice (or a half's name taken by another set) is refused, not overwritten."""
     out = {}
     tokenizer = None
     for name, path in val:
+        if name in out:
+            raise ValueError(f"--val={name}={path}: the name {name!r} is already taken (by "
+                             f"{out[name].path}); give each validation set its own name")
         if is_store(path):
             out[name] = store_lib.open(path)
             continue
@@ -58,9 +61,13 @@ def open_sets(val: tuple[tuple[str, str], ...], real: store_lib.WindowStore) -> 
             if not real.metadata.get("tokenizer_path"):
                 raise ValueError(f"--val={name}={path}: documents need the training tokenizer, "
                                  f"but {real.path} names none; pass a window store instead")
-            tokenizer = tokenizer_lib.load(real.metadata["tokenizer_path"])
-            store_lib.check_tokenizer(real, tokenizer)
-        out.update(document_sets(name, path, tokenizer, real.seq_len))
+            tokenizer = store_lib.recorded_tokenizer(real)
+        sets = document_sets(name, path, tokenizer, real.seq_len)
+        taken = sorted(set(sets) & set(out))
+        if taken:
+            raise ValueError(f"--val={name}={path}: a document set is also scored as {taken}, "
+                             f"names an earlier --val already took; rename one of them")
+        out.update(sets)
     return out
 
 

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from megadoc.models import sharding
+from megadoc.models import platform, sharding
 
 IMPLEMENTATIONS = ("auto", "xla", "splash", "cudnn")
 _SPLASH_BLOCK = 128
@@ -22,14 +22,14 @@ def resolve(implementation, q_BxTxNxDh):
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"attention implementation must be one of {IMPLEMENTATIONS}, "
                          f"got {implementation!r}")
-    platform = jax.default_backend()
+    target = platform.name()
     if implementation == "auto":
-        implementation = {"tpu": "splash", "gpu": "cudnn"}.get(platform, "xla")
+        implementation = {"tpu": "splash", "gpu": "cudnn"}.get(target, "xla")
     T, Dh = q_BxTxNxDh.shape[1], q_BxTxNxDh.shape[3]
-    if implementation == "splash" and (platform != "tpu" or T % _SPLASH_BLOCK):
+    if implementation == "splash" and (target != "tpu" or T % _SPLASH_BLOCK):
         return "xla"
     if implementation == "cudnn" and (
-            platform != "gpu" or q_BxTxNxDh.dtype not in (jnp.bfloat16, jnp.float16)
+            target != "gpu" or q_BxTxNxDh.dtype not in (jnp.bfloat16, jnp.float16)
             or Dh % 8 or Dh > 128):
         return "xla"
     return implementation

@@ -20,6 +20,7 @@ from jax.sharding import NamedSharding
 
 from megadoc.models import attention
 from megadoc.models import matmul
+from megadoc.models import platform
 from megadoc.models import sharding
 
 REMAT_POLICIES = ("none", "full", "dots")
@@ -93,17 +94,18 @@ def _student(hidden, ffn, layers, heads, kv_heads):
                        kv_heads=kv_heads, max_seq_len=4096)
 
 
-# The papers' students (hidden/ffn/layers/heads/kv heads, Llama 3 vocab, context 4096) and the
-# generator. llama3-8b's max_seq_len is 8192 rather than the released 131072: the RoPE scaling
-# keeps long-context behaviour, and 8192 is what the synthesis jobs (≤ 1024 new tokens after a
-# document) ever need; raise it with dataclasses.replace for longer prompts.
+# The papers' students (hidden/ffn/layers/heads/kv heads, Llama 3 vocab, context 4096) with a
+# published optimum, and the generator. The paper's size table also lists a 1.4B (2048/7168/16/
+# 16/8) that no published run, training preset or command uses: no preset here. llama3-8b's
+# max_seq_len is 8192 rather than the released 131072: the RoPE scaling keeps long-context
+# behaviour, and 8192 is what the synthesis jobs (≤ 1024 new tokens after a document) ever need;
+# raise it with dataclasses.replace for longer prompts.
 PRESETS = {
     "tiny": LlamaConfig(vocab_size=256, hidden=64, ffn=192, layers=2, heads=4, kv_heads=2,
                         max_seq_len=256),
     "150m": _student(512, 1792, 6, 8, 8),
     "300m": _student(768, 2688, 12, 12, 12),
     "600m": _student(1024, 3584, 24, 16, 8),
-    "1.4b": _student(2048, 7168, 16, 16, 8),
     "1.5b": _student(1536, 5376, 36, 16, 8),
     "llama3-8b": LlamaConfig(vocab_size=128256, hidden=4096, ffn=14336, layers=32, heads=32,
                              kv_heads=8, max_seq_len=8192, rope_theta=500000.0,
@@ -189,8 +191,10 @@ def cache_dtype(config: LlamaConfig):
     bf16 kernel for attention's batched dots and converts the whole cache to fp32 in every
     layer of every decode step (at the SmolLM2-135M shape, batch 8, 384 cached positions: ~40%
     of a step). Keys and values are written already rounded to the compute dtype, and attention
-    rounds its probabilities to it too, so fp32 storage changes no result, only the bytes."""
-    return jnp.dtype(jnp.float32) if jax.default_backend() == "cpu" else config.compute_dtype
+    rounds its probabilities to it too, so fp32 storage changes no result, only the bytes. The
+    conversion is XLA:CPU's batched-dot code, not a trait of one chip, so this is not a per-CPU
+    choice (unlike `matmul.dot_dtype`; not re-measured on a CPU with bf16 units)."""
+    return jnp.dtype(jnp.float32) if platform.name() == "cpu" else config.compute_dtype
 
 
 def init_cache(config: LlamaConfig, batch_size: int, max_len: int) -> dict:
@@ -305,8 +309,10 @@ def _unroll_layers() -> bool:
     """Whether the layer scan is unrolled: on XLA:CPU only, where a rolled scan copies each
     layer's weight slice and stacks every layer's residuals (the attention probabilities
     among them) through dynamic slices; unrolled, the demo's students train ~20% faster. TPU
-    and GPU keep the rolled scan, whose compile time does not grow with depth."""
-    return jax.default_backend() == "cpu"
+    and GPU keep the rolled scan, whose compile time does not grow with depth. The copies are
+    XLA:CPU's code for a rolled scan, not a trait of one chip, so this is not a per-CPU choice
+    (unlike `matmul.dot_dtype`)."""
+    return platform.name() == "cpu"
 
 
 def hidden_states(config: LlamaConfig, params: dict, tokens: jax.Array, segment_ids=None, *,

@@ -1,17 +1,16 @@
-"""A generator model loaded from a Hugging Face Llama directory or a GGUF file: weights,
-tokenizer (with its chat template), stop tokens."""
+"""A generator model: weights and tokenizer (with its chat template) from wherever
+`train.pretrained` finds them (a GGUF file, a Hugging Face Llama directory, a megadoc workdir),
+and the tokens that stop a generation."""
 from __future__ import annotations
 
 import dataclasses
 import json
 
 from megadoc import fs
-from megadoc import gguf_file
 from megadoc.data import tokenizer as tokenizer_lib
-from megadoc.models import gguf
-from megadoc.models import hf
 from megadoc.models import llama
 from megadoc.synth import prompts
+from megadoc.train import pretrained
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,23 +30,19 @@ def _has_tokenizer(names: list[str]) -> bool:
 
 
 def load(path: str, mesh=None) -> Generator:
-    """A Hugging Face directory (tokenizer.json or a sentencepiece .model; weights via `hf.load`)
-    or a .gguf file (`gguf.load`), params in their sharding on `mesh` when given. Stop tokens:
-    the tokenizer's EOS and its chat template's end-of-turn token, plus the eos ids of a
-    directory's generation_config.json."""
+    """The model at `path` (see train/pretrained.py), params in their sharding on `mesh` when
+    given; a Hugging Face directory must hold its tokenizer (tokenizer.json or a sentencepiece
+    .model), a workdir's is the one its training store was prepared with. Stop tokens: the
+    tokenizer's EOS and its chat template's end-of-turn token, plus the eos ids of a directory's
+    generation_config.json."""
     path = str(path).rstrip("/")
-    if gguf_file.is_gguf(path):
-        tokenizer = tokenizer_lib.load(path)
-        config, params = gguf.load(path, mesh)
-        return _generator(path, config, params, tokenizer, set())
-    names = fs.listdir(path)
-    if not names:
-        raise FileNotFoundError(f"{path}: generator directory not found or empty")
-    if not _has_tokenizer(names):
+    source = pretrained.kind(path)
+    names = fs.listdir(path) if source == "hf" else []
+    if source == "hf" and not _has_tokenizer(names):
         raise ValueError(f"{path}: generator directory has no tokenizer (expected tokenizer.json "
                          f"or a sentencepiece .model next to config.json); found {names[:20]}")
-    tokenizer = tokenizer_lib.load(path)
-    config, params = hf.load(path, mesh)
+    tokenizer = pretrained.load_tokenizer(path)
+    config, params = pretrained.load(path, mesh)
     stop = set()
     if "generation_config.json" in names:
         eos = json.loads(fs.read_text(fs.join(path, "generation_config.json"))).get("eos_token_id")

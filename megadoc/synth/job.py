@@ -14,15 +14,17 @@ written as soon as its last record arrives.
 
 Every (document, sample) yields exactly one record. Records that carry no generation say why in
 `finish_reason`, with empty text: "empty_document", "prompt_too_long" (the prompt does not fit in
-the generator's context; never truncated; a rephrase is rewritten chunk-wise instead, see
-megadoc/synth/chunked.py, its record listing its `chunks`), "error" (logged with the
-document's location).
-For latent thoughts `offset` is the split's character offset and `splits` its count k: a run at
-counts (1, 2, 4) writes samples 0 (k=1), 1-2 (k=2), 3-6 (k=4), each count at its own equal splits.
+the generator's context; never truncated; a method with a continuation template, rephrase,
+rewrites such a document chunk-wise instead, see megadoc/synth/chunked.py, its record listing its
+`chunks`), "error" (logged with the document's location).
+What each method (megadoc/data/methods.py) prompts with and how many records it writes per
+document follow from its template's fields: one prompt per document ({document}), per split
+point ({prefix}/{suffix}: `offset` is its character offset and `splits` its count k: a run at
+counts (1, 2, 4) writes samples 0 (k=1), 1-2 (k=2), 3-6 (k=4), each count at its own equal
+splits), per question ({question}) or per entity group ({entities}). Methods with a parser add
+its fields to the record and give malformed output a status: megadoc/synth/knowledge.py.
 Rephrase records also carry `fidelity`, `fidelity_logprob`, `max_similarity` and
 `source_overlap` (megadoc/synth/fidelity.py), and summary.json their distributions.
-The knowledge methods (qa, focal_rewrite, entigraph_entities, entigraph_relations) add their
-parsed fields to the record and give malformed output a status: megadoc/synth/knowledge.py.
 """
 from __future__ import annotations
 
@@ -40,6 +42,7 @@ import jax
 
 from megadoc import fs
 from megadoc.data import docs as docs_lib
+from megadoc.data import methods as methods_lib
 from megadoc.models import sharding
 from megadoc.synth import chunked
 from megadoc.synth import fidelity
@@ -50,14 +53,6 @@ from megadoc.synth import sampler as sampler_lib
 from megadoc.synth import split
 from megadoc.synth import styles as styles_lib
 
-# Job method (flag value) -> record method; and the papers' max new tokens for each.
-RECORD_METHOD = {"rephrase": "rephrase", "latent_thoughts": "latent_thought", "qa": "qa",
-                 "focal_rewrite": "focal_rewrite", "entigraph_entities": "entigraph_entities",
-                 "entigraph_relations": "entigraph_relation"}
-PAPER_MAX_NEW_TOKENS = {"rephrase": 1024, "latent_thoughts": 512, "qa": 256,
-                        "focal_rewrite": 1024, "entigraph_entities": 512,
-                        "entigraph_relations": 1024}
-
 EMPTY_DOCUMENT = "empty_document"
 ERROR = "error"
 PROGRESS_EVERY_S = 10.0
@@ -67,16 +62,18 @@ PROGRESS_EVERY_S = 10.0
 class JobConfig:
     """One synthesis job: what to generate from which documents with which generator."""
     method: str
-    """what to generate: rephrase | latent_thoughts | qa | focal_rewrite | entigraph_entities |
-    entigraph_relations (unconditional: see synth/unconditional.py)"""
+    """what to generate: a prompted method of data/methods.py (rephrase, latent_thoughts, qa,
+    focal_rewrite, entigraph_entities, entigraph_relations; unconditional: see
+    synth/unconditional.py)"""
     generator: str
-    """Hugging Face Llama dir with its tokenizer, or a Llama-architecture .gguf file (local or
-    gs://); unconditional: megadoc training workdirs, comma-separated (an ensemble)"""
+    """Hugging Face Llama dir with its tokenizer, a Llama-architecture .gguf file, or a megadoc
+    training workdir (local or gs://; see train/pretrained.py); unconditional: megadoc training
+    workdirs, comma-separated (an ensemble)"""
     docs: str
     """source docs {id, text}: JSONL(.gz)/Parquet file, dir or glob"""
     output: str
     """output directory (local or gs://)"""
-    generations: int = 1
+    generations: int = dataclasses.field(default=1, metadata={"flag": "generations_per_doc"})
     """rephrase, qa: samples per document; focal_rewrite: rewrites per question"""
     splits: tuple[int, ...] = (1,)
     """latent_thoughts: split counts; for each count k, thoughts at its own k equal split points
@@ -86,12 +83,14 @@ class JobConfig:
     """focal_rewrite: records with a question per document (qa output)"""
     entities: str | None = None
     """entigraph_relations: records with an entity list per document (entigraph_entities)"""
-    pairs: int = 0
-    """entigraph_relations: entity pairs per document (a seeded sample)"""
-    triples: int = 0
-    """entigraph_relations: entity triples per document (a seeded sample)"""
+    relations: int = 0
+    """entigraph_relations: entity groups per document, EntiGraph's order: every pair of its
+    entities, then its triples, each in a seeded shuffle, as far as this budget goes"""
+    attempts: int = 3
+    """entigraph_entities: generations tried per document until one parses as the entity
+    JSON (each retry a fresh sample; the record says how many it took)"""
     max_new_tokens: int | None = None
-    """None: the papers' value for the method (1024 rephrase / 512 latent_thoughts)"""
+    """None: the method's default, the papers' value (1024 rephrase / 512 latent_thoughts)"""
     temperature: float = 1.0
     """sampling temperature (0: greedy)"""
     top_p: float = 1.0
@@ -126,47 +125,49 @@ class JobConfig:
     """processes (None: jax.process_count())"""
 
     def __post_init__(self):
-        if self.method not in RECORD_METHOD:
-            raise ValueError(f"method {self.method!r}: expected one of {sorted(RECORD_METHOD)}")
+        """Every setting checked before the job writes anything."""
+        if self.method not in methods_lib.prompted():
+            raise ValueError(f"method {self.method!r}: expected one of "
+                             f"{sorted(methods_lib.prompted())}")
         if isinstance(self.splits, int):  # one count, as JobConfig(splits=8)
             object.__setattr__(self, "splits", (self.splits,))
         if not self.splits or min(self.splits) < 1 or len(set(self.splits)) < len(self.splits):
             raise ValueError(f"splits must be distinct counts >= 1, got {list(self.splits)}")
-        for name in ("generations", "batch_size", "shard_size", "tensor_parallel"):
+        for name in ("generations", "batch_size", "shard_size", "tensor_parallel", "attempts"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if not self.temperature >= 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        method = methods_lib.get(self.method)
         if isinstance(self.styles, str):
             object.__setattr__(self, "styles", (self.styles,))
-        if self.styles and (self.method != "rephrase" or self.template):
-            raise ValueError("styles choose among rephrase templates: they go with method "
-                             "rephrase and without template")
-        if (self.method == "focal_rewrite") != bool(self.questions):
-            raise ValueError("questions (records with a question per document) go with "
-                             "method focal_rewrite, and only with it")
-        if (self.method == "entigraph_relations") != bool(self.entities):
-            raise ValueError("entities (entigraph_entities output) go with method "
-                             "entigraph_relations, and only with it")
-        if self.method == "entigraph_relations" and (min(self.pairs, self.triples) < 0
-                                                     or self.pairs + self.triples < 1):
-            raise ValueError(f"entigraph_relations needs pairs + triples >= 1, got "
-                             f"{self.pairs} + {self.triples}")
+        if self.styles and (not method.styles or self.template):
+            raise ValueError(f"styles choose among a method's shipped templates: they go with "
+                             f"method {'|'.join(methods_lib.styled())} and without template")
+        if self.continue_template and not method.continuation:
+            raise ValueError(f"continue_template goes with method "
+                             f"{'|'.join(methods_lib.continued())}, and only with it")
+        inputs = method.inputs
+        for name, what in (("questions", "records with a question per document"),
+                           ("entities", "entigraph_entities output")):
+            users = [m for m in methods_lib.prompted() if name in methods_lib.get(m).inputs]
+            if (name in inputs) != bool(getattr(self, name)):
+                raise ValueError(f"{name} ({what}) go with method {'|'.join(users)}, and only "
+                                 "with it")
+        if "relations" in inputs and self.relations < 1:
+            raise ValueError(f"{self.method} needs relations >= 1, got {self.relations}")
 
     def samples(self, doc: dict, inputs: dict) -> int:
         """Records the job writes for `doc`, given the per-document inputs (questions or
         entities) of the methods that take them."""
-        if self.method == "latent_thoughts":
-            return sum(self.splits)
-        if self.method == "focal_rewrite":
-            return len(inputs.get(doc["id"], ())) * self.generations or 1
-        if self.method == "entigraph_relations":
-            return self.pairs + self.triples
-        if self.method == "entigraph_entities":
-            return 1
-        return self.generations
+        return methods_lib.samples_per_document(methods_lib.get(self.method), self,
+                                                len(inputs.get(doc["id"], ())))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -306,32 +307,38 @@ def run(cfg: JobConfig) -> dict:
     process_count = jax.process_count() if cfg.num_processes is None else cfg.num_processes
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_id {process_index} outside [0, {process_count})")
-    fs.check_writable(cfg.output)  # a missing or read-only bucket fails before any work
-    method = RECORD_METHOD[cfg.method]
-    if cfg.styles:
-        templates = styles_lib.load(cfg.styles)
-    else:
-        templates = [prompts.load_template(cfg.template or prompts.builtin_template(method),
-                                           method)]
+    method = cfg.method
+    templates = styles_lib.load(method, cfg.styles) if cfg.styles else [
+        prompts.load_template(cfg.template or prompts.builtin_template(method), method)]
     template = templates[0]
     bad = docs_lib.BadRecords()
     inputs = (knowledge.read_questions(cfg.questions) if cfg.questions else
               knowledge.read_entities(cfg.entities) if cfg.entities else {})
-    doc_samples = [cfg.samples(doc, inputs) for doc in docs_lib.read_docs(cfg.docs, bad)]
+    doc_samples, without_inputs = [], 0
+    for doc in docs_lib.read_docs(cfg.docs, bad):
+        doc_samples.append(cfg.samples(doc, inputs))
+        without_inputs += doc["id"] not in inputs
     num_docs = len(doc_samples)
+    if cfg.questions or cfg.entities:
+        knowledge.check_inputs(cfg.questions or cfg.entities, "questions" if cfg.questions
+                               else "entities", num_docs, without_inputs)
+    # Validated: only now is anything written (a refused job leaves no --output behind).
+    fs.check_writable(cfg.output)  # a missing or read-only bucket fails before the model loads
     num_shards = math.ceil(num_docs / cfg.shard_size)
     mesh = sharding.make_mesh(tensor=cfg.tensor_parallel, devices=jax.local_devices())
     gen = generator_lib.load(cfg.generator, mesh)
-    max_new = (PAPER_MAX_NEW_TOKENS[cfg.method] if cfg.max_new_tokens is None
+    max_new = (methods_lib.get(method).max_new_tokens if cfg.max_new_tokens is None
                else cfg.max_new_tokens)
+    settings = sampler_lib.Settings(max_new_tokens=max_new, temperature=cfg.temperature,
+                                    top_p=cfg.top_p, top_k=cfg.top_k, stop_tokens=gen.stop_tokens)
     fs.makedirs(fs.join(cfg.output, "_job"))
     _check_job_config(fs.join(cfg.output, "_job", "config.json"), {
         "method": cfg.method, "generator": gen.name, "seed": cfg.seed,
         "template": template.name if len(templates) == 1 else [t.name for t in templates],
         "continue_template": cfg.continue_template,
         "samples": sum(doc_samples), "generations": cfg.generations, "splits": list(cfg.splits),
-        "questions": cfg.questions, "entities": cfg.entities, "pairs": cfg.pairs,
-        "triples": cfg.triples, "max_new_tokens": max_new,
+        "questions": cfg.questions, "entities": cfg.entities, "relations": cfg.relations,
+        "attempts": cfg.attempts, "max_new_tokens": max_new,
         "temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": cfg.top_k,
         "shard_size": cfg.shard_size, "num_docs": num_docs})
 
@@ -343,13 +350,11 @@ def run(cfg: JobConfig) -> dict:
     docs_todo = sum(min(cfg.shard_size, num_docs - j * cfg.shard_size) for j in todo)
     sources: dict[int, dict[str, str]] = collections.defaultdict(dict)  # shard -> doc texts
     annotate = None
-    if cfg.method == "rephrase":  # fidelity and diversity of every rephrase: synth/fidelity.py
+    if methods_lib.get(method).scored:  # fidelity and diversity of each: synth/fidelity.py
         scorer = fidelity.Scorer(gen.config, gen.params, gen.tokenizer, mesh=mesh)
         annotate = lambda shard, rows: fidelity.annotate(scorer, rows, sources.pop(shard))
     shards = _Shards(cfg.output, {j: sum(doc_samples[j * cfg.shard_size:(j + 1) * cfg.shard_size])
                                   for j in todo}, annotate)
-    settings = sampler_lib.Settings(max_new_tokens=max_new, temperature=cfg.temperature,
-                                    top_p=cfg.top_p, top_k=cfg.top_k, stop_tokens=gen.stop_tokens)
     sampling = {"temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": cfg.top_k,
                 "max_new_tokens": max_new}
     sampler = sampler_lib.Sampler(gen.config, gen.params, settings, batch_size=cfg.batch_size,
@@ -382,8 +387,8 @@ def run(cfg: JobConfig) -> dict:
                 sources[shard][doc["id"]] = doc["text"]
             origin = Origin(shard, pos, doc["id"])
             try:
-                if cfg.method == "rephrase":
-                    reqs = _rephrase_requests(cfg, gen, templates, max_new, doc, origin)
+                if methods_lib.get(method).continuation:
+                    reqs = _rewrite_requests(cfg, gen, templates, max_new, doc, origin)
                 else:
                     reqs = _doc_requests(cfg, gen, template, doc, origin, inputs)
             except Exception as e:  # one bad document never stops the others
@@ -398,15 +403,25 @@ def run(cfg: JobConfig) -> dict:
                 else:
                     emit(*r)
 
+    def record(c: sampler_lib.Completion) -> sampler_lib.Request | None:
+        """Records a completion, or returns the retry of an entity list that did not parse."""
+        text = gen.tokenizer.decode(c.tokens) if c.tokens else ""
+        out = Output(c.sample, text, c.finish_reason, c.request.tag.fields)
+        if c.tokens:
+            out = Output(c.sample, *knowledge.finish(method, text, c.finish_reason, out.fields))
+        if "attempts" in methods_lib.get(method).inputs:  # sample a: attempt a + 1, one record
+            if out.finish_reason == knowledge.MALFORMED and c.sample + 1 < cfg.attempts:
+                return dataclasses.replace(c.request, first_sample=c.sample + 1, num_samples=1)
+            out = Output(0, out.text, out.finish_reason,
+                         dict(out.fields or {}, attempts=c.sample + 1))
+        emit(c.request.tag, out, len(c.tokens))
+        return None
+
     long_samples: list[chunked.Item] = []  # rewritten chunk-wise once the rest is done
     with progress:
-        for c in sampler.run(requests()):
-            text = gen.tokenizer.decode(c.tokens) if c.tokens else ""
-            out = Output(c.sample, text, c.finish_reason, c.request.tag.fields)
-            if c.tokens:
-                out = Output(c.sample, *knowledge.finish(method, text, c.finish_reason,
-                                                         out.fields))
-            emit(c.request.tag, out, len(c.tokens))
+        retries = [r for c in sampler.run(requests()) if (r := record(c)) is not None]
+        while retries:  # at most attempts - 1 rounds: each retry raises the sample by one
+            retries = [r for c in sampler.run(retries) if (r := record(c)) is not None]
         if long_samples:
             _rewrite_chunkwise(cfg, gen, sampler, templates, max_new, long_samples, emit)
 
@@ -423,8 +438,8 @@ def run(cfg: JobConfig) -> dict:
 def _rewrite_chunkwise(cfg: JobConfig, gen, sampler, templates: list, max_new: int,
                        items: list, emit) -> None:
     continuation = prompts.load_template(
-        cfg.continue_template or prompts.builtin_template("rephrase_continue"),
-        "rephrase_continue")
+        cfg.continue_template or prompts.builtin_template(cfg.method, continuation=True),
+        cfg.method, continuation=True)
     size = chunked.chunk_tokens(gen, templates, continuation, max_new)
     for r in chunked.rewrite(sampler, gen, items, continuation, max_new, size):
         fields = dict(r.item.tag.fields or {}, **({"chunks": r.chunks} if r.chunks else {}))
@@ -432,9 +447,10 @@ def _rewrite_chunkwise(cfg: JobConfig, gen, sampler, templates: list, max_new: i
              r.generated_tokens)
 
 
-def _rephrase_requests(cfg: JobConfig, gen, templates: list, max_new: int, doc: dict,
-                       origin: Origin) -> list:
-    """A document's rephrase requests: a run of samples with one template shares a request
+def _rewrite_requests(cfg: JobConfig, gen, templates: list, max_new: int, doc: dict,
+                      origin: Origin) -> list:
+    """A document's requests for a method with a continuation template (rephrase; its styles,
+    when drawn, are `templates`): a run of samples with one template shares a request
     (one prefill); a sample whose prompt and generation do not fit in the generator's context
     becomes a chunked.Item, rewritten chunk-wise after the rest."""
     text, key = doc["text"], sample_stream(origin.doc_id)
@@ -467,17 +483,18 @@ def _doc_requests(cfg: JobConfig, gen, template, doc: dict, origin: Origin,
     nothing to sample, (Origin, Output) pairs to record directly."""
     text, n, doc_id = doc["text"], cfg.samples(doc, inputs), origin.doc_id
     key = sample_stream(doc_id)
+    method = methods_lib.get(cfg.method)
     if not text.strip():
         logging.warning("document %r at %s is empty", doc_id, doc["where"])
-        if cfg.method == "latent_thoughts":
-            return [(dataclasses.replace(origin, offset=0), Output(s, "", EMPTY_DOCUMENT,
-                                                                   {"splits": k}))
+        at = dataclasses.replace(origin, offset=0) if method.offsets else origin
+        if "splits" in method.inputs:
+            return [(at, Output(s, "", EMPTY_DOCUMENT, {"splits": k}))
                     for s, (k, _) in enumerate(split.sweep_points(cfg.splits))]
-        return [(origin, Output(s, "", EMPTY_DOCUMENT)) for s in range(n)]
-    if cfg.method in ("qa", "entigraph_entities"):
+        return [(at, Output(s, "", EMPTY_DOCUMENT)) for s in range(n)]
+    if method.prompt_fields == ("document",):
         prompt = gen.encode_prompt(*template.render(document=text))
         return [sampler_lib.Request(prompt, key, num_samples=n, tag=origin)]
-    if cfg.method == "focal_rewrite":
+    if "question" in method.prompt_fields:
         if doc_id not in inputs:
             return [(origin, Output(0, "", knowledge.NO_QUESTIONS))]
         return [sampler_lib.Request(
@@ -485,9 +502,9 @@ def _doc_requests(cfg: JobConfig, gen, template, doc: dict, origin: Origin,
             num_samples=cfg.generations, first_sample=i * cfg.generations,
             tag=dataclasses.replace(origin, fields={"question": q}))
             for i, q in enumerate(inputs[doc_id])]
-    if cfg.method == "entigraph_relations":
-        groups = knowledge.entity_groups(inputs.get(doc_id, []), cfg.pairs, cfg.triples,
-                                         cfg.seed, key)
+    if "entities" in method.prompt_fields:
+        groups = knowledge.entity_groups(inputs.get(doc_id, []), cfg.relations, cfg.seed,
+                                         key)
         reason = knowledge.TOO_FEW_ENTITIES if doc_id in inputs else knowledge.NO_ENTITIES
         return [sampler_lib.Request(
             gen.encode_prompt(*template.render(document=text, entities="; ".join(g))), key,
@@ -548,4 +565,4 @@ class _Progress:
         eta_text = f"ETA <= {eta / 60:.1f} min" if rate else "ETA - (prefilling)"
         print(f"[synth] docs {self.docs_done}/{self.docs_total}  {tokens:,} tokens  "
               f"{rate:.1f} generated tok/s  {eta_text}", flush=True)
-        fs.append_text(self.path, json.dumps(line) + "\n")
+        fs.append_jsonl(self.path, [line])

@@ -5,9 +5,12 @@
     focal_rewrite        the document rewritten to focus on one question (`question`), several
                          rewrites per question; questions come from any records that carry one
     entigraph_entities   stage 1: JSON {"summary", "entities"}; `text` is the summary (trained on),
-                         `entities` the list (not trained on)
-    entigraph_relation   stage 2: how a seeded sample of entity pairs, then triples, of the
-                         document relate; `entities` names the group
+                         `entities` the list (not trained on); generated again (a fresh
+                         sample) until it parses, up to the job's `attempts`, and `attempts`
+                         records how many it took
+    entigraph_relations  stage 2: how a group of the document's entities relate, groups in
+                         EntiGraph's order (every pair, then triples) up to a budget;
+                         `entities` names the group
 
 A generation that does not parse keeps its raw text in `raw`, gets `finish_reason` "malformed"
 and an empty `text` (so no store trains on it). Documents without questions (focal) or without
@@ -17,77 +20,45 @@ from __future__ import annotations
 
 import collections
 import itertools
-import json
-import re
 
 import numpy as np
 
 from megadoc.data import docs as docs_lib
+from megadoc.data import methods as methods_lib
 
 MALFORMED = "malformed"
 NO_QUESTIONS = "no_questions"
 NO_ENTITIES = "no_entities"
 TOO_FEW_ENTITIES = "too_few_entities"
-_QA = re.compile(r"Question:\s*(?P<question>.+?)\s*\n\s*Answer:\s*(?P<answer>.+)", re.DOTALL)
-_JSON_OBJECT = re.compile(r"\{.*\}", re.DOTALL)
-
-
-def parse_qa(text: str) -> tuple[str, str] | None:
-    """(question, answer) from "Question: …\\nAnswer: …", or None."""
-    m = _QA.search(text)
-    if not m:
-        return None
-    question, answer = m["question"].strip(), m["answer"].strip()
-    return (question, answer) if question and answer else None
-
-
-def qa_text(question: str, answer: str) -> str:
-    return f"Question: {question}\nAnswer: {answer}"
-
-
-def parse_entities(text: str) -> tuple[str, list[str]] | None:
-    """(summary, distinct entities in order) from the first {...} JSON object, or None."""
-    m = _JSON_OBJECT.search(text)
-    try:
-        obj = json.loads(m[0]) if m else None
-    except json.JSONDecodeError:
-        return None
-    if not isinstance(obj, dict):
-        return None
-    summary, entities = obj.get("summary"), obj.get("entities")
-    if not isinstance(summary, str) or not isinstance(entities, list) or \
-            not all(isinstance(e, str) for e in entities):
-        return None
-    distinct = list(dict.fromkeys(e.strip() for e in entities if e.strip()))
-    return (summary.strip(), distinct) if distinct else None
 
 
 def finish(method: str, text: str, reason: str, fields: dict) -> tuple[str, str, dict]:
-    """(text, finish_reason, record fields) of a completion: parsed where the method says."""
-    if method == "qa":
-        pair = parse_qa(text)
-        if pair is None:
-            return "", MALFORMED, {"raw": text}
-        return qa_text(*pair), reason, {"question": pair[0], "answer": pair[1]}
-    if method == "entigraph_entities":
-        parsed = parse_entities(text)
-        if parsed is None:
-            return "", MALFORMED, {"raw": text}
-        return parsed[0], reason, {"entities": parsed[1]}
-    return text, reason, fields
+    """(text, finish_reason, record fields) of a completion, parsed where the method has a
+    parser (data/methods.py)."""
+    parse = methods_lib.get(method).parse
+    if parse is None:
+        return text, reason, fields
+    parsed = parse(text)
+    if parsed is None:
+        return "", MALFORMED, {"raw": text}
+    return parsed[0], reason, parsed[1]
 
 
-def entity_groups(entities: list[str], pairs: int, triples: int, seed: int,
+def entity_groups(entities: list[str], budget: int, seed: int,
                   key: int) -> list[tuple[str, ...] | None]:
-    """`pairs` pairs then `triples` triples, each drawn without repeats from all groups of the
-    document's entities in a shuffle seeded by (seed, key); None where the entities run out."""
+    """The first `budget` groups of EntiGraph's stage-2 enumeration: every pair of the
+    document's entities, then every triple, each size in a shuffle seeded by (seed, key); None
+    where the groups run out. EntiGraph takes the pairs in order; shuffling them too means a
+    budget smaller than the pairs draws them evenly rather than all about the first entities."""
     rng = np.random.default_rng([seed, key])
     out = []
-    for size, wanted in ((2, pairs), (3, triples)):
+    for size in (2, 3):
+        if len(out) >= budget:
+            break
         groups = list(itertools.combinations(entities, size))
-        order = rng.permutation(len(groups))[:wanted]
-        out += [groups[i] for i in order] + [None] * (wanted - len(order))
-    return out
+        out += [groups[i] for i in rng.permutation(len(groups))]
+    out = out[:budget]
+    return out + [None] * (budget - len(out))
 
 
 def _read_field(path: str, field: str) -> dict[str, list]:
@@ -99,6 +70,20 @@ def _read_field(path: str, field: str) -> dict[str, list]:
         if value and r.get("finish_reason") != MALFORMED:
             found[r["doc_id"]].append((r["sample"], value))
     return {d: [v for _, v in sorted(vs, key=lambda x: x[0])] for d, vs in found.items()}
+
+
+def check_inputs(path: str, kind: str, num_docs: int, without: int) -> None:
+    """Refuse --questions / --entities that give none of the documents any (wrong records, or
+    another corpus); say how many documents go without (each gets a record saying so)."""
+    field, stage, reason = (("question", "qa", NO_QUESTIONS) if kind == "questions" else
+                            ("entities", "entigraph_entities", NO_ENTITIES))
+    if num_docs and without == num_docs:
+        raise ValueError(f"--{kind}={path}: no {kind} for any of the {num_docs} documents (no "
+                         f"record with a non-empty {field!r} for their doc_id); expected the "
+                         f"{stage} output of these documents")
+    if without:
+        print(f"[synth] {without} of {num_docs} documents have no {kind} in {path}; each gets "
+              f"records with finish_reason {reason}", flush=True)
 
 
 def read_questions(path: str) -> dict[str, list[str]]:

@@ -309,7 +309,8 @@ def _decode(config, settings, mesh, params, state, max_steps, refill_at, attend_
 
 def _compute_dtype_weights(config, params):
     """Params with every weight matrix (not the norm scales) already rounded to the compute
-    dtype and held in the dtype the dots read (`matmul.dot_dtype`: bf16, or fp32 on XLA:CPU).
+    dtype and held in the dtype the dots read (`matmul.dot_dtype`: bf16, or fp32 on
+    XLA:CPU without bf16 dot units).
     The model rounds each weight before use anyway, so outputs are bit-identical, but a decode
     step then reads the weights as they are: no cast per step (on XLA:CPU the rounding of
     loop-invariant fp32 weights is hoisted out of the decode loop)."""
@@ -495,3 +496,40 @@ def generate(config: llama.LlamaConfig, params, prompts: Sequence[Sequence[int]]
                              f"model's context is {config.max_seq_len}")
         results[c.request.tag] = c.tokens
     return results
+
+
+def traced_steps(config: llama.LlamaConfig, settings: Settings, mesh: jax.sharding.Mesh, *,
+                 batch_size: int, prompt_len: int) -> dict:
+    """{"prefill": the admission of PREFILL_ROWS prompts of `prompt_len` tokens, "decode": the
+    decode loop}, traced as a `Sampler` of `batch_size` slots on `mesh` runs them, from
+    abstract params and state (no arrays): a plan compiles them for a slice (synth/plan.py).
+    The cache holds the prompt and every new token; decode attends to all of it."""
+    rows = min(batch_size, PREFILL_ROWS)
+    prefill_len = _pow2_at_least(prompt_len, MIN_PREFILL_LEN)
+    cache_len = -(-(prompt_len + settings.max_new_tokens) // CACHE_ALIGN) * CACHE_ALIGN
+    cache_len = min(config.max_seq_len, cache_len)
+
+    def placed(shapes, shardings):
+        return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                            shapes, shardings)
+
+    params = placed(jax.eval_shape(lambda: _compute_dtype_weights(
+        config, llama.init(config, jax.random.key(0)))), llama.param_shardings(config, mesh))
+    specs = _state_specs(config, mesh, batch_size, cache_len, settings.max_new_tokens)
+    state = placed(jax.eval_shape(lambda: _empty_state(config, batch_size, cache_len,
+                                                       settings.max_new_tokens)),
+                   jax.tree.map(lambda s: NamedSharding(mesh, s), specs,
+                                is_leaf=lambda x: isinstance(x, P)))
+
+    def ints(*shape, dtype=jnp.int32):
+        return jax.ShapeDtypeStruct(shape, dtype)
+
+    admission = Admission(ints(rows, prefill_len), ints(rows), ints(batch_size),
+                          ints(batch_size), ints(batch_size), ints(batch_size, dtype=jnp.uint32),
+                          ints(batch_size))
+    with jax.set_mesh(mesh):
+        return {"prefill": _insert.trace(config, settings, mesh, params, state, admission,
+                                         ints(dtype=jnp.uint32)),
+                "decode": _decode.trace(config, settings, mesh, params, state, ints(), ints(),
+                                        cache_len),
+                "params": params, "cache": state["cache"]}

@@ -1,4 +1,5 @@
-"""Rephrase styles: the shipped rephrase templates, one drawn for each sample.
+"""Styles: a method's shipped alternative templates (methods.Method.styles; rephrase's), one
+drawn for each sample.
 
 Rephrasing every document one way gives a corpus of one voice; drawing the style per sample
 (K2's style- and perspective-diverse prompting, WRAP's several styles) varies what the student
@@ -13,24 +14,24 @@ import hashlib
 import os
 
 from megadoc import fs
+from megadoc.data import methods as methods_lib
 from megadoc.synth import prompts
 
-STYLES = {"wikipedia": "rephrase.txt", "textbook": "rephrase_textbook.txt",
-          "qa": "rephrase_qa.txt", "beginner": "rephrase_beginner.txt",
-          "academic": "rephrase_academic.txt"}
 ALL = "all"
 
 
-def load(styles: tuple[str, ...]) -> list[prompts.Template]:
-    """The templates of `styles`: shipped style names, `all` (every one), or template files."""
-    names = list(STYLES) if tuple(styles) == (ALL,) else list(styles)
-    directory = os.path.dirname(prompts.builtin_template("rephrase"))
-    unknown = [n for n in names if n not in STYLES and not fs.exists(n)]
+def load(method: str, styles: tuple[str, ...]) -> list[prompts.Template]:
+    """The templates of `styles` for `method`: its shipped style names, `all` (every one), or
+    template files."""
+    shipped = methods_lib.get(method).styles
+    names = list(shipped) if tuple(styles) == (ALL,) else list(styles)
+    directory = os.path.dirname(prompts.builtin_template(method))
+    unknown = [n for n in names if n not in shipped and not fs.exists(n)]
     if unknown:
-        raise ValueError(f"styles {unknown}: neither a shipped style ({', '.join(STYLES)}, or "
-                         f"{ALL}) nor a template file")
-    paths = [os.path.join(directory, STYLES[n]) if n in STYLES else n for n in names]
-    return [prompts.load_template(p, "rephrase") for p in paths]
+        raise ValueError(f"styles {unknown}: neither a shipped {method} style "
+                         f"({', '.join(shipped)}, or {ALL}) nor a template file")
+    paths = [os.path.join(directory, shipped[n]) if n in shipped else n for n in names]
+    return [prompts.load_template(p, method) for p in paths]
 
 
 def draw(seed: int, doc_key: int, sample: int, count: int) -> int:

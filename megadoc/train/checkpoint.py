@@ -1,8 +1,8 @@
 """Checkpoints in <workdir>/checkpoints via orbax: async saves, keep-last-K, exact restore.
 
-Each checkpoint step directory holds `state` (step, params, optimizer state), `run` (the run's
-config and store identities as JSON, checked on resume) and `loader` (the loader's position;
-informative only, resume needs nothing but the step). Orbax writes a step into a temporary
+Each checkpoint step directory holds `state` (step, params, optimizer state) and `run` (the
+run's config and store identities as JSON, checked on resume); the data position is the step
+itself. Orbax writes a step into a temporary
 directory and renames (or, on GCS, marks) it only when every item is complete, and
 `latest_step()` lists finalized steps only, so a save killed midway is ignored, never half-read.
 """
@@ -28,15 +28,14 @@ def manager(workdir: str, keep: int | None = None,
         max_to_keep=keep, create=not read_only, read_only=read_only,
         enable_async_checkpointing=not read_only, cleanup_tmp_directories=not read_only)
     return ocp.CheckpointManager(fs.storage_path(directory(workdir)), options=options,
-                                 item_names=("state", "run", "loader"))
+                                 item_names=("state", "run"))
 
 
-def save(mgr: ocp.CheckpointManager, state: dict, run: dict, loader_state: dict) -> None:
+def save(mgr: ocp.CheckpointManager, state: dict, run: dict) -> None:
     """Start an async save at `state["step"]`; returns once the arrays are copied off device."""
     step = int(jax.device_get(state["step"]))
     mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                           run=ocp.args.JsonSave(run),
-                                           loader=ocp.args.JsonSave(loader_state)), force=True)
+                                           run=ocp.args.JsonSave(run)), force=True)
 
 
 def read_run(mgr: ocp.CheckpointManager, step: int) -> dict:

@@ -41,16 +41,17 @@ class DataConfig:
     synthetic: str | None = None
     """window store of synthetic documents (megadocs)"""
     mix: float = 0.0
-    """fraction of each global batch taken from the synthetic store"""
+    """fraction of each global batch taken from the synthetic store (1: the synthetic store
+    alone; the real store then only names the tokenizer and the i.i.d. validation split)"""
     epochs: int = 1
-    """passes over the real store"""
+    """passes over the real store (over the synthetic store when mix is 1)"""
     seed: int = 0
     """seed of the data order and the model init"""
     global_batch: int = 64
     """windows per step"""
 
     def __post_init__(self):
-        _check(self, mix=_fraction, epochs=_at_least_one, global_batch=_at_least_one)
+        _check(self, mix=_unit_interval, epochs=_at_least_one, global_batch=_at_least_one)
         if self.synthetic and self.mix == 0:
             raise ValueError(f"synthetic store {self.synthetic} given with mix 0: it would never "
                              f"be read; set the fraction of each batch it supplies (--mix)")
@@ -69,8 +70,12 @@ class TrainConfig:
     """how it is updated"""
     workdir: str
     """output directory (local or gs://): checkpoints, metrics, summary"""
-    microbatches: int = 1
-    """gradient-accumulation slices per step"""
+    microbatches: int = 0
+    """gradient-accumulation slices per step (0: the fewest that leave each device at most
+    rows_per_device rows of a slice, on the mesh the run gets)"""
+    rows_per_device: int = 0
+    """with microbatches 0: the most rows of a slice one device holds (0: the whole batch in
+    one slice)"""
     mesh: tuple[int, int, int] = (1, -1, 1)
     """mesh shape data,fsdp,tensor (-1: the remaining devices)"""
     val: tuple[tuple[str, str], ...] = ()
@@ -97,10 +102,21 @@ class TrainConfig:
     megadoc workdir, with its architecture"""
 
     def __post_init__(self):
-        _check(self, microbatches=_at_least_one, eval_every=_non_negative,
+        _check(self, microbatches=_non_negative, rows_per_device=_non_negative,
+               eval_every=_non_negative,
                eval_batch_size=_non_negative, checkpoint_every_steps=_non_negative,
                checkpoint_every_minutes=_non_negative, keep_checkpoints=_at_least_one,
                log_every=_non_negative, peak_flops=_non_negative)
+        if self.microbatches and self.data.global_batch % self.microbatches:
+            raise ValueError(f"global_batch {self.data.global_batch} is not a multiple of "
+                             f"microbatches {self.microbatches}")
+        if len(self.mesh) != 3 or any(d != -1 and d < 1 for d in self.mesh) \
+                or list(self.mesh).count(-1) > 1:
+            raise ValueError(f"mesh {self.mesh}: three sizes data,fsdp,tensor, each >= 1 or one "
+                             "of them -1 (the remaining devices)")
+        names = [name for name, _ in self.val]
+        if len(set(names)) != len(names) or not all(names):
+            raise ValueError(f"val: each validation set needs its own non-empty name, got {names}")
 
 
 # Range checks of config fields: (test, what the value must be).
@@ -108,6 +124,7 @@ _positive = (lambda v: v > 0, "> 0")
 _non_negative = (lambda v: v >= 0, ">= 0")
 _at_least_one = (lambda v: v >= 1, ">= 1")
 _fraction = (lambda v: 0 <= v < 1, "in [0, 1)")
+_unit_interval = (lambda v: 0 <= v <= 1, "in [0, 1]")
 
 
 def _check(config: Any, **rules: tuple) -> None:
@@ -119,8 +136,8 @@ def _check(config: Any, **rules: tuple) -> None:
 
 
 # Fields that may change between a run and its resume without changing what is trained.
-RESUMABLE_FIELDS = ("workdir", "mesh", "microbatches", "val", "eval_every", "eval_batch_size",
-                    "checkpoint_every_steps", "checkpoint_every_minutes", "keep_checkpoints",
+RESUMABLE_FIELDS = ("workdir", "mesh", "microbatches", "rows_per_device", "val", "eval_every",
+                    "eval_batch_size", "checkpoint_every_steps", "checkpoint_every_minutes", "keep_checkpoints",
                     "log_every", "peak_flops", "data.real", "data.synthetic", "model.remat",
                     "model.attention")
 
@@ -128,12 +145,14 @@ RESUMABLE_FIELDS = ("workdir", "mesh", "microbatches", "val", "eval_every", "eva
 @dataclasses.dataclass(frozen=True)
 class Preset:
     """A paper setting: model size, global batch, optimizer defaults, accumulation, remat.
-    The context length is the stores' (the papers prepare them with seq_len 4096)."""
+    The context length is the stores' (the papers prepare them with seq_len 4096). The
+    accumulation is rows per device, not a count of microbatches: the count follows from the
+    mesh (`microbatches_for`), so one preset fits a v4-8 and a v4-64 alike."""
     model: str | None  # None: the architecture of the model training starts from (--init)
     global_batch: int
     lr: float
     weight_decay: float
-    microbatches: int = 1
+    rows_per_device: int = 0
     remat: str = "none"
     warmup_frac: float = 0.01
 
@@ -141,13 +160,15 @@ class Preset:
 # The papers train every size with batch 64 × 4096 (prepare stores with --seq_len=4096). lr and
 # wd are each size's real-only optimum (Marin experiments/data_efficiency/
 # synth_data_regularized_baselines.py), overridden by --lr and --weight_decay and by the
-# experiment modules. Microbatches and remat fit a v4-8-sized slice; change them freely (resumable).
+# experiment modules. Rows per device and remat fit 32 GiB chips (v4) from a v4-8 (microbatches 4
+# or 8) to a v4-64 (1), as `python -m experiments.plan` compiles them (README); change them
+# freely (resumable).
 PRESETS = {
     "tiny": Preset("tiny", 8, lr=3e-3, weight_decay=0.1),
-    "150m": Preset("150m", 64, lr=3e-3, weight_decay=0.8, microbatches=4, remat="dots"),
-    "300m": Preset("300m", 64, lr=3e-3, weight_decay=1.6, microbatches=4, remat="dots"),
-    "600m": Preset("600m", 64, lr=1e-3, weight_decay=3.2, microbatches=8, remat="full"),
-    "1.5b": Preset("1.5b", 64, lr=1e-3, weight_decay=3.2, microbatches=8, remat="full"),
+    "150m": Preset("150m", 64, lr=3e-3, weight_decay=0.8, rows_per_device=4, remat="dots"),
+    "300m": Preset("300m", 64, lr=3e-3, weight_decay=1.6, rows_per_device=4, remat="dots"),
+    "600m": Preset("600m", 64, lr=1e-3, weight_decay=3.2, rows_per_device=2, remat="full"),
+    "1.5b": Preset("1.5b", 64, lr=1e-3, weight_decay=3.2, rows_per_device=2, remat="full"),
     # Continued pre-training of a pre-trained model on a small corpus (EntiGraph's CPT: batch 16
     # of 2,048-token blocks, lr 5e-6, wd 0.01, 5% warmup, cosine, 2 epochs; the knowledge
     # papers replay 10% generic text: --synthetic=GENERIC --mix=0.1).
@@ -159,6 +180,40 @@ def preset(name: str) -> Preset:
     if name not in PRESETS:
         raise ValueError(f"unknown training preset {name!r}; known: {', '.join(PRESETS)}")
     return PRESETS[name]
+
+
+def check_batch_split(global_batch: int, microbatches: int, batch_shards: int) -> None:
+    """Raises ValueError, naming the numbers to change, unless every microbatch splits evenly
+    over the mesh's batch shards. (A slice of fewer rows than shards would not be refused by
+    XLA: it would be replicated, every device computing the whole slice.)"""
+    if global_batch % microbatches:
+        raise ValueError(f"global_batch {global_batch} is not a multiple of microbatches "
+                         f"{microbatches}: use microbatches from {_divisors(global_batch)}")
+    rows = global_batch // microbatches
+    if rows % batch_shards:
+        fits = [m for m in _divisors(global_batch) if (global_batch // m) % batch_shards == 0]
+        hint = (f"microbatches from {fits}" if fits else
+                f"a global_batch that is a multiple of {batch_shards}")
+        raise ValueError(
+            f"a microbatch of {rows} rows (global_batch {global_batch} / microbatches "
+            f"{microbatches}) does not split over the mesh's {batch_shards} batch shards "
+            f"(data x fsdp): use {hint}, or a mesh with fewer batch shards (--mesh)")
+
+
+def microbatches_for(global_batch: int, batch_shards: int, rows_per_device: int) -> int:
+    """The fewest microbatches that split over `batch_shards` with at most `rows_per_device`
+    rows per device each (rows_per_device 0: one)."""
+    check_batch_split(global_batch, 1, batch_shards)
+    if not rows_per_device:
+        return 1
+    return next(m for m in _divisors(global_batch)
+                if (global_batch // m) % batch_shards == 0
+                and global_batch // m // batch_shards <= rows_per_device
+                or global_batch // m == batch_shards)
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
 
 
 def to_dict(config: Any) -> Any:

@@ -25,13 +25,15 @@ from megadoc.models import llama, sharding
 from megadoc.train import checkpoint, evaluate, metrics
 from megadoc.train import config as config_lib
 from megadoc.train import optimizer as optimizer_lib
-from megadoc.train import pretrained
+from megadoc.train import plan, pretrained
 from megadoc.train import state as state_lib
 from megadoc.train import step as step_lib
 from megadoc.train import workdir_lock
 
+# content_id: what the store holds (data.prepare); the sizes alone would let a store of another
+# corpus with the same counts pass as this run's.
 STORE_IDENTITY = ("tokenizer_fingerprint", "vocab_size", "seq_len", "num_windows", "num_tokens",
-                  "recipe")
+                  "recipe", "content_id")
 
 
 def open_stores(cfg: config_lib.TrainConfig) -> dict:
@@ -47,6 +49,8 @@ def open_stores(cfg: config_lib.TrainConfig) -> dict:
                 f"{s.path}: tokenized with {s.metadata.get('tokenizer_fingerprint')} "
                 f"({s.metadata.get('tokenizer_path')}), but {real.path} with {fingerprint} "
                 f"({real.metadata.get('tokenizer_path')}); prepare every store with one tokenizer")
+    if cfg.init:  # the pre-trained model's ids must mean what the stores' ids mean
+        pretrained.check_store(cfg.init, real)
     vocab = real.metadata.get("vocab_size", 0)
     if vocab > cfg.model.vocab_size:
         raise ValueError(f"{real.path}: tokenizer vocab {vocab} exceeds the model's "
@@ -145,10 +149,20 @@ def _restore_or_init(cfg, mgr, optimizer, mesh, run: dict) -> tuple[dict, int]:
     return state, start
 
 
+class Diverged(FloatingPointError):
+    """The run's loss or gradient norm became non-finite at `step`: a result of its
+    hyper-parameters (a search counts it as the worst loss), not a fault of the machinery."""
+
+    def __init__(self, step: int, message: str):
+        super().__init__(message)
+        self.step = step
+
+
 def train(cfg: config_lib.TrainConfig, objective: step_lib.Objective | None = None) -> dict:
     """Train (or resume) the run `cfg` describes, minimising `objective` (default: the
     next-token loss); returns the summary also written to summary.json, or
-    {"status": "preempted", "step": k} after a SIGTERM save. One job per workdir: a second one
+    {"status": "preempted", "step": k} after a SIGTERM save; raises `Diverged` on a non-finite
+    loss (after saving the state before it). One job per workdir: a second one
     refuses to start (workdir_lock)."""
     objective = objective or step_lib.language_model(cfg.model)
     check_writable(cfg.workdir)
@@ -164,13 +178,20 @@ def _train(cfg: config_lib.TrainConfig, objective: step_lib.Objective) -> dict:
         len(stores["real"]), len(synthetic) if synthetic else 0, cfg.data.global_batch,
         cfg.data.mix, cfg.data.epochs, cfg.data.seed)
     num_steps = schedule.num_steps
-    if cfg.data.global_batch % cfg.microbatches:
-        raise ValueError(f"global_batch {cfg.data.global_batch} is not a multiple of "
-                         f"microbatches {cfg.microbatches}")
+    shards = plan.batch_shards(mesh)
+    microbatches = cfg.microbatches or config_lib.microbatches_for(
+        cfg.data.global_batch, shards, cfg.rows_per_device)
+    config_lib.check_batch_split(cfg.data.global_batch, microbatches, shards)
     optimizer = optimizer_lib.make(cfg.optimizer, num_steps)
     lr = optimizer_lib.lr_schedule(cfg.optimizer, num_steps)
     shardings = state_lib.shardings(cfg.model, optimizer, mesh)
     run = run_record(cfg, stores, num_steps) | objective.record
+    seq_len = stores["real"].seq_len
+    train_step = step_lib.make_train_step(cfg.model, optimizer, lr, shardings, mesh,
+                                          microbatches, objective)
+    plan.compile_or_advise(train_step, cfg.model, plan.Layout(
+        microbatches, cfg.model.remat, tuple(mesh.shape.values())), mesh,
+        cfg.data.global_batch, seq_len, optimizer)
 
     mgr = checkpoint.manager(cfg.workdir, keep=cfg.keep_checkpoints)
     state, start = _restore_or_init(cfg, mgr, optimizer, mesh, run)
@@ -186,13 +207,10 @@ def _train(cfg: config_lib.TrainConfig, objective: step_lib.Objective) -> dict:
 
     writer = metrics.Writer(cfg.workdir, num_steps, cfg.log_every)
     writer.truncate_after(start)
-    seq_len = stores["real"].seq_len
     tokens_per_step = cfg.data.global_batch * seq_len
     flops_per_step = (metrics.flops_per_token(cfg.model, seq_len)
                       + objective.flops_per_token) * tokens_per_step
     peak = metrics.total_peak_flops(cfg.peak_flops)
-    train_step = step_lib.make_train_step(cfg.model, optimizer, lr, shardings, mesh,
-                                          cfg.microbatches, objective)
     evaluator = evaluate.Evaluator(cfg.model, mesh, cfg.eval_batch_size or cfg.data.global_batch)
     loader = loader_lib.BatchLoader(schedule, stores["real"], synthetic,
                                    sharding.batch_sharding(mesh), start_step=start)
@@ -210,7 +228,7 @@ def _train(cfg: config_lib.TrainConfig, objective: step_lib.Objective) -> dict:
         step = int(jax.device_get(state["step"]))
         if step not in mgr.all_steps():
             writer.flush()
-            checkpoint.save(mgr, state, run, {"next_step": step})
+            checkpoint.save(mgr, state, run)
 
     last = {"time": time.perf_counter()}
 
@@ -224,10 +242,9 @@ def _train(cfg: config_lib.TrainConfig, objective: step_lib.Objective) -> dict:
             mgr.wait_until_finished()
             writer.flush()
             what = f"loss is {loss}" if not math.isfinite(loss) else f"grad_norm is {grad_norm}"
-            raise FloatingPointError(
-                f"{what} at step {step}; the state before that update is saved as "
-                f"checkpoint {step - 1} in {checkpoint.directory(cfg.workdir)} (resuming "
-                f"reproduces the NaN)")
+            raise Diverged(step, f"{what} at step {step}; the state before that update is "
+                           f"saved as checkpoint {step - 1} in "
+                           f"{checkpoint.directory(cfg.workdir)} (resuming reproduces the NaN)")
         writer.write({"step": step, "loss": loss, "lr": float(out["lr"]),
                       "grad_norm": grad_norm,
                       **{name: float(out[name]) for name in objective.metric_names},

@@ -34,7 +34,7 @@ def flops_per_token(config: llama.LlamaConfig, seq_len: int) -> float:
 
 def measure_matmul_peak(n: int = 2048, iters: int = 5) -> float:
     """FLOP/s of the model's matmul form on the first local device: bf16 values in the dtype
-    its dots read (`matmul.dot_dtype`: fp32 on XLA:CPU, where that is the faster form), products
+    its dots read (`matmul.dot_dtype`: fp32 on a CPU without bf16 dot units), products
     accumulated in fp32."""
     device = jax.local_devices()[0]
     a = jax.device_put(jnp.ones((n, n), matmul.dot_dtype(jnp.bfloat16)), device)
@@ -90,7 +90,7 @@ class Writer:
         self.enabled = jax.process_index() == 0
         self.path = fs.join(workdir, "metrics.jsonl")
         self.num_steps, self.log_every = num_steps, max(1, log_every)
-        self._rows: list[str] = []
+        self._rows: list[dict] = []
         self._tb = tfevents.EventWriter(fs.join(workdir, "tensorboard")) if self.enabled else None
         self._start: tuple[float, int] | None = None
 
@@ -98,15 +98,15 @@ class Writer:
         """On resume from checkpoint `step`: drop rows of later steps (they will be redone)."""
         if not self.enabled or not fs.exists(self.path):
             return
-        rows = [r for r in fs.read_text(self.path).splitlines() if r.strip()]
-        kept = [r for r in rows if json.loads(r)["step"] <= step]
+        rows = [row for _, row in fs.read_jsonl_log(self.path)]  # a torn last row is cut off
+        kept = [row for row in rows if row["step"] <= step]
         if len(kept) != len(rows):
-            fs.write_text(self.path, "".join(r + "\n" for r in kept))
+            fs.write_text(self.path, "".join(json.dumps(row) + "\n" for row in kept))
 
     def write(self, row: dict) -> None:
         if not self.enabled:
             return
-        self._rows.append(json.dumps(row))
+        self._rows.append(row)
         for k, v in row.items():
             if k != "step" and isinstance(v, (int, float)):
                 self._tb.scalar(k if "/" in k else f"train/{k}", v, row["step"])
@@ -131,6 +131,6 @@ class Writer:
     def flush(self) -> None:
         if not self.enabled or not self._rows:
             return
-        fs.append_text(self.path, "".join(r + "\n" for r in self._rows))
+        fs.append_jsonl(self.path, self._rows)
         self._rows = []
         self._tb.flush()

@@ -1,5 +1,7 @@
-"""A pre-trained model from wherever it lives: a GGUF file, a Hugging Face Llama directory, or a
-megadoc training workdir (its newest checkpoint); and the tokenizer that goes with it."""
+"""The one answer to "what model is at this path": a GGUF file, a Hugging Face Llama directory,
+or a megadoc training workdir (its newest checkpoint, or a given step); and the tokenizer that
+goes with it. `train --init`, the synthesis job's generator, benchmarks, qa_eval, the knowledge
+pipeline and ensembles all load through here."""
 from __future__ import annotations
 
 import json
@@ -26,14 +28,18 @@ def kind(path: str) -> str:
                             f"{hf.CONFIG}) or a megadoc workdir (with checkpoints/)")
 
 
-def load(path: str, mesh=None) -> tuple[llama.LlamaConfig, dict]:
-    """(config, params); params in `param_shardings(config, mesh)` when a mesh is given."""
+def load(path: str, mesh=None, step: int | None = None) -> tuple[llama.LlamaConfig, dict]:
+    """(config, params); params in `param_shardings(config, mesh)` when a mesh is given. `step`:
+    a workdir's checkpoint at that step (default: the newest)."""
     source = kind(path)
+    if step is not None and source != "workdir":
+        raise ValueError(f"{path}: a checkpoint step applies to a megadoc workdir, not a "
+                         f"{source} model")
     if source == "hf":
         return hf.load(path, mesh)
     if source == "gguf":
         return gguf.load(path, mesh)
-    config, params = checkpoint.load_params(path)
+    config, params = checkpoint.load_params(path, step)
     if mesh is not None:
         params = jax.device_put(params, llama.param_shardings(config, mesh))
     return config, params
@@ -59,12 +65,36 @@ def tokenizer_path(path: str) -> str:
         return path
     where = fs.join(path, "config.json")
     real = json.loads(fs.read_text(where))["data"]["real"]
-    found = store_lib.open(real).metadata.get("tokenizer_path")
-    if not found:
-        raise ValueError(f"{where}: its real store {real} records no tokenizer_path; pass "
-                         f"--tokenizer")
-    return found
+    return store_lib.recorded_tokenizer_path(store_lib.open(real))
 
 
-def load_tokenizer(path: str) -> tokenizer_lib.Tokenizer:
-    return tokenizer_lib.load(tokenizer_path(path))
+def load_tokenizer(path: str, override: str | None = None) -> tokenizer_lib.Tokenizer:
+    """The model's tokenizer, or the one at `override`; for a workdir, checked against the
+    fingerprint its training data recorded (another tokenizer's ids would mean other strings)."""
+    tokenizer = tokenizer_lib.load(override or tokenizer_path(path))
+    check_tokenizer(path, tokenizer)
+    return tokenizer
+
+
+def check_tokenizer(path: str, tokenizer) -> None:
+    """For a workdir, refuse a tokenizer other than its training data's (checkpoint.py)."""
+    if kind(path) == "workdir":
+        checkpoint.check_tokenizer(path, tokenizer)
+
+
+def tokenizer_fingerprint(path: str) -> str | None:
+    """The fingerprint of the model's tokenizer (a workdir's: its training data's; None for a
+    run that recorded none)."""
+    if kind(path) == "workdir":
+        return checkpoint.tokenizer_fingerprint(path)
+    return load_tokenizer(path).fingerprint
+
+
+def check_store(path: str, store: store_lib.WindowStore) -> None:
+    """Refuse to put the model at `path` on a store tokenized by another tokenizer than the
+    model's: the fingerprint the benchmarks check, not the vocabulary size (two tokenizers of
+    one size give the same ids other meanings). A workdir's tokenizer is the one its training
+    data was prepared with (from its run record; a run that recorded none is not checked)."""
+    fingerprint = tokenizer_fingerprint(path)
+    if fingerprint is not None:
+        store_lib.check_fingerprint(store, fingerprint, f"the model {path}")

@@ -37,12 +37,6 @@ def create_unsharded(model_config, optimizer, key):
     return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": optimizer.init(params)}
 
 
-def init_params(model_config, key, mesh):
-    """Params created directly in their sharding: no host ever holds the whole model."""
-    return jax.jit(lambda k: llama.init(model_config, k),
-                   out_shardings=llama.param_shardings(model_config, mesh))(key)
-
-
 def create(model_config, optimizer, mesh, key):
     """A fresh state, every array born in its sharding (no host-side copy of the full model)."""
     out = shardings(model_config, optimizer, mesh)

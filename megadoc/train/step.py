@@ -17,8 +17,9 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from megadoc.data import host_rows
 from megadoc.models import llama, sharding
-from megadoc.train import metrics
+from megadoc.train import config, metrics
 
 
 def next_token_losses(logits_BxTxV, targets_BxT):
@@ -67,6 +68,7 @@ def _split_microbatches(x_BxW, microbatches, mesh):
     """[B, W] → [M, B/M, W] with row b going to slice b % M, so each slice keeps the batch's
     device layout (a block of rows per device) instead of landing on 1/M of the devices."""
     b, w = x_BxW.shape
+    config.check_batch_split(b, microbatches, host_rows.num_shards(sharding.batch_sharding(mesh)))
     x_MxBmxW = x_BxW.reshape(b // microbatches, microbatches, w).swapaxes(0, 1)
     spec = P(None, *sharding.batch_sharding(mesh).spec)
     return jax.lax.with_sharding_constraint(x_MxBmxW, NamedSharding(mesh, spec))
@@ -123,11 +125,8 @@ def make_train_step(model_config, optimizer, schedule, state_shardings, mesh, mi
                                    {"tokens": batch_sh, "segment_ids": batch_sh}, replicated),
                      out_shardings=(state_shardings, replicated))
 
-    def run(state, batch, step):
-        with jax.set_mesh(mesh):
-            return jitted(state, frozen, batch, jnp.int32(step))
-
-    return run
+    return _under_mesh(jitted, mesh, lambda state, batch, step: (state, frozen, batch,
+                                                                 _step_index(step)))
 
 
 def make_eval_step(token_losses_fn, param_shardings, mesh):
@@ -145,11 +144,7 @@ def make_eval_step(token_losses_fn, param_shardings, mesh):
         param_shardings, {"tokens": batch_sh, "segment_ids": batch_sh},
         NamedSharding(mesh, P(batch_sh.spec[0]))))
 
-    def run(params, batch, weights_B):
-        with jax.set_mesh(mesh):
-            return jitted(params, batch, weights_B)
-
-    return run
+    return _under_mesh(jitted, mesh, lambda *args: args)
 
 
 def make_row_scorer(score_fn, param_shardings, mesh):
@@ -157,10 +152,38 @@ def make_row_scorer(score_fn, param_shardings, mesh):
     tuple of [B, ...] arrays) are split as the batch is; the result is whole on every process."""
     jitted = jax.jit(score_fn, in_shardings=(param_shardings, sharding.batch_sharding(mesh)),
                      out_shardings=NamedSharding(mesh, P()))
+    return _under_mesh(jitted, mesh, lambda *args: args)
 
-    def run(params, rows):
+
+def _under_mesh(jitted, mesh, arguments):
+    """`run(*args)`: `jitted` under the mesh. For arguments given as ShapeDtypeStructs (with
+    shardings) instead of arrays, `run.trace(*args)` gives the traced program (a plan counts
+    its FLOPs and compiles it for a slice it does not have: train/plan.py) and
+    `run.compile(*args)` compiles it ahead of the first call, so its memory is known before any
+    data is read; later calls run that executable. `arguments(*args)` is what `run` passes
+    the jitted function."""
+    ahead = {}
+
+    def call(*args):
         with jax.set_mesh(mesh):
-            return jitted(params, rows)
+            return ahead.get("compiled", jitted)(*arguments(*args))
 
-    return run
+    def trace(*args):
+        with jax.set_mesh(mesh):
+            return jitted.trace(*arguments(*args))
 
+    def compile_ahead(*args):
+        with jax.set_mesh(mesh):
+            ahead["compiled"] = jitted.trace(*arguments(*args)).lower().compile()
+        return ahead["compiled"]
+
+    call.trace, call.compile = trace, compile_ahead
+    return call
+
+
+def _step_index(step):
+    """The step as the jitted function takes it: an int32 (or the abstract value a plan
+    passes)."""
+    if isinstance(step, jax.ShapeDtypeStruct):
+        return step
+    return jnp.int32(step)

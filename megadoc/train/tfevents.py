@@ -59,7 +59,6 @@ class EventWriter:
         fs.makedirs(logdir)
         now = time.time()
         self.path = fs.join(logdir, f"events.out.tfevents.{int(now)}.{socket.gethostname()}")
-        self._written = b""
         self._pending = _record(_event(now, 0, file_version="brain.Event:2"))
 
     def scalar(self, tag: str, value: float, step: int) -> None:
@@ -68,10 +67,5 @@ class EventWriter:
     def flush(self) -> None:
         if not self._pending:
             return
-        if fs.is_gcs(self.path):  # objects are immutable: rewrite the whole file
-            self._written += self._pending
-            fs.write_bytes(self.path, self._written)
-        else:
-            with open(self.path, "ab") as f:
-                f.write(self._pending)
+        fs.append_bytes(self.path, self._pending)
         self._pending = b""

