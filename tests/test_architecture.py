@@ -8,9 +8,11 @@ import re
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-# Only these may call jax.jit or make an orbax CheckpointManager: the training package and the
-# two samplers (one model's KV-cache sampler; an ensemble's, for unconditional documents).
-COMPILING = ("megadoc/train/", "megadoc/synth/sampler.py", "megadoc/synth/unconditional.py")
+# Only these may call jax.jit or make an orbax CheckpointManager: the training package, the
+# two samplers (one model's KV-cache sampler; an ensemble's, for unconditional documents) and
+# the generator's own scorer of what it wrote (fidelity).
+COMPILING = ("megadoc/train/", "megadoc/synth/sampler.py", "megadoc/synth/unconditional.py",
+             "megadoc/synth/fidelity.py")
 
 
 def sources(folder):

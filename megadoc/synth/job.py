@@ -14,12 +14,17 @@ written as soon as its last record arrives.
 
 Every (document, sample) yields exactly one record. Records that carry no generation say why in
 `finish_reason`, with empty text: "empty_document", "prompt_too_long" (the prompt does not fit in
-the generator's context; never truncated), "error" (logged with the document's location).
+the generator's context; never truncated; a method with a continuation template, rephrase,
+rewrites such a document chunk-wise instead, see megadoc/synth/chunked.py, its record listing its
+`chunks`), "error" (logged with the document's location).
 What each method (megadoc/data/methods.py) prompts with and how many records it writes per
 document follow from its template's fields: one prompt per document ({document}), per split
-point ({prefix}/{suffix}: `sample` is the split index 0..k-1, `offset` its character offset), per
-question ({question}) or per entity group ({entities}). Methods with a parser add its fields to
-the record and give malformed output a status: megadoc/synth/knowledge.py.
+point ({prefix}/{suffix}: `offset` is its character offset and `splits` its count k: a run at
+counts (1, 2, 4) writes samples 0 (k=1), 1-2 (k=2), 3-6 (k=4), each count at its own equal
+splits), per question ({question}) or per entity group ({entities}). Methods with a parser add
+its fields to the record and give malformed output a status: megadoc/synth/knowledge.py.
+Rephrase records also carry `fidelity`, `fidelity_logprob`, `max_similarity` and
+`source_overlap` (megadoc/synth/fidelity.py), and summary.json their distributions.
 `sbp` (Synthetic Bootstrapped Pretraining) is conditional: no template and no chat; the
 generator, a conditional model p(x2 | x1), samples a related document after the document as
 x1 (`BOS x1 <separator>`, megadoc/data/pairs.py), which keeps x1's head to leave room for x2.
@@ -43,11 +48,14 @@ from megadoc.data import docs as docs_lib
 from megadoc.data import methods as methods_lib
 from megadoc.data import pairs as pairs_lib
 from megadoc.models import sharding
+from megadoc.synth import chunked
+from megadoc.synth import fidelity
 from megadoc.synth import generator as generator_lib
 from megadoc.synth import knowledge
 from megadoc.synth import prompts
 from megadoc.synth import sampler as sampler_lib
 from megadoc.synth import split
+from megadoc.synth import styles as styles_lib
 
 EMPTY_DOCUMENT = "empty_document"
 ERROR = "error"
@@ -71,8 +79,10 @@ class JobConfig:
     """output directory (local or gs://)"""
     generations: int = dataclasses.field(default=1, metadata={"flag": "generations_per_doc"})
     """rephrase, qa, sbp: samples per document; focal_rewrite: rewrites per question"""
-    splits: int = 1
-    """latent_thoughts: split points per document (k+1 pieces)"""
+    splits: tuple[int, ...] = (1,)
+    """latent_thoughts: split counts; for each count k, thoughts at its own k equal split points
+    (k+1 pieces, §4.2), each record naming its count in `splits`, so that one run serves a
+    sweep over the counts (prepare --max_generations=k takes count k's thoughts)"""
     questions: str | None = None
     """focal_rewrite: records with a question per document (qa output)"""
     entities: str | None = None
@@ -101,6 +111,15 @@ class JobConfig:
     """documents per output shard"""
     template: str | None = None
     """prompt template file (None: the one shipped for the method)"""
+    continue_template: str | None = None
+    """rephrase: prompt template for each next chunk of a document too long for the
+    generator's context, with {previous} (the end of the rewrite so far) and {document} (the
+    chunk) (None: the shipped one)"""
+    styles: tuple[str, ...] = ()
+    """rephrase: draw each sample's template from these, by (seed, document, sample): shipped
+    styles (wikipedia, textbook, qa, beginner, academic; `all` for every one) or template
+    files; the record's `template` names the one drawn (empty: the one --template, by default
+    the paper's single Wikipedia-style prompt)"""
     tensor_parallel: int = 1
     """devices each model copy is split over"""
     # Synthesis processes never talk to each other: each just takes its share of the shards.
@@ -114,8 +133,11 @@ class JobConfig:
         if self.method not in methods_lib.prompted():
             raise ValueError(f"method {self.method!r}: expected one of "
                              f"{sorted(methods_lib.prompted())}")
-        for name in ("generations", "splits", "batch_size", "shard_size", "tensor_parallel",
-                     "attempts"):
+        if isinstance(self.splits, int):  # one count, as JobConfig(splits=8)
+            object.__setattr__(self, "splits", (self.splits,))
+        if not self.splits or min(self.splits) < 1 or len(set(self.splits)) < len(self.splits):
+            raise ValueError(f"splits must be distinct counts >= 1, got {list(self.splits)}")
+        for name in ("generations", "batch_size", "shard_size", "tensor_parallel", "attempts"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
@@ -126,7 +148,16 @@ class JobConfig:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:
             raise ValueError(f"top_k must be >= 0, got {self.top_k}")
-        inputs = methods_lib.get(self.method).inputs
+        method = methods_lib.get(self.method)
+        if isinstance(self.styles, str):
+            object.__setattr__(self, "styles", (self.styles,))
+        if self.styles and (not method.styles or self.template):
+            raise ValueError(f"styles choose among a method's shipped templates: they go with "
+                             f"method {'|'.join(methods_lib.styled())} and without template")
+        if self.continue_template and not method.continuation:
+            raise ValueError(f"continue_template goes with method "
+                             f"{'|'.join(methods_lib.continued())}, and only with it")
+        inputs = method.inputs
         for name, what in (("questions", "records with a question per document"),
                            ("entities", "entigraph_entities output")):
             users = [m for m in methods_lib.prompted() if name in methods_lib.get(m).inputs]
@@ -198,10 +229,12 @@ def _check_job_config(path: str, settings: dict) -> None:
 
 
 class _Shards:
-    """Collects records per shard and writes a shard (then its marker) once it is complete."""
+    """Collects records per shard and writes a shard (then its marker) once it is complete.
+    `annotate(shard, records)`, when given, adds fields to the records and returns statistics
+    for the marker."""
 
-    def __init__(self, output: str, expected: dict[int, int]):
-        self.output, self.expected = output, expected
+    def __init__(self, output: str, expected: dict[int, int], annotate=None):
+        self.output, self.expected, self.annotate = output, expected, annotate
         self.records: dict[int, list] = collections.defaultdict(list)
         self.written: list[int] = []
 
@@ -213,12 +246,14 @@ class _Shards:
     def _write(self, shard: int) -> None:
         entries = sorted(self.records.pop(shard), key=lambda x: x[0])
         rows = [r for _, r, _ in entries]
+        stats = self.annotate(shard, rows) if self.annotate else None
         docs_lib.write_jsonl(shard_path(self.output, shard), rows)
         written = fs.read_bytes(shard_path(self.output, shard))
         counts = collections.Counter(r["finish_reason"] for r in rows)
         fs.write_text(marker_path(self.output, shard), json.dumps(
             {"records": len(rows), "sha256": hashlib.sha256(written).hexdigest(),
-             "finish_reason": dict(counts), "generated_tokens": sum(n for _, _, n in entries)}))
+             "finish_reason": dict(counts), "generated_tokens": sum(n for _, _, n in entries),
+             **({"quality": stats} if stats else {})}))
         self.written.append(shard)
 
 
@@ -258,7 +293,7 @@ def _finished_shards(output: str, shards: list[int]) -> set[int]:
 
 
 def _summary(output: str, num_shards: int, extra: dict) -> dict:
-    counts, records, tokens, done = collections.Counter(), 0, 0, 0
+    counts, records, tokens, done, quality = collections.Counter(), 0, 0, 0, []
     for j in range(num_shards):
         if fs.exists(marker_path(output, j)):
             m = json.loads(fs.read_text(marker_path(output, j)))
@@ -266,8 +301,10 @@ def _summary(output: str, num_shards: int, extra: dict) -> dict:
             records += m["records"]
             tokens += m["generated_tokens"]
             done += 1
+            quality += [m["quality"]] if "quality" in m else []
     return dict(extra, shards_total=num_shards, shards_done=done, records=records,
-                generated_tokens=tokens, finish_reason=dict(sorted(counts.items())))
+                generated_tokens=tokens, finish_reason=dict(sorted(counts.items())),
+                **({"quality": fidelity.summarize(quality)} if quality else {}))
 
 
 def run(cfg: JobConfig) -> dict:
@@ -278,8 +315,14 @@ def run(cfg: JobConfig) -> dict:
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_id {process_index} outside [0, {process_count})")
     method = cfg.method
-    template = methods_lib.get(method).template and prompts.load_template(
-        cfg.template or prompts.builtin_template(method), method)
+    if cfg.styles:
+        templates = styles_lib.load(method, cfg.styles)
+    elif methods_lib.get(method).template:
+        templates = [prompts.load_template(cfg.template or prompts.builtin_template(method),
+                                           method)]
+    else:  # a conditional method (sbp): the document itself is the prompt
+        templates = [None]
+    template = templates[0]
     bad = docs_lib.BadRecords()
     inputs = (knowledge.read_questions(cfg.questions) if cfg.questions else
               knowledge.read_entities(cfg.entities) if cfg.entities else {})
@@ -302,9 +345,11 @@ def run(cfg: JobConfig) -> dict:
                                     top_p=cfg.top_p, top_k=cfg.top_k, stop_tokens=gen.stop_tokens)
     fs.makedirs(fs.join(cfg.output, "_job"))
     _check_job_config(fs.join(cfg.output, "_job", "config.json"), {
-        "method": cfg.method, "generator": gen.name, "template": template and template.name,
-        "seed": cfg.seed,
-        "samples": sum(doc_samples), "generations": cfg.generations, "splits": cfg.splits,
+        "method": cfg.method, "generator": gen.name, "seed": cfg.seed,
+        "template": (template and template.name) if len(templates) == 1 else [
+            t.name for t in templates],
+        "continue_template": cfg.continue_template,
+        "samples": sum(doc_samples), "generations": cfg.generations, "splits": list(cfg.splits),
         "questions": cfg.questions, "entities": cfg.entities, "relations": cfg.relations,
         "attempts": cfg.attempts, "max_new_tokens": max_new,
         "temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": cfg.top_k,
@@ -316,8 +361,13 @@ def run(cfg: JobConfig) -> dict:
     print(f"[synth] {num_docs} docs in {num_shards} shards; process {process_index}/"
           f"{process_count} owns {len(mine)}, {len(mine) - len(todo)} already done", flush=True)
     docs_todo = sum(min(cfg.shard_size, num_docs - j * cfg.shard_size) for j in todo)
+    sources: dict[int, dict[str, str]] = collections.defaultdict(dict)  # shard -> doc texts
+    annotate = None
+    if methods_lib.get(method).scored:  # fidelity and diversity of each: synth/fidelity.py
+        scorer = fidelity.Scorer(gen.config, gen.params, gen.tokenizer, mesh=mesh)
+        annotate = lambda shard, rows: fidelity.annotate(scorer, rows, sources.pop(shard))
     shards = _Shards(cfg.output, {j: sum(doc_samples[j * cfg.shard_size:(j + 1) * cfg.shard_size])
-                                  for j in todo})
+                                  for j in todo}, annotate)
     sampling = {"temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": cfg.top_k,
                 "max_new_tokens": max_new}
     sampler = sampler_lib.Sampler(gen.config, gen.params, settings, batch_size=cfg.batch_size,
@@ -330,7 +380,8 @@ def run(cfg: JobConfig) -> dict:
         record = dict(doc_id=origin.doc_id, method=method, sample=out.sample,
                       offset=origin.offset, text=out.text, finish_reason=out.finish_reason,
                       seed=cfg.seed, generator=gen.name, template=template and template.name,
-                      sampling=sampling, **(out.fields or {}))
+                      sampling=sampling)
+        record.update(out.fields or {})  # a style's template, a knowledge method's fields
         where = (origin.shard, origin.position)
         outstanding[where] -= 1
         if not outstanding[where]:
@@ -345,9 +396,14 @@ def run(cfg: JobConfig) -> dict:
             if shard not in todo_set:
                 continue
             outstanding[shard, pos] = doc_samples[i]
+            if annotate:
+                sources[shard][doc["id"]] = doc["text"]
             origin = Origin(shard, pos, doc["id"])
             try:
-                reqs = _doc_requests(cfg, gen, template, doc, origin, inputs)
+                if methods_lib.get(method).continuation:
+                    reqs = _rewrite_requests(cfg, gen, templates, max_new, doc, origin)
+                else:
+                    reqs = _doc_requests(cfg, gen, template, doc, origin, inputs)
             except Exception as e:  # one bad document never stops the others
                 logging.error("document %r at %s failed: %s\n%s", doc["id"], doc["where"], e,
                               traceback.format_exc())
@@ -355,6 +411,8 @@ def run(cfg: JobConfig) -> dict:
             for r in reqs:
                 if isinstance(r, sampler_lib.Request):
                     yield r
+                elif isinstance(r, chunked.Item):
+                    long_samples.append(r)
                 else:
                     emit(*r)
 
@@ -372,10 +430,13 @@ def run(cfg: JobConfig) -> dict:
         emit(c.request.tag, out, len(c.tokens))
         return None
 
+    long_samples: list[chunked.Item] = []  # rewritten chunk-wise once the rest is done
     with progress:
         retries = [r for c in sampler.run(requests()) if (r := record(c)) is not None]
         while retries:  # at most attempts - 1 rounds: each retry raises the sample by one
             retries = [r for c in sampler.run(retries) if (r := record(c)) is not None]
+        if long_samples:
+            _rewrite_chunkwise(cfg, gen, sampler, templates, max_new, long_samples, emit)
 
     summary = _summary(cfg.output, num_shards, {
         "process_index": process_index, "shards_written_now": len(shards.written),
@@ -395,6 +456,48 @@ def _x1_budget(cfg: JobConfig, gen) -> int:
     return max(context // 2, context - max_new)
 
 
+def _rewrite_chunkwise(cfg: JobConfig, gen, sampler, templates: list, max_new: int,
+                       items: list, emit) -> None:
+    continuation = prompts.load_template(
+        cfg.continue_template or prompts.builtin_template(cfg.method, continuation=True),
+        cfg.method, continuation=True)
+    size = chunked.chunk_tokens(gen, templates, continuation, max_new)
+    for r in chunked.rewrite(sampler, gen, items, continuation, max_new, size):
+        fields = dict(r.item.tag.fields or {}, **({"chunks": r.chunks} if r.chunks else {}))
+        emit(r.item.tag, Output(r.item.sample, r.text, r.finish_reason, fields),
+             r.generated_tokens)
+
+
+def _rewrite_requests(cfg: JobConfig, gen, templates: list, max_new: int, doc: dict,
+                      origin: Origin) -> list:
+    """A document's requests for a method with a continuation template (rephrase; its styles,
+    when drawn, are `templates`): a run of samples with one template shares a request
+    (one prefill); a sample whose prompt and generation do not fit in the generator's context
+    becomes a chunked.Item, rewritten chunk-wise after the rest."""
+    text, key = doc["text"], sample_stream(origin.doc_id)
+    if not text.strip():
+        logging.warning("document %r at %s is empty", origin.doc_id, doc["where"])
+        return [(origin, Output(s, "", EMPTY_DOCUMENT)) for s in range(cfg.generations)]
+    picks = [styles_lib.draw(cfg.seed, key, s, len(templates)) if len(templates) > 1 else 0
+             for s in range(cfg.generations)]
+    prompts_by_pick = {i: gen.encode_prompt(*templates[i].render(document=text))
+                       for i in set(picks)}
+    out, s = [], 0
+    while s < cfg.generations:
+        run = next((e for e in range(s, cfg.generations) if picks[e] != picks[s]),
+                   cfg.generations) - s
+        template, prompt = templates[picks[s]], prompts_by_pick[picks[s]]
+        tag = origin if len(templates) == 1 else dataclasses.replace(
+            origin, fields={"template": template.name})
+        if chunked.too_long(len(prompt), max_new, gen.config.max_seq_len):
+            out += [chunked.Item(tag, key, i, text, template) for i in range(s, s + run)]
+        else:
+            out.append(sampler_lib.Request(prompt, key, num_samples=run, first_sample=s,
+                                           tag=tag))
+        s += run
+    return out
+
+
 def _doc_requests(cfg: JobConfig, gen, template, doc: dict, origin: Origin,
                   inputs: dict) -> list:
     """Sampler requests for one document (tagged with their Origin), or, where there is
@@ -405,6 +508,9 @@ def _doc_requests(cfg: JobConfig, gen, template, doc: dict, origin: Origin,
     if not text.strip():
         logging.warning("document %r at %s is empty", doc_id, doc["where"])
         at = dataclasses.replace(origin, offset=0) if method.offsets else origin
+        if "splits" in method.inputs:
+            return [(at, Output(s, "", EMPTY_DOCUMENT, {"splits": k}))
+                    for s, (k, _) in enumerate(split.sweep_points(cfg.splits))]
         return [(at, Output(s, "", EMPTY_DOCUMENT)) for s in range(n)]
     if method.conditional:
         prompt = pairs_lib.conditional_prompt(gen.tokenizer, text, _x1_budget(cfg, gen))
@@ -428,10 +534,13 @@ def _doc_requests(cfg: JobConfig, gen, template, doc: dict, origin: Origin,
             gen.encode_prompt(*template.render(document=text, entities="; ".join(g))), key,
             first_sample=i, tag=dataclasses.replace(origin, fields={"entities": list(g)}))
             if g else (origin, Output(i, "", reason)) for i, g in enumerate(groups)]
+    offsets = {k: split.split_offsets(gen.tokenizer, text, k) for k in cfg.splits}
     return [sampler_lib.Request(
-        gen.encode_prompt(*template.render(prefix=text[:offset], suffix=text[offset:])), key,
-        first_sample=i, tag=dataclasses.replace(origin, offset=offset))
-        for i, offset in enumerate(split.split_offsets(gen.tokenizer, text, n))]
+        gen.encode_prompt(*template.render(prefix=text[:offsets[k][i]],
+                                           suffix=text[offsets[k][i]:])), key,
+        first_sample=s, tag=dataclasses.replace(origin, offset=offsets[k][i],
+                                                fields={"splits": k}))
+        for s, (k, i) in enumerate(split.sweep_points(cfg.splits))]
 
 
 class _Progress:
