@@ -4,7 +4,7 @@
         --output=DIR --generations_per_doc=4 [--max_new_tokens=1024 --temperature=1.0 \\
         --top_p=1.0 --top_k=0 --seed=0]
     python -m experiments.synthesize --method=latent_thoughts --generator=MODEL --docs=DOCS \\
-        --output=DIR --splits=8 [--max_new_tokens=512 ...]
+        --output=DIR --splits=1,2,4,8 [--max_new_tokens=512 ...]  # thoughts for each count
     python -m experiments.synthesize --method=qa --generator=MODEL --docs=DOCS --output=QA \\
         --generations_per_doc=8
     python -m experiments.synthesize --method=focal_rewrite --questions=QA --generator=MODEL \\
@@ -68,6 +68,8 @@ def build_unconditional_config(f=FLAGS):
 # own --template.)
 _FLAG_OF_FIELD = {field.name: cli.flag_name(field) for field in dataclasses.fields(job.JobConfig)}
 _METHOD_FLAGS = {_FLAG_OF_FIELD[n]: methods.reading(n) for n in methods.JOB_INPUTS}
+_METHOD_FLAGS.update({_FLAG_OF_FIELD["styles"]: methods.styled(),
+                      _FLAG_OF_FIELD["continue_template"]: methods.continued()})
 
 
 def build_configs(f=FLAGS) -> list:

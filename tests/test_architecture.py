@@ -8,9 +8,10 @@ import re
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-# Only these may call jax.jit or make an orbax CheckpointManager: the training package and the
-# sampler (one model or an ensemble of members, for every synthesis method).
-COMPILING = ("megadoc/train/", "megadoc/synth/sampler.py")
+# Only these may call jax.jit or make an orbax CheckpointManager: the training package, the
+# sampler (one model or an ensemble of members, for every synthesis method) and the generator's
+# own scorer of what it wrote (fidelity).
+COMPILING = ("megadoc/train/", "megadoc/synth/sampler.py", "megadoc/synth/fidelity.py")
 
 
 def sources(folder):

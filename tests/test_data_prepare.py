@@ -204,16 +204,18 @@ def test_command_line_reads_every_flag(inputs, tmp_path):
     assert inproc["num_windows"] == meta["num_windows"]
 
 
-def test_max_generations_keeps_samples_below_n_for_every_method(inputs, tmp_path):
+def test_max_generations_keeps_samples_below_n_and_the_thoughts_of_count_n(inputs, tmp_path):
     tok = inputs["tok"]
     source = inputs["docs"][:12]
     path = str(tmp_path / "three.jsonl")
     gens = [{"doc_id": x["id"], "method": "rephrase", "sample": s, "offset": None,
              "text": f"Rephrase {s} of {x['id']}.", "finish_reason": "eos"}
             for x in source for s in (2, 0, 1)]
-    gens += [{"doc_id": x["id"], "method": "latent_thoughts", "sample": s,
-              "offset": len(x["text"]) * (s + 1) // 4, "text": f"thought {s}", "finish_reason": "eos"}
-             for x in source for s in (0, 1, 2)]
+    # A latent run at split counts 2 and 3: samples 0-1 are count 2's, 2-4 count 3's.
+    gens += [{"doc_id": x["id"], "method": "latent_thoughts", "sample": s, "splits": k,
+              "offset": len(x["text"]) * (i + 1) // (k + 1), "text": f"thought k{k}-{i}",
+              "finish_reason": "eos"}
+             for x in source for s, (k, i) in enumerate([(2, 0), (2, 1), (3, 0), (3, 1), (3, 2)])]
     docs.write_jsonl(path, gens)
     docs_path = str(tmp_path / "docs.jsonl")
     docs.write_jsonl(docs_path, source)
@@ -221,11 +223,12 @@ def test_max_generations_keeps_samples_below_n_for_every_method(inputs, tmp_path
         meta = prepare(config(inputs, tmp_path / recipe, docs=docs_path, generations=path,
                               recipe=recipe, max_generations=2))
         assert meta["max_generations"] == 2 and meta["settings"]["max_generations"] == 2
-        assert meta["counts"]["generations_used"] == 2 * 2 * 12, recipe  # samples 0, 1 of both
-        assert meta["counts"]["generations_beyond_max"] == 2 * 12  # both methods' sample 2
+        assert meta["counts"]["generations_used"] == 2 * 2 * 12, recipe  # 2 of each method
+        assert meta["counts"]["generations_beyond_max"] == 12  # the rephrases' sample 2
+        assert meta["counts"]["generations_of_other_split_counts"] == 3 * 12  # count 3's
         text = "".join(documents(store.open(str(tmp_path / recipe)), tok)[0])
         if recipe == "latent":
-            assert "thought 0" in text and "thought 1" in text and "thought 2" not in text
+            assert "thought k2-0" in text and "thought k2-1" in text and "k3" not in text
         else:
             assert "Rephrase 0 of" in text and "Rephrase 1 of" in text
             assert "Rephrase 2 of" not in text

@@ -48,4 +48,5 @@ def test_smoke_demo_runs_every_stage_and_resumes_after_kill(tmp_path):
     results_md = (workdir / "results.md").read_text()
     assert results_md.count("|") > 20 and "Generator: tiny" in results_md
     assert "What it does not show" in results_md and "## Two documents" in results_md
+    assert "| fidelity |" in results_md and "### Least faithful rephrase" in results_md
     assert (workdir / "val_loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -86,7 +86,8 @@ def test_rephrase_records_follow_the_schema_with_explicit_reasons(rephrased):
     per_doc = collections.defaultdict(list)
     for r in records:
         assert set(r) == {"doc_id", "method", "sample", "offset", "text", "finish_reason", "seed",
-                          "generator", "template", "sampling"}
+                          "generator", "template", "sampling", "fidelity", "fidelity_logprob",
+                          "max_similarity", "source_overlap"}
         assert (r["method"], r["offset"], r["seed"]) == ("rephrase", None, 3)
         assert r["generator"] == "generator0" and r["template"].startswith("short_rephrase@")
         per_doc[r["doc_id"]].append(r)
@@ -96,7 +97,7 @@ def test_rephrase_records_follow_the_schema_with_explicit_reasons(rephrased):
         reasons = {r["finish_reason"] for r in rs}
         if doc_id == "doc2":
             assert reasons == {"empty_document"} and all(r["text"] == "" for r in rs)
-        elif doc_id == "doc4":
+        elif doc_id == "doc4":  # the context holds no chunk with its continuation prompt
             assert reasons == {"prompt_too_long"} and all(r["text"] == "" for r in rs)
         else:
             assert reasons <= {"eos", "length"} and all(r["text"] for r in rs)

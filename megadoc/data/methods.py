@@ -46,6 +46,16 @@ class Method:
     """new tokens per generation when the job is not told otherwise (the papers' value)"""
     parse: Parse | None = None
     """how a completion becomes a record (None: its text as is)"""
+    continuation: str | None = None
+    """the shipped template for each next chunk of a document whose prompt and generation do
+    not fit in the generator's context, with CONTINUATION_FIELDS (synth/chunked.py); None:
+    such a document's record says prompt_too_long"""
+    styles: dict[str, str] = dataclasses.field(default_factory=dict)
+    """shipped alternative templates by style name, one drawn per sample when the job asks
+    for styles (synth/styles.py); the first is `template`"""
+    scored: bool = False
+    """its records are rewrites of the whole document, scored for fidelity to it and
+    diversity (synth/fidelity.py)"""
 
     @property
     def conditional(self) -> bool:
@@ -57,6 +67,9 @@ class Method:
         """Its records carry the character `offset` of a split point."""
         return "prefix" in self.prompt_fields
 
+
+CONTINUATION_FIELDS = ("previous", "document")
+"""A continuation template's placeholders: the end of the rewrite so far, the next chunk."""
 
 _QA = re.compile(r"Question:\s*(?P<question>.+?)\s*\n\s*Answer:\s*(?P<answer>.+)", re.DOTALL)
 _JSON_OBJECT = re.compile(r"\{.*\}", re.DOTALL)
@@ -104,7 +117,11 @@ def _entities_record(text: str) -> tuple[str, dict] | None:
 
 _REPHRASED = ("simple", "stitched")
 METHODS: dict[str, Method] = {m.name: m for m in (
-    Method("rephrase", "rephrase.txt", ("document",), ("generations",), _REPHRASED, 1024),
+    Method("rephrase", "rephrase.txt", ("document",), ("generations",), _REPHRASED, 1024,
+           continuation="rephrase_continue.txt", scored=True,
+           styles={"wikipedia": "rephrase.txt", "textbook": "rephrase_textbook.txt",
+                   "qa": "rephrase_qa.txt", "beginner": "rephrase_beginner.txt",
+                   "academic": "rephrase_academic.txt"}),
     Method("latent_thoughts", "latent_thoughts.txt", ("prefix", "suffix"), ("splits",),
            ("latent",), 512),
     Method("qa", "qa.txt", ("document",), ("generations",), _REPHRASED, 256, _qa_record),
@@ -142,6 +159,16 @@ def prompted() -> list[str]:
     return [n for n, m in METHODS.items() if m.prompt_fields]
 
 
+def styled() -> list[str]:
+    """The methods with shipped styles to draw from."""
+    return [n for n, m in METHODS.items() if m.styles]
+
+
+def continued() -> list[str]:
+    """The methods that rewrite a document too long for one prompt chunk-wise."""
+    return [n for n, m in METHODS.items() if m.continuation]
+
+
 def from_documents(recipe: str) -> list[str]:
     """The template-prompted methods that need nothing but the documents (and an instruction
     generator: not a conditional model) and feed `recipe`."""
@@ -164,7 +191,7 @@ def samples_per_document(method: Method, settings, questions: int = 0) -> int:
     """Records a job writes per document, from its settings (a JobConfig) and, for a method
     prompted per question, the document's number of questions."""
     if "splits" in method.inputs:
-        return settings.splits
+        return sum(settings.splits)
     if "relations" in method.inputs:
         return settings.relations
     if "questions" in method.inputs:

@@ -36,8 +36,10 @@ import numpy as np
 
 from megadoc import fs
 from megadoc.data import docs as docs_lib
+from megadoc.data import leakage
 from megadoc.data import megadocs
 from megadoc.data import methods
+from megadoc.data import overlap
 from megadoc.data import store as store_lib
 from megadoc.data import tokenizer as tokenizer_lib
 from megadoc.data.windows import Windower
@@ -72,8 +74,23 @@ class PrepareConfig:
     include_real: bool = True
     """also put the real document in the synthetic stream"""
     max_generations: int | None = None
-    """use only samples 0..N-1 of each document (by `sample`; the split index for latent
-    thoughts), so one synthesis run at N=32 gives the stores for every N <= 32 (None: all)"""
+    """use only samples 0..N-1 of each document, so one synthesis run at N=32 gives the stores
+    for every N <= 32 (None: all); latent thoughts: the thoughts at N equal split points, from a
+    run whose --splits include N"""
+    val: tuple[tuple[str, str], ...] = ()
+    """validation documents (as train --val names them) that no document of this store, and so
+    no generation's source, may be: one with a validation document's id, text or a near copy of
+    it (word-5-gram Jaccard >= 0.8) stops the job with the list (see drop_leaked); one with a
+    validation document's id but another text is reported"""
+    drop_leaked: bool = False
+    """drop the documents found in a --val set (and their generations) instead of stopping; the
+    store's metadata counts them (skipped: document_in_validation_set) with the first few"""
+    min_fidelity: float | None = None
+    """drop rephrase records whose `fidelity` (nats per source token that the rephrase adds to
+    the generator's log-likelihood of the source; 0: it tells nothing about it) is below this"""
+    max_duplicate: float | None = None
+    """drop a generation whose word-3-gram Jaccard similarity to a kept generation of the same
+    document (in sample order) is above this"""
     workers: int = 1
     """tokenizer processes"""
     buckets: int = 64
@@ -100,14 +117,29 @@ class PrepareConfig:
         if self.max_generations is not None and (self.max_generations < 1 or not self.generations):
             raise ValueError(f"--max_generations={self.max_generations}: needs --generations and "
                              f"a count >= 1")
+        if (self.min_fidelity is not None or self.max_duplicate is not None) and (
+                self.recipe not in ("simple", "stitched")):
+            raise ValueError("--min_fidelity and --max_duplicate filter rephrases: they go with "
+                             "--recipe=simple or stitched")
+        if self.drop_leaked and not self.val:
+            raise ValueError("--drop_leaked drops the documents found in a --val set: it needs "
+                             "--val=NAME=PATH")
+        if self.max_duplicate is not None and not 0 <= self.max_duplicate <= 1:
+            raise ValueError(f"--max_duplicate={self.max_duplicate}: a similarity in [0, 1]")
 
     def settings(self) -> dict:
         """What determines the store's contents (workers and buckets do not), with the size and
         version of every input file, so that a store over changed inputs is never reused."""
         out = dataclasses.asdict(self)
         del out["workers"], out["buckets"]
+        # Filters added after the first stores: left out when off, so those stores are reused.
+        out["val"] = [list(v) for v in self.val]
+        for name in ("val", "drop_leaked", "min_fidelity", "max_duplicate"):
+            if out[name] is None or out[name] is False or out[name] == []:
+                del out[name]
         files = docs_lib.expand(self.docs) + (docs_lib.expand(self.generations)
                                               if self.generations else [])
+        files += [f for _, path in self.val for f in docs_lib.expand(path)]
         out["inputs"] = [dict(file=f, **fs.version(f)) for f in files]
         out["stream_layout"] = STREAM_LAYOUT
         return out
@@ -215,21 +247,39 @@ class _Buckets:
 def _spill(config: PrepareConfig, spill: str, bad: docs_lib.BadRecords):
     counts = collections.Counter()
     docs = _Buckets(spill, "docs", config.buckets)
+    audit = _LeakageAudit(config) if config.val else None
     for order, doc in enumerate(docs_lib.read_docs(config.docs, bad)):
         counts["docs_read"] += 1
         if not doc["text"].strip():
             bad.add("empty_doc", doc["where"], f"id {doc['id']!r}")
             continue
+        if audit and audit.leaks(doc, bad):
+            continue
         docs.write(shuffle_key(config.seed, doc["id"]), dict(doc, order=order))
     docs.close()
+    if audit:
+        audit.finish(counts)
     gens = _Buckets(spill, "generations", config.buckets)
+    split_counts = set()
     if config.generations:
         highest = -1
         for order, g in enumerate(docs_lib.read_generations(config.generations, bad)):
             counts["generations_read"] += 1
-            highest = max(highest, g["sample"])
-            if config.max_generations is not None and g["sample"] >= config.max_generations:
-                counts["generations_beyond_max"] += 1  # a prefix of a larger run, by design
+            if "splits" in methods.METHODS[g["method"]].inputs:  # latent: one count's thoughts
+                split_counts.add(g.get("splits"))
+                if config.max_generations is not None and (
+                        g.get("splits") != config.max_generations):
+                    counts["generations_of_other_split_counts"] += 1  # another count's thoughts
+                    continue
+            else:
+                highest = max(highest, g["sample"])
+                if config.max_generations is not None and g["sample"] >= config.max_generations:
+                    counts["generations_beyond_max"] += 1  # a prefix of a larger run, by design
+                    continue
+            if audit and g["doc_id"] in audit.leaked:
+                bad.add("generation_of_leaked_document", g["where"], f"doc {g['doc_id']!r}")
+                continue
+            if config.min_fidelity is not None and not _faithful(config, g, bad, counts):
                 continue
             if not g["text"].strip():  # the job's records for prompts it could not serve
                 bad.add("generation_without_text", g["where"],
@@ -240,18 +290,124 @@ def _spill(config: PrepareConfig, spill: str, bad: docs_lib.BadRecords):
                 bad.add("think_tag_in_generation", g["where"], f"doc {g['doc_id']!r}")
                 continue
             gens.write(shuffle_key(config.seed, g["doc_id"]), dict(g, order=order))
-        if config.max_generations is not None:
+        if config.max_generations is not None and not split_counts:
             check_samples(config.generations, config.max_generations, highest)
     gens.close()
+    _check_split_counts(config.generations, split_counts, config.max_generations)
     return counts, docs, gens
+
+
+def _check_split_counts(generations: str, found: set, n: int | None) -> None:
+    """A latent store holds the thoughts of one count, at that count's equal split points
+    (§4.2), never the first N split points of a run at another count: `found`, the split
+    counts the latent records of `generations` name (None: a record without one), must hold
+    `n` (--max_generations; None: the one count found)."""
+    if not found:
+        return
+    known = sorted(c for c in found if c is not None)
+    rerun = (f"python -m experiments.synthesize --method=latent_thoughts "
+             f"--splits={','.join(map(str, sorted({*known, n or 1})))} ...")
+    if None in found and (n is not None or known):
+        raise ValueError(f"{generations}: its latent thoughts do not record their split "
+                         f"count (`splits`), so the thoughts of one count cannot be chosen; "
+                         f"synthesize them again with {rerun}")
+    if n is None and len(known) > 1:
+        raise ValueError(f"{generations} holds latent thoughts for split counts {known}; "
+                         f"a store takes one count: pass --max_generations=N with N in {known}")
+    if n is not None and n not in known:
+        raise ValueError(f"{generations} holds latent thoughts for split counts {known}, "
+                         f"not {n}: the thoughts of {n} equal split points come from {rerun}")
+
+
+def _faithful(config: PrepareConfig, g: dict, bad, counts) -> bool:
+    """Whether a generation passes --min_fidelity (a record without a score is skipped)."""
+    fidelity = g.get("fidelity")
+    if fidelity is None:
+        bad.add("no_fidelity_score", g["where"],
+                f"doc {g['doc_id']!r} sample {g['sample']}: no `fidelity` to filter on")
+        return False
+    if fidelity < config.min_fidelity:
+        counts["filtered/low_fidelity"] += 1
+        return False
+    return True
+
+
+def _distinct(config: PrepareConfig, generations: list[dict], counts) -> list[dict]:
+    """The generations left after --max_duplicate: in sample order, each one kept unless it is
+    too alike one already kept."""
+    if config.max_duplicate is None:
+        return generations
+    kept, sets = [], []
+    for g in sorted(generations, key=lambda g: (g["method"], g["sample"])):
+        grams = overlap.shingles(g["text"], overlap.GENERATION_NGRAM)
+        if any(overlap.jaccard(grams, s) > config.max_duplicate for s in sets):
+            counts["filtered/duplicate"] += 1
+            continue
+        kept.append(g)
+        sets.append(grams)
+    return kept
+
+
+class _LeakageAudit:
+    """Checks every document against the --val sets: stops the job on any match, or drops them
+    with drop_leaked; either way the matches are printed."""
+    SHOWN = 20
+
+    def __init__(self, config: PrepareConfig):
+        self.config = config
+        self.index = leakage.ValidationIndex(config.val)
+        self.matches: list[leakage.Match] = []
+        self.leaked: set[str] = set()
+        self.same_ids = 0  # documents with a validation document's id but another text
+
+    def leaks(self, doc: dict, bad) -> bool:
+        found = self.index.matches(doc)
+        for m in (m for m in found if not m.leaks()):
+            self.same_ids += 1
+            print(f"[prepare] leakage audit: not a leak, but check the ids: {m.describe()}",
+                  flush=True)
+        found = [m for m in found if m.leaks()]
+        if found:
+            self.matches += found
+            self.leaked.add(doc["id"])
+            if self.config.drop_leaked:
+                bad.add("document_in_validation_set", doc["where"], found[0].describe())
+        return bool(found)
+
+    def finish(self, counts) -> None:
+        counts["leakage/validation_docs"] = len(self.index)
+        counts["leakage/leaked_docs"] = len(self.leaked)
+        counts["leakage/same_id_other_text"] = self.same_ids
+        if not self.matches:
+            print(f"[prepare] leakage audit: no document matches the {len(self.index)} "
+                  f"validation documents", flush=True)
+            return
+        shown = "\n  ".join(m.describe() for m in self.matches[:self.SHOWN])
+        more = len(self.matches) - self.SHOWN
+        listing = shown + (f"\n  ... and {more} more" if more > 0 else "")
+        if not self.config.drop_leaked:
+            raise ValueError(f"{self.config.docs}: {len(self.leaked)} document(s) are in a "
+                             f"validation set (--val); their generations would leak it into "
+                             f"training. Remove them, or pass --drop_leaked:\n  {listing}")
+        print(f"[prepare] LEAKAGE: dropped {len(self.leaked)} document(s) found in a validation "
+              f"set, and their generations:\n  {listing}", flush=True)
 
 
 def check_samples(generations: str, n: int, highest: int | None = None) -> None:
     """Refuse a store of N = `n` generations per document from records whose samples stop
     before N-1 (`highest`: their largest sample index, read when None): it would hold fewer
-    and be reported as N."""
+    and be reported as N. Latent thoughts are counted by split count instead: a run must have
+    written count N's (_check_split_counts)."""
     if highest is None:
-        highest = max((g["sample"] for g in docs_lib.read_generations(generations)), default=-1)
+        found, highest = set(), -1
+        for g in docs_lib.read_generations(generations):
+            if "splits" in methods.METHODS[g["method"]].inputs:
+                found.add(g.get("splits"))
+            else:
+                highest = max(highest, g["sample"])
+        if found:
+            _check_split_counts(generations, found, n)
+            return
     if highest + 1 < n:
         raise ValueError(f"--max_generations={n}: {generations} holds samples 0..{highest} "
                          f"({highest + 1} per document at most), so a store of N={n} would hold "
@@ -296,7 +452,7 @@ def _bucket_documents(config, docs: list[dict], gens: list[dict], bad,
             grouped[g["doc_id"]].append(g)
     out = []
     for doc in by_id.values():
-        generations = grouped.get(doc["id"], [])
+        generations = _distinct(config, grouped.get(doc["id"], []), counts)
         counts["docs_used"] += 1
         counts["generations_used"] += len(generations)
         for g in generations:

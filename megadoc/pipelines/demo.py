@@ -267,6 +267,8 @@ def write_results(workdir: str, scale_name: str, results: dict, untrained: float
                   synthesis: dict) -> dict:
     import matplotlib
 
+    from megadoc.analysis import rephrase_report
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -294,6 +296,8 @@ def write_results(workdir: str, scale_name: str, results: dict, untrained: float
               "under a million parameters, and a difference of a few hundredths between rows is "
               "within what another seed would change."]
     lines += ["", "## Two documents, rephrased and with latent thoughts"] + _examples(workdir)
+    lines += rephrase_report.markdown(fs.join(workdir, "synth", "rephrase"),
+                                      fs.join(workdir, "corpus", "synth.jsonl"))
     fs.write_text(fs.join(workdir, "results.md"), "\n".join(lines) + "\n")
 
     fig, ax = plt.subplots(figsize=(6, 4))

@@ -15,6 +15,7 @@ import json
 
 from megadoc import fs
 from megadoc.analysis import plots, search, sweep
+from megadoc.data import leakage
 from megadoc.data import prepare
 from megadoc.data import store as store_lib
 from megadoc.pipelines import runs
@@ -36,7 +37,8 @@ class SweepConfig:
     """real documents {id, text} (JSONL/Parquet file, dir or glob)"""
     generation_records: str
     """generation records of one synthesis run with at least max(--counts) samples per
-    document"""
+    document (latent: a run with --splits=<the counts>, each count's thoughts at its own equal
+    split points)"""
     tokenizer: str
     """sentencepiece .model, tokenizer.json, or a dir with one"""
     seq_len: int
@@ -126,10 +128,25 @@ def _search(cfg: SweepConfig, name: str, grid_name: str, start: dict, real: str,
     return summary
 
 
+def _audit_leakage(cfg: SweepConfig) -> None:
+    """No generation source may be a validation document: the --val sets given as documents
+    are checked against --docs before anything is prepared (data/leakage.py)."""
+    documents = tuple((n, p) for n, p in cfg.val if leakage.is_document_set(p))
+    if documents:
+        leakage.check(cfg.docs, documents)
+    for name, path in cfg.val:
+        if (name, path) not in documents:
+            print(f"[sweep] --val={name}={path} is a window store: no leakage audit against it "
+                  f"(give its documents to have one)", flush=True)
+
+
 def run(cfg: SweepConfig) -> SweepResult:
     """Prepare, search every count, and write the table and figure."""
     real_grid, synthetic_grid = GRIDS[cfg.grid]
-    prepare.check_samples(cfg.generations, max(cfg.counts, default=0))  # every count, up front
+    _audit_leakage(cfg)
+    counted = sorted(n for n in cfg.counts if n)  # every count checked up front
+    for n in counted if cfg.recipe == "latent" else counted[-1:]:
+        prepare.check_samples(cfg.generation_records, n)
     real = _prepare(cfg, "real")
     preset = config.preset(cfg.preset)
     if cfg.preset in published.REAL_ONLY:  # the published optimum is the first guess

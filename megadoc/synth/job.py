@@ -16,13 +16,18 @@ record. The sampler streams across shards: a shard is written as soon as its las
 
 Every (document, sample) yields exactly one record. Records that carry no generation say why in
 `finish_reason`, with empty text: "empty_document", "prompt_too_long" (the prompt does not fit in
-the generator's context; never truncated), "error" (logged with the document's location). A
-generation the repetition guard ended (`repetition_ngram`, off by default) says "repetition".
+the generator's context; never truncated; a method with a continuation template, rephrase,
+rewrites such a document chunk-wise instead, see megadoc/synth/chunked.py, its record listing its
+`chunks`), "error" (logged with the document's location). A generation the repetition guard
+ended (`repetition_ngram`, off by default) says "repetition".
 What each method (megadoc/data/methods.py) prompts with and how many records it writes per
 document follow from its template's fields: one prompt per document ({document}), per split
-point ({prefix}/{suffix}: `sample` is the split index 0..k-1, `offset` its character offset), per
-question ({question}) or per entity group ({entities}). Methods with a parser add its fields to
-the record and give malformed output a status: megadoc/synth/knowledge.py.
+point ({prefix}/{suffix}: `offset` is its character offset and `splits` its count k: a run at
+counts (1, 2, 4) writes samples 0 (k=1), 1-2 (k=2), 3-6 (k=4), each count at its own equal
+splits), per question ({question}) or per entity group ({entities}). Methods with a parser add
+its fields to the record and give malformed output a status: megadoc/synth/knowledge.py.
+Rephrase records also carry `fidelity`, `fidelity_logprob`, `max_similarity` and
+`source_overlap` (megadoc/synth/fidelity.py), and summary.json their distributions.
 `sbp` (Synthetic Bootstrapped Pretraining) is conditional: no template and no chat; the
 generator, a conditional model p(x2 | x1), samples a related document after the document as
 x1 (`BOS x1 <separator>`, megadoc/data/pairs.py), which keeps x1's head to leave room for x2.
@@ -47,11 +52,14 @@ from megadoc.data import docs as docs_lib
 from megadoc.data import methods as methods_lib
 from megadoc.data import pairs as pairs_lib
 from megadoc.models import sharding
+from megadoc.synth import chunked
+from megadoc.synth import fidelity
 from megadoc.synth import generator as generator_lib
 from megadoc.synth import knowledge
 from megadoc.synth import prompts
 from megadoc.synth import sampler as sampler_lib
 from megadoc.synth import split
+from megadoc.synth import styles as styles_lib
 
 EMPTY_DOCUMENT = "empty_document"
 ERROR = "error"
@@ -75,8 +83,10 @@ class JobConfig:
     """output directory (local or gs://)"""
     generations: int = dataclasses.field(default=1, metadata={"flag": "generations_per_doc"})
     """rephrase, qa, sbp: samples per document; focal_rewrite: rewrites per question"""
-    splits: int = 1
-    """latent_thoughts: split points per document (k+1 pieces)"""
+    splits: tuple[int, ...] = (1,)
+    """latent_thoughts: split counts; for each count k, thoughts at its own k equal split points
+    (k+1 pieces, §4.2), each record naming its count in `splits`, so that one run serves a
+    sweep over the counts (prepare --max_generations=k takes count k's thoughts)"""
     questions: str | None = None
     """focal_rewrite: records with a question per document (qa output)"""
     entities: str | None = None
@@ -105,6 +115,15 @@ class JobConfig:
     """documents per output shard"""
     template: str | None = None
     """prompt template file (None: the one shipped for the method)"""
+    continue_template: str | None = None
+    """rephrase: prompt template for each next chunk of a document too long for the
+    generator's context, with {previous} (the end of the rewrite so far) and {document} (the
+    chunk) (None: the shipped one)"""
+    styles: tuple[str, ...] = ()
+    """rephrase: draw each sample's template from these, by (seed, document, sample): shipped
+    styles (wikipedia, textbook, qa, beginner, academic; `all` for every one) or template
+    files; the record's `template` names the one drawn (empty: the one --template, by default
+    the paper's single Wikipedia-style prompt)"""
     tensor_parallel: int = 1
     """devices each model copy is split over"""
     # Synthesis processes never talk to each other: each just takes its share of the shards.
@@ -136,8 +155,11 @@ class JobConfig:
         if self.method not in methods_lib.prompted():
             raise ValueError(f"method {self.method!r}: expected one of "
                              f"{sorted(methods_lib.prompted())}")
-        for name in ("generations", "splits", "batch_size", "shard_size", "tensor_parallel",
-                     "attempts"):
+        if isinstance(self.splits, int):  # one count, as JobConfig(splits=8)
+            object.__setattr__(self, "splits", (self.splits,))
+        if not self.splits or min(self.splits) < 1 or len(set(self.splits)) < len(self.splits):
+            raise ValueError(f"splits must be distinct counts >= 1, got {list(self.splits)}")
+        for name in ("generations", "batch_size", "shard_size", "tensor_parallel", "attempts"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         self.sampler_settings(())  # the sampling values, checked before anything is written
@@ -150,7 +172,16 @@ class JobConfig:
             datetime.date.fromisoformat(self.chat_date)
         except ValueError:
             raise ValueError(f"chat_date {self.chat_date!r}: expected YYYY-MM-DD") from None
-        inputs = methods_lib.get(self.method).inputs
+        method = methods_lib.get(self.method)
+        if isinstance(self.styles, str):
+            object.__setattr__(self, "styles", (self.styles,))
+        if self.styles and (not method.styles or self.template):
+            raise ValueError(f"styles choose among a method's shipped templates: they go with "
+                             f"method {'|'.join(methods_lib.styled())} and without template")
+        if self.continue_template and not method.continuation:
+            raise ValueError(f"continue_template goes with method "
+                             f"{'|'.join(methods_lib.continued())}, and only with it")
+        inputs = method.inputs
         for name, what in (("questions", "records with a question per document"),
                            ("entities", "entigraph_entities output")):
             users = [m for m in methods_lib.prompted() if name in methods_lib.get(m).inputs]
@@ -244,10 +275,12 @@ def check_job_config(path: str, settings: dict) -> None:
 
 class ShardWriter:
     """Collects records per shard and writes a shard (then its marker, which records what
-    produced it) once it is complete."""
+    produced it) once it is complete. `annotate(shard, records)`, when given, adds fields to the
+    records and returns statistics for the marker."""
 
-    def __init__(self, output: str, expected: dict[int, int], produced_by: dict):
+    def __init__(self, output: str, expected: dict[int, int], produced_by: dict, annotate=None):
         self.output, self.expected, self.produced_by = output, expected, produced_by
+        self.annotate = annotate
         self.records: dict[int, list] = collections.defaultdict(list)
         self.written: list[int] = []
 
@@ -260,13 +293,15 @@ class ShardWriter:
     def _write(self, shard: int) -> None:
         entries = sorted(self.records.pop(shard), key=lambda x: x[0])
         rows = [e[1] for e in entries]
+        stats = self.annotate(shard, rows) if self.annotate else None
         docs_lib.write_jsonl(shard_path(self.output, shard), rows)
         written = fs.read_bytes(shard_path(self.output, shard))
         counts = collections.Counter(r["finish_reason"] for r in rows)
         fs.write_text(marker_path(self.output, shard), json.dumps(
             {"records": len(rows), "sha256": hashlib.sha256(written).hexdigest(),
              "finish_reason": dict(counts), "prompt_tokens": sum(e[2] for e in entries),
-             "generated_tokens": sum(e[3] for e in entries), "produced_by": self.produced_by}))
+             "generated_tokens": sum(e[3] for e in entries), "produced_by": self.produced_by,
+             **({"quality": stats} if stats else {})}))
         self.written.append(shard)
 
 
@@ -313,8 +348,10 @@ def finished_shards(output: str, shards, produced_by: dict | None = None) -> set
 def summary(output: str, num_shards: int, cost: dict, extra: dict) -> dict:
     """Outcomes and tokens over every finished shard, `cost` (what this run spent,
     `sampler.Cost.summary()` or a sum of them) and the projection of what is left: its tokens
-    at the finished shards' tokens per record, and the device-hours at this run's rate."""
+    at the finished shards' tokens per record, and the device-hours at this run's rate; for
+    scored methods, the distributions of fidelity and diversity."""
     counts, records, tokens, prompt_tokens, done = collections.Counter(), 0, 0, 0, 0
+    quality = []  # the markers' fidelity and diversity statistics (rephrase)
     for j in range(num_shards):
         if fs.exists(marker_path(output, j)):
             m = json.loads(fs.read_text(marker_path(output, j)))
@@ -323,9 +360,11 @@ def summary(output: str, num_shards: int, cost: dict, extra: dict) -> dict:
             tokens += m["generated_tokens"]
             prompt_tokens += m.get("prompt_tokens", 0)
             done += 1
+            quality += [m["quality"]] if "quality" in m else []
     out = dict(extra, shards_total=num_shards, shards_done=done, records=records,
                prompt_tokens=prompt_tokens, generated_tokens=tokens,
-               finish_reason=dict(sorted(counts.items())), cost_now=cost)
+               finish_reason=dict(sorted(counts.items())), cost_now=cost,
+               **({"quality": fidelity.summarize(quality)} if quality else {}))
     records_left = extra.get("records_total", records) - records
     rate = cost.get("generated_tokens_per_device_s")
     tokens_left = records_left * tokens / records if records else None
@@ -343,6 +382,7 @@ class Plan:
     cfg: JobConfig
     method: str
     template: prompts.Template | None  # None: a conditional method (sbp) has none
+    templates: list  # rephrase with styles: the ones drawn from; else [template]
     inputs: dict
     docs: list
     doc_samples: list
@@ -364,8 +404,14 @@ def plan(cfg: JobConfig) -> Plan:
     """Read the documents (and the per-document inputs) and check the template and inputs;
     writes nothing."""
     method = cfg.method
-    template = methods_lib.get(method).template and prompts.load_template(
-        cfg.template or prompts.builtin_template(method), method)
+    if cfg.styles:
+        templates = styles_lib.load(method, cfg.styles)
+    elif methods_lib.get(method).template:
+        templates = [prompts.load_template(cfg.template or prompts.builtin_template(method),
+                                           method)]
+    else:  # a conditional method (sbp): the document itself is the prompt
+        templates = [None]
+    template = templates[0]
     bad = docs_lib.BadRecords()
     inputs = (knowledge.read_questions(cfg.questions) if cfg.questions else
               knowledge.read_entities(cfg.entities) if cfg.entities else {})
@@ -373,7 +419,8 @@ def plan(cfg: JobConfig) -> Plan:
     if cfg.questions or cfg.entities:
         knowledge.check_inputs(cfg.questions or cfg.entities, "questions" if cfg.questions
                                else "entities", len(docs), sum(d["id"] not in inputs for d in docs))
-    return Plan(cfg, method, template, inputs, docs, [cfg.samples(d, inputs) for d in docs], bad)
+    return Plan(cfg, method, template, templates, inputs, docs,
+                [cfg.samples(d, inputs) for d in docs], bad)
 
 
 class Runner:
@@ -388,9 +435,16 @@ class Runner:
         self.produced_by = {"method": cfg.method, "generator": self.gen.name,
                             "generator_digest": generator_lib.digest(self.gen.config,
                                                                      self.gen.params),
-                            "template": job_plan.template and job_plan.template.name,
+                            "template": (job_plan.template and job_plan.template.name)
+                            if len(job_plan.templates) == 1 else
+                            [t.name for t in job_plan.templates],
+                            "continue_template": cfg.continue_template,
                             "chat_date": cfg.chat_date,
                             "sampling": cfg.sampling(), "seed": cfg.seed}
+        # Rephrases are scored by the generator that wrote them (synth/fidelity.py).
+        self.scorer = fidelity.Scorer(self.gen.config, self.gen.params, self.gen.tokenizer,
+                                      mesh=self.mesh) \
+            if methods_lib.get(cfg.method).scored else None
 
     def check_output(self) -> None:
         """Record this job's settings in the output directory, or refuse other ones."""
@@ -398,7 +452,7 @@ class Runner:
         fs.makedirs(fs.join(cfg.output, "_job"))
         check_job_config(fs.join(cfg.output, "_job", "config.json"), dict(
             self.produced_by, samples=sum(p.doc_samples), generations=cfg.generations,
-            splits=cfg.splits, questions=cfg.questions, entities=cfg.entities,
+            splits=list(cfg.splits), questions=cfg.questions, entities=cfg.entities,
             relations=cfg.relations, attempts=cfg.attempts, shard_size=cfg.shard_size,
             num_docs=len(p.docs)))
 
@@ -412,7 +466,13 @@ class Runner:
         sampler spent (`Cost.summary()` plus its raw counts)."""
         cfg, p = self.cfg, self.plan
         todo = sorted(set(shards) - finished_shards(cfg.output, shards, self.produced_by))
-        writer = ShardWriter(cfg.output, {j: p.records([j]) for j in todo}, self.produced_by)
+        annotate = None
+        if self.scorer:  # fidelity and diversity of each record, against its document
+            annotate = lambda shard, rows: fidelity.annotate(
+                self.scorer, rows, {p.docs[i]["id"]: p.docs[i]["text"]
+                                    for i in p.shard_docs(shard)})
+        writer = ShardWriter(cfg.output, {j: p.records([j]) for j in todo}, self.produced_by,
+                             annotate)
         sampler = self.sampler()
         progress = Progress(fs.join(cfg.output, "_job", f"progress-{progress_name}.jsonl"),
                             {divmod(i, cfg.shard_size): p.doc_samples[i]
@@ -424,36 +484,37 @@ class Runner:
             progress.record_done(origin)
 
         with progress:
-            for origin, out, completion in self.outputs([i for j in todo
-                                                         for i in p.shard_docs(j)], sampler):
-                # A request's prompt counts once, with its first sample.
-                prompt = len(completion.request.prompt) if completion and \
-                    completion.sample == completion.request.first_sample and \
-                    completion.finish_reason != sampler_lib.FINISH_TOO_LONG else 0
-                emit(origin, out, prompt, len(completion.tokens) if completion else 0)
+            for origin, out, prompt, generated in self.outputs(
+                    [i for j in todo for i in p.shard_docs(j)], sampler):
+                emit(origin, out, prompt, generated)
         return dict(sampler.cost.summary(), written=writer.written,
                     raw=dataclasses.asdict(sampler.cost))
 
     def record(self, origin: Origin, out: Output) -> dict:
-        return dict(doc_id=origin.doc_id, method=self.plan.method, sample=out.sample,
-                    offset=origin.offset, text=out.text, finish_reason=out.finish_reason,
-                    seed=self.cfg.seed, generator=self.gen.name,
-                    template=self.plan.template and self.plan.template.name,
-                    sampling=self.cfg.sampling(),
-                    **(out.fields or {}))
+        record = dict(doc_id=origin.doc_id, method=self.plan.method, sample=out.sample,
+                      offset=origin.offset, text=out.text, finish_reason=out.finish_reason,
+                      seed=self.cfg.seed, generator=self.gen.name,
+                      template=self.plan.template and self.plan.template.name,
+                      sampling=self.cfg.sampling())
+        record.update(out.fields or {})  # a style's template, a knowledge method's fields
+        return record
 
     def outputs(self, doc_indices: list[int], sampler):
-        """(Origin, Output, Completion or None) of every record of these documents, in the order
-        they finish."""
+        """(Origin, Output, prompt tokens, generated tokens) of every record of these documents,
+        in the order they finish; a request's prompt counts once, with its first sample.
+        Rephrases too long for the context are rewritten chunk-wise after the rest."""
         cfg, p = self.cfg, self.plan
-        direct = []
+        direct, long_samples = [], []
 
         def requests():
             for i in doc_indices:
                 doc = p.docs[i]
                 origin = Origin(*divmod(i, cfg.shard_size), doc["id"])
                 try:
-                    reqs = _doc_requests(cfg, self.gen, p.template, doc, origin, p.inputs)
+                    if methods_lib.get(p.method).continuation:
+                        reqs = _rewrite_requests(cfg, self.gen, p.templates, doc, origin)
+                    else:
+                        reqs = _doc_requests(cfg, self.gen, p.template, doc, origin, p.inputs)
                 except Exception as e:  # one bad document never stops the others
                     logging.error("document %r at %s failed: %s\n%s", doc["id"], doc["where"],
                                   e, traceback.format_exc())
@@ -461,6 +522,8 @@ class Runner:
                 for r in reqs:
                     if isinstance(r, sampler_lib.Request):
                         yield r
+                    elif isinstance(r, chunked.Item):
+                        long_samples.append(r)
                     else:
                         direct.append(r)
 
@@ -471,15 +534,19 @@ class Runner:
             retries = []
             for c in sampler.run(pending):
                 while direct:
-                    yield (*direct.pop(), None)
+                    yield (*direct.pop(), 0, 0)
                 out = self.output(c)
                 if isinstance(out, sampler_lib.Request):
                     retries.append(out)
                 else:
-                    yield c.request.tag, out, c
+                    prompt = len(c.request.prompt) if c.sample == c.request.first_sample and \
+                        c.finish_reason != sampler_lib.FINISH_TOO_LONG else 0
+                    yield c.request.tag, out, prompt, len(c.tokens)
             while direct:
-                yield (*direct.pop(), None)
+                yield (*direct.pop(), 0, 0)
             pending = retries
+        if long_samples:
+            yield from _rewrite_chunkwise(cfg, self.gen, sampler, p.templates, long_samples)
 
     def output(self, c: sampler_lib.Completion) -> Output | sampler_lib.Request:
         """A completion's output, or the retry of an entity list that did not parse (sample a
@@ -561,6 +628,49 @@ def _x1_budget(cfg: JobConfig, gen) -> int:
     return max(context // 2, context - cfg.new_tokens)
 
 
+def _rewrite_chunkwise(cfg: JobConfig, gen, sampler, templates: list, items: list):
+    """(Origin, Output, prompt tokens, generated tokens) of each chunk-wise rewrite; its prompts
+    (one per chunk) count in the sampler's cost, not in the shard's prompt tokens."""
+    continuation = prompts.load_template(
+        cfg.continue_template or prompts.builtin_template(cfg.method, continuation=True),
+        cfg.method, continuation=True)
+    size = chunked.chunk_tokens(gen, templates, continuation, cfg.new_tokens, cfg.chat_date)
+    for r in chunked.rewrite(sampler, gen, items, continuation, cfg.new_tokens, size,
+                             cfg.chat_date):
+        fields = dict(r.item.tag.fields or {}, **({"chunks": r.chunks} if r.chunks else {}))
+        yield (r.item.tag, Output(r.item.sample, r.text, r.finish_reason, fields), 0,
+               r.generated_tokens)
+
+
+def _rewrite_requests(cfg: JobConfig, gen, templates: list, doc: dict, origin: Origin) -> list:
+    """A document's requests for a method with a continuation template (rephrase; its styles,
+    when drawn, are `templates`): a run of samples with one template shares a request
+    (one prefill); a sample whose prompt and generation do not fit in the generator's context
+    becomes a chunked.Item, rewritten chunk-wise after the rest."""
+    text, key = doc["text"], sample_stream(origin.doc_id)
+    if not text.strip():
+        logging.warning("document %r at %s is empty", origin.doc_id, doc["where"])
+        return [(origin, Output(s, "", EMPTY_DOCUMENT)) for s in range(cfg.generations)]
+    picks = [styles_lib.draw(cfg.seed, key, s, len(templates)) if len(templates) > 1 else 0
+             for s in range(cfg.generations)]
+    prompts_by_pick = {i: gen.encode_prompt(*templates[i].render(document=text), cfg.chat_date)
+                       for i in set(picks)}
+    out, s = [], 0
+    while s < cfg.generations:
+        run = next((e for e in range(s, cfg.generations) if picks[e] != picks[s]),
+                   cfg.generations) - s
+        template, prompt = templates[picks[s]], prompts_by_pick[picks[s]]
+        tag = origin if len(templates) == 1 else dataclasses.replace(
+            origin, fields={"template": template.name})
+        if chunked.too_long(len(prompt), cfg.new_tokens, gen.config.max_seq_len):
+            out += [chunked.Item(tag, key, i, text, template) for i in range(s, s + run)]
+        else:
+            out.append(sampler_lib.Request(prompt, key, num_samples=run, first_sample=s,
+                                           tag=tag))
+        s += run
+    return out
+
+
 def _doc_requests(cfg: JobConfig, gen, template, doc: dict, origin: Origin,
                   inputs: dict) -> list:
     """Sampler requests for one document (tagged with their Origin), or, where there is
@@ -575,6 +685,9 @@ def _doc_requests(cfg: JobConfig, gen, template, doc: dict, origin: Origin,
     if not text.strip():
         logging.warning("document %r at %s is empty", doc_id, doc["where"])
         at = dataclasses.replace(origin, offset=0) if method.offsets else origin
+        if "splits" in method.inputs:
+            return [(at, Output(s, "", EMPTY_DOCUMENT, {"splits": k}))
+                    for s, (k, _) in enumerate(split.sweep_points(cfg.splits))]
         return [(at, Output(s, "", EMPTY_DOCUMENT)) for s in range(n)]
     if method.conditional:
         prompt = pairs_lib.conditional_prompt(gen.tokenizer, text, _x1_budget(cfg, gen))
@@ -598,10 +711,12 @@ def _doc_requests(cfg: JobConfig, gen, template, doc: dict, origin: Origin,
             encode(document=text, entities="; ".join(g)), key,
             first_sample=i, tag=dataclasses.replace(origin, fields={"entities": list(g)}))
             if g else (origin, Output(i, "", reason)) for i, g in enumerate(groups)]
+    offsets = {k: split.split_offsets(gen.tokenizer, text, k) for k in cfg.splits}
     return [sampler_lib.Request(
-        encode(prefix=text[:offset], suffix=text[offset:]), key,
-        first_sample=i, tag=dataclasses.replace(origin, offset=offset))
-        for i, offset in enumerate(split.split_offsets(gen.tokenizer, text, n))]
+        encode(prefix=text[:offsets[k][i]], suffix=text[offsets[k][i]:]), key,
+        first_sample=s, tag=dataclasses.replace(origin, offset=offsets[k][i],
+                                                fields={"splits": k}))
+        for s, (k, i) in enumerate(split.sweep_points(cfg.splits))]
 
 
 class Progress:

@@ -4,7 +4,8 @@ template.
 A template file holds a `[system]` section and a `[user]` section, each marker alone on its line;
 a file without markers is all user message. Placeholders are `{name}` (literal braces: `{{`, `}}`):
 each method's are its `prompt_fields` in data/methods.py (`rephrase` takes {document},
-`latent_thoughts` {prefix} and {suffix}).
+`latent_thoughts` {prefix} and {suffix}); a method's continuation template (the next chunk of a
+long document: synth/chunked.py) takes methods.CONTINUATION_FIELDS, {previous} and {document}.
 
 Chat templates are the model's own Jinja template (a GGUF's `tokenizer.chat_template`, a Hugging
 Face directory's tokenizer_config.json or chat_template.jinja), rendered as transformers'
@@ -35,11 +36,13 @@ _TEMPLATE_DIR = os.path.join(os.path.dirname(__file__), "templates")
 # The date a chat template prints (Llama 3.1's "Today Date"): the release date of Llama 3.1.
 CHAT_DATE = "2024-07-23"
 
-def builtin_template(method: str) -> str:
-    """Path of the template shipped for a method."""
-    template = methods_lib.get(method).template
+def builtin_template(method: str, continuation: bool = False) -> str:
+    """Path of the template shipped for a method (or its continuation template)."""
+    spec = methods_lib.get(method)
+    template = spec.continuation if continuation else spec.template
     if template is None:
-        raise ValueError(f"method {method!r} is not prompted with a template")
+        raise ValueError(f"method {method!r} is not prompted with a "
+                         f"{'continuation ' if continuation else ''}template")
     return os.path.join(_TEMPLATE_DIR, template)
 
 
@@ -54,10 +57,11 @@ class Template:
         return self.system and self.system.format(**fields), self.user.format(**fields)
 
 
-def load_template(path: str, method: str) -> Template:
-    """Read and check a template: exactly the method's placeholders, or a ValueError naming
-    the file and what was expected."""
-    expected = set(methods_lib.get(method).prompt_fields)
+def load_template(path: str, method: str, continuation: bool = False) -> Template:
+    """Read and check a template: exactly the method's placeholders (a continuation template:
+    methods.CONTINUATION_FIELDS), or a ValueError naming the file and what was expected."""
+    expected = set(methods_lib.CONTINUATION_FIELDS if continuation
+                   else methods_lib.get(method).prompt_fields)
     text = fs.read_text(path)
     system, user = _split_sections(path, text)
     used = set()
