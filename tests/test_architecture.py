@@ -9,10 +9,9 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 # Only these may call jax.jit or make an orbax CheckpointManager: the training package, the
-# two samplers (one model's KV-cache sampler; an ensemble's, for unconditional documents) and
-# the generator's own scorer of what it wrote (fidelity).
-COMPILING = ("megadoc/train/", "megadoc/synth/sampler.py", "megadoc/synth/unconditional.py",
-             "megadoc/synth/fidelity.py")
+# sampler (one model or an ensemble of members, for every synthesis method) and the generator's
+# own scorer of what it wrote (fidelity).
+COMPILING = ("megadoc/train/", "megadoc/synth/sampler.py", "megadoc/synth/fidelity.py")
 
 
 def sources(folder):

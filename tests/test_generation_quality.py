@@ -118,8 +118,8 @@ def test_a_document_of_three_contexts_is_rewritten_chunkwise_whole(generator_dir
     prompts_seen = []
     prompt = chunked._prompt
 
-    def spy(gen, w, continue_template, max_new_tokens):
-        ids = prompt(gen, w, continue_template, max_new_tokens)
+    def spy(gen, w, continue_template, max_new_tokens, chat_date):
+        ids = prompt(gen, w, continue_template, max_new_tokens, chat_date)
         prompts_seen.append((w.so_far(), gen.tokenizer.decode(ids), len(ids)))
         return ids
 

@@ -126,6 +126,48 @@ def test_restart_with_other_settings_refuses(rephrased):
         job.run(dataclasses.replace(cfg, seed=4))
 
 
+def test_a_marker_of_other_settings_is_refused(rephrased, tmp_path):
+    """Each done marker records what produced its shard: without config.json, a rerun with
+    another seed still refuses to mix its records with them."""
+    cfg, _ = rephrased
+    output = tmp_path / "out"
+    shutil.copytree(cfg.output, output)
+    marker = json.loads((output / "_job" / "shard-00000.done").read_text())["produced_by"]
+    assert marker["seed"] == 3 and len(marker["generator_digest"]) == 16
+    assert marker["chat_date"] == "2024-07-23" and marker["sampling"]["max_new_tokens"] == 12
+    (output / "_job" / "config.json").unlink()
+    with pytest.raises(ValueError, match="shard-00000.done: produced by"):
+        job.run(dataclasses.replace(cfg, output=str(output), seed=4))
+
+
+def test_summary_names_tokens_device_seconds_and_the_projection(rephrased):
+    cfg, summary = rephrased
+    cost = summary["cost_now"]
+    assert summary["prompt_tokens"] == cost["prompt_tokens"] > 0
+    assert summary["generated_tokens"] == cost["generated_tokens"] > 0
+    assert cost["prefill_device_s"] > 0 and cost["decode_device_s"] > 0
+    assert cost["generated_tokens_per_device_s"] > 0
+    assert 0 < cost["useful_row_step_fraction"] <= 1
+    assert 0 < cost["attended_position_fraction"] <= 1
+    assert summary["projection"]["records_left"] == 0
+    assert summary["projection"]["device_hours_left"] == 0
+
+
+def test_dry_run_estimates_the_pool_and_writes_nothing(rephrased, tmp_path):
+    from megadoc.synth import executor
+
+    cfg, summary = rephrased
+    estimate = executor.run(dataclasses.replace(cfg, output=str(tmp_path / "new"), dry_run=7))
+    assert not (tmp_path / "new").exists()
+    assert estimate["documents_sampled"] == estimate["documents_total"] == 7
+    projected = estimate["projected"]  # all documents sampled: the same tokens as the job
+    assert projected["generated_tokens"] == summary["generated_tokens"]
+    assert projected["prompt_tokens"] == summary["prompt_tokens"]
+    assert projected["records"] == 14 and projected["device_s"] > 0
+    half = executor.run(dataclasses.replace(cfg, output=str(tmp_path / "new"), dry_run=3))
+    assert half["documents_sampled"] == 3 and half["projected"]["generated_tokens"] > 0
+
+
 def test_a_mistyped_setting_writes_nothing_and_the_corrected_rerun_runs(rephrased):
     cfg, _ = rephrased
     output = os.path.join(os.path.dirname(cfg.output), "mistyped")
@@ -298,15 +340,28 @@ def test_rerun_verifies_finished_shards_and_redoes_damaged_ones(rephrased, tmp_p
     assert (output / "shard-00002.jsonl").stat().st_mtime_ns == kept
 
 
-def test_progress_counts_sequences_still_decoding_and_bounds_the_eta(tmp_path, capsys):
+def test_progress_counts_sequences_still_decoding_and_projects_the_rest(tmp_path, capsys):
     """A decode call can run for minutes with no document done: the progress line counts the
-    tokens of unfinished sequences, and its ETA spends the rest of the token budget at that rate."""
-    sampler = dataclasses.make_dataclass("S", ["generated_tokens", "tokens_in_flight"])(30, 90)
-    progress = job._Progress(str(tmp_path), 0, docs_total=4, token_budget=600, sampler=sampler)
+    tokens of unfinished sequences; before any record its ETA spends the rest of the token
+    budget at that rate, after some at their tokens per record. It carries the cost."""
+    from megadoc.synth import sampler as sampler_lib
+
+    fake = dataclasses.make_dataclass("S", ["generated_tokens", "tokens_in_flight", "cost"])(
+        30, 90, sampler_lib.Cost(devices=2, prompt_tokens=50, decode_s=4.0))
+    path = str(tmp_path / "progress.jsonl")
+    progress = job.Progress(path, {(0, 0): 2, (0, 1): 2}, 150, fake)
     progress.start -= 10.0  # as if it had run for 10 s
     progress.report()
-    line = json.loads((tmp_path / "_job" / "progress-p0.jsonl").read_text())
-    assert line["docs_done"] == 0 and line["generated_tokens"] == 120
-    assert line["tokens_per_s"] == pytest.approx(12.0, rel=0.01)
-    assert line["eta_s"] == pytest.approx((600 - 120) / 12.0, rel=0.01)
-    assert "120 tokens" in capsys.readouterr().out
+    progress.record_done(job.Origin(0, 0, "a"))
+    progress.record_done(job.Origin(0, 0, "a"))
+    progress.report()
+    first, second = [json.loads(x) for x in open(path)]
+    assert first["docs_done"] == 0 and first["generated_tokens"] == 120
+    assert first["tokens_per_s"] == pytest.approx(12.0, rel=0.01)
+    assert first["eta_s"] == pytest.approx((600 - 120) / 12.0, rel=0.01)
+    assert second["docs_done"] == 1 and second["records_done"] == 2
+    # 2 records left at 30 / 2 tokens each, less the 90 in flight: nothing left to project
+    assert second["eta_s"] == 0
+    assert first["prompt_tokens"] == 50 and first["decode_device_s"] == 8.0
+    assert first["device_hours_left"] == pytest.approx(2 * 40.0 / 3600, abs=1e-3)
+    assert "50 prompt + 120 generated tokens" in capsys.readouterr().out

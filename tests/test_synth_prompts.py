@@ -90,3 +90,18 @@ def test_split_moves_off_the_middle_of_a_character():
 def test_split_of_a_tiny_document_gives_every_split():
     tok = ByteTokenizer()
     assert split.split_offsets(tok, "ab", 4) == [0, 0, 1, 1]
+
+
+def test_chat_template_date_is_the_given_one_not_the_clock():
+    """Llama 3.1's template prints "Today Date" with strftime_now: a fixed date (the job's
+    chat_date) keeps the prompt, and so the records, the same on any day."""
+    class ChatBytes(ByteTokenizer):
+        chat_template = "Today {{ strftime_now('%d %b %Y') }}: {{ messages[0]['content'] }}"
+        special_tokens, template_tokens = [], {}
+
+        def encode_with_special_tokens(self, text):
+            return self.encode(text)
+
+    tok = ChatBytes()
+    assert bytes(prompts.encode(tok, None, "hi")) == b"Today 23 Jul 2024: hi"
+    assert bytes(prompts.encode(tok, None, "hi", date="2026-12-02")) == b"Today 02 Dec 2026: hi"

@@ -1,5 +1,6 @@
 """The KV-cache sampler against full-forward recomputation and transformers, and its independence
 from batch size, slot and mesh."""
+import collections
 import dataclasses
 
 import jax
@@ -143,13 +144,15 @@ def test_generation_stops_at_the_end_of_the_context(model):
 
 def test_growing_the_cache_keeps_every_written_slot(model):
     config, _, _ = model
-    state = sampler._empty_state(config, 2, 64, MAX_NEW)
-    state["cache"]["k"] = jax.random.normal(jax.random.PRNGKey(0), state["cache"]["k"].shape)
-    before = np.asarray(state["cache"]["k"])
-    grown = sampler._grow(config, None, 192, state)
-    assert grown["cache"]["k"].shape[2] == grown["cache"]["v"].shape[2] == 192
-    np.testing.assert_array_equal(np.asarray(grown["cache"]["k"])[:, :, :64], before)
-    assert not np.asarray(grown["cache"]["k"])[:, :, 64:].any()
+    state = sampler._empty_state(config, 1, 2, 64, 32, MAX_NEW)
+    for name, key in (("cache", 0), ("prompts", 1)):
+        state[name]["k"] = jax.random.normal(jax.random.PRNGKey(key), state[name]["k"].shape)
+    before = {name: np.asarray(state[name]["k"]) for name in ("cache", "prompts")}
+    grown = sampler._grow(config, None, 192, 96, state)
+    for name, old_len, new_len in (("cache", 64, 192), ("prompts", 32, 96)):
+        assert grown[name]["k"].shape[2] == grown[name]["v"].shape[2] == new_len
+        np.testing.assert_array_equal(np.asarray(grown[name]["k"])[:, :, :old_len], before[name])
+        assert not np.asarray(grown[name]["k"])[:, :, old_len:].any()
 
 
 def test_kv_cache_bytes_per_token_match_the_formula(model):
@@ -206,3 +209,85 @@ def test_weights_cast_once_give_bit_identical_logits(model, prompts):
     tokens = jnp.asarray([p[:3] for p in prompts])
     forward = jax.jit(lambda p: llama.forward(config, p, tokens))
     np.testing.assert_array_equal(np.asarray(forward(cast)), np.asarray(forward(params)))
+
+
+def _golden_case():
+    """The case tests/sampler_golden.json was captured on, with the sampler before prompts were
+    prefilled once (each admission then prefilled its prompt again)."""
+    config = dataclasses.replace(llama.preset("tiny"), vocab_size=96, max_seq_len=256,
+                                 dtype="float32")
+    params = llama.init(config, jax.random.PRNGKey(3))
+    rng = np.random.default_rng(5)
+    prompts = [rng.integers(1, 96, n).tolist() for n in (5, 40, 3, 17, 70, 9, 33)]
+    return config, params, prompts
+
+
+@pytest.mark.parametrize("mode", ["greedy", "sampled"])
+def test_outputs_equal_those_of_the_sampler_that_prefilled_per_admission(mode):
+    """5 samples of 7 prompts in 6 slots: samples of a prompt start in several admissions, all
+    from one prefill now; every token (greedy, and sampled with its per-(request, sample,
+    token) key) is what the previous sampler drew."""
+    import json
+    import os
+
+    with open(os.path.join(os.path.dirname(__file__), "sampler_golden.json")) as f:
+        golden = json.load(f)[mode]
+    config, params, prompts = _golden_case()
+    temperature = 0.0 if mode == "greedy" else 1.0
+    settings = sampler.Settings(max_new_tokens=24, temperature=temperature,
+                                top_p=0.9 if temperature else 1.0, stop_tokens=(0, 7))
+    s = sampler.Sampler(config, params, settings, batch_size=6, seed=11)
+    requests = [sampler.Request(p, key=100 + i, num_samples=5, tag=i)
+                for i, p in enumerate(prompts)]
+    out = {f"{c.request.tag}/{c.sample}": [c.tokens, c.finish_reason] for c in s.run(requests)}
+    assert out == golden
+    assert s.cost.prompts == len(prompts)  # one prefill per prompt
+
+
+def uniform_logits_run(batch_size, samples, prompt_len, mean_len, max_new, num_prompts):
+    """The sampler on a model whose logits are uniform over `mean_len` tokens, one of them a
+    stop token: generation lengths are geometric with that mean, cut at max_new."""
+    config = dataclasses.replace(llama.preset("tiny"), vocab_size=mean_len,
+                                 max_seq_len=prompt_len + max_new + 1)
+    params = llama.init(config, jax.random.PRNGKey(0))
+    params["lm_head"] = jnp.zeros_like(params["lm_head"])
+    settings = sampler.Settings(max_new_tokens=max_new, temperature=1.0, stop_tokens=(0,))
+    s = sampler.Sampler(config, params, settings, batch_size=batch_size, seed=0)
+    rng = np.random.default_rng(0)
+    requests = [sampler.Request(rng.integers(1, mean_len, prompt_len).tolist(), key=i,
+                                num_samples=samples) for i in range(num_prompts)]
+    return s, list(s.run(requests))
+
+
+def test_each_prompt_is_prefilled_once_and_decode_slots_stay_busy():
+    """The issue's harness scaled by 1/4 (batch 16, 8 samples per 75-token prompt, lengths
+    geometric with mean ~92): prefill positions within 1.1x of one prefill per prompt, and
+    >= 95% of the decode row-steps useful while samples wait for slots.
+    `python -m bench.sampler_scale tiny` runs it at full scale."""
+    s, out = uniform_logits_run(16, 8, 75, 100, 256, 12)
+    assert len(out) == 12 * 8
+    assert s.cost.prompts == 12
+    assert s.cost.prefill_positions <= 1.1 * 12 * 75
+    assert s.cost.steady_useful_row_steps >= 0.95 * s.cost.steady_row_steps
+    assert s.cost.generated_tokens == sum(len(c.tokens) + (c.finish_reason == "eos")
+                                          for c in out)
+
+
+def test_repetition_guard_ends_a_looping_row_inside_the_decode_loop(model):
+    """Greedy decoding of a random model falls into loops; with the guard a row ends once its
+    latest 3-gram occurs a third time, and the tokens so far are kept."""
+    config, params, _ = model
+    prompt = list(range(1, 9))
+    plain = sampler.Settings(max_new_tokens=96, temperature=0.0)
+    guarded = dataclasses.replace(plain, repetition_ngram=3, repetition_limit=2)
+    [free] = sampler.Sampler(config, params, plain, batch_size=1).run(
+        [sampler.Request(prompt, key=0)])
+    [cut] = sampler.Sampler(config, params, guarded, batch_size=1).run(
+        [sampler.Request(prompt, key=0)])
+    assert cut.finish_reason == "repetition" and free.finish_reason == "length"
+    assert cut.tokens == free.tokens[:len(cut.tokens)]
+    grams = collections.Counter(tuple(cut.tokens[i:i + 3]) for i in range(len(cut.tokens) - 2))
+    assert grams[tuple(cut.tokens[-3:])] == 3 and max(grams.values()) == 3
+    before = cut.tokens[:-1]
+    assert max(collections.Counter(tuple(before[i:i + 3])
+                                   for i in range(len(before) - 2)).values()) <= 2

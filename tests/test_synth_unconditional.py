@@ -1,8 +1,11 @@
 """Self-distillation end to end on CPU: a tiny trained student samples documents from BOS
 (alone and as an ensemble), and a new student trains on them through the ordinary loop."""
+import dataclasses
 import json
 import os
 
+import jax
+import jax.numpy as jnp
 import pytest
 
 from data_fixtures import corpus, train_tokenizer
@@ -10,6 +13,7 @@ from experiments import distill as distill_exp
 from experiments import synthesize as synth_exp
 from megadoc.data import docs, store
 from megadoc.data.prepare import PrepareConfig, prepare
+from megadoc.models import llama
 from megadoc.synth import unconditional
 from megadoc.train import loop
 from train_fixtures import train_config
@@ -83,3 +87,29 @@ def test_bad_settings_are_refused(tmp_path):
                      "--tokenizer=t", "--num_documents=3", "--docs=d"])
     with pytest.raises(Exception, match="takes no --docs"):
         synth_exp.build_unconditional_config()
+
+
+def test_an_ensemble_of_identical_members_draws_what_one_member_draws(tmp_path, capsys):
+    """Unconditional documents come from the synthesis job's sampler (members' logits averaged)
+    and shard writer: two identical members give one member's documents, and a rerun keeps the
+    shards whose checksummed markers are intact."""
+    config = dataclasses.replace(llama.preset("tiny"), dtype="float32", max_seq_len=64)
+    params = llama.init(config, jax.random.PRNGKey(0))
+    tokenizer = dataclasses.make_dataclass("Tok", ["bos_id", "eos_id", "fingerprint"])(0, 1, "t")
+    tokenizer.decode = lambda ids: " ".join(map(str, ids))
+    cfg = unconditional.UnconditionalConfig(output=str(tmp_path / "one"), generator="g",
+                                            num_documents=5, max_new_tokens=12, batch_size=2,
+                                            shard_size=2, seed=5)
+    one = jax.tree.map(lambda x: x[None], params)
+    two = jax.tree.map(lambda x: jnp.stack([x, x]), params)
+    unconditional.run(cfg, config, one, tokenizer)
+    summary = unconditional.run(dataclasses.replace(cfg, output=str(tmp_path / "two")), config,
+                                two, tokenizer)
+    texts = {name: [r["text"] for r in docs.read_generations(str(tmp_path / name))]
+             for name in ("one", "two")}
+    assert texts["one"] == texts["two"] and len(texts["one"]) == 5
+    assert len(set(texts["one"])) > 1  # each document its own stream
+    assert summary["records"] == 5 and summary["cost_now"]["generated_tokens"] > 0
+    capsys.readouterr()
+    unconditional.run(cfg, config, one, tokenizer)
+    assert "3 already done" in capsys.readouterr().out

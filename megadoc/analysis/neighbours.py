@@ -90,18 +90,19 @@ class _ShardRunner:
                  process_index: int, process_count: int):
         self.out, self.num_shards = out, math.ceil(num_docs / shard_size)
         fs.makedirs(fs.join(out, "_job"))
-        job_lib._check_job_config(fs.join(out, "_job", "config.json"), settings)
+        job_lib.check_job_config(fs.join(out, "_job", "config.json"), settings)
         self.mine = job_lib.owned_shards(self.num_shards, process_index, process_count)
-        self.todo = [j for j in self.mine if j not in job_lib._finished_shards(out, self.mine)]
-        self._shards = job_lib._Shards(out, {j: min(shard_size, num_docs - j * shard_size)
-                                             for j in self.todo})
+        done = job_lib.finished_shards(out, self.mine, settings)
+        self.todo = [j for j in self.mine if j not in done]
+        self._shards = job_lib.ShardWriter(out, {j: min(shard_size, num_docs - j * shard_size)
+                                                 for j in self.todo}, settings)
 
     def add(self, shard: int, position: int, record: dict) -> None:
         """One document's record; a shard is written (then its marker) once it is complete."""
-        self._shards.add(shard, (position,), record, 0)
+        self._shards.add(shard, (position,), record, 0, 0)
 
     def summary(self, extra: dict) -> dict:
-        return job_lib._summary(self.out, self.num_shards, {
+        return job_lib.summary(self.out, self.num_shards, {}, {
             "shards_written_now": len(self._shards.written), **extra})
 
     @staticmethod

@@ -186,6 +186,11 @@ def export_generator(workdir: str) -> dict:
     return {"path": out}
 
 
+# A small generator falls into loops: the demo ends a generation whose latest 4-gram occurs a
+# fifth time (finish_reason "repetition", counted in the job's summary).
+REPETITION_NGRAM = 4
+
+
 def synthesize(workdir: str, scale: Scale, seed: int, method: str, generator: str,
                sampling: dict) -> dict:
     from megadoc.synth import job
@@ -195,10 +200,11 @@ def synthesize(workdir: str, scale: Scale, seed: int, method: str, generator: st
         method=method, generator=generator, docs=fs.join(workdir, "corpus", "synth.jsonl"),
         output=out, generations=scale.rephrases, splits=scale.splits,
         max_new_tokens=scale.rephrase_tokens if method == "rephrase" else scale.thought_tokens,
-        seed=seed, batch_size=scale.synth_batch, shard_size=64, **sampling))
+        seed=seed, batch_size=scale.synth_batch, shard_size=64,
+        repetition_ngram=REPETITION_NGRAM, **sampling))
     return {"path": out, "generator": generator, **sampling, "records": summary["records"],
             "generated_tokens": summary["generated_tokens"],
-            "finish_reason": summary["finish_reason"]}
+            "finish_reason": summary["finish_reason"], "cost": summary["cost_now"]}
 
 
 def untrained_loss(workdir: str, scale: Scale, seed: int) -> float:

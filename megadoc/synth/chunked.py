@@ -58,11 +58,11 @@ def too_long(prompt_len: int, max_new_tokens: int, context: int) -> bool:
     return prompt_len + max_new_tokens > context
 
 
-def chunk_tokens(gen, templates, continue_template, max_new_tokens: int) -> int:
+def chunk_tokens(gen, templates, continue_template, max_new_tokens: int, chat_date: str) -> int:
     """Source tokens per chunk: half the context left after the generation and the prompt."""
-    overhead = max([len(gen.encode_prompt(*t.render(document=""))) for t in templates]
-                   + [len(gen.encode_prompt(*continue_template.render(previous="",
-                                                                      document="")))])
+    overhead = max([len(gen.encode_prompt(*t.render(document=""), chat_date)) for t in templates]
+                   + [len(gen.encode_prompt(*continue_template.render(previous="", document=""),
+                                            chat_date))])
     return (gen.config.max_seq_len - max_new_tokens - overhead) // 2
 
 
@@ -113,20 +113,22 @@ def _chunk_key(doc_key: int, chunk: int) -> int:
     return int.from_bytes(digest[:4], "little")
 
 
-def _prompt(gen, w: _Rewrite, continue_template, max_new_tokens: int) -> list[int]:
+def _prompt(gen, w: _Rewrite, continue_template, max_new_tokens: int, chat_date: str
+            ) -> list[int]:
     """Chunk j's prompt: the template over the chunk, and for j > 0 as much of the end of the
     rewrite so far as the context holds."""
     j = len(w.pieces)
     a, b = w.spans[j]
     chunk = w.item.text[a:b]
     if j == 0:
-        return gen.encode_prompt(*w.item.template.render(document=chunk))
+        return gen.encode_prompt(*w.item.template.render(document=chunk), chat_date)
     room = gen.config.max_seq_len - max_new_tokens - len(
-        gen.encode_prompt(*continue_template.render(previous="", document=chunk)))
+        gen.encode_prompt(*continue_template.render(previous="", document=chunk), chat_date))
     ids = gen.tokenizer.encode(w.so_far())
     while True:  # the tail's tokens may merge differently inside the prompt: shrink till it fits
         tail = gen.tokenizer.decode(ids[max(0, len(ids) - room):]) if room > 0 else ""
-        prompt = gen.encode_prompt(*continue_template.render(previous=tail, document=chunk))
+        prompt = gen.encode_prompt(*continue_template.render(previous=tail, document=chunk),
+                                   chat_date)
         over = len(prompt) + max_new_tokens - gen.config.max_seq_len
         if over <= 0 or room <= 0:
             return prompt
@@ -134,9 +136,9 @@ def _prompt(gen, w: _Rewrite, continue_template, max_new_tokens: int) -> list[in
 
 
 def rewrite(sampler: sampler_lib.Sampler, gen, items: list[Item], continue_template,
-            max_new_tokens: int, max_tokens: int) -> Iterator[Result]:
+            max_new_tokens: int, max_tokens: int, chat_date: str) -> Iterator[Result]:
     """Rewrites every item chunk by chunk, all items' chunk j in one sampler pass; yields each
-    item's stitched result when its last chunk is done."""
+    item's stitched result when its last chunk is done. Prompts print `chat_date` (the job's)."""
     if max_tokens < MIN_CHUNK_TOKENS:
         for item in items:
             yield Result(item, "", sampler_lib.FINISH_TOO_LONG, [], 0)
@@ -144,7 +146,8 @@ def rewrite(sampler: sampler_lib.Sampler, gen, items: list[Item], continue_templ
     active = [_Rewrite(item, source_spans(gen.tokenizer, item.text, max_tokens))
               for item in items]
     while active:
-        requests = [sampler_lib.Request(_prompt(gen, w, continue_template, max_new_tokens),
+        requests = [sampler_lib.Request(_prompt(gen, w, continue_template, max_new_tokens,
+                                                chat_date),
                                         _chunk_key(w.item.doc_key, len(w.pieces)),
                                         first_sample=w.item.sample, tag=i)
                     for i, w in enumerate(active)]
@@ -170,6 +173,6 @@ def _stitched(w: _Rewrite) -> Result:
         chunks.append({"source_start": a, "source_end": b, "text_start": len(text),
                        "text_end": len(text) + len(piece), "finish_reason": reason})
         text += piece
-    reason = (sampler_lib.FINISH_LENGTH if sampler_lib.FINISH_LENGTH in w.reasons
-              else sampler_lib.FINISH_STOP)
+    reason = next((r for r in (sampler_lib.FINISH_REPETITION, sampler_lib.FINISH_LENGTH)
+                   if r in w.reasons), sampler_lib.FINISH_STOP)
     return Result(w.item, text, reason, chunks, w.tokens)

@@ -4,7 +4,11 @@ and the tokens that stop a generation."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+
+import jax
+import numpy as np
 
 from megadoc import fs
 from megadoc.data import tokenizer as tokenizer_lib
@@ -21,8 +25,9 @@ class Generator:
     tokenizer: tokenizer_lib.Tokenizer
     stop_tokens: tuple[int, ...]
 
-    def encode_prompt(self, system: str | None, user: str) -> list[int]:
-        return prompts.encode(self.tokenizer, system, user)
+    def encode_prompt(self, system: str | None, user: str, date: str = prompts.CHAT_DATE
+                      ) -> list[int]:
+        return prompts.encode(self.tokenizer, system, user, date)
 
 
 def _has_tokenizer(names: list[str]) -> bool:
@@ -57,3 +62,16 @@ def _generator(path, config, params, tokenizer, extra_stop: set) -> Generator:
     stop = extra_stop | set(prompts.stop_tokens(tokenizer))
     return Generator(name=path.rsplit("/", 1)[-1], config=config, params=params,
                      tokenizer=tokenizer, stop_tokens=tuple(sorted(stop)))
+
+
+def digest(config: llama.LlamaConfig, params) -> str:
+    """A short fingerprint of a model's weights and config (every tensor's shape and an evenly
+    strided sample of ~4k of its values), recorded with the records it produced: cheap for an
+    8B model, and any retrained or re-quantized copy differs."""
+    h = hashlib.sha256(repr(config).encode())
+    for path, x in sorted(jax.tree_util.tree_leaves_with_path(params),
+                          key=lambda kv: jax.tree_util.keystr(kv[0])):
+        flat = x.reshape(-1)
+        sample = np.asarray(jax.device_get(flat[::max(1, flat.size // 4096)]), np.float32)
+        h.update(f"{jax.tree_util.keystr(path)}{x.shape}".encode() + sample.tobytes())
+    return h.hexdigest()[:16]

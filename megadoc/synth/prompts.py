@@ -11,7 +11,8 @@ Chat templates are the model's own Jinja template (a GGUF's `tokenizer.chat_temp
 Face directory's tokenizer_config.json or chat_template.jinja), rendered as transformers'
 `apply_chat_template` renders it: a sandboxed environment with trim_blocks and lstrip_blocks,
 `raise_exception`, `strftime_now`, the special tokens by name; the text is then tokenized with the
-special tokens' spellings as those tokens.
+special tokens' spellings as those tokens. `strftime_now` formats a given date (CHAT_DATE unless the
+caller passes one), never the wall clock: the same prompt on another day is the same ids.
 """
 from __future__ import annotations
 
@@ -32,6 +33,8 @@ from megadoc.data import methods as methods_lib
 
 _SECTIONS = ("[system]", "[user]")
 _TEMPLATE_DIR = os.path.join(os.path.dirname(__file__), "templates")
+# The date a chat template prints (Llama 3.1's "Today Date"): the release date of Llama 3.1.
+CHAT_DATE = "2024-07-23"
 
 def builtin_template(method: str, continuation: bool = False) -> str:
     """Path of the template shipped for a method (or its continuation template)."""
@@ -104,21 +107,21 @@ def _split_sections(path: str, text: str) -> tuple[str | None, str]:
     return sections.get("[system]") or None, sections["[user]"]
 
 
-def encode(tokenizer, system: str | None, user: str) -> list[int]:
+def encode(tokenizer, system: str | None, user: str, date: str = CHAT_DATE) -> list[int]:
     """Prompt ids ending where the model's answer begins: the tokenizer's chat template over a
     system (when given) and a user message, else the plain text `system\n\nuser\n\n` after
-    BOS (when the tokenizer has one)."""
+    BOS (when the tokenizer has one). `date` (YYYY-MM-DD) is the one a chat template prints."""
     if tokenizer.chat_template:
         messages = ([{"role": "system", "content": system}] if system else []) + [
             {"role": "user", "content": user}]
-        return apply_chat_template(tokenizer, messages)
+        return apply_chat_template(tokenizer, messages, date=date)
     bos = [] if tokenizer.bos_id is None else [tokenizer.bos_id]
     text = user if not system else system + "\n\n" + user
     return bos + tokenizer.encode(text + "\n\n")
 
 
-def apply_chat_template(tokenizer, messages: list[dict], add_generation_prompt: bool = True
-                        ) -> list[int]:
+def apply_chat_template(tokenizer, messages: list[dict], add_generation_prompt: bool = True,
+                        date: str = CHAT_DATE) -> list[int]:
     """Ids of `messages` ([{"role": ..., "content": ...}]) in the tokenizer's chat template, as
     transformers' `apply_chat_template(..., tokenize=True)` gives them. A message that spells one
     of the special tokens is a ValueError: in the rendered text it would become a control token."""
@@ -132,13 +135,15 @@ def apply_chat_template(tokenizer, messages: list[dict], add_generation_prompt: 
             raise ValueError(f"message {i} ({message['role']}) contains the special token "
                              f"{spelled[0]!r} as text; the chat template would turn it into that "
                              "control token")
-    return tokenizer.encode_with_special_tokens(_render(tokenizer, messages, add_generation_prompt))
+    return tokenizer.encode_with_special_tokens(_render(tokenizer, messages, add_generation_prompt,
+                                                        date))
 
 
-def _render(tokenizer, messages, add_generation_prompt) -> str:
+def _render(tokenizer, messages, add_generation_prompt, date: str = CHAT_DATE) -> str:
+    day = datetime.date.fromisoformat(date)
     return _compiled(tokenizer.chat_template).render(
         messages=messages, add_generation_prompt=add_generation_prompt, tools=None,
-        documents=None, **tokenizer.template_tokens)
+        documents=None, strftime_now=day.strftime, **tokenizer.template_tokens)
 
 
 def _raise_exception(message):
@@ -156,7 +161,6 @@ def _compiled(template: str) -> jinja2.Template:
         trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
     env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = _raise_exception
-    env.globals["strftime_now"] = lambda fmt: datetime.datetime.now().strftime(fmt)
     return env.from_string(template)
 
 

@@ -1,22 +1,35 @@
-"""KV-cache sampler: bucketed prefill, many decode steps per host sync, continuous batching.
+"""KV-cache sampler: one prefill per prompt, many decode steps per host sync, continuous batching.
 
-The decode state lives on device: a KV cache of `batch_size` slots plus per-slot counters. The
-host only admits work into free slots (one prefill per prompt, its cache rows copied to every
-sample of that prompt) and collects finished slots; between those syncs a `lax.while_loop` runs up
+The decode state lives on device: a KV cache of `batch_size` slots plus per-slot counters, and a
+prompt store of `PROMPT_ROWS` prefilled prompts (their KV rows and the logits after their last
+token). A prompt is prefilled once, into the store, and stays there until every one of its
+samples has a slot: admitting a sample copies the prompt's rows into a free slot and draws its
+first token from the stored logits, so prompt positions are computed once however many samples
+a prompt has and however late they are admitted. Between host syncs a `lax.while_loop` runs up
 to `steps_per_sync` decode steps, leaving early once enough slots are free to be worth refilling.
+Prompt lengths and the cache positions a decode call attends to are bucketed (`_bucket`: at most
+1/8 and 1/4 padding), so few shapes compile.
 
 Randomness: sample `s` of a request with key `r` draws token `t` with
 `fold_in(fold_in(fold_in(PRNGKey(seed), r), s), t)`, so its text depends on nothing else (not the
-batch size, the slot, the other requests or the host). A request whose prompt and samples do not
-fit in one admission is prefilled again for its remaining samples.
+batch size, the slot, the other requests or the host).
 
-Generated token lists never contain the prompt nor the stop token that ended them.
+The sampled model is `members` Llamas of one config (params with a leading member axis when
+more than one): the next token is drawn from the mean of their logits, each member keeping its
+own KV rows (stacked after one another on the cache's layer axis). One member is the generator
+of the synthesis job; several are an ensemble drawing unconditional documents.
+
+Generated token lists never contain the prompt nor the stop token that ended them. An optional
+repetition guard (`Settings.repetition_ngram`) ends a row inside the decode loop once its
+latest n-gram has occurred more than `repetition_limit` times (finish reason "repetition").
+The `Cost` of everything run so far is on `Sampler.cost`.
 """
 from __future__ import annotations
 
 import collections
 import dataclasses
 import functools
+import time
 from typing import Any, Iterable, Iterator, NamedTuple, Sequence
 
 import jax
@@ -27,36 +40,48 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from megadoc.models import llama, matmul
 from megadoc.models import sharding
 
-MIN_PREFILL_LEN = 16
-# Prompts per prefill call: a fixed count, so each prompt-length bucket compiles once; 8 rows
-# amortise the per-call cost without padding a small refill much.
-PREFILL_ROWS = 8
+PROMPT_ALIGN = 16
 CACHE_ALIGN = 64
+# Prompts per prefill call at most: a few fixed row counts (powers of two up to this), so each
+# prompt-length bucket compiles a few times; 8 rows amortise the per-call cost.
+PREFILL_ROWS = 8
+# Prefilled prompts kept on device while their samples wait for slots; requests read ahead.
+PROMPT_ROWS = 2 * PREFILL_ROWS
+LOOKAHEAD = 4 * PREFILL_ROWS
 
 FINISH_STOP = "eos"              # ended on one of the stop tokens
 FINISH_LENGTH = "length"         # max_new_tokens reached (or the end of the model's context)
 FINISH_TOO_LONG = "prompt_too_long"  # the prompt leaves no room in the model's context
+FINISH_REPETITION = "repetition"     # the repetition guard ended it
 
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    """How tokens are drawn. temperature 0 is greedy; top_k 0 and top_p 1 disable those filters."""
+    """How tokens are drawn. temperature 0 is greedy; top_k 0 and top_p 1 disable those filters;
+    repetition_ngram 0 disables the repetition guard."""
 
     max_new_tokens: int
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
     stop_tokens: tuple[int, ...] = ()
+    repetition_ngram: int = 0
+    repetition_limit: int = 4
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.temperature < 0:
+        if not self.temperature >= 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:
             raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        if self.repetition_ngram < 0 or self.repetition_ngram == 1:
+            raise ValueError(f"repetition_ngram must be 0 (off) or >= 2, got "
+                             f"{self.repetition_ngram}")
+        if self.repetition_limit < 1:
+            raise ValueError(f"repetition_limit must be >= 1, got {self.repetition_limit}")
         object.__setattr__(self, "stop_tokens", tuple(sorted({int(t) for t in self.stop_tokens})))
 
 
@@ -78,11 +103,60 @@ class Completion:
     request: Request
     sample: int
     tokens: list[int]
-    finish_reason: str  # FINISH_STOP | FINISH_LENGTH | FINISH_TOO_LONG
+    finish_reason: str  # FINISH_STOP | FINISH_LENGTH | FINISH_TOO_LONG | FINISH_REPETITION
 
 
-def _pow2_at_least(n: int, floor: int) -> int:
-    return max(floor, 1 << max(0, int(n) - 1).bit_length())
+@dataclasses.dataclass
+class Cost:
+    """What the sampler has spent so far. Device-seconds are wall seconds of the calls (the host
+    waits for each) times the devices of the mesh. A row-step is one slot in one decode step;
+    it is useful when the slot is decoding. Attended positions are the cache positions the
+    decode steps read (every slot reads the call's whole attended length), needed positions
+    those the decoding slots had written. Steady-state counts leave out the decode calls made
+    while too few samples were left to refill the free slots (the end of the input)."""
+
+    devices: int = 1
+    prompts: int = 0
+    prompt_tokens: int = 0
+    prefill_positions: int = 0
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+    decode_steps: int = 0
+    row_steps: int = 0
+    useful_row_steps: int = 0
+    steady_row_steps: int = 0
+    steady_useful_row_steps: int = 0
+    attended_positions: int = 0
+    needed_positions: int = 0
+    generated_tokens: int = 0
+
+    def summary(self) -> dict:
+        """The counts, device-seconds and the rates derived from them."""
+        device_s = (self.prefill_s + self.decode_s) * self.devices
+        return {
+            "prompt_tokens": self.prompt_tokens, "generated_tokens": self.generated_tokens,
+            "prefill_device_s": round(self.prefill_s * self.devices, 3),
+            "decode_device_s": round(self.decode_s * self.devices, 3),
+            "generated_tokens_per_device_s": round(self.generated_tokens / device_s, 2)
+            if device_s else None,
+            "prefill_positions_per_prompt_token": _ratio(self.prefill_positions,
+                                                         self.prompt_tokens),
+            "useful_row_step_fraction": _ratio(self.useful_row_steps, self.row_steps),
+            "steady_useful_row_step_fraction": _ratio(self.steady_useful_row_steps,
+                                                      self.steady_row_steps),
+            "attended_position_fraction": _ratio(self.needed_positions, self.attended_positions),
+        }
+
+
+def _ratio(a, b):
+    return round(a / b, 4) if b else None
+
+
+def _bucket(n: int, align: int, bits: int) -> int:
+    """The smallest multiple of `align` (a power of two) >= n that has at most `bits`
+    significant binary digits above it: padding under 2**(1 - bits) of n, and few values."""
+    step = max(align, 1 << max(0, int(n).bit_length() - bits))
+    return -(-int(n) // step) * step
 
 
 # ----------------------------------------------------------------------------- device functions
@@ -156,22 +230,25 @@ def _is_stop(settings: Settings, tokens_B):
     return jnp.isin(tokens_B, jnp.asarray(settings.stop_tokens, jnp.int32))
 
 
-def _state_specs(config, mesh, batch_size, cache_len, max_new):
-    """PartitionSpecs of the decode state: slots on the data axes, kv heads on tensor."""
-    cache_shape = (config.layers, batch_size, cache_len, config.kv_heads, config.head_dim)
-    cache = sharding.spec(("layers", "batch", "seq", "kv_heads", "head_dim"), cache_shape, mesh)
-    row = sharding.spec(("batch",), (batch_size,), mesh)
-    row2 = sharding.spec(("batch", None), (batch_size, max_new), mesh)
-    return {"cache": {"k": cache, "v": cache}, "last": row, "pos": row, "count": row,
-            "budget": row, "active": row, "stopped": row, "key": row2, "out": row2}
+def _state_specs(config, mesh, state_shapes):
+    """PartitionSpecs of the decode state: slots on the data axes, kv heads on tensor; the
+    prompt store's rows are replicated."""
+    cache_axes = ("layers", "batch", "seq", "kv_heads", "head_dim")
+    store_axes = ("layers", None, "seq", "kv_heads", "head_dim")
+    axes = {"cache": cache_axes, "prompts": store_axes, "prompt_logits": (None, None),
+            "key": ("batch", None), "out": ("batch", None)}
+
+    def spec(path, shape):
+        return sharding.spec(axes.get(path[0].key, ("batch",)), shape.shape, mesh)
+
+    return jax.tree_util.tree_map_with_path(spec, state_shapes)
 
 
 def _constrain_state(config, mesh, state):
     if mesh is None:
         return state
-    b, s = state["cache"]["k"].shape[1:3]
-    specs = _state_specs(config, mesh, b, s, state["out"].shape[1])
-    return jax.tree.map(jax.lax.with_sharding_constraint, state, specs)
+    return jax.tree.map(jax.lax.with_sharding_constraint, state,
+                        _state_specs(config, mesh, state))
 
 
 def _constrain_layer_caches(mesh, caches):
@@ -182,127 +259,210 @@ def _constrain_layer_caches(mesh, caches):
     return jax.tree.map(lambda c: jax.lax.with_sharding_constraint(c, spec), caches)
 
 
-def _empty_state(config, batch_size, cache_len, max_new):
-    def zeros():  # distinct buffers: the state is donated leaf by leaf
-        return jnp.zeros((batch_size,), jnp.int32)
+def _zeros_cache(config, members, rows, length):
+    """KV rows of `members` models, their layers one after another on the leading axis."""
+    cache = llama.init_cache(config, rows, length)
+    if members == 1:
+        return cache
+    return {n: jnp.concatenate([c] * members) for n, c in cache.items()}
+
+
+def _empty_state(config, members, batch_size, cache_len, prompt_len, max_new):
+    def zeros(dtype=jnp.int32):  # distinct buffers: the state is donated leaf by leaf
+        return jnp.zeros((batch_size,), dtype)
 
     return {
-        "cache": llama.init_cache(config, batch_size, cache_len),
+        "cache": _zeros_cache(config, members, batch_size, cache_len),
+        "prompts": _zeros_cache(config, members, PROMPT_ROWS, prompt_len),
+        "prompt_logits": jnp.zeros((PROMPT_ROWS, config.vocab_size), jnp.float32),
         "last": zeros(), "pos": zeros(), "count": zeros(), "budget": zeros(),
-        "active": jnp.zeros((batch_size,), bool), "stopped": jnp.zeros((batch_size,), bool),
+        "active": zeros(bool), "stopped": zeros(bool), "repeated": zeros(bool),
         "key": jnp.zeros((batch_size, 2), jnp.uint32),
         "out": jnp.zeros((batch_size, max_new), jnp.int32),
     }
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _grow(config, mesh, cache_len, state):
-    """The same state with a longer cache (new slots are zeros, masked until written). Nothing
-    is donated: the old cache cannot hold the new one, and the small leaves are copied."""
-    pad = [(0, 0), (0, 0), (0, cache_len - state["cache"]["k"].shape[2]), (0, 0), (0, 0)]
-    state = dict(state, cache={k: jnp.pad(v, pad) for k, v in state["cache"].items()})
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def _grow(config, mesh, cache_len, prompt_len, state):
+    """The same state with a longer cache and prompt store (new positions are zeros, masked
+    until written). Nothing is donated: the old buffers cannot hold the new ones."""
+    def pad(c, length):
+        return jnp.pad(c, [(0, 0), (0, 0), (0, length - c.shape[2]), (0, 0), (0, 0)])
+
+    state = dict(state, cache={n: pad(c, cache_len) for n, c in state["cache"].items()},
+                 prompts={n: pad(c, prompt_len) for n, c in state["prompts"].items()})
     return _constrain_state(config, mesh, state)
 
 
-def _prefill(config, params, tokens_PxL, lens_P):
-    """KV cache [.., P, L, ..] of P right-padded prompts and the logits after each last token."""
+def _member_params(members, params) -> tuple:
+    if members == 1:
+        return (params,)
+    return tuple(jax.tree.map(lambda x, m=m: x[m], params) for m in range(members))
+
+
+def _prefill_logits(config, members, params, tokens_PxL, lens_P):
+    """KV rows [.., P, L, ..] of P right-padded prompts and the (members' mean) logits after
+    each one's last token. Members run one at a time (a scan): one member's activations."""
     num_prompts, prefill_len = tokens_PxL.shape
     positions_PxL = jnp.broadcast_to(jnp.arange(prefill_len, dtype=jnp.int32), tokens_PxL.shape)
-    cache = llama.init_cache(config, num_prompts, prefill_len)
-    hidden_PxLxH, cache = llama.cached_hidden_states(config, params, tokens_PxL, positions_PxL,
-                                                     cache)
-    last_PxH = hidden_PxLxH[jnp.arange(num_prompts), lens_P - 1]
-    return cache, llama.output_logits(config, params, last_PxH[:, None])[:, 0]
+
+    def one(p, cache):
+        hidden_PxLxH, cache = llama.cached_hidden_states(config, p, tokens_PxL, positions_PxL,
+                                                         cache)
+        last_PxH = hidden_PxLxH[jnp.arange(num_prompts), lens_P - 1]
+        return llama.output_logits(config, p, last_PxH[:, None])[:, 0], cache
+
+    if members == 1:
+        return one(params, llama.init_cache(config, num_prompts, prefill_len))
+
+    def member(total_PxV, p):
+        logits_PxV, cache = one(p, llama.init_cache(config, num_prompts, prefill_len))
+        return total_PxV + logits_PxV.astype(jnp.float32), cache
+
+    total_PxV, cache = jax.lax.scan(
+        member, jnp.zeros((num_prompts, config.vocab_size), jnp.float32), params)
+    return total_PxV / members, {n: c.reshape(-1, *c.shape[2:]) for n, c in cache.items()}
 
 
-class Admission(NamedTuple):
-    """Prompts to prefill (P rows) and the B slots their samples start in: sample sample_B[b]
-    of prompt rows_B[b] goes to slot slots_B[b] with budget_B[b] new tokens, drawn from the
-    stream request_key_B[b]; a slot equal to the batch size marks a padding entry."""
-    tokens_PxL: np.ndarray
-    lens_P: np.ndarray
-    rows_B: np.ndarray
-    slots_B: np.ndarray
-    budget_B: np.ndarray
-    request_key_B: np.ndarray
-    sample_B: np.ndarray
+def _step_logits(config, members, member_params, tokens_Bx1, positions_Bx1, live):
+    """(members' mean) logits [B, V] of one decode step and the per-layer caches."""
+    per = len(live["k"]) // members
+    logits, caches = [], {"k": (), "v": ()}
+    for m, p in enumerate(member_params):
+        mine = {n: c[m * per:(m + 1) * per] for n, c in live.items()}
+        logits_Bx1xV, mine = llama.forward(config, p, tokens_Bx1, positions=positions_Bx1,
+                                           cache=mine)
+        logits.append(logits_Bx1xV[:, 0])
+        caches = {n: caches[n] + tuple(mine[n]) for n in caches}
+    if members == 1:
+        return logits[0], caches
+    return jnp.mean(jnp.stack(logits).astype(jnp.float32), axis=0), caches
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2), donate_argnums=(4,))
-def _insert(config, settings, mesh, params, state, admission: Admission, seed):
-    """Prefill the prompts, then start each admitted sample in its slot (its cache rows copied,
-    its first token drawn); padding entries change nothing. One jit for both: one compile per
-    admission shape."""
-    tokens_PxL, lens_P, rows_B, slots_B, budget_B, request_key_B, sample_B = admission
-    prefill_cache, logits_PxV = _prefill(config, params, tokens_PxL, lens_P)
+def _prefill(config, members, mesh, params, state, tokens_PxL, lens_P, rows_P):
+    """Prefill P prompts into rows rows_P of the prompt store (a row equal to PROMPT_ROWS marks
+    a padding prompt, whose rows are dropped)."""
+    logits_PxV, rows_LxPxSxKxDh = _prefill_logits(config, members, params, tokens_PxL, lens_P)
     prefill_len = tokens_PxL.shape[1]
+    state = dict(state, prompts={
+        n: state["prompts"][n].at[:, rows_P, :prefill_len].set(rows_LxPxSxKxDh[n], mode="drop")
+        for n in ("k", "v")},
+        prompt_logits=state["prompt_logits"].at[rows_P].set(logits_PxV, mode="drop"))
+    return _constrain_state(config, mesh, state)
+
+
+class Admission(NamedTuple):
+    """A samples starting in slots: sample sample_A[a] of the prompt in store row rows_A[a]
+    (lens_A[a] tokens) starts in slot slots_A[a] with budget_A[a] new tokens, drawn from the
+    stream request_key_A[a]; a slot equal to the batch size marks a padding entry."""
+    rows_A: np.ndarray
+    slots_A: np.ndarray
+    lens_A: np.ndarray
+    budget_A: np.ndarray
+    request_key_A: np.ndarray
+    sample_A: np.ndarray
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2), donate_argnums=(3,))
+def _insert(config, settings, mesh, state, admission: Admission, seed):
+    """Start each admitted sample in its slot: its prompt's stored rows copied there, its first
+    token drawn from the prompt's stored logits; padding entries change nothing."""
+    rows_A, slots_A, lens_A, budget_A, request_key_A, sample_A = admission
     root = jax.random.wrap_key_data(jax.random.key_data(jax.random.PRNGKey(seed)))
-    keys_Bx2 = jax.vmap(lambda r, s: jax.random.key_data(
-        jax.random.fold_in(jax.random.fold_in(root, r), s)))(request_key_B, sample_B)
-    first_B = _sample(settings, logits_PxV[rows_B], keys_Bx2, jnp.zeros_like(sample_B))
-    stopped_B = _is_stop(settings, first_B)
+    keys_Ax2 = jax.vmap(lambda r, s: jax.random.key_data(
+        jax.random.fold_in(jax.random.fold_in(root, r), s)))(request_key_A, sample_A)
+    first_A = _sample(settings, state["prompt_logits"][rows_A], keys_Ax2,
+                      jnp.zeros_like(sample_A))
+    stopped_A = _is_stop(settings, first_A)
+    copied = min(state["prompts"]["k"].shape[2], state["cache"]["k"].shape[2])
 
     def put(dst, src):
-        return dst.at[slots_B].set(src, mode="drop")
+        return dst.at[slots_A].set(src, mode="drop")
 
     state = dict(
-        cache={n: state["cache"][n].at[:, slots_B, :prefill_len].set(
-            prefill_cache[n][:, rows_B], mode="drop") for n in ("k", "v")},
-        last=put(state["last"], first_B),
-        pos=put(state["pos"], lens_P[rows_B]),
-        count=put(state["count"], jnp.ones_like(first_B)),
-        budget=put(state["budget"], budget_B),
-        active=put(state["active"], ~stopped_B & (budget_B > 1)),
-        stopped=put(state["stopped"], stopped_B),
-        key=put(state["key"], keys_Bx2),
-        out=state["out"].at[slots_B, 0].set(first_B, mode="drop"),
+        state,
+        cache={n: state["cache"][n].at[:, slots_A, :copied].set(
+            state["prompts"][n][:, rows_A, :copied], mode="drop") for n in ("k", "v")},
+        last=put(state["last"], first_A),
+        pos=put(state["pos"], lens_A),
+        count=put(state["count"], jnp.ones_like(first_A)),
+        budget=put(state["budget"], budget_A),
+        active=put(state["active"], ~stopped_A & (budget_A > 1)),
+        stopped=put(state["stopped"], stopped_A),
+        repeated=put(state["repeated"], jnp.zeros_like(stopped_A)),
+        key=put(state["key"], keys_Ax2),
+        out=state["out"].at[slots_A, 0].set(first_A, mode="drop"),
     )
     return _constrain_state(config, mesh, state)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 7), donate_argnums=(4,))
-def _decode(config, settings, mesh, params, state, max_steps, refill_at, attend_len):
+def _repeats(settings: Settings, out_BxT, written_B):
+    """Whether each row's latest n-gram (ending at index written_B of out) has occurred more
+    than repetition_limit times in the row so far."""
+    n = settings.repetition_ngram
+    starts_T = jnp.arange(out_BxT.shape[1])
+    tail_BxN = jnp.take_along_axis(
+        out_BxT, jnp.clip(written_B[:, None] - (n - 1) + jnp.arange(n), 0, None), axis=1)
+    match_BxT = starts_T[None, :] <= written_B[:, None] - (n - 1)
+    for i in range(n):
+        match_BxT &= jnp.roll(out_BxT, -i, axis=1) == tail_BxN[:, i:i + 1]
+    return jnp.sum(match_BxT, axis=1) > settings.repetition_limit
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 8), donate_argnums=(5,))
+def _decode(config, settings, members, mesh, params, state, max_steps, refill_at, attend_len):
     """Up to `max_steps` decode steps; stops early when no slot is active or when at least
     `refill_at` slots are free. Every position the loop can reach is below `attend_len`, so it
     carries only those cache slots, one buffer per layer (updated in place, attended whole),
-    and writes them back at the end."""
+    and writes them back at the end. Also returns [steps, useful row-steps, needed positions]."""
     batch_size, max_new = state["out"].shape
     rows_B = jnp.arange(batch_size)
-    params = dict(params, layers=llama.unstack_layers(params["layers"]))
+    member_params = [dict(p, layers=llama.unstack_layers(p["layers"]))
+                     for p in _member_params(members, params)]
     live = _constrain_layer_caches(mesh, {n: llama.unstack_layers(c[:, :, :attend_len])
                                           for n, c in state["cache"].items()})
-    rest = {n: v for n, v in state.items() if n != "cache"}
+    rest = {n: v for n, v in state.items() if n not in ("cache", "prompts", "prompt_logits")}
 
     def cond(carry):
-        step, st, _ = carry
+        step, st, _, _ = carry
         free = jnp.sum(~st["active"])
         return (step < max_steps) & jnp.any(st["active"]) & (free < refill_at)
 
     def body(carry):
-        step, st, live = carry
-        logits_Bx1xV, live = llama.forward(config, params, st["last"][:, None],
-                                           positions=st["pos"][:, None], cache=live)
+        step, st, live, stats_3 = carry
+        logits_BxV, live = _step_logits(config, members, member_params, st["last"][:, None],
+                                        st["pos"][:, None], live)
         active_B = st["active"]
-        token_B = _sample(settings, logits_Bx1xV[:, 0], st["key"], st["count"])
+        token_B = _sample(settings, logits_BxV, st["key"], st["count"])
         stopped_B = _is_stop(settings, token_B) & active_B
         write_at_B = jnp.where(active_B, st["count"], max_new)  # out of range: dropped
+        out_BxT = st["out"].at[rows_B, write_at_B].set(token_B, mode="drop")
+        repeated_B = jnp.zeros_like(active_B)
+        if settings.repetition_ngram:
+            repeated_B = _repeats(settings, out_BxT, st["count"]) & active_B & ~stopped_B
         count_B = st["count"] + active_B
         st = dict(
             last=jnp.where(active_B, token_B, st["last"]),
             pos=st["pos"] + active_B,
             count=count_B,
             budget=st["budget"],
-            active=active_B & ~stopped_B & (count_B < st["budget"]),
+            active=active_B & ~stopped_B & ~repeated_B & (count_B < st["budget"]),
             stopped=st["stopped"] | stopped_B,
+            repeated=st["repeated"] | repeated_B,
             key=st["key"],
-            out=st["out"].at[rows_B, write_at_B].set(token_B, mode="drop"),
+            out=out_BxT,
         )
-        return step + 1, st, _constrain_layer_caches(mesh, live)
+        stats_3 = stats_3 + jnp.stack([1, jnp.sum(active_B),
+                                       jnp.sum(jnp.where(active_B, st["pos"], 0))])
+        return step + 1, st, _constrain_layer_caches(mesh, live), stats_3
 
-    _, rest, live = jax.lax.while_loop(cond, body, (jnp.int32(0), rest, live))
+    _, rest, live, stats_3 = jax.lax.while_loop(
+        cond, body, (jnp.int32(0), rest, live, jnp.zeros((3,), jnp.int32)))
     cache = {n: jax.lax.dynamic_update_slice(c, jnp.stack(live[n]), (0,) * c.ndim)
              for n, c in state["cache"].items()}
-    return _constrain_state(config, mesh, dict(rest, cache=cache))
+    state = dict(state, **rest, cache=cache)
+    return _constrain_state(config, mesh, state), stats_3
 
 
 # ----------------------------------------------------------------------------- host loop
@@ -322,25 +482,39 @@ def _compute_dtype_weights(config, params):
     return jax.tree_util.tree_map_with_path(cast, params)
 
 
+class _Entry:
+    """A request's samples still to start: the next sample, how many are left, its store row."""
+
+    def __init__(self, request: Request):
+        self.request, self.next, self.left, self.row = request, request.first_sample, \
+            request.num_samples, None
+
+
 class Sampler:
     """Continuous-batching sampler over `batch_size` slots; see the module docstring.
 
     With a mesh, params must already be laid out by `llama.param_shardings`, and batch_size
-    should be a multiple of the data x fsdp size.
+    should be a multiple of the data x fsdp size. With `members` > 1, every params leaf carries
+    a leading member axis.
     """
 
     def __init__(self, config: llama.LlamaConfig, params, settings: Settings, *, batch_size: int,
-                 seed: int = 0, mesh: jax.sharding.Mesh | None = None, steps_per_sync: int = 32):
-        self.config, self.settings = config, settings
+                 seed: int = 0, mesh: jax.sharding.Mesh | None = None, steps_per_sync: int = 32,
+                 members: int = 1):
+        self.config, self.settings, self.members = config, settings, members
         self.params = _compute_dtype_weights(config, params)
         self.batch_size, self.seed, self.mesh = batch_size, seed, mesh
         self.steps_per_sync = steps_per_sync
         self.refill_at = max(1, batch_size // 8)
-        self.prefill_rows = min(batch_size, PREFILL_ROWS)
         self._state = None
         self._pos = np.zeros(batch_size, np.int64)  # each slot's position as of the last sync
-        self.generated_tokens = 0  # tokens of the completions returned so far
+        self.cost = Cost(devices=1 if mesh is None else mesh.size)
         self.tokens_in_flight = 0  # tokens of the sequences still decoding, as of the last sync
+
+    @property
+    def generated_tokens(self) -> int:
+        """Tokens of the completions returned so far."""
+        return self.cost.generated_tokens
 
     def _call(self, fn, *args):
         if self.mesh is None:
@@ -348,134 +522,187 @@ class Sampler:
         with jax.set_mesh(self.mesh):
             return fn(*args)
 
-    def _ensure_cache(self, needed_len: int):
-        """A cache of at least `needed_len` slots: sized to the first work (memory), then grown
-        geometrically so a long job recompiles only a few times."""
-        current = 0 if self._state is None else self._state["cache"]["k"].shape[2]
-        if needed_len <= current:
+    def _timed(self, fn, *args) -> float:
+        """Runs a state update and waits for it; returns its wall seconds."""
+        start = time.perf_counter()
+        self._state = self._call(fn, *args)
+        jax.block_until_ready(self._state)
+        return time.perf_counter() - start
+
+    def _ensure_state(self, cache_len: int, prompt_len: int):
+        """A cache of at least `cache_len` positions and a prompt store of at least `prompt_len`:
+        sized to the first work (memory), then grown geometrically so a long job recompiles only
+        a few times."""
+        have = (0, 0) if self._state is None else (self._state["cache"]["k"].shape[2],
+                                                    self._state["prompts"]["k"].shape[2])
+        if cache_len <= have[0] and prompt_len <= have[1]:
             return
-        aligned = -(-needed_len // CACHE_ALIGN) * CACHE_ALIGN
-        cache_len = min(self.config.max_seq_len, max(aligned, 2 * current))
-        max_new = self.settings.max_new_tokens
-        if self._state is None:
-            state = _empty_state(self.config, self.batch_size, cache_len, max_new)
-            if self.mesh is not None:
-                specs = _state_specs(self.config, self.mesh, self.batch_size, cache_len, max_new)
-                shardings = jax.tree.map(lambda s: NamedSharding(self.mesh, s), specs,
-                                         is_leaf=lambda x: isinstance(x, P))
-                state = jax.device_put(state, shardings)
-            self._state = state
-        else:
-            self._state = self._call(_grow, self.config, self.mesh, cache_len, self._state)
+
+        def grown(needed, current):
+            if needed <= current:
+                return current
+            aligned = -(-needed // CACHE_ALIGN) * CACHE_ALIGN
+            return min(self.config.max_seq_len, max(aligned, 2 * current))
+
+        cache_len, prompt_len = grown(cache_len, have[0]), grown(prompt_len, have[1])
+        if self._state is not None:
+            self._state = self._call(_grow, self.config, self.mesh, cache_len, prompt_len,
+                                     self._state)
+            return
+        state = _empty_state(self.config, self.members, self.batch_size, cache_len, prompt_len,
+                             self.settings.max_new_tokens)
+        if self.mesh is not None:
+            shardings = jax.tree.map(lambda s: NamedSharding(self.mesh, s),
+                                     _state_specs(self.config, self.mesh, state),
+                                     is_leaf=lambda x: isinstance(x, P))
+            state = jax.device_put(state, shardings)
+        self._state = state
 
     def run(self, requests: Iterable[Request]) -> Iterator[Completion]:
         """Completions in the order they finish (not the request order)."""
-        requests = iter(requests)
-        pending: collections.deque = collections.deque()  # [request, next sample, samples left]
-        pending_samples = 0
+        self._requests, self._exhausted = iter(requests), False
+        self._queue: collections.deque = collections.deque()  # entries waiting for a prefill
+        self._ready: collections.deque = collections.deque()  # prefilled entries
+        self._free_rows = list(range(PROMPT_ROWS))
         occupant: list = [None] * self.batch_size  # slot -> (request, sample)
-        exhausted = False
-        max_ctx = self.config.max_seq_len
         while True:
             free = [i for i, o in enumerate(occupant) if o is None]
-            while not exhausted and pending_samples < len(free):
-                req = next(requests, None)
-                if req is None:
-                    exhausted = True
-                elif len(req.prompt) == 0:
-                    raise ValueError(f"request {req.tag!r}: empty prompt")
-                elif len(req.prompt) >= max_ctx:
-                    for s in range(req.num_samples):
-                        yield Completion(req, req.first_sample + s, [], FINISH_TOO_LONG)
-                elif req.num_samples > 0:
-                    pending.append([req, req.first_sample, req.num_samples])
-                    pending_samples += req.num_samples
-            if free and pending:
-                pending_samples -= self._admit(free, pending, occupant)
+            while free:
+                yield from self._fill(len(free))
+                if not self._ready:
+                    break
+                self._admit(free, occupant)
             if all(o is None for o in occupant):
-                if exhausted and not pending:
+                if self._exhausted and not self._queue and not self._ready:
                     return
                 continue
             # Leave the decode loop to refill once enough slots are free for the work left.
-            if not exhausted:
+            waiting = sum(e.left for e in self._ready) + sum(e.left for e in self._queue)
+            if not self._exhausted:
                 refill_at = self.refill_at
             else:
-                refill_at = min(self.refill_at, pending_samples) or self.batch_size + 1
-            self._state = self._call(_decode, self.config, self.settings, self.mesh, self.params,
-                                     self._state, self.steps_per_sync, refill_at,
-                                     self._attend_len(occupant))
-            yield from self._harvest(occupant)
+                refill_at = min(self.refill_at, waiting) or self.batch_size + 1
+            steady = not self._exhausted or waiting >= self.refill_at
+            attend_len = self._attend_len(occupant)
+            start = time.perf_counter()
+            self._state, stats_3 = self._call(
+                _decode, self.config, self.settings, self.members, self.mesh, self.params,
+                self._state, self.steps_per_sync, refill_at, attend_len)
+            yield from self._harvest(occupant, stats_3, attend_len, steady, start)
+
+    def _fill(self, free_slots: int) -> Iterator[Completion]:
+        """Prefill queued prompts into the store until its samples cover `free_slots` (or the
+        store is full, or nothing is left); prompts that cannot be sampled end here."""
+        while sum(e.left for e in self._ready) < free_slots and self._free_rows:
+            while not self._exhausted and len(self._queue) < LOOKAHEAD:
+                req = next(self._requests, None)
+                if req is None:
+                    self._exhausted = True
+                elif len(req.prompt) == 0:
+                    raise ValueError(f"request {req.tag!r}: empty prompt")
+                elif len(req.prompt) >= self.config.max_seq_len:
+                    for s in range(req.num_samples):
+                        yield Completion(req, req.first_sample + s, [], FINISH_TOO_LONG)
+                elif req.num_samples > 0:
+                    self._queue.append(_Entry(req))
+            if not self._queue:
+                return
+            self._prefill_group()
+
+    def _prefill_group(self):
+        """Prefill up to PREFILL_ROWS queued prompts of the first one's length bucket (rows: a
+        power of two) into free store rows."""
+        bucket = _bucket(len(self._queue[0].request.prompt), PROMPT_ALIGN, 4)
+        room = min(PREFILL_ROWS, len(self._free_rows))
+        group = [e for e in self._queue
+                 if _bucket(len(e.request.prompt), PROMPT_ALIGN, 4) == bucket][:room]
+        for e in group:
+            self._queue.remove(e)
+        self._ensure_state(bucket, bucket)
+        prefill_len = min(bucket, self._state["prompts"]["k"].shape[2])
+        num_rows = 1 << (len(group) - 1).bit_length()
+        tokens = np.zeros((num_rows, prefill_len), np.int32)
+        lens = np.ones((num_rows,), np.int32)
+        rows = np.full((num_rows,), PROMPT_ROWS, np.int32)
+        for i, e in enumerate(group):
+            e.row = self._free_rows.pop(0)
+            tokens[i, :len(e.request.prompt)] = e.request.prompt
+            lens[i], rows[i] = len(e.request.prompt), e.row
+            self._ready.append(e)
+        self.cost.prompts += len(group)
+        self.cost.prompt_tokens += int(lens[:len(group)].sum())
+        self.cost.prefill_positions += num_rows * prefill_len
+        self.cost.prefill_s += self._timed(_prefill, self.config, self.members, self.mesh,
+                                           self.params, self._state, tokens, lens, rows)
+
+    def _admit(self, free: list[int], occupant: list):
+        """Start prefilled samples in free slots (taken from `free`); an entry whose samples
+        all started gives its store row back."""
+        starts = []  # (slot, entry, sample)
+        while free and self._ready:
+            e = self._ready[0]
+            n = min(e.left, len(free))
+            starts += [(free.pop(0), e, e.next + i) for i in range(n)]
+            e.next, e.left = e.next + n, e.left - n
+            if not e.left:
+                self._free_rows.append(self._ready.popleft().row)
+        budget = {id(e): min(self.settings.max_new_tokens,
+                             self.config.max_seq_len - len(e.request.prompt)) for _, e, _ in starts}
+        self._ensure_state(max(len(e.request.prompt) + budget[id(e)] for _, e, _ in starts), 0)
+        width = 1 << (len(starts) - 1).bit_length()
+        B = self.batch_size
+        rows, slots = np.zeros(width, np.int32), np.full(width, B, np.int32)
+        lens, budgets = np.ones(width, np.int32), np.ones(width, np.int32)
+        request_keys, samples = np.zeros(width, np.uint32), np.zeros(width, np.int32)
+        for j, (slot, e, sample) in enumerate(starts):
+            rows[j], slots[j], lens[j], budgets[j] = e.row, slot, len(e.request.prompt), \
+                budget[id(e)]
+            request_keys[j], samples[j] = int(e.request.key) & 0xFFFFFFFF, sample
+            occupant[slot] = (e.request, sample)
+            self._pos[slot] = len(e.request.prompt)
+        admission = Admission(rows, slots, lens, budgets, request_keys, samples)
+        self.cost.prefill_s += self._timed(_insert, self.config, self.settings, self.mesh,
+                                           self._state, admission,
+                                           np.uint32(self.seed & 0xFFFFFFFF))
 
     def _attend_len(self, occupant: list) -> int:
-        """Cache slots the next decode call attends to: a power of two (few compiles) past every
-        position an occupied slot can reach in it; rows beyond are never read or written."""
+        """Cache positions the next decode call attends to: a bucket (few compiles) past every
+        position an occupied slot can reach in it; positions beyond are never read or written."""
         reach = max(self._pos[i] for i, o in enumerate(occupant) if o is not None)
         cache_len = self._state["cache"]["k"].shape[2]
-        return min(cache_len, _pow2_at_least(reach + self.steps_per_sync, CACHE_ALIGN))
+        return min(cache_len, _bucket(reach + self.steps_per_sync, CACHE_ALIGN, 3))
 
-    def _admit(self, free: list[int], pending: collections.deque, occupant: list) -> int:
-        """Fill free slots from the pending queue, prefilled by prompt-length bucket."""
-        groups: dict[int, list] = collections.defaultdict(list)  # bucket -> [(req, [(slot, s)])]
-        needed_len = 0
-        taken = 0
-        free = list(free)
-        while free and pending:
-            entry = pending[0]
-            req, first, left = entry
-            n = min(left, len(free))
-            budget = min(self.settings.max_new_tokens, self.config.max_seq_len - len(req.prompt))
-            needed_len = max(needed_len, len(req.prompt) + budget)
-            assigned = [(free.pop(0), first + i) for i in range(n)]
-            bucket = _pow2_at_least(len(req.prompt), MIN_PREFILL_LEN)
-            groups[bucket].append((req, assigned, budget))
-            entry[1], entry[2] = first + n, left - n
-            taken += n
-            if entry[2] == 0:
-                pending.popleft()
-        self._ensure_cache(needed_len)
-        cache_len = self._state["cache"]["k"].shape[2]
-        for bucket, items in sorted(groups.items()):
-            for i in range(0, len(items), self.prefill_rows):
-                self._prefill_group(min(bucket, cache_len), items[i:i + self.prefill_rows],
-                                    occupant)
-        return taken
-
-    def _prefill_group(self, prefill_len: int, items: list, occupant: list):
-        tokens = np.zeros((self.prefill_rows, prefill_len), np.int32)
-        lens = np.ones((self.prefill_rows,), np.int32)
-        B = self.batch_size
-        rows, slots, budgets = np.zeros(B, np.int32), np.full(B, B, np.int32), np.ones(B, np.int32)
-        request_keys, samples = np.zeros(B, np.uint32), np.zeros(B, np.int32)
-        j = 0
-        for row, (req, assigned, budget) in enumerate(items):
-            tokens[row, :len(req.prompt)] = req.prompt
-            lens[row] = len(req.prompt)
-            for slot, sample in assigned:
-                rows[j], slots[j], budgets[j], samples[j] = row, slot, budget, sample
-                request_keys[j] = int(req.key) & 0xFFFFFFFF
-                occupant[slot] = (req, sample)
-                self._pos[slot] = len(req.prompt)
-                j += 1
-        admission = Admission(tokens, lens, rows, slots, budgets, request_keys, samples)
-        self._state = self._call(_insert, self.config, self.settings, self.mesh, self.params,
-                                 self._state, admission, np.uint32(self.seed & 0xFFFFFFFF))
-
-    def _harvest(self, occupant: list) -> Iterator[Completion]:
-        active, count, self._pos[:] = jax.device_get(
-            (self._state["active"], self._state["count"], self._state["pos"]))
+    def _harvest(self, occupant: list, stats_3, attend_len: int, steady: bool,
+                 start: float) -> Iterator[Completion]:
+        active, count, self._pos[:], stats_3 = jax.device_get(
+            (self._state["active"], self._state["count"], self._state["pos"], stats_3))
+        steps, useful, needed = (int(x) for x in stats_3)
+        cost = self.cost
+        cost.decode_s += time.perf_counter() - start
+        cost.decode_steps += steps
+        cost.row_steps += steps * self.batch_size
+        cost.useful_row_steps += useful
+        cost.attended_positions += steps * self.batch_size * attend_len
+        cost.needed_positions += needed
+        if steady:
+            cost.steady_row_steps += steps * self.batch_size
+            cost.steady_useful_row_steps += useful
         done = [i for i, o in enumerate(occupant) if o is not None and not active[i]]
         self.tokens_in_flight = int(sum(count[i] for i, o in enumerate(occupant)
                                         if o is not None and active[i]))
         if not done:
             return
-        out, stopped = jax.device_get((self._state["out"], self._state["stopped"]))
+        out, stopped, repeated = jax.device_get(
+            (self._state["out"], self._state["stopped"], self._state["repeated"]))
         for slot in done:
             req, sample = occupant[slot]
             occupant[slot] = None
             n = int(count[slot])
-            self.generated_tokens += n
+            cost.generated_tokens += n
             tokens = out[slot, : n - 1 if stopped[slot] else n].tolist()
-            yield Completion(req, sample, tokens, FINISH_STOP if stopped[slot] else FINISH_LENGTH)
+            reason = (FINISH_STOP if stopped[slot] else
+                      FINISH_REPETITION if repeated[slot] else FINISH_LENGTH)
+            yield Completion(req, sample, tokens, reason)
 
 
 def generate(config: llama.LlamaConfig, params, prompts: Sequence[Sequence[int]], *,
@@ -500,14 +727,18 @@ def generate(config: llama.LlamaConfig, params, prompts: Sequence[Sequence[int]]
 
 def traced_steps(config: llama.LlamaConfig, settings: Settings, mesh: jax.sharding.Mesh, *,
                  batch_size: int, prompt_len: int) -> dict:
-    """{"prefill": the admission of PREFILL_ROWS prompts of `prompt_len` tokens, "decode": the
-    decode loop}, traced as a `Sampler` of `batch_size` slots on `mesh` runs them, from
-    abstract params and state (no arrays): a plan compiles them for a slice (synth/plan.py).
-    The cache holds the prompt and every new token; decode attends to all of it."""
-    rows = min(batch_size, PREFILL_ROWS)
-    prefill_len = _pow2_at_least(prompt_len, MIN_PREFILL_LEN)
-    cache_len = -(-(prompt_len + settings.max_new_tokens) // CACHE_ALIGN) * CACHE_ALIGN
-    cache_len = min(config.max_seq_len, cache_len)
+    """{"prefill": PREFILL_ROWS prompts of `prompt_len` tokens prefilled into the prompt store,
+    "insert": a whole batch of samples started from the store, "decode": the decode loop},
+    traced as a `Sampler` of `batch_size` slots on `mesh` runs them, from abstract params and
+    state (no arrays): a plan compiles them for a slice (synth/plan.py). The slots' cache holds
+    the prompt and every new token; decode attends to all of it."""
+    prefill_len = _bucket(prompt_len, PROMPT_ALIGN, 4)
+
+    def aligned(n):
+        return min(config.max_seq_len, -(-n // CACHE_ALIGN) * CACHE_ALIGN)
+
+    cache_len, store_len = aligned(prompt_len + settings.max_new_tokens), aligned(prefill_len)
+    prefill_len = min(prefill_len, store_len)
 
     def placed(shapes, shardings):
         return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
@@ -515,21 +746,23 @@ def traced_steps(config: llama.LlamaConfig, settings: Settings, mesh: jax.shardi
 
     params = placed(jax.eval_shape(lambda: _compute_dtype_weights(
         config, llama.init(config, jax.random.key(0)))), llama.param_shardings(config, mesh))
-    specs = _state_specs(config, mesh, batch_size, cache_len, settings.max_new_tokens)
-    state = placed(jax.eval_shape(lambda: _empty_state(config, batch_size, cache_len,
-                                                       settings.max_new_tokens)),
-                   jax.tree.map(lambda s: NamedSharding(mesh, s), specs,
-                                is_leaf=lambda x: isinstance(x, P)))
+    shapes = jax.eval_shape(lambda: _empty_state(config, 1, batch_size, cache_len, store_len,
+                                                 settings.max_new_tokens))
+    state = placed(shapes, jax.tree.map(lambda s: NamedSharding(mesh, s),
+                                        _state_specs(config, mesh, shapes),
+                                        is_leaf=lambda x: isinstance(x, P)))
 
     def ints(*shape, dtype=jnp.int32):
         return jax.ShapeDtypeStruct(shape, dtype)
 
-    admission = Admission(ints(rows, prefill_len), ints(rows), ints(batch_size),
-                          ints(batch_size), ints(batch_size), ints(batch_size, dtype=jnp.uint32),
-                          ints(batch_size))
+    admission = Admission(*(ints(batch_size) for _ in range(4)),
+                          ints(batch_size, dtype=jnp.uint32), ints(batch_size))
     with jax.set_mesh(mesh):
-        return {"prefill": _insert.trace(config, settings, mesh, params, state, admission,
-                                         ints(dtype=jnp.uint32)),
-                "decode": _decode.trace(config, settings, mesh, params, state, ints(), ints(),
+        return {"prefill": _prefill.trace(config, 1, mesh, params, state,
+                                          ints(PREFILL_ROWS, prefill_len), ints(PREFILL_ROWS),
+                                          ints(PREFILL_ROWS)),
+                "insert": _insert.trace(config, settings, mesh, state, admission,
+                                        ints(dtype=jnp.uint32)),
+                "decode": _decode.trace(config, settings, 1, mesh, params, state, ints(), ints(),
                                         cache_len),
-                "params": params, "cache": state["cache"]}
+                "params": params, "cache": state["cache"], "prompt_store": state["prompts"]}
